@@ -1,0 +1,115 @@
+"""The sweep's settings, checked once before any work: each bad value fails in one line."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from harness.dtypes import DTYPES
+from harness.inputs import FAMILIES, LABEL_CHOICES
+from harness.paths import FRAMEWORKS, PATH_NAMES, missing_packages
+
+
+class ConfigError(ValueError):
+    """A bad setting; its message is the one line the user sees."""
+
+
+def _logspace(start, stop, num) -> list[float]:
+    """`${logspace:-2,4,25}`: num log-spaced values from 10**start to 10**stop."""
+    return [float(v) for v in np.logspace(float(start), float(stop), int(num))]
+
+
+OmegaConf.register_new_resolver("logspace", _logspace, replace=True)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    experiment: str
+    frameworks: tuple[str, ...]
+    paths: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    families: tuple[str, ...]
+    scales: tuple[float, ...]
+    n_rows: int
+    n_classes: int
+    seed: int
+    label: str
+    progress: bool
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.frameworks) * len(self.paths) * len(self.dtypes) * len(self.families) * len(self.scales)
+
+
+def _choices(cfg: DictConfig, key: str, singular: str, valid) -> tuple[str, ...]:
+    value = cfg.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, ListConfig)) or len(value) == 0:
+        raise ConfigError(f"{key} is empty; choose one or more of: {', '.join(valid)}")
+    for item in value:
+        if item not in valid:
+            raise ConfigError(f"unknown {singular} {item!r} in {key}; valid choices: {', '.join(valid)}")
+    return tuple(dict.fromkeys(str(v) for v in value))
+
+
+def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _scales(cfg: DictConfig) -> tuple[float, ...]:
+    value = cfg.get("scales")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple, ListConfig)) or len(value) == 0:
+        raise ConfigError(
+            "scales is empty; give positive numbers, e.g. scales=[0.1,1,10] or scales='${logspace:-2,4,25}'"
+        )
+    scales = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or item <= 0:
+            raise ConfigError(f"bad scale {item!r} in scales; each scale must be a finite number > 0")
+        scales.append(float(item))
+    return tuple(sorted(set(scales)))
+
+
+def check_installed(frameworks: tuple[str, ...]) -> None:
+    for name in frameworks:
+        missing = missing_packages(name)
+        if missing:
+            others = [f for f in frameworks if f != name] or ["numpy"]
+            raise ConfigError(
+                f"framework {name!r} needs the package(s) {', '.join(missing)} "
+                f"(pip install {FRAMEWORKS[name].install}), or leave it out: frameworks=[{','.join(others)}]"
+            )
+
+
+def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
+    """Validate the composed Hydra config; raise ConfigError naming the first bad value."""
+    label = cfg.get("label")
+    if label not in LABEL_CHOICES:
+        raise ConfigError(f"unknown label {label!r}; valid choices: {', '.join(LABEL_CHOICES)}")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    sweep = SweepConfig(
+        experiment=experiment,
+        frameworks=_choices(cfg, "frameworks", "framework", tuple(FRAMEWORKS)),
+        paths=_choices(cfg, "paths", "path", PATH_NAMES),
+        dtypes=_choices(cfg, "dtypes", "dtype", tuple(DTYPES)),
+        families=_choices(cfg, "families", "family", tuple(FAMILIES)),
+        scales=_scales(cfg),
+        n_rows=_integer(cfg, "n_rows", 1),
+        n_classes=_integer(cfg, "n_classes", 2),
+        seed=seed,
+        label=label,
+        progress=bool(cfg.get("progress", True)),
+    )
+    check_installed(sweep.frameworks)
+    return sweep

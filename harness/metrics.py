@@ -1,0 +1,87 @@
+"""Error metrics of computed losses against the exact reference: the one place they are defined.
+
+The exact value is a double-double (hi, lo). Errors are measured in float64 from it, never from
+a rounded copy: err = |(computed - hi) - lo|, where computed - hi is exact whenever the two are
+close (Sterbenz), so sub-ulp float64 errors survive.
+
+An error in ulps is err / ulp(exact), the ulp taken in the output dtype at the exact value:
+ulp(v) = 2**(max(e, emin) - p + 1) with e = floor(log2 |v|), p the dtype's significand bits and
+emin its smallest normal exponent (so subnormal and zero exact values get the subnormal spacing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.dtypes import FloatFormat
+
+OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF = "ok", "inf", "nan", "error", "unsupported", "input_inf"
+STATUSES = (OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF)
+FAILED = (INF, NAN, ERROR)  # the path itself broke
+
+METRIC_COLUMNS = (
+    "n_nonfinite",
+    "max_abs_err",
+    "median_abs_err",
+    "max_rel_err",
+    "max_ulp_err",
+    "median_ulp_err",
+)
+
+
+def exponent_of(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """floor(log2 |hi + lo|) as float (-inf for zero), exact also just below a power of two."""
+    mantissa, exponent = np.frexp(hi)
+    e = exponent.astype(np.float64) - 1.0
+    just_below_power_of_two = (np.abs(mantissa) == 0.5) & (np.sign(lo) == -np.sign(hi)) & (lo != 0)
+    e = np.where(just_below_power_of_two, e - 1.0, e)
+    return np.where(hi == 0, -np.inf, e)
+
+
+def ulp(hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """Spacing of `fmt` at the exact value hi + lo."""
+    e = np.maximum(exponent_of(hi, lo), fmt.min_exponent)
+    return np.ldexp(1.0, (e - fmt.precision + 1).astype(np.int64))
+
+
+def abs_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.abs((np.asarray(computed, dtype=np.float64) - hi) - lo)
+
+
+def ulp_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    return abs_error(computed, hi, lo) / ulp(hi, lo, fmt)
+
+
+def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    err = abs_error(computed, hi, lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(err == 0, 0.0, err / np.abs(hi))
+
+
+def output_status(computed: np.ndarray) -> str:
+    """`nan` if any row is NaN, else `inf` if any is infinite, else `ok`."""
+    if np.isnan(computed).any():
+        return NAN
+    if np.isinf(computed).any():
+        return INF
+    return OK
+
+
+def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> dict:
+    """Status and error summary of one cell; errors are over its finite rows (NaN if none)."""
+    computed = np.asarray(computed, dtype=np.float64)
+    finite = np.isfinite(computed)
+    metrics = {"status": output_status(computed), "n_nonfinite": int((~finite).sum())}
+    if not finite.any():
+        return metrics | {name: np.nan for name in METRIC_COLUMNS[1:]}
+    c, h, l = computed[finite], hi[finite], lo[finite]
+    abs_err = abs_error(c, h, l)
+    ulp_err = ulp_error(c, h, l, fmt)
+    return metrics | {
+        "max_abs_err": float(abs_err.max()),
+        "median_abs_err": float(np.median(abs_err)),
+        "max_rel_err": float(rel_error(c, h, l).max()),
+        "max_ulp_err": float(ulp_err.max()),
+        "median_ulp_err": float(np.median(ulp_err)),
+    }

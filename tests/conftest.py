@@ -1,0 +1,49 @@
+"""Shared helpers: an independent high-precision cross-entropy in mpmath, and the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mpmath
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+mpmath.mp.prec = 256  # every mpmath value in the tests, unless a test says otherwise
+
+
+def mp_cross_entropy(row, label: int) -> mpmath.mpf:
+    """log(sum_j exp(x_j - x_y)) = log1p(sum_{j != y} exp(x_j - x_y)), in mpmath at 256 bits."""
+    xy = mpmath.mpf(float(row[label]))
+    rest = mpmath.fsum(mpmath.exp(mpmath.mpf(float(v)) - xy) for j, v in enumerate(row) if j != label)
+    return mpmath.log1p(rest)
+
+
+def dd_value(hi, lo) -> mpmath.mpf:
+    return mpmath.mpf(float(hi)) + mpmath.mpf(float(lo))
+
+
+def rel_diff(value, exact) -> float:
+    if exact == 0:
+        return float(abs(value))
+    return float(abs(value - exact) / abs(exact))
+
+
+def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *overrides],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

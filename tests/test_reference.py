@@ -1,0 +1,74 @@
+"""The exact reference against an independent mpmath computation, and the seed article."""
+
+import numpy as np
+import pytest
+from conftest import dd_value, mp_cross_entropy
+
+from harness.dtypes import round_to
+from harness.reference import exact_cross_entropy
+
+TOLERANCE = 2.0**-75  # the reference claims > 20 bits beyond float64 ...
+FLOOR = 2.0**-1072  # ... down to a few units of 2**-1074 for losses below about 2**-969
+
+
+def assert_matches_mpmath(logits, labels, rows=None):
+    hi, lo = exact_cross_entropy(logits, labels)
+    for i in rows if rows is not None else range(len(labels)):
+        exact = mp_cross_entropy(logits[i], labels[i])
+        error = abs(dd_value(hi[i], lo[i]) - exact)
+        assert error <= max(TOLERANCE * exact, FLOOR), (i, hi[i], exact)
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e-2, 1.0, 30.0, 1e3, 1e5])
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_random_logits(rng, scale, offset):
+    logits = rng.standard_normal((12, 40)) * scale + offset
+    labels = rng.integers(0, 40, 12)
+    labels[:4] = np.argmax(logits[:4], axis=1)  # confident rows: tiny losses
+    assert_matches_mpmath(logits, labels)
+
+
+@pytest.mark.parametrize("n_classes", [10_000, 32_768])
+def test_large_vocabularies(rng, n_classes):
+    logits = rng.standard_normal((3, n_classes)) * 4.0
+    labels = np.array([0, int(np.argmax(logits[1])), int(np.argmin(logits[2]))])
+    assert_matches_mpmath(logits, labels)
+
+
+def test_dtype_rounded_inputs_each_dtype(rng):
+    logits = rng.standard_normal((6, 300)) * 20.0
+    labels = rng.integers(0, 300, 6)
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        assert_matches_mpmath(round_to(logits, dtype).astype(np.float64), labels)
+
+
+def test_ties_and_two_classes():
+    logits = np.array([[5.0, 5.0, 1.0], [5.0, 5.0, 1.0], [-3.0, 700.0, 0.0], [0.5, 0.5, 0.5]])
+    labels = np.array([0, 1, 1, 2])
+    assert_matches_mpmath(logits, labels)
+    two = np.array([[0.0, 30.0], [0.0, -30.0]])
+    assert_matches_mpmath(two, np.array([1, 0]))
+
+
+def test_losses_near_float64_underflow_keep_their_digits():
+    # p(y) = 1 - e**-700: the loss is about 9.86e-305, far below float64 epsilon
+    logits = np.array([[700.0, 0.0], [0.0, -600.0]])
+    labels = np.array([0, 0])
+    assert_matches_mpmath(logits, labels)
+
+
+def test_seed_article_values():
+    # [12.3, -5.2, 31.4]: losses 19.1 + e, 36.6 + e and e, with e = log1p(exp(-19.1) + exp(-36.6))
+    logits = np.array([[12.3, -5.2, 31.4]] * 3)
+    hi, lo = exact_cross_entropy(logits, np.array([0, 1, 2]))
+    assert hi[0] == pytest.approx(19.100000005069617, rel=1e-15)
+    assert hi[1] == pytest.approx(36.60000000506962, rel=1e-15)
+    assert hi[2] == pytest.approx(5.0696199e-09, rel=1e-7)
+    assert_matches_mpmath(logits, np.array([0, 1, 2]))
+
+
+def test_rejects_bad_shapes_and_non_finite():
+    with pytest.raises(ValueError):
+        exact_cross_entropy(np.zeros((2, 1)), np.zeros(2, dtype=int))
+    with pytest.raises(ValueError):
+        exact_cross_entropy(np.array([[0.0, np.inf]]), np.zeros(1, dtype=int))
