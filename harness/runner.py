@@ -53,6 +53,7 @@ def measure_input(logits: np.ndarray, labels: np.ndarray, dtype: str, implementa
             yield cell | {"framework": framework, "path": path} | status
         return
     hi, lo = exact_cross_entropy(held, labels)
+    cell["max_exact_loss"] = float(hi.max())
     for framework, by_path in _group_by_framework(implementations).items():
         module = paths.load(framework)
         try:

@@ -12,7 +12,7 @@ import pandas as pd
 from harness import metrics
 
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
-ERROR_COLUMNS = KEY_COLUMNS + ("max_logit", "status") + metrics.METRIC_COLUMNS + ("message",)
+ERROR_COLUMNS = KEY_COLUMNS + ("max_logit", "max_exact_loss", "status") + metrics.METRIC_COLUMNS + ("message",)
 
 
 def errors_frame(rows: list[dict]) -> pd.DataFrame:

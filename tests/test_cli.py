@@ -1,0 +1,72 @@
+"""The real command line, end to end, in subprocesses with small grids."""
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from harness.tables import ERROR_COLUMNS
+
+SMALL = ["experiment=precision_sweep", "scales=[0.1,10,1000]", "n_rows=4", "n_classes=20", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path_factory.mktemp("cli") / name
+        result = run_cli(*SMALL, f"hydra.run.dir={out}")
+        assert result.returncode == 0, result.stderr
+        runs.append((out, result))
+    return runs
+
+
+def test_a_run_writes_tables_summary_plots_and_config(two_runs):
+    out, result = two_runs[0]
+    for name in ("errors.parquet", "errors.csv", "summary.md", ".hydra/config.yaml"):
+        assert (out / name).is_file(), name
+    for family in ("spread", "offset"):
+        assert (out / "plots" / f"error_vs_scale_{family}.png").stat().st_size > 10_000
+    errors = pd.read_parquet(out / "errors.parquet")
+    assert list(errors.columns) == list(ERROR_COLUMNS)
+    assert len(errors) == 3 * 4 * 4 * 2 * 3
+    assert pd.read_csv(out / "errors.csv").shape == errors.shape
+    summary = (out / "summary.md").read_text()
+    assert "| numpy/naive |" in summary and summary.strip() in result.stdout
+
+
+def test_same_config_gives_identical_error_tables(two_runs):
+    (a, _), (b, _) = two_runs
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "errors.parquet"), pd.read_parquet(b / "errors.parquet"))
+
+
+def test_default_output_folder_is_results_experiment_timestamp(tmp_path):
+    result = run_cli(*SMALL, "frameworks=[numpy]", "dtypes=[float32]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "results" / "precision_sweep").iterdir()
+    assert (run_dir / "errors.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("frameworks=[numpy,caffe]", "unknown framework 'caffe'"),
+        ("paths=[exp]", "unknown path 'exp'"),
+        ("dtypes=[float128]", "unknown dtype 'float128'"),
+        ("families=[gauss]", "unknown family 'gauss'"),
+        ("scales=[0]", "bad scale 0"),
+        ("scales=[nan]", "bad scale nan"),
+        ("scales=[]", "scales is empty"),
+        ("frameworks=[]", "frameworks is empty"),
+        ("n_classes=1", "n_classes must be an integer >= 2"),
+        ("n_rows=0", "n_rows must be an integer >= 1"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
+    out = tmp_path / "run"
+    result = run_cli(*SMALL, override, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,77 @@
+"""Configs composed with Hydra's compose API, and every bad setting caught before any work."""
+
+import pytest
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+
+from harness.config import ConfigError, sweep_config
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_precision_sweep_sets_the_default_grid():
+    sweep = sweep_config(composed("experiment=precision_sweep"), "precision_sweep")
+    assert sweep.frameworks == ("numpy", "torch", "jax")
+    assert sweep.paths == ("naive", "softmax_log", "log_softmax_nll", "fused")
+    assert sweep.dtypes == ("float16", "bfloat16", "float32", "float64")
+    assert sweep.families == ("spread", "offset")
+    assert (sweep.n_rows, sweep.n_classes) == (256, 1000)
+    assert len(sweep.scales) >= 20
+    assert sweep.scales[0] == pytest.approx(0.01) and sweep.scales[-1] == pytest.approx(1e4)
+    assert sweep.n_cells == 3 * 4 * 4 * 2 * len(sweep.scales)
+
+
+def test_command_line_overrides_replace_the_grid():
+    cfg = composed(
+        "experiment=precision_sweep",
+        "frameworks=[numpy,torch]",
+        "paths=[naive,fused]",
+        "dtypes=[float16]",
+        "families=[spread]",
+        "n_classes=32000",
+        "n_rows=64",
+        "seed=1",
+        "scales=${logspace:0,2,3}",
+    )
+    sweep = sweep_config(cfg, "precision_sweep")
+    assert sweep.frameworks == ("numpy", "torch") and sweep.paths == ("naive", "fused")
+    assert sweep.dtypes == ("float16",) and sweep.families == ("spread",)
+    assert (sweep.n_rows, sweep.n_classes, sweep.seed) == (64, 32000, 1)
+    assert sweep.scales == pytest.approx((1.0, 10.0, 100.0))
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("frameworks=[numpy,tensorflow]", ["unknown framework 'tensorflow'", "numpy, torch, jax"]),
+        ("paths=[softmax]", ["unknown path 'softmax'", "log_softmax_nll"]),
+        ("dtypes=[float8]", ["unknown dtype 'float8'", "bfloat16"]),
+        ("families=[uniform]", ["unknown family 'uniform'", "spread, offset"]),
+        ("scales=[1,0]", ["bad scale 0", "> 0"]),
+        ("scales=[-2]", ["bad scale -2"]),
+        ("scales=[inf]", ["bad scale inf", "finite"]),
+        ("scales=[]", ["scales is empty"]),
+        ("dtypes=[]", ["dtypes is empty", "float16"]),
+        ("n_classes=1", ["n_classes must be an integer >= 2, got 1"]),
+        ("n_rows=0", ["n_rows must be an integer >= 1, got 0"]),
+        ("label=worst", ["unknown label 'worst'", "random, adversarial"]),
+    ],
+)
+def test_bad_settings_name_the_value_and_the_choices(override, words):
+    with pytest.raises(ConfigError) as caught:
+        sweep_config(composed("experiment=precision_sweep", override), "precision_sweep")
+    message = str(caught.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_a_missing_framework_package_names_it_and_how_to_leave_it_out(monkeypatch):
+    import harness.paths
+
+    monkeypatch.setattr(harness.paths.importlib.util, "find_spec", lambda name: None if name == "jax" else True)
+    with pytest.raises(ConfigError, match=r"'jax' needs the package\(s\) jax .*frameworks=\[numpy,torch\]"):
+        sweep_config(composed("experiment=precision_sweep"), "precision_sweep")

@@ -1,0 +1,106 @@
+"""Every framework and path on the seed article's logits and at the overflow thresholds of theory."""
+
+import numpy as np
+import pytest
+
+from harness import metrics, paths
+from harness.dtypes import DTYPES, round_to
+from harness.reference import exact_cross_entropy
+
+SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
+SEED_LABELS = np.array([0, 1, 2])
+IMPLEMENTATIONS = [(f, p) for f in paths.FRAMEWORKS for p in paths.PATH_NAMES]
+
+
+def run_path(framework: str, path: str, logits64: np.ndarray, labels: np.ndarray, dtype: str):
+    """Round to dtype, run, and return (loss as float64, the dtype name it came back in)."""
+    module = paths.load(framework)
+    fn = module.compile(module.PATHS[path])
+    return module.to_numpy(fn(*module.to_native(round_to(logits64, dtype), labels)))
+
+
+def test_every_framework_implements_every_path():
+    for framework in paths.FRAMEWORKS:
+        assert tuple(paths.load(framework).PATHS) == paths.PATH_NAMES
+
+
+@pytest.mark.parametrize(("framework", "path"), IMPLEMENTATIONS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_seed_article(framework, path, dtype):
+    fmt = DTYPES[dtype]
+    held = round_to(SEED_LOGITS, dtype).astype(np.float64)
+    hi, lo = exact_cross_entropy(held, SEED_LABELS)
+    loss, returned = run_path(framework, path, SEED_LOGITS, SEED_LABELS, dtype)
+    assert returned == dtype
+    errors = metrics.ulp_error(loss, hi, lo, fmt)
+    # the two large losses (19.1 and 36.6) come out within two ulps on every path
+    assert errors[:2].max() <= 2.0
+    if dtype == "float32":
+        # the third, exp(-19.1) = 5.07e-9, is below float32's resolution at 31.4: every path returns 0,
+        # an error of 5.0696e-9 / 2**-51 = 1.14e7 ulps (float32's ulp at 5.07e-9 is 2**-51)
+        assert loss[2] == 0.0
+        assert errors[2] == pytest.approx(float(hi[2]) / 2.0**-51, rel=1e-12)
+        assert errors[2] == pytest.approx(1.1416e7, rel=1e-4)
+    else:
+        # in float64 the small loss keeps about 7 digits at most: log(p) near p = 1 cancels
+        assert abs(loss[2] - hi[2]) / hi[2] < 1e-6
+        assert errors[2] > 1e6
+
+
+def test_seed_article_numbers():
+    # NumPy softmax-then-log in float64 gives the article's numbers exactly
+    loss, _ = run_path("numpy", "naive", SEED_LOGITS, SEED_LABELS, "float64")
+    assert loss.tolist() == [19.100000005069617, 36.60000000506962, 5.069619958913665e-09]
+    # PyTorch's CrossEntropyLoss and LogSoftmax + NLLLoss in float32 print as 19.1000, 36.6000, 0.0000
+    for path in ("fused", "log_softmax_nll"):
+        loss, _ = run_path("torch", path, SEED_LOGITS, SEED_LABELS, "float32")
+        assert [round(v, 4) for v in loss.tolist()] == [19.1, 36.6, 0.0]
+
+
+def overflow_cases(dtype: str):
+    """(logits, expect_finite): largest logit and log-sum-exp against ln(largest finite)."""
+    t = DTYPES[dtype].exp_overflow_threshold
+    below = np.array([[t - 2.0, t - 4.0]])  # max and lse below: finite
+    lse_above = np.array([[t - 0.2, t - 0.2]])  # max below, lse = max + ln 2 above: the sum overflows
+    max_above = np.array([[t + 0.6, t - 3.0]])  # exp(max) overflows
+    return [(below, True), (lse_above, False), (max_above, False)]
+
+
+@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_naive_overflows_where_theory_says(framework, dtype):
+    t = DTYPES[dtype].exp_overflow_threshold
+    for logits, expect_finite in overflow_cases(dtype):
+        held = round_to(logits, dtype).astype(np.float64)
+        lse = np.logaddexp.reduce(held, axis=1)[0]
+        assert (held.max() < t and lse < t) == expect_finite  # the case is what it claims after rounding
+        for label in (0, 1):
+            loss, _ = run_path(framework, "naive", logits, np.array([label]), dtype)
+            assert np.isfinite(loss).all() == expect_finite, (logits, label, loss)
+
+
+@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("path", ["log_softmax_nll", "fused"])
+def test_stable_paths_stay_finite_past_the_thresholds(framework, dtype, path):
+    fmt = DTYPES[dtype]
+    t = fmt.exp_overflow_threshold
+    logits = np.array([[t * 10, t * 9.5, -t], [-t * 20, 0.0, t * 30], [t * 50, t * 50, t * 50]])
+    logits = np.minimum(logits, fmt.max_finite / 4)
+    loss, _ = run_path(framework, path, logits, np.array([1, 0, 2]), dtype)
+    assert np.isfinite(loss).all(), loss
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jax_naive_breaks_early_through_a_flushed_reciprocal(dtype):
+    # XLA divides by multiplying with 1/sum, and flushes subnormals: once the sum passes
+    # 1/smallest_normal (lse > -ln(smallest normal): 87.34 in float32, 708.40 in float64) the
+    # reciprocal becomes 0 and p = 0, although exp and the sum are still finite.
+    fmt = DTYPES[dtype]
+    t = fmt.exp_overflow_threshold
+    logits = np.array([[t - 1.0, t - 3.0]])  # lse between -ln(smallest normal) and ln(largest finite)
+    held = round_to(logits, dtype).astype(np.float64)
+    assert -np.log(fmt.smallest_normal) < np.logaddexp.reduce(held, axis=1)[0] < t
+    assert np.isinf(run_path("jax", "naive", logits, np.array([0]), dtype)[0]).all()
+    for framework in ("numpy", "torch"):
+        assert np.isfinite(run_path(framework, "naive", logits, np.array([0]), dtype)[0]).all()

@@ -1,0 +1,106 @@
+"""The runner on small grids: statuses, failures as rows, and determinism."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import metrics, runner, tables
+from harness.config import SweepConfig
+from harness.dtypes import DTYPES
+from harness.paths import numpy_paths
+
+
+def small_sweep(**changes) -> SweepConfig:
+    settings = dict(
+        experiment="test",
+        frameworks=("numpy", "torch", "jax"),
+        paths=("naive", "softmax_log", "log_softmax_nll", "fused"),
+        dtypes=("float16", "bfloat16", "float32", "float64"),
+        families=("spread", "offset"),
+        scales=(0.01, 1.0, 30.0, 1000.0, 1e5),
+        n_rows=8,
+        n_classes=50,
+        seed=3,
+        label="random",
+        progress=False,
+    )
+    return SweepConfig(**(settings | changes))
+
+
+@pytest.fixture(scope="module")
+def errors() -> pd.DataFrame:
+    return runner.sweep_errors(small_sweep())
+
+
+def test_one_row_per_cell_with_documented_columns(errors):
+    assert list(errors.columns) == list(tables.ERROR_COLUMNS)
+    assert len(errors) == small_sweep().n_cells
+    assert not errors.duplicated(list(tables.KEY_COLUMNS)).any()
+    assert set(errors["status"]) <= set(metrics.STATUSES)
+
+
+def test_inputs_beyond_the_dtype_are_input_inf(errors):
+    # spread at scale 1e5 puts logits past float16's 65504 but not past bfloat16's 3.4e38
+    cells = errors[(errors["family"] == "spread") & (errors["scale"] == 1e5)]
+    assert (cells.loc[cells["dtype"] == "float16", "status"] == "input_inf").all()
+    assert (cells.loc[cells["dtype"] != "float16", "status"] != "input_inf").all()
+    assert cells.loc[cells["dtype"] == "float16", "max_ulp_err"].isna().all()
+
+
+def test_stable_paths_never_break_where_the_exact_loss_is_representable(errors):
+    stable = errors[errors["path"].isin(["log_softmax_nll", "fused"]) & (errors["status"] != "input_inf")]
+    representable = stable["max_exact_loss"] < stable["dtype"].map(lambda d: DTYPES[d].max_finite)
+    assert (stable.loc[representable, "status"] == "ok").all()
+
+
+def test_naive_breaks_in_every_dtype_at_the_largest_scales(errors):
+    naive = errors[(errors["path"] == "naive") & (errors["scale"] == 1000.0)]
+    assert naive["status"].isin(metrics.FAILED).all()
+
+
+def test_small_scales_are_accurate_everywhere(errors):
+    calm = errors[errors["scale"] == 0.01]
+    assert (calm["status"] == "ok").all()
+    assert calm.loc[calm["dtype"] == "float64", "max_ulp_err"].max() < 4
+
+
+def test_offset_family_has_the_same_exact_loss_at_every_scale():
+    # the exact loss ignores a common shift, up to the rounding of the shifted logits
+    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("offset",)))
+    by_scale = errors.groupby("scale")["max_exact_loss"].first()
+    assert by_scale.max() - by_scale.min() < 1e-9
+
+
+def test_a_raising_implementation_is_a_row_not_a_crash(monkeypatch):
+    def not_for_half(x, y):
+        if x.dtype == np.float16:
+            raise NotImplementedError("fused not implemented for 'Half'")
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(numpy_paths.PATHS, "fused", not_for_half)
+    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("float16", "float32")))
+    half = errors[errors["dtype"] == "float16"]
+    single = errors[errors["dtype"] == "float32"]
+    assert set(half.loc[half["status"] != "input_inf", "status"]) == {"unsupported"}
+    assert half["message"].str.contains("not implemented for 'Half'").any()
+    assert set(single["status"]) == {"error"}
+    assert (single["message"] == "RuntimeError: boom").all()
+
+
+def test_a_result_in_another_dtype_is_rounded_and_noted():
+    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("bfloat16",)))
+    assert (errors["message"] == "returned float64; rounded to bfloat16").all()
+
+
+def test_adversarial_labels_pick_each_rows_smallest_logit():
+    random = runner.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("spread",)))
+    worst = runner.sweep_errors(
+        small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("spread",), label="adversarial")
+    )
+    # the smallest logit's loss is the largest of the row: never below the random label's
+    assert (worst["max_exact_loss"].to_numpy() >= random["max_exact_loss"].to_numpy()).all()
+
+
+def test_same_config_same_errors_bit_for_bit(errors):
+    again = runner.sweep_errors(small_sweep())
+    pd.testing.assert_frame_equal(errors, again, check_exact=True)
