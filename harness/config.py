@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from harness import inputs
 from harness.dtypes import DTYPES
-from harness.inputs import FAMILIES, LABEL_CHOICES
+from harness.errors import ConfigError
+from harness.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
 from harness.paths import FRAMEWORKS, PATH_NAMES, missing_packages
-
-
-class ConfigError(ValueError):
-    """A bad setting; its message is the one line the user sees."""
 
 
 def _logspace(start, stop, num) -> list[float]:
@@ -22,7 +20,13 @@ def _logspace(start, stop, num) -> list[float]:
     return [float(v) for v in np.logspace(float(start), float(stop), int(num))]
 
 
+def _or_default(value, default):
+    """`${or_default:${hydra:runtime.choices.experiment},default}`: a name for the run folder."""
+    return default if value in (None, "None", "null", "") else value
+
+
 OmegaConf.register_new_resolver("logspace", _logspace, replace=True)
+OmegaConf.register_new_resolver("or_default", _or_default, replace=True)
 
 
 @dataclass(frozen=True)
@@ -34,14 +38,26 @@ class SweepConfig:
     families: tuple[str, ...]
     scales: tuple[float, ...]
     n_rows: int
-    n_classes: int
+    n_classes: tuple[int, ...]  # one sweep may cover several class counts
     seed: int
     label: str
-    progress: bool
+    progress: bool = False
+    row_errors: bool = False  # also write row_errors.parquet: one row per (cell, logit row)
+    file: dict = field(default_factory=dict)  # settings of the `file` family (harness.logit_files)
+    inline: dict = field(default_factory=dict)  # logits and labels of the `inline` family
+
+    def __post_init__(self):
+        if isinstance(self.n_classes, int):
+            object.__setattr__(self, "n_classes", (self.n_classes,))
+
+    def sizes(self, family: str) -> tuple[int | None, ...]:
+        """Class counts swept for a family; None where the data fixes the shape."""
+        return (None,) if family in GIVEN_FAMILIES else self.n_classes
 
     @property
     def n_cells(self) -> int:
-        return len(self.frameworks) * len(self.paths) * len(self.dtypes) * len(self.families) * len(self.scales)
+        per_input = len(self.frameworks) * len(self.paths) * len(self.dtypes)
+        return per_input * len(self.scales) * sum(len(self.sizes(f)) for f in self.families)
 
 
 def _choices(cfg: DictConfig, key: str, singular: str, valid) -> tuple[str, ...]:
@@ -61,6 +77,22 @@ def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
+    value = cfg.get("n_classes")
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not items:
+        raise ConfigError("n_classes is empty; give an integer >= 2 or a list of them")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 2:
+            raise ConfigError(f"n_classes must be an integer >= 2 (or a list of them), got {item!r}")
+    return tuple(sorted(set(items)))
+
+
+def _plain(cfg: DictConfig, key: str) -> dict:
+    node = cfg.get(key)
+    return dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
 
 
 def _scales(cfg: DictConfig) -> tuple[float, ...]:
@@ -106,10 +138,23 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         families=_choices(cfg, "families", "family", tuple(FAMILIES)),
         scales=_scales(cfg),
         n_rows=_integer(cfg, "n_rows", 1),
-        n_classes=_integer(cfg, "n_classes", 2),
+        n_classes=_class_counts(cfg),
         seed=seed,
         label=label,
         progress=bool(cfg.get("progress", True)),
+        row_errors=bool(cfg.get("row_errors", False)),
+        file=_plain(cfg, "file"),
+        inline=_plain(cfg, "inline"),
     )
     check_installed(sweep.frameworks)
+    for family in sweep.families:
+        if family in GIVEN_FAMILIES:
+            given_draw(sweep, family)  # a bad file or inline table fails here, before any work
     return sweep
+
+
+def given_draw(sweep: SweepConfig, family: str) -> inputs.Draw:
+    """The logits and labels of a given family (`file` or `inline`)."""
+    if family == "file":
+        return inputs.file_draw(sweep.file)
+    return inputs.inline_draw(sweep.inline.get("logits"), sweep.inline.get("labels"))

@@ -1,8 +1,10 @@
-"""Logits for the sweep: made once per (family, scale, size, seed) in float64.
+"""Logits for the sweep: made once per (family, scale, size) in float64.
 
-Every family scales the same standard-normal draw z, so moving along the scale grid changes the
-magnitude of the logits and nothing else. Rounding to each dtype happens later, once, so that
-every framework sees bit-identical inputs (see `harness.dtypes.round_to`).
+Drawn families scale one standard-normal draw z (the same z at every scale), so moving along the
+scale grid changes the magnitude of the logits and nothing else. Given families (`file`,
+`inline`) scale logits supplied by the user: x = scale * data, so scale 1 is the data as it is.
+Rounding to each dtype happens later, once, so that every framework sees bit-identical inputs
+(see `harness.dtypes.round_to`).
 """
 
 from __future__ import annotations
@@ -11,17 +13,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.errors import ConfigError
+
 FAMILIES = {
     "spread": lambda z, scale: scale * z,  # logits spread wider: exp overflows, p underflows
     "offset": lambda z, scale: z + scale,  # common shift: the exact loss is unchanged
+    "file": lambda data, scale: scale * data,  # logits read from a file (settings under `file`)
+    "inline": lambda data, scale: scale * data,  # logits written in the config (settings under `inline`)
 }
+GIVEN_FAMILIES = ("file", "inline")  # their shape comes from the data, not from n_rows/n_classes
 
 LABEL_CHOICES = ("random", "adversarial")
 
 
 @dataclass(frozen=True)
 class Draw:
-    """The random part of a sweep's inputs: z ~ N(0, 1) of shape (n_rows, n_classes), labels."""
+    """The base of a family's inputs: z ~ N(0, 1) or the given logits (rows, classes), and labels."""
 
     z: np.ndarray
     labels: np.ndarray
@@ -34,13 +41,36 @@ def draw(n_rows: int, n_classes: int, seed: int) -> Draw:
     return Draw(z=z, labels=labels)
 
 
+def inline_draw(logits, labels) -> Draw:
+    """Logits and labels written in the config, checked like a file's."""
+    from harness.logit_files import as_labels, as_logits
+
+    try:
+        array = np.array(logits, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"inline.logits must be a list of rows of numbers: {exc}") from None
+    x = as_logits(array, source="inline.logits")
+    y = as_labels(np.array(labels), x.shape[0], x.shape[1], source="inline.labels")
+    return Draw(z=x, labels=y)
+
+
+def file_draw(settings: dict) -> Draw:
+    """Logits and labels from the file named in the `file` settings (see harness.logit_files)."""
+    from harness.logit_files import load_logits
+
+    if not settings.get("path"):
+        raise ConfigError("family 'file' needs file.path=<.npy/.npz/.pt/.mat file>")
+    logits, labels = load_logits(**settings)
+    return Draw(z=logits, labels=labels)
+
+
 def make_logits(family: str, scale: float, base: Draw) -> np.ndarray:
     """The float64 logits of one family at one scale."""
     return FAMILIES[family](base.z, float(scale))
 
 
 def choose_labels(logits: np.ndarray, base: Draw, label: str) -> np.ndarray:
-    """`random`: the drawn labels; `adversarial`: each row's smallest logit (the largest loss)."""
+    """`random`: the drawn (or given) labels; `adversarial`: each row's smallest logit."""
     if label == "adversarial":
         return np.argmin(logits, axis=1)
     return base.labels

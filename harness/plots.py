@@ -25,13 +25,28 @@ def _style(framework: str, path: str, index: int) -> dict:
     return {"color": PATH_COLORS.get(path, colors[index % len(colors)]), "linestyle": linestyle, "marker": marker}
 
 
-def error_vs_scale(errors: pd.DataFrame, family: str, out: Path) -> None:
-    """One panel per dtype: max ulp error against scale, a line per framework/path.
+def write_error_plots(errors: pd.DataFrame, plots_dir: Path) -> list[Path]:
+    """error_vs_scale_<family>.png per family; with several class counts, error_vs_n_classes too."""
+    written = []
+    for family, cells in errors.groupby("family", sort=False):
+        if cells["n_classes"].nunique() == 1:
+            out = plots_dir / f"error_vs_scale_{family}.png"
+            error_vs(cells, "scale", f"family {family}, {cells['n_classes'].iloc[0]} classes", out)
+            written.append(out)
+            continue
+        for scale, at_scale in cells.groupby("scale"):
+            out = plots_dir / f"error_vs_n_classes_{family}_scale{scale:g}.png"
+            error_vs(at_scale, "n_classes", f"family {family}, scale {scale:g}", out)
+            written.append(out)
+    return written
 
-    Cells whose output overflowed (inf) or went NaN are drawn as x and o at the top band of the
-    panel; scales whose inputs overflow the dtype are shaded grey.
+
+def error_vs(cells: pd.DataFrame, axis: str, title: str, out: Path) -> None:
+    """One panel per dtype: max ulp error against `axis` (scale or n_classes), a line per framework/path.
+
+    Cells whose output overflowed (inf) or went NaN are drawn as x and o in the top band of the
+    panel, each line on its own row; x values whose inputs overflow the dtype are shaded grey.
     """
-    cells = errors[errors["family"] == family]
     dtypes = list(dict.fromkeys(cells["dtype"]))
     finite = cells.loc[cells["status"] == metrics.OK, "max_ulp_err"]
     top = max(10.0 ** np.ceil(np.log10(max(finite.max() if not finite.empty else 1.0, 1.0))) * 1e4, 1e5)
@@ -39,11 +54,11 @@ def error_vs_scale(errors: pd.DataFrame, family: str, out: Path) -> None:
     for ax, dtype in zip(axes[0], dtypes, strict=True):
         of_dtype = cells[cells["dtype"] == dtype]
         for index, ((framework, path), line) in enumerate(of_dtype.groupby(["framework", "path"], sort=False)):
-            line = line.sort_values("scale")
+            line = line.sort_values(axis)
             style = _style(framework, path, index)
             ok = line[line["status"] == metrics.OK]
             ax.plot(
-                ok["scale"],
+                ok[axis],
                 ok["max_ulp_err"].clip(lower=ULP_FLOOR),
                 markersize=3,
                 linewidth=1.2,
@@ -56,7 +71,7 @@ def error_vs_scale(errors: pd.DataFrame, family: str, out: Path) -> None:
             for status, marker in ((metrics.INF, "x"), (metrics.NAN, "o")):
                 bad = line[line["status"] == status]
                 ax.scatter(
-                    bad["scale"],
+                    bad[axis],
                     np.full(len(bad), row_y),
                     marker=marker,
                     s=24,
@@ -64,16 +79,16 @@ def error_vs_scale(errors: pd.DataFrame, family: str, out: Path) -> None:
                     facecolors="none" if marker == "o" else None,
                     linewidths=1.1,
                 )
-        for scale in of_dtype.loc[of_dtype["status"] == metrics.INPUT_INF, "scale"].unique():
-            ax.axvspan(scale / 1.15, scale * 1.15, color="0.85", zorder=0)
+        for x in of_dtype.loc[of_dtype["status"] == metrics.INPUT_INF, axis].unique():
+            ax.axvspan(x / 1.15, x * 1.15, color="0.85", zorder=0)
         ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="-.")
         ax.axhspan(top * 0.6 / 1.5**12, top, color="0.95", zorder=0)
-        ax.set(xscale="log", yscale="log", title=dtype, xlabel=f"scale ({family})", ylim=(ULP_FLOOR / 2, top))
+        ax.set(xscale="log", yscale="log", title=dtype, xlabel=axis, ylim=(ULP_FLOOR / 2, top))
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("max ulp error (top band: x = inf, o = nan)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
-    fig.suptitle(f"Cross-entropy error vs scale, family {family} (dash-dot line: 0.5 ulp)")
+    fig.suptitle(f"Cross-entropy error vs {axis}, {title} (dash-dot line: 0.5 ulp)")
     fig.tight_layout(rect=(0, 0.1 if len(labels) > 6 else 0.06, 1, 1))
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

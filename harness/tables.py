@@ -58,8 +58,8 @@ def _fmt(value: float) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
-def path_outcome(cells: pd.DataFrame) -> str:
-    """One framework/path/dtype over the scale grid: worst ulp error while ok, first failure."""
+def path_outcome(cells: pd.DataFrame, axis: str = "scale") -> str:
+    """One framework/path/dtype along `axis`: worst ulp error while ok, then the first failure."""
     if cells.empty:
         return ""
     statuses = set(cells["status"])
@@ -67,33 +67,49 @@ def path_outcome(cells: pd.DataFrame) -> str:
         return metrics.UNSUPPORTED if metrics.UNSUPPORTED in statuses else "no finite input"
     ok = cells[cells["status"] == metrics.OK]
     worst = f"{_fmt(ok['max_ulp_err'].max())} ulp" if not ok.empty else "never ok"
-    failed = cells[cells["status"].isin(metrics.FAILED)].sort_values("scale")
+    failed = cells[cells["status"].isin(metrics.FAILED)].sort_values(axis)
     if failed.empty:
         return f"{worst}; never fails"
     first = failed.iloc[0]
-    return f"{worst}; {first['status']} from {_fmt(first['scale'])}"
+    return f"{worst}; {first['status']} from {_fmt(first[axis])}"
+
+
+def outcome_table(cells: pd.DataFrame, axis: str) -> str:
+    """framework/path x dtype table of path_outcome, in the order the cells came."""
+    dtypes = list(dict.fromkeys(cells["dtype"]))
+    rows = []
+    for (framework, path), of_path in cells.groupby(["framework", "path"], sort=False):
+        rows.append([f"{framework}/{path}"] + [path_outcome(of_path[of_path["dtype"] == d], axis) for d in dtypes])
+    return markdown_table(["framework/path", *dtypes], rows)
+
+
+def _input_inf_note(cells: pd.DataFrame, axis: str) -> list[str]:
+    skipped = cells[cells["status"] == metrics.INPUT_INF].groupby("dtype", sort=False)[axis].min()
+    if skipped.empty:
+        return []
+    where = ", ".join(f"in {dtype} from {axis} {_fmt(value)}" for dtype, value in skipped.items())
+    return ["", f"Inputs not finite (status input_inf) {where}."]
 
 
 def summary_markdown(errors: pd.DataFrame, sweep) -> str:
-    """Per family: framework/path x dtype, worst ulp error over ok cells and first failing scale."""
+    """Per family (and scale, when class counts vary): worst ulp error over ok cells, first failure."""
+    sizes = ", ".join(str(n) for n in sorted(errors["n_classes"].unique()))
     lines = [
         f"# {sweep.experiment}: cross-entropy error against the exact reference",
         "",
-        f"{sweep.n_rows} rows x {sweep.n_classes} classes per cell, label={sweep.label}, seed={sweep.seed}, "
-        f"{len(sweep.scales)} scales from {_fmt(min(sweep.scales))} to {_fmt(max(sweep.scales))}.",
-        "Each entry: worst max_ulp_err over the cells with status ok; then the first scale whose status is",
-        "inf, nan or error (or 'never fails').",
+        f"{sweep.n_rows} rows x {sizes} classes per cell (given data keep their own shape), "
+        f"label={sweep.label}, seed={sweep.seed}, {len(sweep.scales)} scales from {_fmt(min(sweep.scales))} "
+        f"to {_fmt(max(sweep.scales))}.",
+        "Each entry: worst max_ulp_err over the cells with status ok; then the first scale (or class count)",
+        "whose status is inf, nan or error, or 'never fails'.",
     ]
-    for family in sweep.families:
-        of_family = errors[errors["family"] == family]
-        rows = []
-        for framework in sweep.frameworks:
-            for path in sweep.paths:
-                cells = of_family[(of_family["framework"] == framework) & (of_family["path"] == path)]
-                rows.append([f"{framework}/{path}"] + [path_outcome(cells[cells["dtype"] == d]) for d in sweep.dtypes])
-        lines += ["", f"## family {family}", "", markdown_table(["framework/path", *sweep.dtypes], rows)]
-        skipped = of_family[of_family["status"] == metrics.INPUT_INF].groupby("dtype")["scale"].min()
-        if not skipped.empty:
-            where = ", ".join(f"in {dtype} from scale {_fmt(scale)}" for dtype, scale in skipped.items())
-            lines += ["", f"Inputs not finite (status input_inf) {where}."]
+    for family, cells in errors.groupby("family", sort=False):
+        if cells["n_classes"].nunique() == 1:
+            shape = f"{cells['n_rows'].iloc[0]} x {cells['n_classes'].iloc[0]}"
+            lines += ["", f"## family {family} ({shape}), along scale", "", outcome_table(cells, "scale")]
+            lines += _input_inf_note(cells, "scale")
+            continue
+        for scale, at_scale in cells.groupby("scale"):
+            lines += ["", f"## family {family}, scale {_fmt(scale)}, along n_classes", ""]
+            lines += [outcome_table(at_scale, "n_classes"), *_input_inf_note(at_scale, "n_classes")]
     return "\n".join(lines) + "\n"
