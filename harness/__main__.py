@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from harness.config import ConfigError, sweep_config
+from harness.run_dir import check_resume, holds_run, record_sweep
+from harness.tables import write_text
 
 
 def _discard(run_dir: Path) -> None:
@@ -26,21 +30,43 @@ def _discard(run_dir: Path) -> None:
             break
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     experiment = hydra_cfg.runtime.choices.get("experiment") or "default"
+    resume = bool(cfg.get("resume", False))
     try:
         sweep = sweep_config(cfg, experiment)
+        check_resume(sweep, run_dir, resume)
     except ConfigError as exc:
-        _discard(run_dir)
+        if not holds_run(run_dir):
+            _discard(run_dir)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
-    from harness import runner  # frameworks load only once the config is known to be good
+    from harness import environment, runner  # frameworks load only once the config is known to be good
 
-    runner.run(sweep, run_dir)
+    if not resume:
+        record_sweep(sweep, run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_text(
+        json.dumps(environment.collect(sweep, resolved), indent=2, default=str) + "\n", run_dir / "environment.json"
+    )
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        runner.run(sweep, run_dir)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished cells are kept in {run_dir / 'cells.jsonl'}; "
+            f"resume with the same command plus hydra.run.dir={run_dir} resume=true",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
 
 if __name__ == "__main__":

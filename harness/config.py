@@ -9,6 +9,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from harness import inputs
+from harness.devices import check_device
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
 from harness.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
@@ -41,6 +42,7 @@ class SweepConfig:
     n_classes: tuple[int, ...]  # one sweep may cover several class counts
     seed: int
     label: str
+    device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.devices)
     progress: bool = False
     row_errors: bool = False  # also write row_errors.parquet: one row per (cell, logit row)
     file: dict = field(default_factory=dict)  # settings of the `file` family (harness.logit_files)
@@ -141,12 +143,14 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         n_classes=_class_counts(cfg),
         seed=seed,
         label=label,
+        device=str(cfg.get("device", "cpu")),
         progress=bool(cfg.get("progress", True)),
         row_errors=bool(cfg.get("row_errors", False)),
         file=_plain(cfg, "file"),
         inline=_plain(cfg, "inline"),
     )
     check_installed(sweep.frameworks)
+    check_device(sweep.device, sweep.frameworks)
     for family in sweep.families:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work

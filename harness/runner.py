@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import inputs, metrics, paths, plots, tables
+from harness import inputs, journal, metrics, paths, plots, tables
 from harness.config import SweepConfig, given_draw
+from harness.devices import on_device, row_device
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.reference import exact_cross_entropy
 
@@ -38,53 +39,65 @@ def compute(fn, native, module, dtype: str) -> tuple[np.ndarray, str]:
     return round_to(values, dtype).astype(np.float64), f"returned {returned}; rounded to {dtype}"
 
 
-def row_errors_frame(cell: dict, labels, computed, hi, lo, fmt: FloatFormat) -> pd.DataFrame:
-    """One row per logit row of a cell: the exact and computed loss and their error."""
-    keys = {k: cell[k] for k in tables.KEY_COLUMNS}
-    return pd.DataFrame(
-        keys
-        | {
-            "row": np.arange(len(hi)),
-            "label": labels,
-            "exact_loss": hi,
-            "computed": computed,
-            "abs_err": metrics.abs_error(computed, hi, lo),
-            "ulp_err": metrics.ulp_error(computed, hi, lo, fmt),
-        }
-    )
+def per_row(labels, computed, hi, lo, fmt: FloatFormat) -> dict:
+    """The per-row errors of one cell, as lists (for the journal and row_errors)."""
+    return {
+        "row": list(range(len(hi))),
+        "label": [int(v) for v in labels],
+        "exact_loss": hi.tolist(),
+        "computed": computed.tolist(),
+        "abs_err": metrics.abs_error(computed, hi, lo).tolist(),
+        "ulp_err": metrics.ulp_error(computed, hi, lo, fmt).tolist(),
+    }
 
 
-def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, row_sink: list | None = None):
-    """Rows for every (framework, path) on one input rounded to one dtype."""
+def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, record, done=frozenset(), rows=False):
+    """Measure every (framework, path) not yet done on one input rounded to one dtype.
+
+    `key` names the cell (family, scale, n_rows, n_classes, device). Each finished cell goes to
+    `record(cell, per_row_or_None)` at once; returns how many ran.
+    """
+    device = key.get("device", "cpu")
+    cell = key | {"dtype": dtype}
+    todo = {fp: fn for fp, fn in implementations.items() if cell_key(cell, *fp) not in done}
+    if not todo:
+        return 0
     fmt = DTYPES[dtype]
     rounded = round_to(logits, dtype)
     held = rounded.astype(np.float64)  # exact: what the reference sees
-    cell = key | {"dtype": dtype, "max_logit": float(held.max())}
+    cell["max_logit"] = float(held.max())
     if not np.isfinite(held).all():
         status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
-        for framework, path in implementations:
-            yield cell | {"framework": framework, "path": path} | status
-        return
+        for framework, path in todo:
+            record(
+                cell | {"framework": framework, "path": path, "device": row_device(framework, device)} | status, None
+            )
+        return len(todo)
     hi, lo = exact_cross_entropy(held, labels)
     cell["max_exact_loss"] = float(hi.max())
-    for framework, by_path in _group_by_framework(implementations).items():
+    for framework, by_path in _group_by_framework(todo).items():
         module = paths.load(framework)
+        where = {"framework": framework, "device": row_device(framework, device)}
         try:
-            native = module.to_native(rounded, labels)
+            native = on_device(framework, module.to_native(rounded, labels), device)
         except Exception as exc:
             for path in by_path:
-                yield cell | {"framework": framework, "path": path} | failure_row(exc)
+                record(cell | where | {"path": path} | failure_row(exc), None)
             continue
         for path, fn in by_path.items():
-            row = cell | {"framework": framework, "path": path}
+            row = cell | where | {"path": path}
             try:
                 computed, note = compute(fn, native, module, dtype)
             except Exception as exc:  # a framework that breaks is a row, never a crash
-                yield row | failure_row(exc)
+                record(row | failure_row(exc), None)
                 continue
-            if row_sink is not None:
-                row_sink.append(row_errors_frame(row, labels, computed, hi, lo, fmt))
-            yield row | metrics.cell_metrics(computed, hi, lo, fmt) | {"message": note}
+            details = per_row(labels, computed, hi, lo, fmt) if rows else None
+            record(row | metrics.cell_metrics(computed, hi, lo, fmt) | {"message": note}, details)
+    return len(todo)
+
+
+def cell_key(cell: dict, framework: str, path: str) -> tuple:
+    return journal.cell_key(cell | {"framework": framework, "path": path})
 
 
 def _group_by_framework(implementations: dict) -> dict:
@@ -114,22 +127,40 @@ def bases(sweep: SweepConfig):
                 yield family, inputs.draw(sweep.n_rows, n_classes, sweep.seed)
 
 
-def sweep_errors(sweep: SweepConfig, row_sink: list | None = None) -> pd.DataFrame:
-    """The errors table of a sweep: one row per cell. Per-row errors go to row_sink if given."""
+def sweep_cells(sweep: SweepConfig, record, done=frozenset()) -> None:
+    """Walk the grid; every cell not in `done` is measured and passed to record(cell, rows)."""
     implementations = compile_implementations(sweep)
-    rows = []
-    with tqdm(total=sweep.n_cells, disable=not sweep.progress, desc="cells", unit="cell") as bar:
+    with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
         for family, base in bases(sweep):
             for scale in sweep.scales:
                 logits = inputs.make_logits(family, scale, base)
                 labels = inputs.choose_labels(logits, base, sweep.label)
                 n_rows, n_classes = logits.shape
-                key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes}
+                key = {
+                    "family": family,
+                    "scale": scale,
+                    "n_rows": n_rows,
+                    "n_classes": n_classes,
+                    "device": sweep.device,
+                }
                 for dtype in sweep.dtypes:
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
-                    rows.extend(measure_input(logits, labels, dtype, implementations, key, row_sink))
-                    bar.update(len(implementations))
-    return tables.errors_frame(rows)
+                    bar.update(
+                        measure_input(logits, labels, dtype, implementations, key, record, done, sweep.row_errors)
+                    )
+
+
+def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
+    """The errors table of a sweep, in memory: one row per cell."""
+    cells = []
+    sweep_cells(sweep, lambda cell, rows: cells.append(cell))
+    return tables.errors_frame(cells)
+
+
+def row_errors_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per (cell, logit row) from the journal's records that carry per-row errors."""
+    frames = [pd.DataFrame({k: r["cell"][k] for k in tables.KEY_COLUMNS} | r["rows"]) for r in records if "rows" in r]
+    return tables.canonical_order(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
 
 
 def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
@@ -141,14 +172,25 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
 
 
 def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
-    """Measure the sweep and write its tables, summary and plots into run_dir."""
+    """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
     versions = ", ".join(paths.load(f).version() for f in sweep.frameworks)
     log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
-    row_sink = [] if sweep.row_errors else None
-    errors = sweep_errors(sweep, row_sink)
+    cells = journal.Journal(run_dir)
+    try:
+        if cells.done:
+            log.info("resuming: %d of %d cells already done", len(cells.done), sweep.n_cells)
+        sweep_cells(sweep, cells.append, frozenset(cells.done))
+    finally:
+        cells.close()
+    return write_results(sweep, run_dir, cells.records)
+
+
+def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
+    """Tables, summary, plots and the study's summary, from the journal's records alone."""
+    errors = tables.errors_frame([r["cell"] for r in records])
     tables.write_table(errors, run_dir / "errors")
-    if row_sink is not None:
-        tables.write_table(pd.concat(row_sink, ignore_index=True), run_dir / "row_errors")
+    if sweep.row_errors:
+        tables.write_table(row_errors_frame(records), run_dir / "row_errors")
     summary = tables.summary_markdown(errors, sweep)
     tables.write_text(summary, run_dir / "summary.md")
     plots.write_error_plots(errors, run_dir / "plots")

@@ -12,15 +12,39 @@ import pandas as pd
 from harness import metrics
 
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
-ERROR_COLUMNS = KEY_COLUMNS + ("max_logit", "max_exact_loss", "status") + metrics.METRIC_COLUMNS + ("message",)
+ERROR_COLUMNS = (
+    KEY_COLUMNS + ("device", "max_logit", "max_exact_loss", "status") + metrics.METRIC_COLUMNS + ("message",)
+)
+SORT_COLUMNS = ("family", "n_classes", "n_rows", "scale", "dtype", "framework", "path")
+
+
+def _rank(values: pd.Series, known: list[str]) -> pd.Series:
+    """Position of each value in `known`; names not in it follow, in order of first appearance."""
+    ranks = {name: i for i, name in enumerate(known)}
+    for name in values.unique():
+        ranks.setdefault(name, len(ranks))
+    return values.map(ranks)
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in grid order, names in registry order: the same cells give the same table however run."""
+    from harness.dtypes import DTYPES
+    from harness.inputs import FAMILIES
+    from harness.paths import FRAMEWORKS, PATH_NAMES
+
+    known = {"family": list(FAMILIES), "dtype": list(DTYPES), "framework": list(FRAMEWORKS), "path": list(PATH_NAMES)}
+    by = [c for c in SORT_COLUMNS if c in frame] + (["row"] if "row" in frame else [])
+    keys = pd.DataFrame({c: _rank(frame[c], known[c]) if c in known else frame[c] for c in by})
+    order = keys.sort_values(by, kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
 
 
 def errors_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows of cells -> the errors table, columns in documented order, missing metrics as NaN."""
-    frame = pd.DataFrame(rows).reindex(columns=list(ERROR_COLUMNS))
+    """Rows of cells -> the errors table, columns in documented order, grid order, missing metrics NaN."""
+    frame = canonical_order(pd.DataFrame(rows)).reindex(columns=list(ERROR_COLUMNS))
     frame["n_nonfinite"] = frame["n_nonfinite"].fillna(-1).astype("int64")
     frame["message"] = frame["message"].fillna("").astype(str)
-    for column in ("framework", "path", "dtype", "family", "status"):
+    for column in ("framework", "path", "dtype", "family", "device", "status"):
         frame[column] = frame[column].astype(str)
     return frame
 

@@ -18,7 +18,7 @@ def test_precision_sweep_sets_the_default_grid():
     assert sweep.paths == ("naive", "softmax_log", "log_softmax_nll", "fused")
     assert sweep.dtypes == ("float16", "bfloat16", "float32", "float64")
     assert sweep.families == ("spread", "offset")
-    assert (sweep.n_rows, sweep.n_classes) == (256, 1000)
+    assert (sweep.n_rows, sweep.n_classes) == (256, (1000,))
     assert len(sweep.scales) >= 20
     assert sweep.scales[0] == pytest.approx(0.01) and sweep.scales[-1] == pytest.approx(1e4)
     assert sweep.n_cells == 3 * 4 * 4 * 2 * len(sweep.scales)
@@ -39,7 +39,7 @@ def test_command_line_overrides_replace_the_grid():
     sweep = sweep_config(cfg, "precision_sweep")
     assert sweep.frameworks == ("numpy", "torch") and sweep.paths == ("naive", "fused")
     assert sweep.dtypes == ("float16",) and sweep.families == ("spread",)
-    assert (sweep.n_rows, sweep.n_classes, sweep.seed) == (64, 32000, 1)
+    assert (sweep.n_rows, sweep.n_classes, sweep.seed) == (64, (32000,), 1)
     assert sweep.scales == pytest.approx((1.0, 10.0, 100.0))
 
 
@@ -55,7 +55,9 @@ def test_command_line_overrides_replace_the_grid():
         ("scales=[inf]", ["bad scale inf", "finite"]),
         ("scales=[]", ["scales is empty"]),
         ("dtypes=[]", ["dtypes is empty", "float16"]),
-        ("n_classes=1", ["n_classes must be an integer >= 2, got 1"]),
+        ("n_classes=1", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
+        ("n_classes=[64,1]", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
+        ("device=tpu", ["unknown device 'tpu'", "cpu, cuda"]),
         ("n_rows=0", ["n_rows must be an integer >= 1, got 0"]),
         ("label=worst", ["unknown label 'worst'", "random, adversarial"]),
     ],

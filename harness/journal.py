@@ -1,0 +1,62 @@
+"""The run's journal: one JSON line per finished cell, appended as each cell completes.
+
+A killed run loses at most the cell in flight; `resume=true` reads the journal back and computes
+only the missing cells. The tables are always built from the journal, so a resumed run writes
+the same tables as an uninterrupted one. A last line torn by a kill is dropped on reopening.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.tables import KEY_COLUMNS
+
+JOURNAL = "cells.jsonl"
+
+
+def cell_key(row: dict) -> tuple:
+    return tuple(row[k] for k in KEY_COLUMNS)
+
+
+def read(path: Path) -> list[dict]:
+    """The complete records of a journal (a torn last line is ignored)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # torn by a kill mid-write
+        records.append(json.loads(line))
+    return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+
+
+class Journal:
+    """Appends finished cells to run_dir/cells.jsonl, flushed line by line."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / JOURNAL
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            _drop_torn_tail(self.path)
+        self.records = read(self.path)
+        self.done = {cell_key(r["cell"]) for r in self.records}
+        self._file = self.path.open("a")
+
+    def append(self, cell: dict, rows: dict | None = None) -> None:
+        record = {"cell": cell} if rows is None else {"cell": cell, "rows": rows}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self.records.append(record)
+        self.done.add(cell_key(cell))
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,51 @@
+"""A run folder's own record: sweep.json (the validated settings) and the rules for resuming it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.journal import JOURNAL
+from harness.tables import write_text
+
+SWEEP = "sweep.json"
+NOT_COMPARED = ("progress",)  # settings a resumed run may change
+
+
+def sweep_record(sweep) -> dict:
+    """The settings that decide the results, as JSON values."""
+    record = dataclasses.asdict(sweep)
+    for key in NOT_COMPARED:
+        record.pop(key, None)
+    return json.loads(json.dumps(record))
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / SWEEP).exists() or (run_dir / JOURNAL).exists()
+
+
+def differing_keys(stored: dict, current: dict) -> list[str]:
+    return sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+
+
+def check_resume(sweep, run_dir: Path, resume: bool) -> None:
+    """Refuse to mix runs: a fresh run needs an empty folder; a resumed one the same settings."""
+    if not resume:
+        if holds_run(run_dir):
+            raise ConfigError(
+                f"{run_dir} already holds a run; resume it with resume=true, or choose another hydra.run.dir"
+            )
+        return
+    if not (run_dir / SWEEP).exists():
+        raise ConfigError(f"resume=true but {run_dir} holds no run (no {SWEEP}); give hydra.run.dir=<the run folder>")
+    stored = json.loads((run_dir / SWEEP).read_text())
+    keys = differing_keys(stored, sweep_record(sweep))
+    if keys:
+        changes = "; ".join(f"{k}: stored {stored.get(k)!r}, now {sweep_record(sweep).get(k)!r}" for k in keys)
+        raise ConfigError(f"resume refused: the config differs from the stored run in {', '.join(keys)} ({changes})")
+
+
+def record_sweep(sweep, run_dir: Path) -> None:
+    write_text(json.dumps(sweep_record(sweep), indent=2) + "\n", run_dir / SWEEP)

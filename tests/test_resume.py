@@ -1,0 +1,131 @@
+"""Nothing lost: the journal, killed and interrupted runs, resuming, and what produced a result."""
+
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+from harness import journal
+
+GRID = [
+    "experiment=precision_sweep",
+    "frameworks=[numpy]",
+    "dtypes=[float16,bfloat16]",
+    "scales=${logspace:-1,3,12}",
+    "n_rows=128",
+    "n_classes=1000",
+    "progress=false",
+]
+N_CELLS = 1 * 4 * 2 * 2 * 12
+
+
+def start(run_dir, *extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "harness", *GRID, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_cells(run_dir, count, process, timeout=120):
+    path = run_dir / journal.JOURNAL
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before {count} cells: {process.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError("the run did not reach the cells in time")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    result = run_cli(*GRID, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr
+    return pd.read_parquet(out / "errors.parquet")
+
+
+def test_a_killed_run_resumes_to_the_same_tables(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for_cells(run_dir, 30, process)
+    process.kill()  # SIGKILL: no clean-up at all
+    process.wait()
+    kept = len(journal.read(run_dir / journal.JOURNAL))
+    assert 30 <= kept < N_CELLS
+    assert not (run_dir / "errors.parquet").exists()
+    result = run_cli(*GRID, f"hydra.run.dir={run_dir}", "resume=true")
+    assert result.returncode == 0, result.stderr
+    assert len(journal.read(run_dir / journal.JOURNAL)) == N_CELLS  # only the missing cells were added
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "errors.parquet"), uninterrupted)
+
+
+def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for_cells(run_dir, 10, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "resume=true" in stderr and "Traceback" not in stderr
+    assert len(journal.read(run_dir / journal.JOURNAL)) >= 10
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*GRID, "scales=[1,10]", f"hydra.run.dir={run_dir}").returncode == 0
+    before = (run_dir / "errors.csv").read_text()
+    result = run_cli(*GRID, "scales=[1,10]", "seed=7", "n_rows=64", f"hydra.run.dir={run_dir}", "resume=true")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: resume refused: the config differs from the stored run in n_rows, seed "
+        "(n_rows: stored 128, now 64; seed: stored 0, now 7)"
+    ]
+    assert (run_dir / "errors.csv").read_text() == before  # the stored run is untouched
+    again = run_cli(*GRID, "scales=[1,10]", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_resume_needs_an_existing_run(tmp_path):
+    result = run_cli(*GRID, f"hydra.run.dir={tmp_path / 'none'}", "resume=true")
+    assert result.returncode == 2 and "holds no run" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_journal_drops_a_torn_last_line(tmp_path):
+    cells = journal.Journal(tmp_path)
+    cells.append({"framework": "numpy", "path": "fused", "dtype": "float16", "family": "spread", "scale": 1.0,
+                  "n_rows": 2, "n_classes": 3})  # fmt: skip
+    cells.close()
+    with (tmp_path / journal.JOURNAL).open("a") as f:
+        f.write('{"cell": {"framework": "nu')  # killed mid-write
+    reopened = journal.Journal(tmp_path)
+    assert len(reopened.records) == 1
+    reopened.append(dict(reopened.records[0]["cell"], scale=2.0))
+    reopened.close()
+    assert [r["cell"]["scale"] for r in journal.read(tmp_path / journal.JOURNAL)] == [1.0, 2.0]
+
+
+def test_environment_records_what_produced_the_result(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
+    env = json.loads((run_dir / "environment.json").read_text())
+    for package in ("numpy", "torch", "jax", "jaxlib", "optax", "pandas", "hydra-core", "ml_dtypes", "mpmath"):
+        assert env["packages"][package] == importlib.metadata.version(package)
+    assert env["python"].startswith(sys.version.split()[0])
+    assert env["cpu"]["cores"] == os.cpu_count() and env["cpu"]["model"]
+    assert env["seed"] == 0 and env["device"] == "cpu"
+    assert "hydra.run.dir=" + str(run_dir) in env["command"]
+    assert env["config"]["n_rows"] == 128 and env["config"]["scales"] == [1]
+    assert isinstance(env["threads"]["threadpools"], list)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert env["harness"]["commit"] == head.stdout.strip()
+        assert isinstance(env["harness"]["dirty"], bool)
