@@ -1,0 +1,112 @@
+"""Merge the shards of a Hydra multirun into one set of tables, summary and plots.
+
+`python -m harness -m experiment=precision_sweep frameworks=[numpy],[torch],[jax] hydra/launcher=joblib`
+runs one job per framework into results/<experiment>/multirun_<timestamp>/<job number>/; at the end of
+the multirun the `MergeShards` callback (registered in conf/config.yaml) merges them into the sweep
+folder itself. `python -m harness.merge SWEEP_DIR` does the same by hand, e.g. after a cluster run.
+
+Shards may split any list setting (frameworks, paths, dtypes, families, scales, n_classes); every
+other setting must agree, and no cell may appear in two shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from harness import journal
+from harness.config import SweepConfig
+from harness.errors import ConfigError
+from harness.run_dir import SWEEP, differing_keys, record_sweep
+from harness.tables import write_text
+
+SHARDED = ("frameworks", "paths", "dtypes", "families", "scales", "n_classes")
+
+
+def shard_dirs(sweep_dir: Path) -> list[Path]:
+    """Job folders of a multirun: those holding a sweep.json, in job-number order."""
+    found = [d for d in sweep_dir.iterdir() if d.is_dir() and (d / SWEEP).is_file()]
+    return sorted(found, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def _union(lists) -> list:
+    merged = []
+    for values in lists:
+        merged += [v for v in values if v not in merged]
+    return merged
+
+
+def merged_sweep(records: list[dict]) -> SweepConfig:
+    """One SweepConfig covering every shard; the unsharded settings must agree."""
+    first = records[0]
+    for other in records[1:]:
+        keys = [k for k in differing_keys(first, other) if k not in SHARDED]
+        if keys:
+            raise ConfigError(f"shards differ in {', '.join(keys)}: they are not parts of one sweep")
+    settings = dict(first) | {k: tuple(_union(r[k] for r in records)) for k in SHARDED}
+    settings["scales"] = tuple(sorted(settings["scales"]))
+    settings["n_classes"] = tuple(sorted(settings["n_classes"]))
+    return SweepConfig(**settings)
+
+
+def merge(sweep_dir: Path):
+    """Merge the shards under sweep_dir into sweep_dir; returns the merged errors table."""
+    from harness import runner
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"no such sweep folder: {sweep_dir}")
+    shards = shard_dirs(sweep_dir)
+    if not shards:
+        raise ConfigError(f"{sweep_dir} holds no shards (job folders with {SWEEP})")
+    sweep = merged_sweep([json.loads((d / SWEEP).read_text()) for d in shards])
+    records, seen = [], {}
+    for shard in shards:
+        for record in journal.read(shard / journal.JOURNAL):
+            key = journal.cell_key(record["cell"])
+            if key in seen:
+                raise ConfigError(f"cell {key} is in two shards: {seen[key].name} and {shard.name}")
+            seen[key] = shard
+            records.append(record)
+    record_sweep(sweep, sweep_dir)
+    environments = [
+        json.loads((d / "environment.json").read_text()) for d in shards if (d / "environment.json").exists()
+    ]
+    if environments:
+        merged_env = environments[0] | {"shards": [{"folder": d.name, **_command(d)} for d in shards]}
+        write_text(json.dumps(merged_env, indent=2, default=str) + "\n", sweep_dir / "environment.json")
+    return runner.write_results(sweep, sweep_dir, records)
+
+
+def _command(shard: Path) -> dict:
+    env = shard / "environment.json"
+    return {"command": json.loads(env.read_text()).get("command")} if env.exists() else {}
+
+
+class MergeShards(Callback):
+    """Hydra callback: after a multirun, merge its job folders into the sweep folder."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir() and shard_dirs(sweep_dir):
+            merge(sweep_dir)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder whose job folders hold shard runs")
+    args = parser.parse_args(argv)
+    try:
+        merge(args.sweep_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Sweeps sharded by Hydra multirun (joblib, submitit_local) merge to the tables of one job."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+GRID = ["experiment=precision_sweep", "frameworks=[numpy]", "scales=[0.1,30,1000]", "n_rows=6", "n_classes=40"]
+GRID += ["progress=false"]
+
+
+@pytest.fixture(scope="module")
+def single_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    result = run_cli(*GRID, "dtypes=[float16,bfloat16,float32]", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr
+    return pd.read_parquet(out / "errors.parquet")
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_sharded_sweep_merges_to_the_single_job_tables(tmp_path, single_job, launcher):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        *GRID,
+        "dtypes=[float16],[bfloat16,float32]",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep_dir}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    shards = [pd.read_parquet(sweep_dir / job / "errors.parquet") for job in ("0", "1")]
+    assert [set(s["dtype"]) for s in shards] == [{"float16"}, {"bfloat16", "float32"}]
+    merged = pd.read_parquet(sweep_dir / "errors.parquet")
+    pd.testing.assert_frame_equal(merged, single_job)
+    for name in ("errors.csv", "summary.md", "plots/error_vs_scale_spread.png", "environment.json"):
+        assert (sweep_dir / name).is_file(), name
+    assert len(json.loads((sweep_dir / "environment.json").read_text())["shards"]) == 2
+
+
+def merge_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "harness.merge", *map(str, args)]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_merge_by_hand_and_its_errors(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    for job, dtype in (("0", "float16"), ("1", "float32")):
+        result = run_cli(*GRID, f"dtypes=[{dtype}]", f"hydra.run.dir={sweep_dir / job}")
+        assert result.returncode == 0, result.stderr
+    assert merge_cli(sweep_dir).returncode == 0
+    assert set(pd.read_parquet(sweep_dir / "errors.parquet")["dtype"]) == {"float16", "float32"}
+
+    missing = merge_cli(tmp_path / "nowhere")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: no such sweep folder: {tmp_path / 'nowhere'}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert merge_cli(empty).returncode == 2
+
+    clash = tmp_path / "clash"
+    for job, seed in (("0", 0), ("1", 1)):
+        assert run_cli(*GRID, "dtypes=[float16]", f"seed={seed}", f"hydra.run.dir={clash / job}").returncode == 0
+    result = merge_cli(clash)
+    assert result.returncode == 2 and "shards differ in seed" in result.stderr
+
+    twice = tmp_path / "twice"
+    for job in ("0", "1"):
+        assert run_cli(*GRID, "dtypes=[float16]", f"hydra.run.dir={twice / job}").returncode == 0
+    result = merge_cli(twice)
+    assert result.returncode == 2 and "is in two shards" in result.stderr
