@@ -26,6 +26,8 @@ METRIC_COLUMNS = (
     "max_rel_err",
     "max_ulp_err",
     "median_ulp_err",
+    "bound_ulp",
+    "frac_within_bound",
 )
 
 
@@ -59,6 +61,19 @@ def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarra
         return np.where(err == 0, 0.0, err / np.abs(hi))
 
 
+def lse_bound(logits: np.ndarray, labels: np.ndarray, loss: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """Leading-order error bound of a shifted log-sum-exp loss, per row, as an absolute error.
+
+    Blanchard, Higham & Higham (2021) bound the error of the shifted y = lse(x) =
+    a + log(sum exp(x - a)) by u |y + n - min x| (n classes, u the dtype's unit roundoff), to which
+    the final roundings of y and of the loss y - x[y] add u |y| and u |loss|:
+    |computed - loss| <= u (|y + n - min x| + |y| + |loss|).
+    """
+    y = loss + logits[np.arange(len(labels)), labels]
+    n = logits.shape[1]
+    return fmt.unit_roundoff * (np.abs(y + n - logits.min(axis=1)) + np.abs(y) + np.abs(loss))
+
+
 def output_status(computed: np.ndarray) -> str:
     """`nan` if any row is NaN, else `inf` if any is infinite, else `ok`."""
     if np.isnan(computed).any():
@@ -68,8 +83,12 @@ def output_status(computed: np.ndarray) -> str:
     return OK
 
 
-def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> dict:
-    """Status and error summary of one cell; errors are over its finite rows (NaN if none)."""
+def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, bound=None) -> dict:
+    """Status and error summary of one cell; errors are over its finite rows (NaN if none).
+
+    `bound` is the per-row absolute error bound (lse_bound): bound_ulp is its largest value in
+    ulps, frac_within_bound the fraction of finite rows whose error is within it.
+    """
     computed = np.asarray(computed, dtype=np.float64)
     finite = np.isfinite(computed)
     metrics = {"status": output_status(computed), "n_nonfinite": int((~finite).sum())}
@@ -78,10 +97,16 @@ def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: Floa
     c, h, l = computed[finite], hi[finite], lo[finite]
     abs_err = abs_error(c, h, l)
     ulp_err = ulp_error(c, h, l, fmt)
-    return metrics | {
+    metrics |= {
         "max_abs_err": float(abs_err.max()),
         "median_abs_err": float(np.median(abs_err)),
         "max_rel_err": float(rel_error(c, h, l).max()),
         "max_ulp_err": float(ulp_err.max()),
         "median_ulp_err": float(np.median(ulp_err)),
+    }
+    if bound is None:
+        return metrics | {"bound_ulp": np.nan, "frac_within_bound": np.nan}
+    return metrics | {
+        "bound_ulp": float((bound / ulp(hi, lo, fmt)).max()),
+        "frac_within_bound": float((abs_err <= bound[finite]).mean()),
     }

@@ -45,7 +45,8 @@ def error_vs(cells: pd.DataFrame, axis: str, title: str, out: Path) -> None:
     """One panel per dtype: max ulp error against `axis` (scale or n_classes), a line per framework/path.
 
     Cells whose output overflowed (inf) or went NaN are drawn as x and o in the top band of the
-    panel, each line on its own row; x values whose inputs overflow the dtype are shaded grey.
+    panel, each line on its own row; x values whose inputs overflow the dtype are shaded grey. The
+    black dashed line is the largest per-row error bound of the shifted log-sum-exp (bound_ulp).
     """
     dtypes = list(dict.fromkeys(cells["dtype"]))
     finite = cells.loc[cells["status"] == metrics.OK, "max_ulp_err"]
@@ -82,6 +83,10 @@ def error_vs(cells: pd.DataFrame, axis: str, title: str, out: Path) -> None:
         for x in of_dtype.loc[of_dtype["status"] == metrics.INPUT_INF, axis].unique():
             ax.axvspan(x / 1.15, x * 1.15, color="0.85", zorder=0)
         ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle="-.")
+        if "bound_ulp" in of_dtype:
+            bound = of_dtype.groupby(axis)["bound_ulp"].max().dropna()
+            ax.plot(bound.index, bound.clip(lower=ULP_FLOOR), color="black", linestyle=(0, (4, 2)), linewidth=1.0,
+                    label="error bound (Blanchard et al. 2021)")  # fmt: skip
         ax.axhspan(top * 0.6 / 1.5**12, top, color="0.95", zorder=0)
         ax.set(xscale="log", yscale="log", title=dtype, xlabel=axis, ylim=(ULP_FLOOR / 2, top))
         ax.grid(True, which="major", alpha=0.3)

@@ -74,6 +74,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
             )
         return len(todo)
     hi, lo = exact_cross_entropy(held, labels)
+    bound = metrics.lse_bound(held, labels, hi, fmt)
     cell["max_exact_loss"] = float(hi.max())
     for framework, by_path in _group_by_framework(todo).items():
         module = paths.load(framework)
@@ -92,7 +93,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
                 record(row | failure_row(exc), None)
                 continue
             details = per_row(labels, computed, hi, lo, fmt) if rows else None
-            record(row | metrics.cell_metrics(computed, hi, lo, fmt) | {"message": note}, details)
+            record(row | metrics.cell_metrics(computed, hi, lo, fmt, bound) | {"message": note}, details)
     return len(todo)
 
 

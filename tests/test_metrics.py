@@ -58,3 +58,18 @@ def test_cell_metrics_ignores_nonfinite_rows_and_sets_status():
     assert metrics.cell_metrics(np.array([np.nan, np.inf, 1.0, 1.0]), hi, lo, F64)["status"] == "nan"
     all_bad = metrics.cell_metrics(np.array([np.nan] * 4), hi, lo, F64)
     assert all_bad["n_nonfinite"] == 4 and np.isnan(all_bad["max_ulp_err"])
+
+
+def test_lse_bound_by_hand():
+    # x = [0, 0], y = 0: y_lse = ln 2, n = 2, min x = 0, loss = ln 2
+    # bound = u (|ln2 + 2 - 0| + ln2 + ln2) = u (2 + 3 ln 2)
+    logits = np.array([[0.0, 0.0]])
+    bound = metrics.lse_bound(logits, np.array([0]), np.array([np.log(2)]), F32)
+    assert bound[0] == pytest.approx(2.0**-24 * (2 + 3 * np.log(2)))
+
+
+def test_cell_metrics_reports_the_bound_in_ulps_and_the_fraction_within():
+    hi, lo = np.array([1.0, 1.0]), np.zeros(2)
+    cell = metrics.cell_metrics(np.array([1.0, 1.0 + 2**-40]), hi, lo, F64, bound=np.array([2.0**-45, 2.0**-45]))
+    assert cell["bound_ulp"] == 2.0**7  # 2**-45 in ulps of 1 (2**-52)
+    assert cell["frac_within_bound"] == 0.5

@@ -104,3 +104,9 @@ def test_adversarial_labels_pick_each_rows_smallest_logit():
 def test_same_config_same_errors_bit_for_bit(errors):
     again = runner.sweep_errors(small_sweep())
     pd.testing.assert_frame_equal(errors, again, check_exact=True)
+
+
+def test_stable_paths_stay_within_the_lse_error_bound(errors):
+    stable = errors[errors["path"].isin(["log_softmax_nll", "fused"]) & (errors["status"] == "ok")]
+    assert (stable["frac_within_bound"] == 1.0).all()
+    assert (stable["bound_ulp"] > 0).all()
