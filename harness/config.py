@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from harness import inputs
+from harness import custom_paths, inputs
 from harness.devices import check_device
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
@@ -47,6 +48,7 @@ class SweepConfig:
     row_errors: bool = False  # also write row_errors.parquet: one row per (cell, logit row)
     file: dict = field(default_factory=dict)  # settings of the `file` family (harness.logit_files)
     inline: dict = field(default_factory=dict)  # logits and labels of the `inline` family
+    custom_paths: tuple = ()  # user paths: dicts with framework, name, fn (harness.custom_paths)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
@@ -58,7 +60,7 @@ class SweepConfig:
 
     @property
     def n_cells(self) -> int:
-        per_input = len(self.frameworks) * len(self.paths) * len(self.dtypes)
+        per_input = (len(self.frameworks) * len(self.paths) + len(self.custom_paths)) * len(self.dtypes)
         return per_input * len(self.scales) * sum(len(self.sizes(f)) for f in self.families)
 
 
@@ -90,6 +92,15 @@ def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
         if isinstance(item, bool) or not isinstance(item, int) or item < 2:
             raise ConfigError(f"n_classes must be an integer >= 2 (or a list of them), got {item!r}")
     return tuple(sorted(set(items)))
+
+
+def _plain_list(cfg: DictConfig, key: str) -> list:
+    node = cfg.get(key)
+    if node is None:
+        return []
+    if not isinstance(node, ListConfig):
+        raise ConfigError(f"{key} must be a list, e.g. {key}=[{{framework: torch, name: mine, fn: 'pkg.mod:fn'}}]")
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def _plain(cfg: DictConfig, key: str) -> dict:
@@ -148,9 +159,11 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         row_errors=bool(cfg.get("row_errors", False)),
         file=_plain(cfg, "file"),
         inline=_plain(cfg, "inline"),
+        custom_paths=tuple(dataclasses.asdict(c) for c in custom_paths.parse(_plain_list(cfg, "custom_paths"))),
     )
     check_installed(sweep.frameworks)
     check_device(sweep.device, sweep.frameworks)
+    custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks)
     for family in sweep.families:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import inputs, journal, metrics, paths, plots, tables
+from harness import custom_paths, inputs, journal, metrics, paths, plots, tables
 from harness.config import SweepConfig, given_draw
 from harness.devices import on_device, row_device
 from harness.dtypes import DTYPES, FloatFormat, round_to
@@ -109,13 +109,13 @@ def _group_by_framework(implementations: dict) -> dict:
 
 
 def compile_implementations(sweep: SweepConfig) -> dict:
-    """(framework, path) -> callable ready to run (jitted for JAX)."""
+    """(framework, path) -> callable ready to run (jitted for JAX), user-supplied paths last."""
     implementations = {}
     for framework in sweep.frameworks:
         module = paths.load(framework)
         for path in sweep.paths:
             implementations[(framework, path)] = module.compile(module.PATHS[path])
-    return implementations
+    return implementations | custom_paths.implementations(custom_paths.parse(sweep.custom_paths))
 
 
 def bases(sweep: SweepConfig):

@@ -32,8 +32,9 @@ def rel_diff(value, exact) -> float:
     return float(abs(value - exact) / abs(exact))
 
 
-def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="0")
+def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300, path=()) -> subprocess.CompletedProcess:
+    """`python -m harness *overrides` in a subprocess; `path` adds folders to PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, path)]), HYDRA_FULL_ERROR="0")
     return subprocess.run(
         [sys.executable, "-m", "harness", *overrides],
         cwd=cwd or REPO,

@@ -1,0 +1,120 @@
+"""User-supplied loss paths: a callable named by import path, swept like the built-in ones.
+
+    custom_paths=[{framework: torch, name: mine, fn: 'mypkg.losses:my_cross_entropy'}]
+
+The callable takes the framework's own arrays, logits (N, C) in the tested dtype and integer
+labels (N,), and returns the per-row loss (N,). It is imported, its signature checked and a tiny
+input run through it before any work, so a bad import path or signature fails in one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness import paths
+from harness.errors import ConfigError
+
+KEYS = ("framework", "name", "fn")
+
+
+@dataclass(frozen=True)
+class CustomPath:
+    framework: str
+    name: str
+    fn: str  # "module:attribute"
+
+
+def parse(entries) -> tuple[CustomPath, ...]:
+    """The `custom_paths` setting as CustomPaths; every malformed entry fails in one line."""
+    found, names = [], set()
+    for entry in entries or ():
+        if not isinstance(entry, dict) or set(entry) != set(KEYS):
+            raise ConfigError(f"each custom_paths entry needs exactly the keys {', '.join(KEYS)}; got {entry!r}")
+        custom = CustomPath(**{k: str(entry[k]) for k in KEYS})
+        if custom.framework not in paths.FRAMEWORKS:
+            raise ConfigError(
+                f"unknown framework {custom.framework!r} in custom_paths; valid choices: {', '.join(paths.FRAMEWORKS)}"
+            )
+        if not custom.name.isidentifier() or custom.name in paths.PATH_NAMES:
+            raise ConfigError(
+                f"custom path name {custom.name!r} must be a Python identifier that is not a built-in path "
+                f"({', '.join(paths.PATH_NAMES)})"
+            )
+        if (custom.framework, custom.name) in names:
+            raise ConfigError(f"custom path {custom.framework}/{custom.name} is given twice")
+        names.add((custom.framework, custom.name))
+        found.append(custom)
+    return tuple(found)
+
+
+def load_callable(custom: CustomPath):
+    """Import `module:attribute` and check that it can be called as fn(logits, labels)."""
+    module_name, _, attribute = custom.fn.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(
+            f"custom path {custom.name!r}: fn must look like 'package.module:function', got {custom.fn!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"custom path {custom.name!r}: cannot import {module_name!r} ({exc})") from None
+    fn = module
+    for part in attribute.split("."):
+        if not hasattr(fn, part):
+            raise ConfigError(f"custom path {custom.name!r}: {module_name!r} has no attribute {attribute!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise ConfigError(f"custom path {custom.name!r}: {custom.fn} is not callable")
+    try:
+        inspect.signature(fn).bind(None, None)
+    except TypeError:
+        raise ConfigError(
+            f"custom path {custom.name!r}: {custom.fn} must accept (logits, labels), its signature is "
+            f"{inspect.signature(fn)}"
+        ) from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): the trial run below decides
+    return fn
+
+
+def check_runs(custom: CustomPath, fn) -> None:
+    """Run the callable on a 2 x 3 float32 input: it must return one finite loss per row."""
+    module = paths.load(custom.framework)
+    logits = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32)
+    labels = np.array([2, 0])
+    try:
+        values, _ = module.to_numpy(module.compile(fn)(*module.to_native(logits, labels)))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"custom path {custom.name!r}: {custom.fn} failed on a 2x3 float32 trial input: "
+            f"{type(exc).__name__}: {first}"
+        ) from None
+    if values.shape != (2,):
+        raise ConfigError(
+            f"custom path {custom.name!r}: {custom.fn} must return one loss per row, shape (2,) for a 2x3 "
+            f"trial input; it returned shape {values.shape}"
+        )
+
+
+def check(customs: tuple[CustomPath, ...], frameworks) -> None:
+    for custom in customs:
+        if custom.framework not in frameworks:
+            raise ConfigError(
+                f"custom path {custom.name!r} is for framework {custom.framework!r}, which is not in "
+                f"frameworks=[{','.join(frameworks)}]"
+            )
+        check_runs(custom, load_callable(custom))
+
+
+def implementations(customs: tuple[CustomPath, ...]) -> dict:
+    """(framework, name) -> callable ready to run, compiled like the built-in paths."""
+    found = {}
+    for custom in customs:
+        module = paths.load(custom.framework)
+        found[(custom.framework, custom.name)] = module.compile(load_callable(custom))
+    return found
