@@ -250,19 +250,21 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.plots import ULP_FLOOR
+    from harness.plots import LOSS_ULPS
+
+    floor = LOSS_ULPS.floor  # the same floor as the error plots
 
     ok_a, ok_b = comparison["status_a"] == metrics.OK, comparison["status_b"] == metrics.OK
     measured = pd.concat([comparison.loc[ok_a, "max_ulp_err_a"], comparison.loc[ok_b, "max_ulp_err_b"]]).dropna()
     measured = measured[np.isfinite(measured)]
     top = max(10.0 ** np.ceil(np.log10(max(measured.max() if not measured.empty else 1.0, 1.0))) * 100, 1e3)
     band = top / 3  # where cells that are not ok sit
-    x = comparison["max_ulp_err_a"].astype("float64").fillna(band).clip(ULP_FLOOR, band).where(ok_a, band)
-    y = comparison["max_ulp_err_b"].astype("float64").fillna(band).clip(ULP_FLOOR, band).where(ok_b, band)
+    x = comparison["max_ulp_err_a"].astype("float64").fillna(band).clip(floor, band).where(ok_a, band)
+    y = comparison["max_ulp_err_b"].astype("float64").fillna(band).clip(floor, band).where(ok_b, band)
     shown_status = comparison["status_b"].where(~ok_b, comparison["status_a"])
 
     fig, ax = plt.subplots(figsize=(8.2, 6.0))
-    line = np.logspace(np.log10(ULP_FLOOR), np.log10(top), 200)
+    line = np.logspace(np.log10(floor), np.log10(top), 200)
     ax.plot(line, line, color="0.5", linewidth=0.8, label="B = A")
     ax.plot(line, line * (1 + rel_tolerance) + ulp_tolerance, color="tab:red", linestyle="--", linewidth=0.8)
     ax.plot(line, (line - ulp_tolerance) / (1 + rel_tolerance), color="tab:green", linestyle="--", linewidth=0.8)
@@ -283,14 +285,14 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
                 label=f"{change} ({status})" if status != metrics.OK else change,
                 zorder=1 if change == UNCHANGED else 3,
             )
-    ax.set(xscale="log", yscale="log", xlim=(ULP_FLOOR / 2, top), ylim=(ULP_FLOOR / 2, top))
+    ax.set(xscale="log", yscale="log", xlim=(floor / 2, top), ylim=(floor / 2, top))
     ax.set(xlabel="max ulp error in A (baseline); right band: not ok", ylabel="max ulp error in B; top band: not ok")
     ax.set_title(
         f"{len(changed_cells(comparison))} of {len(comparison)} cells changed (dashed: tolerance)", fontsize=10
     )
     ax.grid(True, which="major", alpha=0.3)
-    ax.text(ULP_FLOOR, band, "not ok in B", fontsize=8, va="center", color="0.4")
-    ax.text(band, ULP_FLOOR, "not ok in A", fontsize=8, ha="center", rotation=90, color="0.4")
+    ax.text(floor, band, "not ok in B", fontsize=8, va="center", color="0.4")
+    ax.text(band, floor, "not ok in A", fontsize=8, ha="center", rotation=90, color="0.4")
     fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.78, 0.5), frameon=False)
     fig.tight_layout(rect=(0, 0, 0.78, 1))
     tables.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

@@ -49,6 +49,10 @@ class SweepConfig:
     file: dict = field(default_factory=dict)  # settings of the `file` family (harness.logit_files)
     inline: dict = field(default_factory=dict)  # logits and labels of the `inline` family
     custom_paths: tuple = ()  # user paths: dicts with framework, name, fn (harness.custom_paths)
+    gradient: bool = False  # also measure d(sum of losses)/d(logits): grad_errors table and plots
+    chunk_size: int = 256  # `chunked` path: classes per chunk
+    block_size: int = 128  # `online` path: classes per block
+    bits_lost_limit: float | None = None  # breakdown: more bits lost than this counts (None: half of p)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
@@ -92,6 +96,23 @@ def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
         if isinstance(item, bool) or not isinstance(item, int) or item < 2:
             raise ConfigError(f"n_classes must be an integer >= 2 (or a list of them), got {item!r}")
     return tuple(sorted(set(items)))
+
+
+def _flag(cfg: DictConfig, group: str, key: str) -> bool:
+    node = cfg.get(group)
+    value = node.get(key, False) if node is not None else False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{group}.{key} must be true or false, got {value!r}")
+    return value
+
+
+def _bits_lost_limit(cfg: DictConfig) -> float | None:
+    value = cfg.get("bits_lost_limit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"bits_lost_limit must be a number >= 0 or null (half the significand bits), got {value!r}")
+    return float(value)
 
 
 def _plain_list(cfg: DictConfig, key: str) -> list:
@@ -159,6 +180,10 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         row_errors=bool(cfg.get("row_errors", False)),
         file=_plain(cfg, "file"),
         inline=_plain(cfg, "inline"),
+        bits_lost_limit=_bits_lost_limit(cfg),
+        gradient=_flag(cfg, "grad", "enabled"),
+        chunk_size=_integer(cfg, "chunk_size", 1),
+        block_size=_integer(cfg, "block_size", 1),
         custom_paths=tuple(dataclasses.asdict(c) for c in custom_paths.parse(_plain_list(cfg, "custom_paths"))),
     )
     check_installed(sweep.frameworks)

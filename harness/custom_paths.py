@@ -111,10 +111,6 @@ def check(customs: tuple[CustomPath, ...], frameworks) -> None:
         check_runs(custom, load_callable(custom))
 
 
-def implementations(customs: tuple[CustomPath, ...]) -> dict:
-    """(framework, name) -> callable ready to run, compiled like the built-in paths."""
-    found = {}
-    for custom in customs:
-        module = paths.load(custom.framework)
-        found[(custom.framework, custom.name)] = module.compile(load_callable(custom))
-    return found
+def callables(customs: tuple[CustomPath, ...]) -> dict:
+    """(framework, name) -> the user's callable, as imported."""
+    return {(custom.framework, custom.name): load_callable(custom) for custom in customs}

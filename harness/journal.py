@@ -51,12 +51,12 @@ class Journal:
         self.done = {cell_key(r["cell"]) for r in self.records}
         self._file = self.path.open("a")
 
-    def append(self, cell: dict, rows: dict | None = None) -> None:
-        record = {"cell": cell} if rows is None else {"cell": cell, "rows": rows}
+    def append(self, record: dict) -> None:
+        """Append one finished cell: {"cell": {...}} plus its "rows" and "grad" where measured."""
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.records.append(record)
-        self.done.add(cell_key(cell))
+        self.done.add(cell_key(record["cell"]))
 
     def close(self) -> None:
         self._file.close()

@@ -110,3 +110,30 @@ def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: Floa
         "bound_ulp": float((bound / ulp(hi, lo, fmt)).max()),
         "frac_within_bound": float((abs_err <= bound[finite]).mean()),
     }
+
+
+GRAD_METRIC_COLUMNS = ("n_nonfinite", "max_abs_err", "max_row_rel_err", "max_ulp_err", "median_ulp_err")
+
+
+def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> dict:
+    """Status and error summary of one cell's gradient (rows, classes) against the exact one.
+
+    max_row_rel_err divides each entry's error by its row's largest exact entry: the scale that
+    matters to an optimiser step, where an ulp error in a tiny probability does not. Rows with
+    any non-finite entry are counted in n_nonfinite and left out of the errors.
+    """
+    computed = np.asarray(computed, dtype=np.float64)
+    finite_rows = np.isfinite(computed).all(axis=1)
+    metrics = {"status": output_status(computed), "n_nonfinite": int((~finite_rows).sum())}
+    if not finite_rows.any():
+        return metrics | {name: np.nan for name in GRAD_METRIC_COLUMNS[1:]}
+    c, h, l = computed[finite_rows], hi[finite_rows], lo[finite_rows]
+    abs_err = abs_error(c, h, l)
+    row_scale = np.abs(h).max(axis=1, keepdims=True)
+    ulp_err = abs_err / ulp(h, l, fmt)
+    return metrics | {
+        "max_abs_err": float(abs_err.max()),
+        "max_row_rel_err": float((abs_err / row_scale).max()),
+        "max_ulp_err": float(ulp_err.max()),
+        "median_ulp_err": float(np.median(ulp_err)),
+    }

@@ -10,16 +10,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import custom_paths, inputs, journal, metrics, paths, plots, tables
+from harness import custom_paths, inputs, journal, metrics, paths, plots, report, tables
 from harness.config import SweepConfig, given_draw
 from harness.devices import on_device, row_device
 from harness.dtypes import DTYPES, FloatFormat, round_to
+from harness.gradient_reference import exact_gradient
 from harness.reference import exact_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ def failure_row(exc: BaseException) -> dict:
 
 
 def compute(fn, native, module, dtype: str) -> tuple[np.ndarray, str]:
-    """Run one implementation; the loss as float64 in `dtype`, and a note if it came back in another."""
+    """Run a loss or gradient; the result as float64 in `dtype`, and a note if it came back in another."""
     values, returned = module.to_numpy(fn(*native))
     if returned == dtype:
         return values, ""
@@ -51,15 +54,63 @@ def per_row(labels, computed, hi, lo, fmt: FloatFormat) -> dict:
     }
 
 
-def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, record, done=frozenset(), rows=False):
+@dataclass(frozen=True)
+class Implementation:
+    """One (framework, path) ready to run: its loss, and its gradient (None where there is none)."""
+
+    loss: Callable
+    gradient: Callable | None
+
+
+@dataclass(frozen=True)
+class Exact:
+    """The exact values of one input, computed once: loss (hi, lo), its error bound, the gradient."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    bound: np.ndarray
+    gradient: tuple[np.ndarray, np.ndarray] | None
+
+
+def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradient: bool) -> Exact:
+    hi, lo = exact_cross_entropy(held, labels, fmt.precision)
+    return Exact(hi, lo, metrics.lse_bound(held, labels, hi, fmt), exact_gradient(held, labels) if gradient else None)
+
+
+def measure_gradient(impl: Implementation, native, module, exact: Exact, fmt: FloatFormat) -> dict:
+    if impl.gradient is None:
+        return {"status": metrics.UNSUPPORTED, "message": "no gradient: a custom NumPy path has no backward pass"}
+    try:
+        computed, note = compute(impl.gradient, native, module, fmt.name)
+    except Exception as exc:
+        return failure_row(exc)
+    return metrics.gradient_metrics(computed, *exact.gradient, fmt) | {"message": note}
+
+
+def measure_cell(impl: Implementation, native, module, exact: Exact, labels, fmt: FloatFormat, rows: bool) -> dict:
+    """The journal record of one cell: its loss metrics, and per-row errors and gradient metrics if asked."""
+    try:
+        computed, note = compute(impl.loss, native, module, fmt.name)
+        record = {"cell": metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, exact.bound) | {"message": note}}
+        if rows:
+            record["rows"] = per_row(labels, computed, exact.hi, exact.lo, fmt)
+    except Exception as exc:  # a framework that breaks is a row, never a crash
+        record = {"cell": failure_row(exc)}
+    if exact.gradient is not None:
+        record["grad"] = measure_gradient(impl, native, module, exact, fmt)
+    return record
+
+
+def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, record, done=frozenset(), **want):
     """Measure every (framework, path) not yet done on one input rounded to one dtype.
 
     `key` names the cell (family, scale, n_rows, n_classes, device). Each finished cell goes to
-    `record(cell, per_row_or_None)` at once; returns how many ran.
+    `record({"cell": ..., ["rows": ...], ["grad": ...]})` at once; returns how many ran.
+    `want` may ask for rows=True (per-row errors) and gradient=True.
     """
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
-    todo = {fp: fn for fp, fn in implementations.items() if cell_key(cell, *fp) not in done}
+    todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
     if not todo:
         return 0
     fmt = DTYPES[dtype]
@@ -69,31 +120,26 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     if not np.isfinite(held).all():
         status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
         for framework, path in todo:
-            record(
-                cell | {"framework": framework, "path": path, "device": row_device(framework, device)} | status, None
-            )
+            where = cell | {"framework": framework, "path": path, "device": row_device(framework, device)}
+            record({"cell": where | status} | ({"grad": status} if want.get("gradient") else {}))
         return len(todo)
-    hi, lo = exact_cross_entropy(held, labels)
-    bound = metrics.lse_bound(held, labels, hi, fmt)
-    cell["max_exact_loss"] = float(hi.max())
+    exact = exact_values(held, labels, fmt, want.get("gradient", False))
+    cell["max_exact_loss"] = float(exact.hi.max())
+    cell["max_lse"] = float((exact.hi + held[np.arange(len(labels)), labels]).max())
     for framework, by_path in _group_by_framework(todo).items():
         module = paths.load(framework)
-        where = {"framework": framework, "device": row_device(framework, device)}
+        where = cell | {"framework": framework, "device": row_device(framework, device)}
         try:
             native = on_device(framework, module.to_native(rounded, labels), device)
         except Exception as exc:
             for path in by_path:
-                record(cell | where | {"path": path} | failure_row(exc), None)
+                failed = where | {"path": path} | failure_row(exc)
+                record({"cell": failed} | ({"grad": failure_row(exc)} if exact.gradient is not None else {}))
             continue
-        for path, fn in by_path.items():
-            row = cell | where | {"path": path}
-            try:
-                computed, note = compute(fn, native, module, dtype)
-            except Exception as exc:  # a framework that breaks is a row, never a crash
-                record(row | failure_row(exc), None)
-                continue
-            details = per_row(labels, computed, hi, lo, fmt) if rows else None
-            record(row | metrics.cell_metrics(computed, hi, lo, fmt, bound) | {"message": note}, details)
+        for path, impl in by_path.items():
+            measured = measure_cell(impl, native, module, exact, labels, fmt, want.get("rows", False))
+            measured["cell"] = where | {"path": path} | measured["cell"]
+            record(measured)
     return len(todo)
 
 
@@ -103,19 +149,26 @@ def cell_key(cell: dict, framework: str, path: str) -> tuple:
 
 def _group_by_framework(implementations: dict) -> dict:
     grouped: dict = {}
-    for (framework, path), fn in implementations.items():
-        grouped.setdefault(framework, {})[path] = fn
+    for (framework, path), impl in implementations.items():
+        grouped.setdefault(framework, {})[path] = impl
     return grouped
 
 
 def compile_implementations(sweep: SweepConfig) -> dict:
-    """(framework, path) -> callable ready to run (jitted for JAX), user-supplied paths last."""
+    """(framework, path) -> Implementation ready to run (jitted for JAX), user-supplied paths last."""
+    paths.configure(chunk_size=sweep.chunk_size, block_size=sweep.block_size)
     implementations = {}
     for framework in sweep.frameworks:
         module = paths.load(framework)
         for path in sweep.paths:
-            implementations[(framework, path)] = module.compile(module.PATHS[path])
-    return implementations | custom_paths.implementations(custom_paths.parse(sweep.custom_paths))
+            gradient = module.compile_gradient(module.GRADIENTS[path])
+            implementations[(framework, path)] = Implementation(module.compile(module.PATHS[path]), gradient)
+    for (framework, name), fn in custom_paths.callables(custom_paths.parse(sweep.custom_paths)).items():
+        module = paths.load(framework)
+        autodiff = getattr(module, "autodiff_gradient", None)
+        gradient = module.compile_gradient(autodiff(fn)) if autodiff else None
+        implementations[(framework, name)] = Implementation(module.compile(fn), gradient)
+    return implementations
 
 
 def bases(sweep: SweepConfig):
@@ -129,7 +182,7 @@ def bases(sweep: SweepConfig):
 
 
 def sweep_cells(sweep: SweepConfig, record, done=frozenset()) -> None:
-    """Walk the grid; every cell not in `done` is measured and passed to record(cell, rows)."""
+    """Walk the grid; every cell not in `done` is measured and its journal record passed to record()."""
     implementations = compile_implementations(sweep)
     with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
         for family, base in bases(sweep):
@@ -147,15 +200,32 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset()) -> None:
                 for dtype in sweep.dtypes:
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                     bar.update(
-                        measure_input(logits, labels, dtype, implementations, key, record, done, sweep.row_errors)
+                        measure_input(
+                            logits,
+                            labels,
+                            dtype,
+                            implementations,
+                            key,
+                            record,
+                            done,
+                            rows=sweep.row_errors,
+                            gradient=sweep.gradient,
+                        )
                     )
 
 
 def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
     """The errors table of a sweep, in memory: one row per cell."""
     cells = []
-    sweep_cells(sweep, lambda cell, rows: cells.append(cell))
+    sweep_cells(sweep, lambda record: cells.append(record["cell"]))
     return tables.errors_frame(cells)
+
+
+def grad_errors_frame(records: list[dict]) -> pd.DataFrame:
+    """The gradient table: the cell keys of each record with its gradient metrics."""
+    keys = [c for c in tables.GRAD_COLUMNS if c not in metrics.GRAD_METRIC_COLUMNS + ("status", "message")]
+    rows = [{k: r["cell"].get(k) for k in keys} | r["grad"] for r in records if "grad" in r]
+    return tables.errors_frame(rows, tables.GRAD_COLUMNS)
 
 
 def row_errors_frame(records: list[dict]) -> pd.DataFrame:
@@ -190,6 +260,10 @@ def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.
     """Tables, summary, plots and the study's summary, from the journal's records alone."""
     errors = tables.errors_frame([r["cell"] for r in records])
     tables.write_table(errors, run_dir / "errors")
+    if sweep.gradient:
+        grad_errors = grad_errors_frame(records)
+        tables.write_table(grad_errors, run_dir / "grad_errors")
+        plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
     if sweep.row_errors:
         tables.write_table(row_errors_frame(records), run_dir / "row_errors")
     summary = tables.summary_markdown(errors, sweep)
@@ -199,5 +273,6 @@ def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.
     study = study_summary(sweep, run_dir)
     if study:
         print(study)
-    log.info("results in %s", run_dir)
+    _, html = report.build_report(run_dir, sweep.bits_lost_limit)
+    log.info("results in %s (report: %s)", run_dir, html.name)
     return errors

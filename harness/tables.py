@@ -13,7 +13,13 @@ from harness import metrics
 
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
 ERROR_COLUMNS = (
-    KEY_COLUMNS + ("device", "max_logit", "max_exact_loss", "status") + metrics.METRIC_COLUMNS + ("message",)
+    KEY_COLUMNS + ("device", "max_logit", "max_exact_loss", "max_lse", "status") + metrics.METRIC_COLUMNS + ("message",)
+)
+GRAD_COLUMNS = (
+    KEY_COLUMNS
+    + ("device", "max_logit", "max_exact_loss", "max_lse", "status")
+    + metrics.GRAD_METRIC_COLUMNS
+    + ("message",)
 )
 SORT_COLUMNS = ("family", "n_classes", "n_rows", "scale", "dtype", "framework", "path")
 
@@ -39,9 +45,9 @@ def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
-def errors_frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows of cells -> the errors table, columns in documented order, grid order, missing metrics NaN."""
-    frame = canonical_order(pd.DataFrame(rows)).reindex(columns=list(ERROR_COLUMNS))
+def errors_frame(rows: list[dict], columns=ERROR_COLUMNS) -> pd.DataFrame:
+    """Rows of cells -> an errors table (loss or gradient), documented columns, grid order, NaN if missing."""
+    frame = canonical_order(pd.DataFrame(rows)).reindex(columns=list(columns))
     frame["n_nonfinite"] = frame["n_nonfinite"].fillna(-1).astype("int64")
     frame["message"] = frame["message"].fillna("").astype(str)
     for column in ("framework", "path", "dtype", "family", "device", "status"):
@@ -56,10 +62,17 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_table(frame: pd.DataFrame, stem: Path) -> None:

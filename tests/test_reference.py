@@ -72,3 +72,18 @@ def test_rejects_bad_shapes_and_non_finite():
         exact_cross_entropy(np.zeros((2, 1)), np.zeros(2, dtype=int))
     with pytest.raises(ValueError):
         exact_cross_entropy(np.array([[0.0, np.inf]]), np.zeros(1, dtype=int))
+
+
+@pytest.mark.parametrize("n_classes", [2, 1000, 131_072])
+def test_float64_route_is_20_bits_beyond_float32(rng, n_classes):
+    # outputs of <= 24 bits get the float64 evaluation: within 2**-48 of the double-double route
+    rows = 4 if n_classes > 1000 else 32
+    for scale, offset in [(1e-6, 0.0), (1.0, 0.0), (30.0, 0.0), (1e3, 0.0), (1.0, 1e4)]:
+        logits = (rng.standard_normal((rows, n_classes)) * scale + offset).astype(np.float32).astype(np.float64)
+        labels = rng.integers(0, n_classes, rows)
+        labels[: rows // 4] = np.argmax(logits[: rows // 4], axis=1)
+        hi, lo = exact_cross_entropy(logits, labels)
+        fast, zero = exact_cross_entropy(logits, labels, output_precision=24)
+        assert not zero.any()
+        keep = hi > 1e-300
+        assert (np.abs((fast[keep] - hi[keep]) - lo[keep]) <= 2.0**-48 * hi[keep]).all()

@@ -101,14 +101,14 @@ def test_resume_needs_an_existing_run(tmp_path):
 
 def test_journal_drops_a_torn_last_line(tmp_path):
     cells = journal.Journal(tmp_path)
-    cells.append({"framework": "numpy", "path": "fused", "dtype": "float16", "family": "spread", "scale": 1.0,
-                  "n_rows": 2, "n_classes": 3})  # fmt: skip
+    cells.append({"cell": {"framework": "numpy", "path": "fused", "dtype": "float16", "family": "spread",
+                           "scale": 1.0, "n_rows": 2, "n_classes": 3}})  # fmt: skip
     cells.close()
     with (tmp_path / journal.JOURNAL).open("a") as f:
         f.write('{"cell": {"framework": "nu')  # killed mid-write
     reopened = journal.Journal(tmp_path)
     assert len(reopened.records) == 1
-    reopened.append(dict(reopened.records[0]["cell"], scale=2.0))
+    reopened.append({"cell": dict(reopened.records[0]["cell"], scale=2.0)})
     reopened.close()
     assert [r["cell"]["scale"] for r in journal.read(tmp_path / journal.JOURNAL)] == [1.0, 2.0]
 

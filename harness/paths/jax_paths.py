@@ -1,6 +1,23 @@
-"""JAX paths, jitted, with float64 enabled (jax_enable_x64) so all four dtypes run."""
+"""JAX paths, jitted, with float64 enabled (jax_enable_x64) so all four dtypes run.
+
+API (as in every framework module):
+
+- ``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype.
+- ``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx, (N, C), in x's dtype, by
+  ``jax.grad`` of the same path.
+- ``compile(fn)`` / ``compile_gradient(fn)``: ``jax.jit`` with the current chunk/block size bound
+  (see `harness.paths.configure`; a jitted function is traced once, so the size must be fixed
+  when it is compiled); `online` and `chunked` also take ``block_size=`` / ``chunk_size=``.
+- ``to_native``, ``to_numpy``, ``version``.
+
+`online` and `chunked` loop in Python over static column blocks, unrolled under jit. A shift by a
+running or per-chunk maximum that cancels in exact arithmetic has its gradient stopped, as
+jax.nn.logsumexp does; in `log1p_lse` the maximum is a term of the formula and keeps it.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 
@@ -9,6 +26,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+
+from harness.paths import size_or_setting, with_settings  # noqa: E402
 
 
 def _pick(values, labels):
@@ -33,12 +52,69 @@ def fused(x, y):
     return optax.softmax_cross_entropy_with_integer_labels(x, y)
 
 
+def upcast_fused(x, y):
+    """Mixed precision: float32 whatever the input; float64 logits are cast down, as AMP would."""
+    return fused(x.astype(jnp.float32), y).astype(x.dtype)
+
+
+def log1p_lse(x, y):
+    """Blanchard, Higham & Higham (2021): lse = m + log1p(s); the loss is log1p(s) - (x[y] - m)."""
+    top = jnp.argmax(x, axis=1)[:, None]
+    shifted = x - jnp.take_along_axis(x, top, axis=1)
+    is_top = jnp.arange(x.shape[1])[None, :] == top
+    s = jnp.where(is_top, jnp.zeros((), x.dtype), jnp.exp(shifted)).sum(axis=1)  # argmax's 1 is the "1 +"
+    return jnp.log1p(s) - _pick(shifted, y)
+
+
+def _column_blocks(n_classes: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n_classes)) for start in range(0, n_classes, size)]
+
+
+def online(x, y, block_size=None):
+    """Milakov & Gimelshein (2018): m = -inf, d = 0; per block m' = max(m, max(block)),
+    d' = d exp(m - m') + sum(exp(block - m')); lse = m + log(d)."""
+    m = jnp.full((x.shape[0], 1), -jnp.inf, dtype=x.dtype)
+    d = jnp.zeros((x.shape[0], 1), dtype=x.dtype)
+    for columns in _column_blocks(x.shape[1], size_or_setting("block_size", block_size)):
+        block = x[:, columns]
+        m_new = jnp.maximum(m, jax.lax.stop_gradient(block.max(axis=1, keepdims=True)))
+        d = d * jnp.exp(m - m_new) + jnp.exp(block - m_new).sum(axis=1, keepdims=True)
+        m = m_new
+    return (m + jnp.log(d))[:, 0] - _pick(x, y)
+
+
+def chunked(x, y, chunk_size=None):
+    """jax.nn.logsumexp per vocabulary chunk, merged left to right with jnp.logaddexp."""
+    lse = None
+    for columns in _column_blocks(x.shape[1], size_or_setting("chunk_size", chunk_size)):
+        lse_c = jax.nn.logsumexp(x[:, columns], axis=1)
+        lse = lse_c if lse is None else jnp.logaddexp(lse, lse_c)
+    return lse - _pick(x, y)
+
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,
     "log_softmax_nll": log_softmax_nll,
     "fused": fused,
+    "upcast_fused": upcast_fused,
+    "log1p_lse": log1p_lse,
+    "online": online,
+    "chunked": chunked,
 }
+
+
+def autodiff_gradient(path):
+    """(x, y) -> d(sum of path(x, y))/dx by jax.grad, in x's dtype (jit it with `compile_gradient`)."""
+
+    @functools.wraps(path)  # keeps path's keywords visible to `with_settings`
+    def gradient(x, y, **sizes):
+        return jax.grad(lambda logits: path(logits, y, **sizes).sum())(x)
+
+    return gradient
+
+
+GRADIENTS = {name: autodiff_gradient(path) for name, path in PATHS.items()}
 
 
 def to_native(logits: np.ndarray, labels: np.ndarray):
@@ -51,7 +127,11 @@ def to_numpy(result) -> tuple[np.ndarray, str]:
 
 
 def compile(fn):
-    return jax.jit(fn)
+    return jax.jit(with_settings(fn))
+
+
+def compile_gradient(fn):
+    return jax.jit(with_settings(fn))
 
 
 def version() -> str:

@@ -1,0 +1,53 @@
+"""Wall time of the main command, imports included: `python -m harness experiment=precision_sweep`.
+
+Run by hand from the repository root (never a test):
+
+    python benchmarks/main_command.py [--runs 3] [extra overrides ...]
+
+Each run is a fresh process writing to a temporary folder; prints every run's wall time and peak
+memory (from the operating system's accounting of the finished child), then the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_run(overrides: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident MiB) of one run of the main command."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "harness", "experiment=precision_sweep", "progress=false"]
+        command += [f"hydra.run.dir={out}", *overrides]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        start = time.perf_counter()
+        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
+        wall = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. timing.enabled=false")
+    args = parser.parse_args()
+    walls = []
+    for i in range(args.runs):
+        wall, peak = one_run(args.overrides)
+        walls.append(wall)
+        print(f"run {i + 1}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB (largest child so far)")
+    print(f"median of {args.runs}: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Key findings of a report: plain sentences written from the breakdown table and the errors table.
+
+key_findings gives, in order, an overview (how many combinations fail, how many agree with theory),
+the disagreements with theory, the combinations theory cannot check, one sentence per predicted break
+(frameworks that break alike merged into one), the paths that never fail, where more than k bits are
+lost while the loss is still finite, where the logits themselves overflow the dtype, and what is
+unsupported. Numbers are written to 4 significant digits (_g); with_where names each row's setting
+('float16 (spread)'), which the report's breakdown section shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness import breakdown, metrics
+from harness.dtypes import DTYPES
+
+
+def _g(value) -> str:
+    return "-" if value is None or pd.isna(value) or not np.isfinite(value) else f"{value:.4g}"
+
+
+def _and(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _who(frameworks, all_frameworks) -> str:
+    frameworks = list(dict.fromkeys(frameworks))
+    return "every framework" if set(frameworks) == set(all_frameworks) and len(frameworks) > 1 else _and(frameworks)
+
+
+VERBS = {breakdown.SUM_OVERFLOW: "overflows", breakdown.TARGET_UNDERFLOW: "underflows"}
+
+
+SIZE_WORDS = {"n_classes": "classes", "n_rows": "rows", "device": ""}
+
+
+def with_where(table: pd.DataFrame) -> pd.DataFrame:
+    """Add `setting` ('spread', or 'spread, 1000 classes' where the run varies the size or device)
+    and `where` ('float16 (spread)')."""
+    varying = [c for c in SIZE_WORDS if c in table and table[c].nunique() > 1]
+    setting = [
+        ", ".join([str(row["family"])] + [f"{row[c]} {SIZE_WORDS[c]}".strip() for c in varying])
+        for _, row in table.iterrows()
+    ]
+    return table.assign(setting=setting, where=[f"{d} ({s})" for d, s in zip(table["dtype"], setting, strict=True)])
+
+
+def overview_finding(table: pd.DataFrame) -> str:
+    failing = table["first_fail_scale"].notna().sum()
+    checked = table["matches_theory"].notna()
+    agree = int(table.loc[checked, "matches_theory"].astype(bool).sum())
+    text = (
+        f"{failing} of {len(table)} framework/path/dtype/family combinations fail within the grid; "
+        f"{agree} of the {int(checked.sum())} that theory can check agree with it within one grid step"
+    )
+    disagree = int(checked.sum()) - agree
+    if disagree:
+        text += f", {disagree} disagree (explained below)"
+    if (~checked).any():
+        text += f", {int((~checked).sum())} cannot be checked (below)"
+    return text + "."
+
+
+def _is(column: pd.Series, value: bool) -> pd.Series:
+    """column == value, NA counting as False."""
+    return column.eq(value).fillna(False).astype(bool)
+
+
+def break_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
+    """One sentence per path/dtype/family break that theory predicts or cannot check, frameworks merged."""
+    rows = table[table["first_fail_scale"].notna() & ~_is(table["matches_theory"], False)]
+    key = ["where", "path", "theory_cause", "theory_quantity", "theory_threshold"]
+    key += ["first_fail_scale", "first_fail_max_logit", "explanation"]
+    findings = []
+    for _, group in rows.groupby(key, sort=False, dropna=False):
+        row = group.iloc[0]
+        statuses = _and(dict.fromkeys(group["first_fail_status"]))
+        measured = (
+            f"{statuses} from scale {_g(row['first_fail_scale'])} (largest logit {_g(row['first_fail_max_logit'])}) "
+            f"in {_who(group['framework'], all_frameworks)}"
+        )
+        if pd.isna(row["matches_theory"]):
+            findings.append(
+                f"{row['path']} fails in {row['where']}: {measured}; not checked against theory: {row['explanation']}."
+            )
+            continue
+        words = breakdown.QUANTITY_WORDS.get(row["theory_quantity"], row["theory_quantity"])
+        verb = VERBS.get(row["theory_cause"], "fails")
+        if row["grid_steps_off"] == 0:
+            sentence = (
+                f"{row['path']} {verb} in {row['where']} once the {words} passes {_g(row['theory_threshold'])}, "
+                f"as theory predicts: {measured}"
+            )
+        else:
+            sentence = (
+                f"{row['path']} {verb} in {row['where']} within one grid step of theory (the {words} passes "
+                f"{_g(row['theory_threshold'])} from scale {_g(row['theory_scale'])}): {measured}"
+            )
+        findings.append(sentence + (f"; {row['explanation']}" if row["explanation"] else "") + ".")
+    return findings
+
+
+def never_failing_findings(table: pd.DataFrame, errors: pd.DataFrame) -> list[str]:
+    """Paths (and families of a path) that never fail anywhere, where theory agrees."""
+    findings, everywhere = [], []
+    top = f"up to scale {_g(errors['scale'].max())}"
+    quiet = table["first_fail_scale"].isna() & _is(table["matches_theory"], True)
+    for path, of_path in quiet.groupby(table["path"], sort=False):
+        if of_path.all():
+            everywhere.append(path)
+            continue
+        for family, of_family in of_path.groupby(table["family"], sort=False):
+            if of_family.all():
+                findings.append(
+                    f"{path} never fails in family {family} (any framework or dtype, {top}), as theory predicts: "
+                    "no threshold is passed."
+                )
+    if everywhere:
+        verb = "never fails" if len(everywhere) == 1 else "never fail"
+        findings.insert(0, f"{_and(everywhere)} {verb} in any framework, dtype or family ({top}), as theory predicts.")
+    return findings
+
+
+def disagreement_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
+    rows = table[_is(table["matches_theory"], False)]
+    findings = []
+    for (path, where, explanation), group in rows.groupby(["path", "where", "explanation"], sort=False):
+        who = _who(group["framework"], all_frameworks)
+        findings.append(f"Unlike theory, {path} in {where} {explanation} in {who}.")
+    return findings
+
+
+def unchecked_findings(table: pd.DataFrame) -> list[str]:
+    """Combinations that never fail but that theory cannot check (failing ones have their own sentence)."""
+    rows = table[table["matches_theory"].isna() & table["first_fail_scale"].isna()]
+    return [
+        f"Theory is not checked for {len(group)} combinations that never fail "
+        f"({_and(dict.fromkeys(group['path']))}): {explanation}."
+        for explanation, group in rows.groupby("explanation", sort=False)
+    ]
+
+
+def accuracy_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
+    """Where more than k bits are lost while the loss is still finite."""
+    early = table["first_bits_lost_scale"].notna() & (
+        table["first_fail_scale"].isna() | (table["first_bits_lost_scale"] < table["first_fail_scale"])
+    )
+    findings = []
+    key = ["path", "where", "bits_lost_limit", "first_bits_lost_scale", "first_fail_scale"]
+    for _, group in table[early].groupby(key, sort=False, dropna=False):
+        row = group.iloc[0]
+        precision = DTYPES[row["dtype"]].precision
+        then = (
+            f"before failing at scale {_g(row['first_fail_scale'])}"
+            if pd.notna(row["first_fail_scale"])
+            else "and never fails"
+        )
+        findings.append(
+            f"{row['path']} in {row['where']} loses more than {_g(row['bits_lost_limit'])} of {precision} bits from "
+            f"scale {_g(row['first_bits_lost_scale'])} (largest logit {_g(row['first_bits_lost_max_logit'])}) in "
+            f"{_who(group['framework'], all_frameworks)}, up to {group['max_bits_lost'].max():.1f} bits while the "
+            f"loss is finite, {then}."
+        )
+    return findings
+
+
+def input_findings(table: pd.DataFrame) -> list[str]:
+    rows = table[table["input_inf_scale"].notna()]
+    return [
+        f"Logits overflow {where} from scale {_g(scale)}: those cells are input_inf, not failures of a path."
+        for where, scale in rows.groupby("where", sort=False)["input_inf_scale"].min().items()
+    ]
+
+
+def unsupported_findings(table: pd.DataFrame, errors: pd.DataFrame) -> list[str]:
+    findings = []
+    for _, row in table[table["n_unsupported"] > 0].iterrows():
+        cells = errors[
+            (errors["framework"] == row["framework"])
+            & (errors["path"] == row["path"])
+            & (errors["dtype"] == row["dtype"])
+            & (errors["status"] == metrics.UNSUPPORTED)
+        ]
+        message = cells["message"].iloc[0] if "message" in cells and len(cells) else ""
+        findings.append(
+            f"{row['framework']}/{row['path']} is unsupported in {row['where']} at {row['n_unsupported']} of "
+            f"{row['n_scales']} scales" + (f": {message}" if message else "") + "."
+        )
+    return findings
+
+
+def key_findings(table: pd.DataFrame, errors: pd.DataFrame) -> list[str]:
+    """Sentences written from the breakdown table (and the errors table's grid)."""
+    frameworks = list(dict.fromkeys(errors["framework"]))
+    table = with_where(table)
+    return (
+        [overview_finding(table)]
+        + disagreement_findings(table, frameworks)
+        + unchecked_findings(table)
+        + break_findings(table, frameworks)
+        + never_failing_findings(table, errors)
+        + accuracy_findings(table, frameworks)
+        + input_findings(table)
+        + unsupported_findings(table, errors)
+    )

@@ -1,0 +1,107 @@
+"""Correct-bits heatmaps of a run: plots/heatmap_<dtype>.png, drawn from errors.parquet alone.
+
+One figure per dtype, one panel per family (and size, where the run varies it): rows framework/path
+(and device, where there are several), columns scale, colour = correct bits = precision - bits lost,
+bits lost = max(0, log2(2 * max_ulp_err)) clipped to [0, precision] (`breakdown.correct_bits`). Cells
+whose status is not ok are marked (STATUS_MARKS) rather than coloured; HEATMAP_NOTE is the legend the
+report prints under the figures. harness.report draws them through write_heatmaps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from harness import breakdown, metrics, tables  # noqa: E402
+from harness.dtypes import DTYPES  # noqa: E402
+
+STATUS_MARKS = {  # status -> (cell colour, mark, legend)
+    metrics.INF: ("black", "x", "inf (non-finite loss)"),
+    metrics.NAN: ("black", "o", "nan (non-finite loss)"),
+    metrics.ERROR: ("tab:red", "!", "error (raised)"),
+    metrics.UNSUPPORTED: ("0.85", "-", "unsupported"),
+    metrics.INPUT_INF: ("0.92", "/", "input_inf (logits overflow the dtype)"),
+}
+
+
+def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
+    """Rows framework/path, columns scale, colour = correct bits; one panel per family (and size).
+
+    Correct bits = precision - bits lost, bits lost = max(0, log2(2 * max_ulp_err)), clipped to
+    [0, precision]: the dtype's full precision for a correctly rounded result, 0 when the error
+    reaches 2**(precision - 1) ulps. Cells whose status is not ok are marked, not coloured.
+    """
+    fmt = DTYPES[dtype]
+    cells = errors[errors["dtype"] == dtype]
+    panel_keys = [c for c in ("family", "n_rows", "n_classes") if c in cells]
+    panels = list(cells.groupby(panel_keys, sort=False))
+    several_sizes = len({key[1:] for key, _ in panels}) > 1
+    line_keys = ["framework", "path"] + (["device"] if "device" in cells and cells["device"].nunique() > 1 else [])
+    lines = list(dict.fromkeys(cells[line_keys].itertuples(index=False, name=None)))
+    widths = [max(len(panel["scale"].unique()), 1) for _, panel in panels]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(max(3.5 + 0.26 * sum(widths), 6), 1.6 + 0.3 * len(lines)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+        layout="constrained",
+    )
+    image = None
+    for ax, (key, panel) in zip(axes[0], panels, strict=True):
+        scales = np.sort(panel["scale"].unique())
+        grid = np.full((len(lines), len(scales)), np.nan)
+        for line, row in zip(panel[line_keys].itertuples(index=False, name=None), panel.itertuples(), strict=True):
+            i, j = lines.index(line), int(np.searchsorted(scales, row.scale))
+            if row.status == metrics.OK:
+                grid[i, j] = breakdown.correct_bits(row.max_ulp_err, fmt.precision)
+            elif row.status in STATUS_MARKS:
+                colour, mark, _ = STATUS_MARKS[row.status]
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=colour, edgecolor="none", zorder=2))
+                text_colour = "white" if colour == "black" else "black"
+                ax.text(j, i, mark, ha="center", va="center", fontsize=7, color=text_colour, zorder=3)
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=fmt.precision, interpolation="nearest")
+        step = max(1, len(scales) // 8)
+        ax.set_xticks(range(0, len(scales), step), [f"{s:.3g}" for s in scales[::step]], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(lines)), ["/".join(map(str, line)) for line in lines], fontsize=7)
+        ax.set_xlabel("scale")
+        sizes = [f"{name} {value}" for name, value in zip(panel_keys[1:], key[1:], strict=True)]
+        ax.set_title(", ".join([f"family {key[0]}"] + (sizes if several_sizes else [])), fontsize=9)
+    for ax in axes[0][1:]:
+        ax.set_yticklabels([])
+    fig.colorbar(image, ax=list(axes[0]), label=f"correct bits (of {fmt.precision})", fraction=0.03, pad=0.01)
+    present = [s for s in STATUS_MARKS if (cells["status"] == s).any()]
+    handles = [
+        Patch(facecolor=STATUS_MARKS[s][0], label=f"{STATUS_MARKS[s][1]}  {STATUS_MARKS[s][2]}") for s in present
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=min(len(handles), 3), frameon=False)
+    fig.suptitle(f"Correct bits of the loss in {dtype}: precision - max(0, log2(2 * max ulp error))", fontsize=10)
+    tables.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_heatmaps(errors: pd.DataFrame, run_dir: Path) -> list[Path]:
+    """Draw plots/heatmap_<dtype>.png for every dtype of the errors table."""
+    drawn = []
+    for dtype in dict.fromkeys(errors["dtype"]):
+        if dtype in DTYPES:
+            out = run_dir / "plots" / f"heatmap_{dtype}.png"
+            correct_bits_heatmap(errors, dtype, out)
+            drawn.append(out)
+    return drawn
+
+
+HEATMAP_NOTE = (
+    "One figure per dtype (plots/heatmap_<dtype>.png), one panel per family: rows framework/path, columns "
+    "scale, colour = correct bits = precision - bits lost, bits lost = max(0, log2(2 x max_ulp_err)), so a "
+    "correctly rounded loss shows the dtype's full precision. Marked cells: x inf, o nan (black), ! error, "
+    "- unsupported, / input_inf."
+)

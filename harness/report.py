@@ -1,0 +1,432 @@
+"""The report of a run, rebuilt from its results folder alone: report.md and a self-contained report.html.
+
+`python -m harness.report RUN_DIR` recomputes the breakdown table and the correct-bits heatmaps
+from errors.parquet, then writes the report; nothing is rerun. The report shows what was run
+(.hydra/), the environment (environment.json, or the versions found when the report is built),
+key findings written from the breakdown table, every Markdown summary, every table and every plot
+in the folder. The HTML embeds its images as data URIs and holds its own style: it opens offline.
+This module reads the folder and assembles the Markdown; the heatmaps are drawn by harness.heatmaps,
+the findings written by harness.findings and the HTML rendered by harness.html_page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import breakdown, tables
+from harness.findings import _g, key_findings, with_where
+from harness.heatmaps import HEATMAP_NOTE, write_heatmaps
+from harness.html_page import markdown_to_html
+
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+ERRORS, ENVIRONMENT = "errors.parquet", "environment.json"
+MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
+OWN_FILES = {REPORT_MD, REPORT_HTML}
+ENVIRONMENT_PACKAGES = ("numpy", "scipy", "ml_dtypes", "torch", "jax", "jaxlib", "optax", "pandas", "hydra-core")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
+MAX_TABLE_ROWS = 60  # a table longer than this is shown by its first rows; the file has the rest
+HEAD_ROWS = 20
+
+
+class ReportError(ValueError):
+    """A results folder the report cannot be built from; its message is the one line shown."""
+
+
+# --- reading the folder ---------------------------------------------------------------------
+
+
+def read_errors(run_dir: Path) -> pd.DataFrame:
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir} is not a folder; give a results folder, e.g. results/precision_sweep/<time>")
+    path = run_dir / ERRORS
+    if not path.is_file():
+        raise ReportError(f"{run_dir} holds no {ERRORS}; is it a results folder of `python -m harness`?")
+    try:
+        errors = pd.read_parquet(path)
+    except Exception as exc:  # a damaged file is one line, not a traceback
+        raise ReportError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    missing = [c for c in ("framework", "path", "dtype", "family", "scale", "status", "max_ulp_err") if c not in errors]
+    if missing:
+        raise ReportError(f"{path} lacks the column(s) {', '.join(missing)}; it is not an errors table")
+    return errors
+
+
+def _yaml(path: Path):
+    """The YAML file as an OmegaConf node; None where absent or unreadable (the report goes on)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path) if path.is_file() else None
+    except Exception:
+        return None
+
+
+def run_config(run_dir: Path) -> tuple[dict | None, str]:
+    """The resolved config of the run (.hydra/config.yaml) and a note on how it was read."""
+    from omegaconf import OmegaConf
+
+    import harness.config  # noqa: F401  registers the resolvers the configs use (logspace, ...)
+
+    cfg = _yaml(run_dir / ".hydra" / "config.yaml")
+    if cfg is None:
+        return None, "not recorded (no .hydra/config.yaml in the folder)"
+    try:
+        return OmegaConf.to_container(cfg, resolve=True), "resolved from .hydra/config.yaml"
+    except Exception as exc:
+        return OmegaConf.to_container(cfg, resolve=False), f"as written in .hydra/config.yaml (not resolved: {exc})"
+
+
+def run_command(run_dir: Path) -> tuple[str | None, str | None]:
+    """The command line that made the run, and the folder it ran in, from .hydra/."""
+    from omegaconf import OmegaConf
+
+    hydra_cfg = _yaml(run_dir / ".hydra" / "hydra.yaml")
+    overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
+    task, extra, cwd = [], [], None
+    if hydra_cfg is not None:
+        raw = OmegaConf.to_container(hydra_cfg, resolve=False).get("hydra", {})
+        task = list(raw.get("overrides", {}).get("task") or [])
+        extra = [o for o in raw.get("overrides", {}).get("hydra") or [] if not o.startswith("hydra.mode=")]
+        cwd = raw.get("runtime", {}).get("cwd")
+    if overrides is not None:
+        task = list(OmegaConf.to_container(overrides))
+    if hydra_cfg is None and overrides is None:
+        return None, None
+    return "python -m harness " + " ".join(shlex.quote(str(o)) for o in task + extra), cwd
+
+
+GRID_COLUMNS = ("framework", "path", "dtype", "family", "scale")
+
+
+def _count(n: int, word: str) -> str:
+    plural = word[:-1] + "ies" if word.endswith("y") else word + "s"
+    return f"{n} {word if n == 1 else plural}"
+
+
+def experiment_name(run_dir: Path) -> str:
+    """From .hydra/hydra.yaml, else sweep.json, else the folder's name."""
+    from omegaconf import OmegaConf
+
+    hydra_cfg = _yaml(run_dir / ".hydra" / "hydra.yaml")
+    if hydra_cfg is not None:
+        choices = OmegaConf.to_container(hydra_cfg, resolve=False).get("hydra", {}).get("runtime", {})
+        name = (choices.get("choices") or {}).get("experiment")
+        if name:
+            return str(name)
+    try:
+        return str(json.loads((run_dir / "sweep.json").read_text())["experiment"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return run_dir.resolve().name
+
+
+def configured_bits_lost_limit(config: dict | None) -> float | None:
+    value = (config or {}).get("bits_lost_limit")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts as (dotted key, text) pairs, floats to 6 significant digits."""
+    if isinstance(value, float):
+        return [(prefix.rstrip("."), f"{value:.6g}")]
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix}{k}.")]
+    if isinstance(value, list):
+        if any(isinstance(v, (dict, list)) for v in value):
+            return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}{i}.")]
+        return [(prefix.rstrip("."), ", ".join(text for v in value for _, text in flatten(v)))]
+    return [(prefix.rstrip("."), str(value))]
+
+
+def environment(run_dir: Path) -> tuple[list[tuple[str, str]], str]:
+    """(key, value) pairs of environment.json; where absent, what this machine has now."""
+    path = run_dir / ENVIRONMENT
+    if path.is_file():
+        try:
+            return flatten(json.loads(path.read_text())), "recorded by the run in environment.json"
+        except (OSError, ValueError) as exc:
+            note = f"environment.json unreadable ({exc}); "
+    else:
+        note = "the run recorded no environment.json; "
+    pairs = [("python", platform.python_version())]
+    for package in ENVIRONMENT_PACKAGES:
+        try:
+            pairs.append((package, importlib.metadata.version(package)))
+        except importlib.metadata.PackageNotFoundError:
+            pairs.append((package, "not installed"))
+    pairs += [("platform", platform.platform()), ("cpu", cpu_name()), ("logical cpus", str(os.cpu_count()))]
+    if hasattr(os, "sched_getaffinity"):
+        pairs.append(("cpus available to the process", str(len(os.sched_getaffinity(0)))))
+    pairs += [(name, os.environ[name]) for name in THREAD_VARIABLES if name in os.environ]
+    return pairs, note + "these are the versions found when this report was built, which may differ from the run's"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- Markdown -------------------------------------------------------------------------------
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return _g(value)
+    if value is None or value is pd.NA:
+        return "-"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def frame_markdown(frame: pd.DataFrame) -> str:
+    return tables.markdown_table(
+        [str(c) for c in frame.columns], [[_cell(v) for v in row] for row in frame.itertuples(index=False)]
+    )
+
+
+def breakdown_markdown(table: pd.DataFrame) -> str:
+    """The breakdown table per family, condensed to what a reader compares."""
+    parts = []
+    for setting, of_family in with_where(table).groupby("setting", sort=False):
+        shown = pd.DataFrame(
+            {
+                "framework/path": of_family["framework"] + "/" + of_family["path"],
+                "dtype": of_family["dtype"],
+                "fails from scale": of_family["first_fail_scale"],
+                "max_logit there": of_family["first_fail_max_logit"],
+                "status": of_family["first_fail_status"],
+                "> k bits lost from": of_family["first_bits_lost_scale"],
+                "k": of_family["bits_lost_limit"],
+                "theory": of_family["theory_cause"],
+                "threshold": of_family["theory_threshold"],
+                "on": of_family["theory_quantity"],
+                "theory scale": of_family["theory_scale"],
+                "steps off": of_family["grid_steps_off"],
+                "agrees": of_family["matches_theory"].map(lambda v: "-" if pd.isna(v) else ("yes" if v else "NO")),
+                "explanation": of_family["explanation"],
+            }
+        )
+        parts += [f"### family {setting}", "", frame_markdown(shown), ""]
+    glossary = [f"- `{name}`: {text}" for name, text in breakdown.COLUMN_DOCS.items()]
+    return "\n".join(parts + ["Columns of breakdown.csv / breakdown.parquet:", "", *glossary])
+
+
+def demote(markdown: str, levels: int) -> str:
+    """Push a Markdown file's headings down so it nests under a report section."""
+    return re.sub(r"^(#+) ", lambda m: "#" * min(len(m.group(1)) + levels, 6) + " ", markdown, flags=re.M)
+
+
+def other_tables(run_dir: Path) -> list[Path]:
+    """Every table of the folder but errors and breakdown: Parquet, and CSV without a Parquet twin."""
+    found = []
+    for path in sorted(run_dir.rglob("*")):
+        if not path.is_file() or (path.stem in ("errors", "breakdown") and path.parent == run_dir):
+            continue
+        if path.suffix == ".parquet" or (path.suffix == ".csv" and not path.with_suffix(".parquet").exists()):
+            found.append(path)
+    return found
+
+
+def table_head(path: Path) -> tuple[pd.DataFrame, int | None]:
+    """The table whole if it is short, else its first rows, without reading a long file whole;
+    and its row count (None for a long CSV, which is not counted)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        file = pq.ParquetFile(path)
+        n_rows = file.metadata.num_rows
+        if n_rows <= MAX_TABLE_ROWS:
+            return file.read().to_pandas(), n_rows
+        return next(file.iter_batches(batch_size=HEAD_ROWS)).to_pandas(), n_rows
+    frame = pd.read_csv(path, nrows=MAX_TABLE_ROWS + 1)
+    return (frame, len(frame)) if len(frame) <= MAX_TABLE_ROWS else (frame.head(HEAD_ROWS), None)
+
+
+def table_section(run_dir: Path, path: Path) -> list[str]:
+    name = path.relative_to(run_dir).as_posix()
+    try:
+        frame, n_rows = table_head(path)
+    except Exception as exc:
+        return [f"### {name}", "", f"Could not read it: {type(exc).__name__}: {exc}", ""]
+    size = f"{n_rows} rows" if n_rows is not None else f"more than {MAX_TABLE_ROWS} rows"
+    lines = [f"### {name}", "", f"{size} x {len(frame.columns)} columns.", ""]
+    if n_rows is None or n_rows > MAX_TABLE_ROWS:
+        lines += [f"The first {len(frame)} rows; the file holds them all.", ""]
+    return lines + [frame_markdown(frame), ""]
+
+
+def plot_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.rglob("*.png") if p.is_file())
+
+
+def _yaml_text(config: dict) -> str:
+    from omegaconf import OmegaConf
+
+    def short(value):
+        if isinstance(value, float):
+            return float(f"{value:.6g}")
+        if isinstance(value, list):
+            return [short(v) for v in value]
+        if isinstance(value, dict):
+            return {k: short(v) for k, v in value.items()}
+        return value
+
+    return OmegaConf.to_yaml(OmegaConf.create(short(config))).rstrip()
+
+
+def record_section(path: Path) -> list[str]:
+    """A JSON record of the folder (e.g. sweep.json), shown as written."""
+    try:
+        text = json.dumps(json.loads(path.read_text()), indent=2)
+    except (OSError, ValueError) as exc:
+        return [f"{path.name}: could not be read ({exc}).", ""]
+    if len(text) > MAX_RECORD_CHARS:
+        text = text[:MAX_RECORD_CHARS] + "\n... (cut; the file holds the rest)"
+    return [f"Recorded in {path.name}:", "", "```json", text, "```", ""]
+
+
+def run_section(run_dir: Path) -> list[str]:
+    """What was run: the command and resolved config from .hydra/, and the folder's JSON records."""
+    config, config_note = run_config(run_dir)
+    command, cwd = run_command(run_dir)
+    lines = ["## What was run", ""]
+    if command:
+        lines += ["Command" + (f" (run in `{cwd}`)" if cwd else "") + ":", "", "```", command, "```", ""]
+    else:
+        lines += ["The command was not recorded (no .hydra/ in the folder).", ""]
+    if config:
+        lines += [f"Configuration, {config_note} (floats to 6 significant digits):", "", "```yaml"]
+        lines += [_yaml_text(config), "```", ""]
+    else:
+        lines += [f"Configuration: {config_note}.", ""]
+    for path in sorted(run_dir.glob("*.json")):
+        if path.name != ENVIRONMENT:
+            lines += record_section(path)
+    return lines
+
+
+def environment_section(run_dir: Path) -> list[str]:
+    pairs, note = environment(run_dir)
+    return [
+        "## Environment",
+        "",
+        f"Source: {note}.",
+        "",
+        tables.markdown_table(["", "value"], [list(p) for p in pairs]),
+        "",
+    ]
+
+
+def plot_section(title: str, plots: list[Path], run_dir: Path, note: str = "") -> list[str]:
+    lines = [f"## {title}", ""] + ([note, ""] if note else [])
+    for path in plots:
+        lines += [f"![{path.stem}]({path.relative_to(run_dir).as_posix()})", ""]
+    return lines + ([] if plots else ["(none in the folder)", ""])
+
+
+def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) -> str:
+    built = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = [
+        f"# Report: {experiment_name(run_dir)}",
+        "",
+        f"Results folder `{run_dir.resolve()}`; report built {built} from the folder alone "
+        "(`python -m harness.report`).",
+        f"{len(errors)} cells: "
+        + ", ".join(_count(errors[column].nunique(), column) for column in GRID_COLUMNS)
+        + f" from {_g(errors['scale'].min())} to {_g(errors['scale'].max())}.",
+        "",
+        "## Key findings",
+        "",
+        *[f"- {sentence}" for sentence in key_findings(table, errors)],
+        "",
+    ]
+    lines += run_section(run_dir) + environment_section(run_dir)
+    for path in sorted(run_dir.glob("*.md")):
+        if path.name not in OWN_FILES:
+            lines += [f"## {path.name}", "", demote(path.read_text(), 2).rstrip(), ""]
+    lines += ["## Breakdown against theory", "", breakdown_markdown(table), ""]
+    plots = plot_files(run_dir)
+    heatmaps = [p for p in plots if p.name.startswith("heatmap_")]
+    lines += plot_section("Heatmaps of correct bits", heatmaps, run_dir, HEATMAP_NOTE)
+    lines += plot_section("Plots", [p for p in plots if p not in heatmaps], run_dir)
+    extra = other_tables(run_dir)
+    if extra:
+        lines += ["## Other tables", ""]
+        for path in extra:
+            lines += table_section(run_dir, path)
+    lines += ["## Files", "", *file_list(run_dir), ""]
+    return "\n".join(lines)
+
+
+def file_list(run_dir: Path) -> list[str]:
+    files = sorted(
+        p
+        for p in run_dir.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name not in OWN_FILES and not p.name.endswith(".tmp")
+    )
+    return [f"- `{p.relative_to(run_dir).as_posix()}` ({p.stat().st_size:,} bytes)" for p in files]
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, Path]:
+    """Rebuild breakdown.{csv,parquet}, plots/heatmap_<dtype>.png, report.md and report.html in
+    run_dir from its errors table; k of "more than k bits lost" is bits_lost_limit, else the
+    run's config key `bits_lost_limit`, else half each dtype's significand bits."""
+    run_dir = Path(run_dir)
+    errors = read_errors(run_dir)
+    if bits_lost_limit is None:
+        bits_lost_limit = configured_bits_lost_limit(run_config(run_dir)[0])
+    table = breakdown.write_breakdown(errors, run_dir, bits_lost_limit)
+    if (run_dir / "grad_errors.parquet").is_file():  # the backward pass breaks where its forward does
+        grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
+        breakdown.write_breakdown(grad_errors, run_dir, bits_lost_limit, stem="grad_breakdown")
+    write_heatmaps(errors, run_dir)
+    markdown = report_markdown(run_dir, errors, table)
+    md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
+    tables.write_text(markdown, md_path)
+    tables.write_text(markdown_to_html(markdown, run_dir, f"Report: {experiment_name(run_dir)}"), html_path)
+    return md_path, html_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.report",
+        description="Rebuild breakdown, heatmaps and report.md/report.html of a results folder, rerunning nothing.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a results folder written by `python -m harness`")
+    parser.add_argument(
+        "--bits-lost-limit",
+        type=float,
+        default=None,
+        metavar="K",
+        help="k of 'more than k bits lost' (default: the run's bits_lost_limit, else half the significand bits)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        md_path, html_path = build_report(Path(args.run_dir), args.bits_lost_limit)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {md_path} and {html_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

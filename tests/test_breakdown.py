@@ -1,0 +1,294 @@
+"""Breakdown points against theory: thresholds from the dtype limits, bits lost, hand-built cells,
+the flush table re-measured, and a small real sweep whose breaks theory must place."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import breakdown
+from harness.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
+
+LN2 = math.log(2.0)
+# largest finite = (2 - 2**(1 - p)) * 2**emax
+LARGEST = {
+    "float16": (2 - 2.0**-10) * 2.0**15,
+    "bfloat16": (2 - 2.0**-7) * 2.0**127,
+    "float32": (2 - 2.0**-23) * 2.0**127,
+    "float64": (2 - 2.0**-52) * 2.0**1023,
+}
+
+
+@pytest.mark.parametrize(
+    "dtype, about",
+    [("float16", 11.0899), ("bfloat16", 88.7189), ("float32", 88.7228), ("float64", 709.7827)],
+)
+def test_overflow_threshold_is_ln_largest_finite(dtype, about):
+    assert breakdown.overflow_threshold(dtype) == pytest.approx(math.log(LARGEST[dtype]), rel=1e-15)
+    assert breakdown.overflow_threshold(dtype) == pytest.approx(about, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "dtype, subnormal_exponent, normal_exponent, about",
+    [
+        ("float16", 24, 14, 16.6355),
+        ("bfloat16", 133, 126, 92.1886),
+        ("float32", 149, 126, 103.2789),
+        ("float64", 1074, 1022, 744.4401),
+    ],
+)
+def test_underflow_threshold_is_minus_ln_smallest_subnormal_or_normal(
+    dtype, subnormal_exponent, normal_exponent, about
+):
+    assert breakdown.underflow_threshold(dtype) == pytest.approx(subnormal_exponent * LN2, rel=1e-15)
+    assert breakdown.underflow_threshold(dtype) == pytest.approx(about, abs=1e-4)
+    assert breakdown.underflow_threshold(dtype, flushes_subnormals=True) == pytest.approx(normal_exponent * LN2)
+
+
+def test_bits_lost_on_hand_cases():
+    ulps = [0.0, 0.25, 0.5, 1.0, 2.0, 1024.0, np.nan]
+    assert breakdown.bits_lost(ulps)[:6].tolist() == [0.0, 0.0, 0.0, 1.0, 2.0, 11.0]
+    assert np.isnan(breakdown.bits_lost(ulps)[6])
+    # correct bits: float16 has 11; 1 ulp costs 1 bit; 2**11 ulps leaves nothing (clipped at 0)
+    assert breakdown.correct_bits([0.5, 1.0, 2.0**11], 11).tolist() == [11.0, 10.0, 0.0]
+
+
+def test_default_bits_lost_limit_is_half_the_significand():
+    limits = {d: breakdown.default_bits_lost_limit(d) for d in LARGEST}
+    assert limits == {"float16": 5.5, "bfloat16": 4.0, "float32": 12.0, "float64": 26.5}
+
+
+def _flushes_in(framework: str, dtype: str) -> bool:
+    """Whether smallest_normal / 4 (a subnormal) comes back as zero, by product and by quotient."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    tiny = np.array([fmt.smallest_normal]).astype(fmt.numpy_type)
+    if framework == "numpy":
+        results = [tiny * fmt.numpy_type(0.25), tiny / fmt.numpy_type(4)]
+    elif framework == "torch":
+        torch = pytest.importorskip("torch")
+        x = torch.tensor(tiny.astype(np.float64)).to(getattr(torch, dtype))
+        results = [(x * 0.25).double().numpy(), (x / 4).double().numpy()]
+    else:
+        pytest.importorskip("jax")
+        import jax
+        import jax.numpy as jnp
+
+        import harness.paths.jax_paths  # noqa: F401  enables float64, as the sweep does
+
+        x = jnp.asarray(tiny)
+        results = [jax.jit(lambda v: v * 0.25)(x), jax.jit(lambda v: v / 4)(x)]
+    return all(float(np.asarray(r, dtype=np.float64)[0]) == 0.0 for r in results)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_flush_table_matches_the_installed_frameworks_on_cpu(framework):
+    for dtype in LARGEST:
+        assert _flushes_in(framework, dtype) == breakdown.flushes_subnormals(framework, dtype, "cpu"), dtype
+
+
+# --- hand-built errors tables ---------------------------------------------------------------
+
+
+def cells(framework, path, dtype, statuses, ulps, max_logit, scales=None, family="spread", **quantities):
+    """One framework/path/dtype/family over a scale grid, as the errors table holds it."""
+    n = len(statuses)
+    frame = pd.DataFrame(
+        {
+            "framework": framework,
+            "path": path,
+            "dtype": dtype,
+            "family": family,
+            "scale": scales if scales is not None else [2.0**i for i in range(n)],
+            "n_rows": 4,
+            "n_classes": 10,
+            "max_logit": max_logit,
+            "status": statuses,
+            "max_ulp_err": ulps,
+            "message": ["NotImplementedError: no bfloat16" if s == "unsupported" else "" for s in statuses],
+        }
+    )
+    return frame.assign(**quantities)
+
+
+def one_row(frame, **kwargs):
+    table = breakdown_frame(frame, **kwargs)
+    assert len(table) == 1
+    return table.iloc[0]
+
+
+def test_naive_overflow_on_a_hand_built_grid():
+    frame = cells(
+        "numpy",
+        "naive",
+        "float16",
+        ["ok", "ok", "ok", "inf", "nan"],
+        [0.5, 1.0, 64.0, np.nan, np.nan],
+        max_logit=[2.0, 4.0, 8.0, 16.0, 32.0],
+        max_lse=[3.0, 5.0, 9.0, 17.0, 33.0],
+        max_exact_loss=[4.0, 6.0, 10.0, 15.0, 40.0],
+    )
+    row = one_row(frame)
+    assert (row["first_fail_scale"], row["first_fail_max_logit"], row["first_fail_status"]) == (8.0, 16.0, "inf")
+    # 64 ulps = log2(128) = 7 bits > 5.5 from scale 4, before the failure
+    assert (row["bits_lost_limit"], row["first_bits_lost_scale"], row["max_bits_lost"]) == (5.5, 4.0, 7.0)
+    assert row["theory_cause"] == SUM_OVERFLOW and row["theory_quantity"] == "max_lse"
+    assert row["theory_threshold"] == pytest.approx(math.log(65504.0))
+    assert (row["theory_scale"], row["quantity_before_fail"], row["quantity_at_fail"]) == (8.0, 9.0, 17.0)
+    assert row["grid_steps_off"] == 0 and row["matches_theory"] and row["explanation"] == ""
+    # k as a setting: with k = 0.5, 1 ulp (1 bit) at scale 2 is already too much
+    assert one_row(frame, bits_lost_limit=0.5)["first_bits_lost_scale"] == 2.0
+
+
+def test_sum_overflow_falls_back_to_max_logit_and_says_what_is_missing():
+    frame = cells(
+        "torch",
+        "naive",
+        "float16",
+        ["ok", "inf", "inf", "inf", "inf"],
+        [0.5, np.nan, np.nan, np.nan, np.nan],
+        max_logit=[2.0, 4.0, 6.0, 10.0, 16.0],
+        max_exact_loss=[3.0, 4.0, 5.0, 6.0, 8.0],
+    )
+    row = one_row(frame)
+    assert row["theory_quantity"] == "max_logit" and row["theory_scale"] == 16.0
+    assert row["grid_steps_off"] == -3 and not row["matches_theory"]
+    assert "3 grid steps before theory" in row["explanation"] and "no max_lse" in row["explanation"]
+    # one step early is within tolerance, and still says why the largest logit was not yet past ln(65504)
+    near = one_row(frame.assign(max_logit=[2.0, 9.0, 12.0, 14.0, 16.0]))
+    assert near["grid_steps_off"] == -1 and near["matches_theory"]
+    assert near["explanation"].startswith("the sum of exps overflows before any single exp")
+    assert "ln(n_classes) = 2.303" in near["explanation"]  # 10 classes
+
+
+def test_target_underflow_with_and_without_subnormal_flushing():
+    scales = [10.0, 20.0, 40.0]
+    losses = {"max_exact_loss": [50.0, 95.0, 120.0]}  # -ln(2**-126) = 87.3 < 95 < 103.3 = -ln(2**-149)
+    args = (["ok", "inf", "inf"], [0.6, np.nan, np.nan], [20.0, 40.0, 80.0], scales)
+    jax_row = one_row(cells("jax", "softmax_log", "float32", *args, **losses))
+    assert jax_row["flushes_subnormals"] and jax_row["theory_threshold"] == pytest.approx(126 * LN2)
+    assert jax_row["theory_scale"] == 20.0 and jax_row["grid_steps_off"] == 0 and jax_row["matches_theory"]
+    assert "flushes subnormals to zero" in jax_row["explanation"] and "at scale 40" in jax_row["explanation"]
+    numpy_row = one_row(cells("numpy", "softmax_log", "float32", *args, **losses))
+    assert not numpy_row["flushes_subnormals"] and numpy_row["theory_threshold"] == pytest.approx(149 * LN2)
+    assert numpy_row["grid_steps_off"] == -1 and numpy_row["matches_theory"] and numpy_row["explanation"] == ""
+
+
+def test_a_break_that_only_flushing_explains_says_so():
+    frame = cells(
+        "numpy",
+        "softmax_log",
+        "float32",
+        ["ok", "inf", "inf", "inf", "inf"],
+        [0.6] + [np.nan] * 4,
+        [20.0, 40.0, 45.0, 50.0, 60.0],
+        max_exact_loss=[50.0, 95.0, 100.0, 102.0, 120.0],
+    )
+    row = one_row(frame)
+    assert row["grid_steps_off"] == -3 and not row["matches_theory"]
+    assert "had numpy flushed subnormals to zero" in row["explanation"]
+
+
+def test_stable_paths_should_not_break():
+    quiet = one_row(cells("torch", "fused", "float64", ["ok"] * 3, [0.5, 1.0, 1.2], [1.0, 10.0, 100.0]))
+    assert quiet["theory_cause"] == "none" and quiet["matches_theory"] and np.isnan(quiet["first_fail_scale"])
+    broken = one_row(
+        cells("torch", "log_softmax_nll", "float64", ["ok", "nan", "nan"], [0.5, np.nan, np.nan], [1, 2, 3])
+    )
+    assert not broken["matches_theory"] and "stable path should not break" in broken["explanation"]
+
+
+def test_a_path_that_never_breaks_where_theory_says_it_should():
+    frame = cells("numpy", "softmax_log", "float16", ["ok"] * 3, [0.5] * 3, [1, 5, 9], max_exact_loss=[5.0, 20.0, 40.0])
+    row = one_row(frame)
+    assert not row["matches_theory"] and row["explanation"].startswith("never broke, though the largest exact loss 20")
+
+
+def test_input_inf_and_unsupported_are_not_the_paths_failure():
+    overflowing = cells(
+        "numpy",
+        "naive",
+        "float16",
+        ["ok", "ok", "input_inf", "input_inf"],
+        [0.5, 0.6, np.nan, np.nan],
+        [1.0, 2.0, np.inf, np.inf],
+        max_lse=[2.0, 3.0, np.nan, np.nan],
+        max_exact_loss=[2.5, 3.5, np.nan, np.nan],
+    )
+    row = one_row(overflowing)
+    assert np.isnan(row["first_fail_scale"]) and row["input_inf_scale"] == 4.0
+    assert row["matches_theory"] and row["theory_cause"] == "none"
+    unsupported = one_row(cells("torch", "fused", "bfloat16", ["unsupported"] * 2, [np.nan] * 2, [1.0, 2.0]))
+    assert unsupported["n_unsupported"] == 2 and pd.isna(unsupported["matches_theory"])
+    assert unsupported["explanation"] == "unsupported: NotImplementedError: no bfloat16"
+
+
+def test_theory_that_needs_a_missing_column_is_not_checked():
+    row = one_row(cells("numpy", "softmax_log", "float16", ["ok", "inf"], [0.5, np.nan], [1.0, 20.0]))
+    assert pd.isna(row["matches_theory"]) and "needs column max_exact_loss" in row["explanation"]
+    assert row["first_fail_scale"] == 2.0  # the measured break is still reported
+
+
+def test_write_breakdown_writes_csv_and_parquet(tmp_path):
+    frame = cells(
+        "numpy", "softmax_log", "float16", ["ok", "inf"], [0.5, np.nan], [1.0, 20.0], max_exact_loss=[2.0, 30.0]
+    )
+    written = breakdown.write_breakdown(frame, tmp_path)
+    from_parquet = pd.read_parquet(tmp_path / "breakdown.parquet")
+    from_csv = pd.read_csv(tmp_path / "breakdown.csv")
+    assert list(from_parquet.columns) == list(written.columns) == list(from_csv.columns)
+    assert from_parquet["matches_theory"].tolist() == [True] and from_csv["theory_cause"].tolist() == [TARGET_UNDERFLOW]
+
+
+# --- a real sweep ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_sweep_errors():
+    from harness.config import SweepConfig
+    from harness.runner import sweep_errors
+
+    sweep = SweepConfig(
+        experiment="breakdown_test",
+        frameworks=("numpy", "torch"),
+        paths=("naive", "fused"),
+        dtypes=("float16", "float32"),
+        families=("spread", "offset"),
+        scales=tuple(float(s) for s in np.logspace(-1, 3, 20)),
+        n_rows=8,
+        n_classes=50,
+        seed=0,
+        label="random",
+        progress=False,
+    )
+    return sweep_errors(sweep)
+
+
+def test_breakdown_csv_agrees_with_theory_on_a_small_sweep(small_sweep_errors, tmp_path):
+    assert "max_exact_loss" in small_sweep_errors, "the runner must record max_exact_loss for the underflow theory"
+    breakdown.write_breakdown(small_sweep_errors, tmp_path)
+    table = pd.read_csv(tmp_path / "breakdown.csv")
+    assert len(table) == 2 * 2 * 2 * 2
+    disagreements = table.loc[table["matches_theory"] != True, ["framework", "path", "dtype", "family", "explanation"]]  # noqa: E712
+    assert disagreements.empty, disagreements.to_string()
+    fused = table[table["path"] == "fused"]
+    assert fused["first_fail_scale"].isna().all() and (fused["theory_cause"] == "none").all()
+    naive = table[table["path"] == "naive"]
+    assert naive["first_fail_scale"].notna().all()
+    # spread breaks by the target probability underflowing, offset (loss unchanged) by the sum overflowing
+    assert set(naive.loc[naive["family"] == "offset", "theory_cause"]) == {SUM_OVERFLOW}
+    for row in naive.itertuples():
+        expected = (
+            breakdown.overflow_threshold(row.dtype)
+            if row.theory_cause == SUM_OVERFLOW
+            else breakdown.underflow_threshold(row.dtype)
+        )
+        assert row.theory_threshold == pytest.approx(expected)
+        # at the break the quantity has passed the threshold; the largest logit is only a lower bound on
+        # the log-sum-exp, which exceeds it by at most ln(n_classes)
+        slack = math.log(row.n_classes) if row.theory_quantity == "max_logit" else 0.0
+        assert row.quantity_at_fail + slack > row.theory_threshold
+    by_dtype = naive.groupby(["family", "dtype"])["first_fail_scale"].min().unstack()
+    assert (by_dtype["float16"] < by_dtype["float32"]).all()  # float16's thresholds come far sooner

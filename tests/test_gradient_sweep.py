@@ -1,0 +1,79 @@
+"""Gradients through the runner and the command line: the grad_errors table, plots and breakdown."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+from harness import runner, tables
+from harness.config import SweepConfig
+
+PLUGINS = REPO / "tests" / "plugins"
+
+
+@pytest.fixture(scope="module")
+def grad_errors() -> pd.DataFrame:
+    sweep = SweepConfig(
+        experiment="test",
+        frameworks=("numpy", "torch", "jax"),
+        paths=("naive", "log_softmax_nll", "fused", "log1p_lse"),
+        dtypes=("float32", "float64"),
+        families=("spread",),
+        scales=(0.1, 10.0, 1000.0),
+        n_rows=6,
+        n_classes=40,
+        seed=2,
+        label="random",
+        gradient=True,
+    )
+    records = []
+    runner.sweep_cells(sweep, records.append)
+    return runner.grad_errors_frame(records)
+
+
+def test_grad_errors_has_one_documented_row_per_cell(grad_errors):
+    assert list(grad_errors.columns) == list(tables.GRAD_COLUMNS)
+    assert len(grad_errors) == 3 * 4 * 2 * 3
+    assert not grad_errors.duplicated(list(tables.KEY_COLUMNS)).any()
+
+
+def test_stable_gradients_are_accurate_relative_to_the_row(grad_errors):
+    stable = grad_errors[grad_errors["path"].isin(["log_softmax_nll", "fused", "log1p_lse"])]
+    assert (stable["status"] == "ok").all()
+    # at scale 1000 a confident row's whole gradient is below 1e-300 and comes out 0: 100% of the row
+    stable = stable[stable["scale"] <= 10]
+    u = stable["dtype"].map({"float32": 2.0**-24, "float64": 2.0**-53})
+    # exp(x - lse) amplifies the rounding of its argument by |x - lse|, a few times the largest logit
+    assert (stable["max_row_rel_err"] <= u * (16 + 4 * stable["max_logit"].abs())).all()
+
+
+def test_naive_backward_breaks_where_its_forward_overflows(grad_errors):
+    naive = grad_errors[(grad_errors["path"] == "naive") & (grad_errors["scale"] == 1000.0)]
+    assert naive["status"].isin(["inf", "nan"]).all()
+    calm = grad_errors[(grad_errors["path"] == "naive") & (grad_errors["scale"] == 0.1)]
+    assert (calm["status"] == "ok").all()
+
+
+def test_gradient_sweep_through_the_cli_with_a_custom_path(tmp_path):
+    custom = "custom_paths=[{framework:torch,name:mine,fn:'plugin_losses:upcast_cross_entropy'}]"
+    result = run_cli(
+        "experiment=gradient_sweep",
+        "frameworks=[numpy,torch]",
+        "paths=[naive,fused]",
+        "dtypes=[float32]",
+        "scales=[1,100]",
+        "n_rows=4",
+        "n_classes=20",
+        custom,
+        "progress=false",
+        f"hydra.run.dir={tmp_path}",
+        path=[PLUGINS],
+    )
+    assert result.returncode == 0, result.stderr
+    grads = pd.read_parquet(tmp_path / "grad_errors.parquet")
+    assert set(grads["path"]) == {"naive", "fused", "mine"}
+    mine = grads[grads["path"] == "mine"]
+    assert (mine["status"] == "ok").all() and np.all(mine["max_row_rel_err"] < 2.0**-20)
+    for name in ("grad_breakdown.csv", "plots/grad_error_vs_scale_spread.png", "report.html"):
+        assert (tmp_path / name).is_file(), name
+    assert "grad_errors" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,204 @@
+"""The report, built from a results folder alone: findings from the tables, every plot and table,
+an HTML page that holds its images inline, and a command line that fails in one line."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+
+from harness import breakdown, report
+from harness.findings import VERBS, key_findings
+from harness.html_page import markdown_to_html
+
+
+@pytest.fixture(scope="module")
+def measured_run(tmp_path_factory):
+    """A small run written by the runner API: numpy and torch, naive and fused, float16 and float32."""
+    from harness import runner
+    from harness.config import SweepConfig
+
+    sweep = SweepConfig(
+        experiment="report_test",
+        frameworks=("numpy", "torch"),
+        paths=("naive", "fused"),
+        dtypes=("float16", "float32"),
+        families=("spread",),
+        scales=tuple(float(s) for s in np.logspace(-1, 3, 12)),
+        n_rows=8,
+        n_classes=50,
+        seed=0,
+        label="random",
+        progress=False,
+    )
+    run_dir = tmp_path_factory.mktemp("runs") / "report_test"
+    runner.run(sweep, run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(measured_run, tmp_path):
+    """A private copy, so each test may add to the folder."""
+    return shutil.copytree(measured_run, tmp_path / "run")
+
+
+@pytest.fixture
+def no_frameworks(monkeypatch):
+    """Make any attempt to run a framework fail: the report must only read the folder."""
+    import harness.paths
+
+    def refuse(framework):
+        raise AssertionError(f"the report tried to load {framework}")
+
+    monkeypatch.setattr(harness.paths, "load", refuse)
+
+
+def test_report_is_built_from_the_folder_alone(run_dir, no_frameworks):
+    md_path, html_path = report.build_report(run_dir)
+    assert (md_path, html_path) == (run_dir / "report.md", run_dir / "report.html")
+    for name in ("breakdown.csv", "breakdown.parquet", "plots/heatmap_float16.png", "plots/heatmap_float32.png"):
+        assert (run_dir / name).is_file(), name
+    markdown = md_path.read_text()
+    for heading in ("## Key findings", "## What was run", "## Environment", "## summary.md", "## Breakdown against"):
+        assert heading in markdown
+    for plot in (run_dir / "plots").glob("*.png"):
+        assert f"](plots/{plot.name})" in markdown, plot.name
+
+
+def test_html_holds_its_images_inline(run_dir):
+    _, html_path = report.build_report(run_dir)
+    page = html_path.read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == len(list((run_dir / "plots").glob("*.png")))
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"<(link|script)\b|href=|url\(", page)  # nothing fetched from elsewhere
+    # the page still shows everything once the folder's own files are gone
+    shutil.rmtree(run_dir / "plots")
+    assert page.count("data:image/png;base64,") == len(sources)
+
+
+def test_findings_are_sentences_written_from_the_breakdown_table(run_dir):
+    md_path, _ = report.build_report(run_dir)
+    markdown = md_path.read_text()
+    table = pd.read_parquet(run_dir / "breakdown.parquet")
+    naive = table[(table["path"] == "naive") & (table["framework"] == "numpy")].set_index("dtype")
+    for dtype, row in naive.iterrows():
+        verb = VERBS[row["theory_cause"]]
+        words = breakdown.QUANTITY_WORDS[row["theory_quantity"]]
+        expected = (
+            f"naive {verb} in {dtype} (spread) once the {words} passes {row['theory_threshold']:.4g}, as theory "
+            f"predicts: inf from scale {row['first_fail_scale']:.4g}"
+        )
+        assert expected in markdown
+    assert "fused never fails in any framework, dtype or family" in markdown
+    agree = int(table["matches_theory"].sum())
+    assert f"{agree} of the {len(table)} that theory can check agree with it" in markdown
+
+
+def test_disagreements_are_explained_in_the_findings():
+    errors = pd.DataFrame(
+        {
+            "framework": "torch",
+            "path": "log_softmax_nll",
+            "dtype": "float32",
+            "family": "spread",
+            "scale": [1.0, 10.0],
+            "n_rows": 4,
+            "n_classes": 10,
+            "max_logit": [3.0, 30.0],
+            "status": ["ok", "nan"],
+            "max_ulp_err": [0.7, np.nan],
+            "message": "",
+        }
+    )
+    findings = key_findings(breakdown.breakdown_frame(errors), errors)
+    assert "0 of the 1 that theory can check agree with it within one grid step, 1 disagree" in findings[0]
+    assert any(
+        f.startswith("Unlike theory, log_softmax_nll in float32 (spread) broke (nan) at scale 10") for f in findings
+    )
+
+
+def test_run_record_config_and_bits_lost_limit_come_from_hydra(run_dir):
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text(
+        "frameworks: [numpy, torch]\nscales: ${logspace:-1,1,3}\nbits_lost_limit: 1\n"
+    )
+    (hydra_dir / "overrides.yaml").write_text("- experiment=report_test\n- n_rows=8\n")
+    (hydra_dir / "hydra.yaml").write_text(
+        "hydra:\n  overrides:\n    hydra: [hydra.run.dir=/somewhere, hydra.mode=RUN]\n"
+        "    task: [experiment=report_test, n_rows=8]\n"
+        "  runtime:\n    cwd: /work/main\n    choices:\n      experiment: report_test\n"
+    )
+    md_path, _ = report.build_report(run_dir)
+    markdown = md_path.read_text()
+    assert markdown.startswith("# Report: report_test")
+    assert "python -m harness experiment=report_test n_rows=8 hydra.run.dir=/somewhere\n" in markdown
+    assert "scales:\n- 0.1\n- 1.0\n- 10.0\n" in markdown  # the resolved ${logspace:...}
+    assert set(pd.read_csv(run_dir / "breakdown.csv")["bits_lost_limit"]) == {1.0}
+
+
+def test_environment_json_tables_and_plots_are_shown_whatever_the_folder_holds(run_dir):
+    markdown = report.build_report(run_dir)[0].read_text()
+    assert "found when this report was built" in markdown and "| torch |" in markdown
+    environment = {"python": "3.11.7", "packages": {"numpy": "2.4.6"}, "threads": [{"num_threads": 2}]}
+    (run_dir / "environment.json").write_text(json.dumps(environment))
+    pd.DataFrame({"framework": ["numpy"], "median_s": [1.5e-5]}).to_parquet(run_dir / "timings.parquet")
+    shutil.copy(run_dir / "plots" / "heatmap_float16.png", run_dir / "plots" / "timing_numpy.png")
+    md_path, html_path = report.build_report(run_dir)
+    markdown = md_path.read_text()
+    assert "recorded by the run in environment.json" in markdown
+    assert "| packages.numpy | 2.4.6 |" in markdown and "| threads.0.num_threads | 2 |" in markdown
+    assert "### timings.parquet" in markdown and "| numpy | 1.5e-05 |" in markdown
+    assert "](plots/timing_numpy.png)" in markdown
+    assert "<td>packages.numpy</td>" in html_path.read_text()
+
+
+def test_markdown_to_html_subset(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    page = markdown_to_html(
+        "# T\n\ntext with `x<y`\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 \\| 3 |\n\n"
+        "```\nraw <b>\n```\n\n![pic](a.png)\n",
+        tmp_path,
+        "T",
+    )
+    assert "<h1>T</h1>" in page and "<code>x&lt;y</code>" in page and "<li>two</li>" in page
+    assert "<td>2 | 3</td>" in page and "raw &lt;b&gt;" in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo="' in page
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "harness.report", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.cli
+def test_cli_rebuilds_a_report(run_dir):
+    done = _cli(run_dir, "--bits-lost-limit", 3)
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "report.md").is_file() and (run_dir / "report.html").is_file()
+    assert set(pd.read_csv(run_dir / "breakdown.csv")["bits_lost_limit"]) == {3.0}
+
+
+@pytest.mark.cli
+def test_cli_bad_run_dir_fails_in_one_line(tmp_path):
+    done = _cli(tmp_path / "missing")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
+    assert "is not a folder" in done.stderr
+
+
+@pytest.mark.parametrize("content", [None, b"not parquet"])
+def test_folder_without_a_readable_errors_table_fails_in_one_line(tmp_path, capsys, content):
+    if content is not None:
+        (tmp_path / "errors.parquet").write_bytes(content)
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
+    assert ("holds no errors.parquet" if content is None else "cannot read") in err
