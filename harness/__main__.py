@@ -49,8 +49,10 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
-    from harness import environment, runner  # frameworks load only once the config is known to be good
+    from harness import environment, runner, timing  # frameworks load only once the config is known to be good
 
+    if sweep.timing.enabled:  # before any JAX computation: XLA reads its thread flags once
+        timing.set_threads(sweep.timing.threads, sweep.frameworks)
     if not resume:
         record_sweep(sweep, run_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)

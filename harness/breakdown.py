@@ -150,18 +150,6 @@ def threshold(cause: str, dtype: str, flushes: bool) -> float:
 # --- bits lost ------------------------------------------------------------------------------
 
 
-def bits_lost(max_ulp_err):
-    """log2(2 * ulp error), at least 0: a result within half an ulp (correctly rounded) lost nothing,
-    1 ulp is 1 bit, 2**k / 2 ulps is k bits. NaN stays NaN."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.maximum(np.log2(2.0 * np.asarray(max_ulp_err, dtype=np.float64)), 0.0)
-
-
-def correct_bits(max_ulp_err, precision: int):
-    """precision - bits lost, clipped to [0, precision]."""
-    return np.clip(precision - bits_lost(max_ulp_err), 0.0, precision)
-
-
 def default_bits_lost_limit(dtype: str) -> float:
     """k: half the dtype's significand bits (hidden bit included), e.g. 5.5 for float16."""
     return DTYPES[dtype].precision / 2
@@ -315,7 +303,7 @@ def breakdown_row(cells: pd.DataFrame, bits_lost_limit: float | None = None) -> 
     status = cells["status"].to_numpy()
     failed = np.isin(status, metrics.FAILED)
     ok = status == metrics.OK
-    lost = bits_lost(cells["max_ulp_err"].to_numpy(dtype=np.float64))
+    lost = metrics.bits_lost(cells["max_ulp_err"].to_numpy(dtype=np.float64))
     measured = first_index(failed)
     lost_index = first_index(failed | (ok & (lost > limit)))  # a failed cell has lost every bit
     input_inf = first_index(status == metrics.INPUT_INF)

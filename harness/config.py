@@ -32,6 +32,18 @@ OmegaConf.register_new_resolver("or_default", _or_default, replace=True)
 
 
 @dataclass(frozen=True)
+class TimingConfig:
+    """The timing stage (harness.timing): off unless enabled."""
+
+    enabled: bool = False
+    threads: int = 1
+    budget_s: float = 0.2  # measured time per cell, beyond warm-up and compilation
+    rel_iqr_target: float = 0.05  # stop early once IQR / median is this small
+    min_blocks: int = 5  # samples per cell, whatever the budget
+    sizes: tuple = ()  # (n_rows, n_classes) pairs; empty: n_rows x the first n_classes
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     experiment: str
     frameworks: tuple[str, ...]
@@ -52,11 +64,18 @@ class SweepConfig:
     gradient: bool = False  # also measure d(sum of losses)/d(logits): grad_errors table and plots
     chunk_size: int = 256  # `chunked` path: classes per chunk
     block_size: int = 128  # `online` path: classes per block
+    timing: TimingConfig = field(default_factory=TimingConfig)
     bits_lost_limit: float | None = None  # breakdown: more bits lost than this counts (None: half of p)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
             object.__setattr__(self, "n_classes", (self.n_classes,))
+        if isinstance(self.timing, dict):  # as read back from sweep.json
+            object.__setattr__(self, "timing", TimingConfig(**self.timing))
+
+    @property
+    def timing_sizes(self) -> tuple[tuple[int, int], ...]:
+        return self.timing.sizes or ((self.n_rows, self.n_classes[0]),)
 
     def sizes(self, family: str) -> tuple[int | None, ...]:
         """Class counts swept for a family; None where the data fixes the shape."""
@@ -96,6 +115,39 @@ def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
         if isinstance(item, bool) or not isinstance(item, int) or item < 2:
             raise ConfigError(f"n_classes must be an integer >= 2 (or a list of them), got {item!r}")
     return tuple(sorted(set(items)))
+
+
+def _positive(value, key: str, kind=(int, float)):
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a number > 0, got {value!r}")
+    return value
+
+
+def _timing(cfg: DictConfig) -> TimingConfig:
+    node = _plain(cfg, "timing")
+    sizes = []
+    for size in node.get("sizes") or ():
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+            or size[0] < 1
+            or size[1] < 2
+        ):
+            raise ConfigError(f"timing.sizes must be [n_rows, n_classes] pairs (rows >= 1, classes >= 2), got {size!r}")
+        sizes.append(tuple(size))
+    threads, min_blocks = node.get("threads", 1), node.get("min_blocks", 5)
+    for key, value in (("timing.threads", threads), ("timing.min_blocks", min_blocks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    return TimingConfig(
+        enabled=_flag(cfg, "timing", "enabled"),
+        threads=threads,
+        budget_s=float(_positive(node.get("budget_s", 0.2), "timing.budget_s")),
+        rel_iqr_target=float(_positive(node.get("rel_iqr_target", 0.05), "timing.rel_iqr_target")),
+        min_blocks=min_blocks,
+        sizes=tuple(sizes),
+    )
 
 
 def _flag(cfg: DictConfig, group: str, key: str) -> bool:
@@ -182,6 +234,7 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         inline=_plain(cfg, "inline"),
         bits_lost_limit=_bits_lost_limit(cfg),
         gradient=_flag(cfg, "grad", "enabled"),
+        timing=_timing(cfg),
         chunk_size=_integer(cfg, "chunk_size", 1),
         block_size=_integer(cfg, "block_size", 1),
         custom_paths=tuple(dataclasses.asdict(c) for c in custom_paths.parse(_plain_list(cfg, "custom_paths"))),

@@ -2,7 +2,7 @@
 
 One figure per dtype, one panel per family (and size, where the run varies it): rows framework/path
 (and device, where there are several), columns scale, colour = correct bits = precision - bits lost,
-bits lost = max(0, log2(2 * max_ulp_err)) clipped to [0, precision] (`breakdown.correct_bits`). Cells
+bits lost = max(0, log2(2 * max_ulp_err)) clipped to [0, precision] (`metrics.correct_bits`). Cells
 whose status is not ok are marked (STATUS_MARKS) rather than coloured; HEATMAP_NOTE is the legend the
 report prints under the figures. harness.report draws them through write_heatmaps.
 """
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from harness import breakdown, metrics, tables  # noqa: E402
+from harness import metrics, tables  # noqa: E402
 from harness.dtypes import DTYPES  # noqa: E402
 
 STATUS_MARKS = {  # status -> (cell colour, mark, legend)
@@ -61,7 +61,7 @@ def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
         for line, row in zip(panel[line_keys].itertuples(index=False, name=None), panel.itertuples(), strict=True):
             i, j = lines.index(line), int(np.searchsorted(scales, row.scale))
             if row.status == metrics.OK:
-                grid[i, j] = breakdown.correct_bits(row.max_ulp_err, fmt.precision)
+                grid[i, j] = metrics.correct_bits(row.max_ulp_err, fmt.precision)
             elif row.status in STATUS_MARKS:
                 colour, mark, _ = STATUS_MARKS[row.status]
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=colour, edgecolor="none", zorder=2))

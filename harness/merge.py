@@ -6,7 +6,9 @@ the multirun the `MergeShards` callback (registered in conf/config.yaml) merges 
 folder itself. `python -m harness.merge SWEEP_DIR` does the same by hand, e.g. after a cluster run.
 
 Shards may split any list setting (frameworks, paths, dtypes, families, scales, n_classes); every
-other setting must agree, and no cell may appear in two shards.
+other setting must agree, and no cell may appear in two shards. Shards' timings tables are stacked:
+timing shards must not share cores, so run them one at a time (hydra.launcher.n_jobs=1) or with
+timing.enabled=false in parallel accuracy shards.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 
 from harness import journal
@@ -79,7 +82,9 @@ def merge(sweep_dir: Path):
     if environments:
         merged_env = environments[0] | {"shards": [{"folder": d.name, **_command(d)} for d in shards]}
         write_text(json.dumps(merged_env, indent=2, default=str) + "\n", sweep_dir / "environment.json")
-    return runner.write_results(sweep, sweep_dir, records)
+    timed = [pd.read_parquet(d / "timings.parquet") for d in shards if (d / "timings.parquet").is_file()]
+    timings = pd.concat(timed, ignore_index=True) if timed else None
+    return runner.write_results(sweep, sweep_dir, records, timings)
 
 
 def _command(shard: Path) -> dict:

@@ -31,6 +31,19 @@ METRIC_COLUMNS = (
 )
 
 
+def bits_lost(max_ulp_err):
+    """log2(2 * ulp error), at least 0: a result within half an ulp (correctly rounded) lost nothing,
+    1 ulp is 1 bit, 2**k / 2 ulps is k bits. NaN stays NaN."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.maximum(np.log2(2.0 * np.asarray(max_ulp_err, dtype=np.float64)), 0.0)
+
+
+def correct_bits(max_ulp_err, precision: int):
+    """Significand bits that are right: precision - bits lost, clipped to [0, precision]."""
+    bits = np.clip(precision - bits_lost(max_ulp_err), 0.0, float(precision))
+    return float(bits) if bits.ndim == 0 else bits
+
+
 def exponent_of(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """floor(log2 |hi + lo|) as float (-inf for zero), exact also just below a power of two."""
     mantissa, exponent = np.frexp(hi)

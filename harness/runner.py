@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import custom_paths, inputs, journal, metrics, paths, plots, report, tables
+from harness import custom_paths, inputs, journal, metrics, paths, plots, report, tables, timing, timing_plots
 from harness.config import SweepConfig, given_draw
 from harness.devices import on_device, row_device
 from harness.dtypes import DTYPES, FloatFormat, round_to
@@ -253,13 +253,36 @@ def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
         sweep_cells(sweep, cells.append, frozenset(cells.done))
     finally:
         cells.close()
-    return write_results(sweep, run_dir, cells.records)
+    return write_results(sweep, run_dir, cells.records, time_paths(sweep) if sweep.timing.enabled else None)
 
 
-def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
-    """Tables, summary, plots and the study's summary, from the journal's records alone."""
+def time_paths(sweep: SweepConfig) -> pd.DataFrame:
+    """The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits."""
+    settings = sweep.timing
+    log.info("timing %d sizes, %d threads", len(sweep.timing_sizes), settings.threads)
+    return timing.time_sweep(
+        sweep.frameworks,
+        sweep.paths,
+        sweep.dtypes,
+        sweep.timing_sizes,
+        sweep.seed,
+        settings.threads,
+        settings.budget_s,
+        settings.rel_iqr_target,
+        sweep.progress,
+        min_blocks=settings.min_blocks,
+    )
+
+
+def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
+    """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
     errors = tables.errors_frame([r["cell"] for r in records])
     tables.write_table(errors, run_dir / "errors")
+    if timings is not None:
+        tables.write_table(timings, run_dir / "timings")
+        for dtype in timings["dtype"].unique():
+            timing_plots.timing_bars(timings, dtype, run_dir / "plots" / f"timing_{dtype}.png")
+        timing_plots.accuracy_vs_time(errors, timings, run_dir / "plots" / "accuracy_vs_time.png")
     if sweep.gradient:
         grad_errors = grad_errors_frame(records)
         tables.write_table(grad_errors, run_dir / "grad_errors")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import breakdown
+from harness import breakdown, metrics
 from harness.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
 
 LN2 = math.log(2.0)
@@ -48,10 +48,10 @@ def test_underflow_threshold_is_minus_ln_smallest_subnormal_or_normal(
 
 def test_bits_lost_on_hand_cases():
     ulps = [0.0, 0.25, 0.5, 1.0, 2.0, 1024.0, np.nan]
-    assert breakdown.bits_lost(ulps)[:6].tolist() == [0.0, 0.0, 0.0, 1.0, 2.0, 11.0]
-    assert np.isnan(breakdown.bits_lost(ulps)[6])
+    assert metrics.bits_lost(ulps)[:6].tolist() == [0.0, 0.0, 0.0, 1.0, 2.0, 11.0]
+    assert np.isnan(metrics.bits_lost(ulps)[6])
     # correct bits: float16 has 11; 1 ulp costs 1 bit; 2**11 ulps leaves nothing (clipped at 0)
-    assert breakdown.correct_bits([0.5, 1.0, 2.0**11], 11).tolist() == [11.0, 10.0, 0.0]
+    assert metrics.correct_bits([0.5, 1.0, 2.0**11], 11).tolist() == [11.0, 10.0, 0.0]
 
 
 def test_default_bits_lost_limit_is_half_the_significand():

@@ -7,6 +7,7 @@ from conftest import run_cli
 from harness.tables import ERROR_COLUMNS
 
 SMALL = ["experiment=precision_sweep", "scales=[0.1,10,1000]", "n_rows=4", "n_classes=20", "progress=false"]
+SMALL += ["timing.budget_s=0.01", "timing.min_blocks=2"]  # timing on, as in the main command, but brief
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,14 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
     assert "Traceback" not in result.stderr + result.stdout
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
+    out, _ = two_runs[0]
+    timings = pd.read_parquet(out / "timings.parquet")
+    assert len(timings) == 3 * 4 * 4  # frameworks x paths x dtypes at n_rows x n_classes
+    assert set(zip(timings["n_rows"], timings["n_classes"], strict=True)) == {(4, 20)}
+    assert (timings["status"] == "ok").all() and (timings["median_s"] > 0).all()
+    assert (timings["threads"] == 1).all()
+    for name in ("timing_float16.png", "timing_float64.png", "accuracy_vs_time.png"):
+        assert (out / "plots" / name).is_file(), name

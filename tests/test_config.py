@@ -22,6 +22,8 @@ def test_precision_sweep_sets_the_default_grid():
     assert len(sweep.scales) >= 20
     assert sweep.scales[0] == pytest.approx(0.01) and sweep.scales[-1] == pytest.approx(1e4)
     assert sweep.n_cells == 3 * 4 * 4 * 2 * len(sweep.scales)
+    assert sweep.timing.enabled and sweep.timing.threads == 1 and sweep.timing_sizes == ((256, 1000),)
+    assert not sweep.gradient
 
 
 def test_command_line_overrides_replace_the_grid():
@@ -58,6 +60,11 @@ def test_command_line_overrides_replace_the_grid():
         ("n_classes=1", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
         ("n_classes=[64,1]", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
         ("device=tpu", ["unknown device 'tpu'", "cpu, cuda"]),
+        ("timing.threads=0", ["timing.threads must be an integer >= 1, got 0"]),
+        ("timing.budget_s=-1", ["timing.budget_s must be a number > 0, got -1"]),
+        ("timing.sizes=[[64]]", ["timing.sizes must be [n_rows, n_classes] pairs", "[64]"]),
+        ("grad.enabled=maybe", ["grad.enabled must be true or false, got 'maybe'"]),
+        ("chunk_size=0", ["chunk_size must be an integer >= 1, got 0"]),
         ("n_rows=0", ["n_rows must be an integer >= 1, got 0"]),
         ("label=worst", ["unknown label 'worst'", "random, adversarial"]),
     ],

@@ -6,7 +6,7 @@ from conftest import REPO, run_cli
 
 PLUGINS = REPO / "tests" / "plugins"
 GRID = ["experiment=precision_sweep", "frameworks=[numpy,torch]", "paths=[fused]", "scales=[1,1000]", "n_rows=4"]
-GRID += ["n_classes=10", "progress=false"]
+GRID += ["n_classes=10", "progress=false", "timing.enabled=false"]
 
 
 def custom(fn: str, framework: str = "torch", name: str = "mine") -> str:

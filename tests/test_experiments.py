@@ -32,6 +32,7 @@ def test_file_family_reads_npz_with_settings(tmp_path):
     out = tmp_path / "run"
     result = run_cli(
         "experiment=precision_sweep",
+        "timing.enabled=false",
         "families=[file]",
         f"file.path={tmp_path / 'logits.npz'}",
         "file.logits_key=scores",
@@ -67,6 +68,7 @@ def test_a_pickled_file_is_refused(tmp_path):
     np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     result = run_cli(
         "experiment=precision_sweep",
+        "timing.enabled=false",
         "families=[file]",
         f"file.path={tmp_path / 'evil.npy'}",
         f"hydra.run.dir={tmp_path / 'r'}",

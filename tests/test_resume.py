@@ -22,6 +22,7 @@ GRID = [
     "n_rows=128",
     "n_classes=1000",
     "progress=false",
+    "timing.enabled=false",
 ]
 N_CELLS = 1 * 4 * 2 * 2 * 12
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 
 GRID = ["experiment=precision_sweep", "frameworks=[numpy]", "scales=[0.1,30,1000]", "n_rows=6", "n_classes=40"]
-GRID += ["progress=false"]
+GRID += ["progress=false", "timing.enabled=false"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,179 @@
+"""Timing plots, drawn from the timings (and errors) tables only: no number is recomputed.
+
+- `timing_bars`: median time per call of each path, grouped by framework, with IQR bars; one
+  panel per size.
+- `accuracy_vs_time`: the trade-off, one panel per dtype: each framework/path a point at
+  (median time, worst correct bits over the scales where it does not break).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from harness import metrics  # noqa: E402
+from harness.dtypes import DTYPES  # noqa: E402
+from harness.metrics import correct_bits  # noqa: E402
+from harness.plots import FRAMEWORK_STYLES, PATH_COLORS  # noqa: E402
+from harness.tables import atomic_write  # noqa: E402
+
+SIZE_KEY = ["n_rows", "n_classes"]
+
+
+def _save(fig, out: Path) -> None:
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _sizes(frame: pd.DataFrame) -> list[tuple[int, int]]:
+    sizes = frame[SIZE_KEY].drop_duplicates().itertuples(index=False, name=None)
+    return sorted((int(r), int(c)) for r, c in sizes)
+
+
+def _path_color(path: str) -> str:
+    return PATH_COLORS.get(path, "tab:gray")
+
+
+def _framework_marker(framework: str) -> str:
+    return FRAMEWORK_STYLES.get(framework, ("-.", "d"))[1]
+
+
+def _log_time_axis(axis) -> None:
+    """Log scale with ticks at 1, 2, 5 x 10^k labelled plainly, so a narrow range still has labels."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
+    """Median ms per call of each path (bars, colour by path) grouped by framework, IQR as error bars
+    (median +- IQR/2), log scale; one panel per (n_rows, n_classes). Cells not timed are labelled."""
+    cells = timings[timings["dtype"] == dtype]
+    sizes = _sizes(cells)
+    frameworks = list(dict.fromkeys(cells["framework"]))
+    path_names = list(dict.fromkeys(cells["path"]))
+    width = 0.8 / max(len(path_names), 1)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(4.5, 1.6 * len(frameworks) + 1.5) * len(sizes), 4.4))
+    axes = np.atleast_1d(axes)
+    for ax, (n_rows, n_classes) in zip(axes, sizes, strict=True):
+        of_size = cells[(cells["n_rows"] == n_rows) & (cells["n_classes"] == n_classes)]
+        ok = of_size[of_size["status"] == metrics.OK]
+        floor = ok["median_s"].min() * 1e3 / 3 if not ok.empty else 1e-3
+        for p, path in enumerate(path_names):
+            for f, framework in enumerate(frameworks):
+                cell = of_size[(of_size["framework"] == framework) & (of_size["path"] == path)]
+                x = f + (p - (len(path_names) - 1) / 2) * width
+                if cell.empty:
+                    continue
+                row = cell.iloc[0]
+                if row["status"] != metrics.OK:
+                    ax.text(x, floor, row["status"], rotation=90, ha="center", va="bottom", fontsize=7)
+                    continue
+                ax.bar(
+                    x,
+                    row["median_s"] * 1e3,
+                    width=width * 0.92,
+                    color=_path_color(path),
+                    yerr=row["iqr_s"] * 1e3 / 2,
+                    capsize=2,
+                    error_kw={"linewidth": 0.8},
+                )
+        bandwidth = of_size["bandwidth_gb_per_s"].dropna()
+        threads = of_size["threads"].dropna()
+        subtitle = []
+        if not threads.empty:
+            subtitle.append(f"{int(threads.iloc[0])} thread(s)")
+        if not bandwidth.empty:
+            subtitle.append(f"memory {bandwidth.iloc[0]:.1f} GB/s")
+        ax.set_title(f"{n_rows} x {n_classes}" + (f"\n{', '.join(subtitle)}" if subtitle else ""), fontsize=10)
+        ax.set_xticks(range(len(frameworks)), frameworks)
+        ax.set_yscale("log")
+        _log_time_axis(ax.yaxis)
+        ax.set_ylim(bottom=floor)
+        ax.grid(True, axis="y", which="major", alpha=0.3)
+    axes[0].set_ylabel("median time per call (ms), bars: IQR")
+    handles = [Patch(color=_path_color(p)) for p in path_names]
+    fig.legend(handles, path_names, loc="lower center", ncol=len(path_names), fontsize=8, frameon=False)
+    fig.suptitle(f"Cross-entropy time per call, {dtype}")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    _save(fig, out_path)
+
+
+def worst_correct_bits(cells: pd.DataFrame, precision: int) -> float:
+    """Fewest correct bits over a path's cells with status ok (NaN if none is ok)."""
+    ok = cells[cells["status"] == metrics.OK]
+    if ok.empty:
+        return float("nan")
+    return float(np.nanmin(correct_bits(ok["max_ulp_err"].to_numpy(), precision)))
+
+
+def _timing_size(errors: pd.DataFrame, timings: pd.DataFrame) -> tuple[int, int]:
+    """The errors' size if it was timed, else the largest timed size."""
+    timed = _sizes(timings)
+    for size in _sizes(errors):
+        if size in timed:
+            return size
+    return max(timed, key=lambda s: s[0] * s[1])
+
+
+def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path) -> None:
+    """One panel per dtype: a point per framework/path at (median time, worst correct bits over the
+    scales where its status is ok). Filled: never breaks; hollow with a cross: breaks (inf, nan or
+    error) at some scale. Colour by path, marker by framework."""
+    n_rows, n_classes = _timing_size(errors, timings)
+    timed = timings[
+        (timings["n_rows"] == n_rows) & (timings["n_classes"] == n_classes) & (timings["status"] == metrics.OK)
+    ]
+    same_size = errors[(errors["n_rows"] == n_rows) & (errors["n_classes"] == n_classes)]
+    errors = same_size if not same_size.empty else errors
+    dtypes = [d for d in dict.fromkeys(timed["dtype"]) if d in set(errors["dtype"])]
+    fig, axes = plt.subplots(1, max(len(dtypes), 1), figsize=(4.4 * max(len(dtypes), 1), 4.4), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes, strict=False):
+        precision = DTYPES[dtype].precision
+        for row in timed[timed["dtype"] == dtype].itertuples(index=False):
+            cells = errors[(errors["framework"] == row.framework) & (errors["path"] == row.path)]
+            cells = cells[cells["dtype"] == dtype]
+            bits = worst_correct_bits(cells, precision)
+            if np.isnan(bits):
+                continue
+            breaks = cells["status"].isin(metrics.FAILED).any()
+            color = _path_color(row.path)
+            ax.scatter(
+                row.median_s * 1e3,
+                bits,
+                marker=_framework_marker(row.framework),
+                s=46,
+                facecolors="none" if breaks else color,
+                edgecolors=color,
+                linewidths=1.4,
+            )
+            if breaks:
+                ax.scatter(row.median_s * 1e3, bits, marker="x", s=18, color=color, linewidths=1.0)
+        ax.axhline(precision, color="0.5", linewidth=0.8, linestyle=":")
+        ax.set(xscale="log", ylim=(-0.5, precision + 1.5), title=f"{dtype} (p = {precision})")
+        _log_time_axis(ax.xaxis)
+        ax.set_xlabel(f"median time per call (ms), {n_rows} x {n_classes}")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("worst correct bits over non-breaking scales")
+    handles: list = [Patch(color=_path_color(p), label=p) for p in dict.fromkeys(timed["path"])]
+    handles += [
+        Line2D([], [], linestyle="", marker=_framework_marker(f), color="0.3", label=f)
+        for f in dict.fromkeys(timed["framework"])
+    ]
+    handles += [
+        Line2D([], [], linestyle="", marker="h", markersize=8, color="0.3", label="filled: never breaks"),
+        Line2D([], [], linestyle="", marker="h", markersize=8, mfc="none", color="0.3", label="hollow: breaks"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8, frameon=False)
+    fig.suptitle("Accuracy vs time: up and to the left is better (dotted line: all p bits correct)")
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    _save(fig, out_path)

@@ -1,0 +1,297 @@
+"""The timing method, not absolute speed: no test asserts a speed figure.
+
+Known costs are measured within sane bounds, JIT compilation lands in compile_s and not in the
+median, a tiny sweep has the documented columns and positive finite numbers, and failures are rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import threadpoolctl
+
+from harness import inputs, metrics, timing, timing_plots
+from harness.dtypes import DTYPES, round_to
+from harness.paths import PATH_NAMES
+
+FRAMEWORKS = ("numpy", "torch", "jax")
+SWEEP_DTYPES = ("float32", "bfloat16")
+SWEEP_SIZES = ((8, 16),)
+MIN_BLOCKS = 3
+
+
+def _isolate_thread_settings(mp: pytest.MonkeyPatch) -> None:
+    """Make set_threads' environment variables revert when `mp` undoes (set or not before)."""
+    for name in (*timing.THREAD_ENV_VARS, "XLA_FLAGS"):
+        was_set = name in os.environ
+        mp.setenv(name, os.environ.get(name, ""))
+        if not was_set:
+            mp.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None), pytest.MonkeyPatch.context() as mp:
+        _isolate_thread_settings(mp)
+        try:
+            return timing.time_sweep(
+                FRAMEWORKS,
+                PATH_NAMES,
+                SWEEP_DTYPES,
+                SWEEP_SIZES,
+                seed=0,
+                threads=1,
+                budget_s=0.02,
+                rel_iqr_target=0.5,
+                min_blocks=MIN_BLOCKS,
+            )
+        finally:
+            torch.set_num_threads(torch_threads)
+
+
+# --- correct bits ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_ulp_err", "precision", "bits"),
+    [
+        (0.0, 24, 24),  # exact
+        (0.5, 24, 24),  # correctly rounded: all bits
+        (1.0, 24, 23),  # one doubling past half an ulp: one bit lost
+        (4.0, 11, 8),
+        (2.0**30, 24, 0),  # clipped at 0
+        (math.inf, 53, 0),
+    ],
+)
+def test_correct_bits(max_ulp_err, precision, bits):
+    assert metrics.correct_bits(max_ulp_err, precision) == bits
+
+
+def test_correct_bits_of_an_array_keeps_nan():
+    bits = metrics.correct_bits(np.array([0.25, 8.0, np.nan]), 8)
+    np.testing.assert_array_equal(bits, [8.0, 4.0, np.nan])
+
+
+# --- the timer on functions of known cost ----------------------------------------------------------
+
+
+def test_sleep_of_2_ms_is_measured_as_2_ms_plus_wakeup_latency():
+    t = timing.blocked_autorange(time.sleep, (0.002,), budget_s=0.05, rel_iqr_target=0.05, min_blocks=MIN_BLOCKS)
+    assert 0.002 <= t.min_s <= t.median_s < 0.007
+    assert t.n_samples >= MIN_BLOCKS and t.compile_s == 0.0
+    assert t.calls_per_block >= 2  # 2 ms calls are batched into blocks of >= 10 ms
+
+
+def _busy_loop(n: int) -> None:
+    for _ in range(n):
+        pass
+
+
+def test_busy_loop_four_times_longer_takes_about_four_times_longer():
+    short = timing.blocked_autorange(_busy_loop, (20_000,), budget_s=0.1, rel_iqr_target=0.05)
+    long = timing.blocked_autorange(_busy_loop, (80_000,), budget_s=0.1, rel_iqr_target=0.05)
+    assert 2.0 < long.median_s / short.median_s < 8.0
+
+
+def test_short_calls_are_batched_so_each_block_outlasts_the_clock():
+    t = timing.blocked_autorange(lambda: None, budget_s=0.05, min_blocks=MIN_BLOCKS)
+    assert t.calls_per_block >= 1000
+    assert t.calls_per_block * t.median_s >= timing.MIN_BLOCK_S / 2
+
+
+def test_min_blocks_wins_over_an_exhausted_budget():
+    t = timing.blocked_autorange(time.sleep, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=MIN_BLOCKS)
+    assert (t.n_samples, t.calls_per_block) == (MIN_BLOCKS, 1)
+
+
+def test_min_blocks_must_be_positive():
+    with pytest.raises(ValueError, match="min_blocks must be an integer >= 1"):
+        timing.blocked_autorange(lambda: None, min_blocks=0)
+
+
+def test_an_unmet_iqr_target_stops_at_the_budget():
+    budget_s = 0.08
+    start = time.perf_counter()
+    t = timing.blocked_autorange(time.sleep, (0.001,), budget_s=budget_s, rel_iqr_target=0.0, min_blocks=1)
+    assert t.n_samples >= 2
+    assert time.perf_counter() - start < budget_s + 0.1  # plus the first call, calibration and one last block
+
+
+@pytest.mark.parametrize(
+    ("samples", "spent_s", "enough"),
+    [
+        ([1.0, 1.0], 0.0, False),  # fewer than min_blocks
+        ([1.0, 1.0, 1.0], 5.0, True),  # budget spent
+        ([1.0, 1.0, 1.0], 0.0, True),  # IQR 0 <= 5% of the median
+        ([1.0, 2.0, 3.0, 4.0], 0.0, False),  # IQR 1.5 is 60% of the median 2.5
+    ],
+)
+def test_enough_samples(samples, spent_s, enough):
+    assert timing.enough_samples(samples, spent_s, budget_s=1.0, rel_iqr_target=0.05, min_blocks=3) is enough
+
+
+def test_one_sample_never_meets_the_iqr_target():
+    assert not timing.enough_samples([1.0], 0.0, budget_s=1.0, rel_iqr_target=0.05, min_blocks=1)
+
+
+def test_jax_compile_time_lands_in_compile_s_not_in_the_median():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 1000)), dtype=jnp.float32)
+    fn = jax.jit(lambda v: jax.nn.logsumexp(jnp.tanh(v) * 3.0, axis=1))  # a new function: never compiled
+    t = timing.blocked_autorange(fn, (x,), sync=jax.block_until_ready, compiles=True, budget_s=0.1, min_blocks=5)
+    plain = []
+    for _ in range(50):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(x))
+        plain.append(time.perf_counter() - start)
+    assert t.compile_s > 5 * t.median_s
+    assert 1 / 3 < t.median_s / statistics.median(plain) < 3
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_inputs_are_the_accuracy_stages_bits(dtype):
+    logits, labels = timing.timing_inputs(7, 50, seed=3)
+    base = inputs.draw(7, 50, 3)
+    expected = round_to(inputs.make_logits("spread", 1.0, base), dtype)
+    chunked = timing.rounded_logits(logits, dtype, chunk_elements=120)  # 2 rows per chunk, last one short
+    assert chunked.dtype == expected.dtype
+    np.testing.assert_array_equal(chunked.view(np.uint8), expected.view(np.uint8))
+    np.testing.assert_array_equal(labels, base.labels)
+
+
+def test_memory_shortfall_says_what_is_not_run():
+    assert timing.memory_shortfall(10, 100) == ""
+    assert timing.memory_shortfall(10, None) == ""
+    assert timing.memory_shortfall(3 * 10**9, 10**9).startswith("not run: needs about 3.0 GB")
+
+
+# --- threads ---------------------------------------------------------------------------------------
+
+
+def test_xla_flags_replace_thread_flags_and_keep_others():
+    old = "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    assert timing.xla_flags(2, old) == (
+        "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
+    )
+
+
+def test_set_threads_sets_torch_and_reports_every_setting(monkeypatch):
+    torch = pytest.importorskip("torch")
+    _isolate_thread_settings(monkeypatch)
+    before = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=None):
+        try:
+            settings = timing.set_threads(1, ["numpy", "torch"])
+            assert torch.get_num_threads() == 1
+        finally:
+            torch.set_num_threads(before)
+    assert settings["torch.set_num_threads"] == "1" and settings["OMP_NUM_THREADS"] == "1"
+    assert settings["threadpoolctl"].startswith("1 ")
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        timing.set_threads(0)
+
+
+# --- the sweep -------------------------------------------------------------------------------------
+
+
+def test_sweep_has_exactly_the_documented_columns_and_one_row_per_cell(sweep):
+    assert tuple(sweep.columns) == timing.COLUMNS
+    assert len(sweep) == len(FRAMEWORKS) * len(PATH_NAMES) * len(SWEEP_DTYPES) * len(SWEEP_SIZES)
+    assert not sweep.duplicated(["framework", "path", "dtype", "n_rows", "n_classes"]).any()
+
+
+def test_sweep_rows_have_positive_finite_times(sweep):
+    assert (sweep["status"] == metrics.OK).all(), sweep.loc[sweep["status"] != metrics.OK, "message"].tolist()
+    for column in ("median_s", "min_s", "elements_per_s", "gb_per_s", "bandwidth_fraction"):
+        assert np.isfinite(sweep[column]).all() and (sweep[column] > 0).all(), column
+    assert (sweep["iqr_s"] >= 0).all() and (sweep["min_s"] <= sweep["median_s"]).all()
+    assert (sweep["n_samples"] >= MIN_BLOCKS).all()
+    assert (sweep["threads"] == 1).all() and (sweep["device"] == "cpu").all()
+
+
+def test_sweep_compile_time_is_recorded_for_jax_only(sweep):
+    jitted = sweep["framework"] == "jax"
+    assert (sweep.loc[jitted, "compile_s"] > sweep.loc[jitted, "median_s"]).all()
+    assert (sweep.loc[~jitted, "compile_s"] == 0).all()
+
+
+def test_sweep_throughput_columns_follow_from_the_median(sweep):
+    n_elements = sweep["n_rows"] * sweep["n_classes"]
+    itemsize = sweep["dtype"].map(lambda d: np.dtype(DTYPES[d].numpy_type).itemsize)
+    np.testing.assert_array_equal(sweep["bytes_min"], n_elements * itemsize)
+    np.testing.assert_allclose(sweep["elements_per_s"] * sweep["median_s"], n_elements)
+    np.testing.assert_allclose(sweep["gb_per_s"] * 1e9 * sweep["median_s"], sweep["bytes_min"])
+    np.testing.assert_allclose(sweep["bandwidth_fraction"] * sweep["bandwidth_gb_per_s"], sweep["gb_per_s"])
+
+
+def test_bandwidth_is_measured_once_and_plausible(sweep):
+    assert sweep["bandwidth_gb_per_s"].nunique() == 1
+    assert 0.1 < sweep["bandwidth_gb_per_s"].iloc[0] < 1000
+    assert 0.1 < timing.measure_bandwidth(threads=2, n_bytes=32 * 2**20, repeats=2) < 1000
+
+
+def test_a_path_that_cannot_run_is_a_row_not_a_crash(monkeypatch):
+    from harness.paths import numpy_paths
+
+    def not_implemented(x, y):
+        raise NotImplementedError(f"{x.dtype} not implemented for this path")
+
+    def broken(x, y):
+        raise ValueError("boom")
+
+    monkeypatch.setitem(numpy_paths.PATHS, "naive", not_implemented)
+    monkeypatch.setitem(numpy_paths.PATHS, "fused", broken)
+    frame = timing.time_sweep(
+        ["numpy"], ["naive", "fused", "log_softmax_nll"], ["float32"], [(4, 8)], 0, 1, 0.01, 0.5, min_blocks=1,
+        bandwidth_gb_per_s=10.0,
+    )  # fmt: skip
+    assert frame["status"].tolist() == [metrics.UNSUPPORTED, metrics.ERROR, metrics.OK]
+    assert frame["message"].tolist()[:2] == [
+        "NotImplementedError: float32 not implemented for this path",
+        "ValueError: boom",
+    ]
+    assert frame["n_samples"].tolist()[:2] == [0, 0] and frame["median_s"].iloc[:2].isna().all()
+
+
+def test_an_input_too_large_for_memory_is_a_row_that_says_so(monkeypatch):
+    monkeypatch.setattr(timing, "available_memory_bytes", lambda: 100)
+    frame = timing.time_sweep(["numpy"], ["fused"], ["float64"], [(4, 8)], 0, 1, 0.01, 0.5, bandwidth_gb_per_s=10.0)
+    assert frame["status"].tolist() == [metrics.ERROR]
+    assert frame["message"].iloc[0].startswith("not run: needs about")
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+
+def test_worst_correct_bits_skips_the_breaking_scales():
+    cells = pd.DataFrame({"status": ["ok", "ok", "inf"], "max_ulp_err": [0.5, 4.0, np.nan]})
+    assert timing_plots.worst_correct_bits(cells, 24) == 21
+
+
+def test_plots_are_written(sweep, tmp_path):
+    two_sizes = pd.concat([sweep, sweep.assign(n_classes=32)])  # one panel per size
+    timing_plots.timing_bars(two_sizes, "float32", tmp_path / "plots" / "timing_float32.png")
+    keys = sweep[["framework", "path", "dtype", "n_rows", "n_classes"]]
+    errors = pd.concat(
+        [
+            keys.assign(scale=1.0, status="ok", max_ulp_err=0.7),
+            keys.assign(scale=1e3, status=np.where(keys["path"] == "naive", "inf", "ok"), max_ulp_err=3.0),
+        ]
+    )
+    timing_plots.accuracy_vs_time(errors, sweep, tmp_path / "plots" / "accuracy_vs_time.png")
+    for name in ("timing_float32.png", "accuracy_vs_time.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
