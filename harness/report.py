@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from harness import breakdown, tables
+from harness.environment import cpu_model, package_versions
 from harness.findings import _g, key_findings, with_where
 from harness.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.html_page import markdown_to_html
@@ -34,7 +34,6 @@ REPORT_MD, REPORT_HTML = "report.md", "report.html"
 ERRORS, ENVIRONMENT = "errors.parquet", "environment.json"
 MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
 OWN_FILES = {REPORT_MD, REPORT_HTML}
-ENVIRONMENT_PACKAGES = ("numpy", "scipy", "ml_dtypes", "torch", "jax", "jaxlib", "optax", "pandas", "hydra-core")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 MAX_TABLE_ROWS = 60  # a table longer than this is shown by its first rows; the file has the rest
 HEAD_ROWS = 20
@@ -160,26 +159,12 @@ def environment(run_dir: Path) -> tuple[list[tuple[str, str]], str]:
     else:
         note = "the run recorded no environment.json; "
     pairs = [("python", platform.python_version())]
-    for package in ENVIRONMENT_PACKAGES:
-        try:
-            pairs.append((package, importlib.metadata.version(package)))
-        except importlib.metadata.PackageNotFoundError:
-            pairs.append((package, "not installed"))
-    pairs += [("platform", platform.platform()), ("cpu", cpu_name()), ("logical cpus", str(os.cpu_count()))]
+    pairs += [(name, version or "not installed") for name, version in package_versions().items()]
+    pairs += [("platform", platform.platform()), ("cpu", cpu_model()), ("logical cpus", str(os.cpu_count()))]
     if hasattr(os, "sched_getaffinity"):
         pairs.append(("cpus available to the process", str(len(os.sched_getaffinity(0)))))
     pairs += [(name, os.environ[name]) for name in THREAD_VARIABLES if name in os.environ]
     return pairs, note + "these are the versions found when this report was built, which may differ from the run's"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- Markdown -------------------------------------------------------------------------------
