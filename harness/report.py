@@ -34,6 +34,7 @@ REPORT_MD, REPORT_HTML = "report.md", "report.html"
 ERRORS, ENVIRONMENT = "errors.parquet", "environment.json"
 MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
 OWN_FILES = {REPORT_MD, REPORT_HTML}
+SECTION_TABLES = ("errors", "breakdown", "grad_errors", "grad_breakdown", "timings")  # shown in their own sections
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 MAX_TABLE_ROWS = 60  # a table longer than this is shown by its first rows; the file has the rest
 HEAD_ROWS = 20
@@ -220,7 +221,7 @@ def other_tables(run_dir: Path) -> list[Path]:
     """Every table of the folder but errors and breakdown: Parquet, and CSV without a Parquet twin."""
     found = []
     for path in sorted(run_dir.rglob("*")):
-        if not path.is_file() or (path.stem in ("errors", "breakdown") and path.parent == run_dir):
+        if not path.is_file() or (path.stem in SECTION_TABLES and path.parent == run_dir):
             continue
         if path.suffix == ".parquet" or (path.suffix == ".csv" and not path.with_suffix(".parquet").exists()):
             found.append(path)
@@ -317,11 +318,49 @@ def environment_section(run_dir: Path) -> list[str]:
     ]
 
 
+def images(plots: list[Path], run_dir: Path) -> list[str]:
+    return [line for path in plots for line in (f"![{path.stem}]({path.relative_to(run_dir).as_posix()})", "")]
+
+
 def plot_section(title: str, plots: list[Path], run_dir: Path, note: str = "") -> list[str]:
     lines = [f"## {title}", ""] + ([note, ""] if note else [])
-    for path in plots:
-        lines += [f"![{path.stem}]({path.relative_to(run_dir).as_posix()})", ""]
-    return lines + ([] if plots else ["(none in the folder)", ""])
+    return lines + (images(plots, run_dir) if plots else ["(none in the folder)", ""])
+
+
+def timing_section(run_dir: Path, plots: list[Path]) -> list[str]:
+    """The timings table (median, IQR, throughput against bandwidth) and its plots, where timed."""
+    if not (run_dir / "timings.parquet").is_file():
+        return []
+    timings = pd.read_parquet(run_dir / "timings.parquet")
+    shown = ["framework", "path", "dtype", "n_rows", "n_classes", "threads", "median_s", "iqr_s", "compile_s"]
+    shown += ["gb_per_s", "bandwidth_fraction", "status"]
+    lines = [
+        "## Timing",
+        "",
+        f"Memory bandwidth measured for the run: {_g(timings['bandwidth_gb_per_s'].iloc[0])} GB/s.",
+        "",
+    ]
+    return lines + [frame_markdown(timings[[c for c in shown if c in timings]]), ""] + images(plots, run_dir)
+
+
+def gradient_section(run_dir: Path, plots: list[Path]) -> list[str]:
+    """Findings, breakdown and plots of the gradient, where the run measured it."""
+    if not (run_dir / "grad_errors.parquet").is_file() or not (run_dir / "grad_breakdown.parquet").is_file():
+        return []
+    grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
+    grad_table = pd.read_parquet(run_dir / "grad_breakdown.parquet")
+    lines = [
+        "## Gradients",
+        "",
+        "d(sum of losses)/d(logits) against the exact softmax - onehot (grad_errors); the breakdown below "
+        "applies the forward pass's thresholds, since a backward pass breaks where its forward does.",
+        "",
+        *[f"- {sentence}" for sentence in key_findings(grad_table, grad_errors)],
+        "",
+        breakdown_markdown(grad_table),
+        "",
+    ]
+    return lines + images(plots, run_dir)
 
 
 def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) -> str:
@@ -347,8 +386,11 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
     lines += ["## Breakdown against theory", "", breakdown_markdown(table), ""]
     plots = plot_files(run_dir)
     heatmaps = [p for p in plots if p.name.startswith("heatmap_")]
+    timing_plots = [p for p in plots if p.name.startswith(("timing_", "accuracy_vs_time"))]
+    grad_plots = [p for p in plots if p.name.startswith("grad_")]
     lines += plot_section("Heatmaps of correct bits", heatmaps, run_dir, HEATMAP_NOTE)
-    lines += plot_section("Plots", [p for p in plots if p not in heatmaps], run_dir)
+    lines += plot_section("Plots", [p for p in plots if p not in heatmaps + timing_plots + grad_plots], run_dir)
+    lines += timing_section(run_dir, timing_plots) + gradient_section(run_dir, grad_plots)
     extra = other_tables(run_dir)
     if extra:
         lines += ["## Other tables", ""]
