@@ -334,12 +334,9 @@ def timing_section(run_dir: Path, plots: list[Path]) -> list[str]:
     timings = pd.read_parquet(run_dir / "timings.parquet")
     shown = ["framework", "path", "dtype", "n_rows", "n_classes", "threads", "median_s", "iqr_s", "compile_s"]
     shown += ["gb_per_s", "bandwidth_fraction", "status"]
-    lines = [
-        "## Timing",
-        "",
-        f"Memory bandwidth measured for the run: {_g(timings['bandwidth_gb_per_s'].iloc[0])} GB/s.",
-        "",
-    ]
+    lines = ["## Timing", ""]
+    if "bandwidth_gb_per_s" in timings and len(timings):
+        lines += [f"Memory bandwidth measured for the run: {_g(timings['bandwidth_gb_per_s'].iloc[0])} GB/s.", ""]
     return lines + [frame_markdown(timings[[c for c in shown if c in timings]]), ""] + images(plots, run_dir)
 
 

@@ -154,7 +154,7 @@ def test_environment_json_tables_and_plots_are_shown_whatever_the_folder_holds(r
     markdown = md_path.read_text()
     assert "recorded by the run in environment.json" in markdown
     assert "| packages.numpy | 2.4.6 |" in markdown and "| threads.0.num_threads | 2 |" in markdown
-    assert "### timings.parquet" in markdown and "| numpy | 1.5e-05 |" in markdown
+    assert "## Timing" in markdown and "| numpy | 1.5e-05 |" in markdown
     assert "](plots/timing_numpy.png)" in markdown
     assert "<td>packages.numpy</td>" in html_path.read_text()
 
