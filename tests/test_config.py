@@ -84,3 +84,15 @@ def test_a_missing_framework_package_names_it_and_how_to_leave_it_out(monkeypatc
     monkeypatch.setattr(harness.paths.importlib.util, "find_spec", lambda name: None if name == "jax" else True)
     with pytest.raises(ConfigError, match=r"'jax' needs the package\(s\) jax .*frameworks=\[numpy,torch\]"):
         sweep_config(composed("experiment=precision_sweep"), "precision_sweep")
+
+
+def test_cuda_without_a_gpu_fails_clearly():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: device=cuda is valid here")
+    with pytest.raises(ConfigError, match=r"device=cuda but PyTorch sees no CUDA device .* or use device=cpu"):
+        sweep_config(composed("experiment=precision_sweep", "device=cuda"), "precision_sweep")
+    # NumPy alone never needs a GPU: its rows say cpu
+    sweep = sweep_config(composed("experiment=precision_sweep", "device=cuda", "frameworks=[numpy]"), "x")
+    assert sweep.device == "cuda"
