@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, sweep_config
+from harness.config import ConfigError, resume_flag, sweep_config
 from harness.run_dir import check_resume, holds_run, record_sweep
 from harness.tables import write_text
 
@@ -39,8 +39,8 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     experiment = hydra_cfg.runtime.choices.get("experiment") or "default"
-    resume = bool(cfg.get("resume", False))
     try:
+        resume = resume_flag(cfg)
         sweep = sweep_config(cfg, experiment)
         check_resume(sweep, run_dir, resume)
     except ConfigError as exc:
@@ -53,12 +53,11 @@ def main(cfg: DictConfig) -> None:
 
     if sweep.timing.enabled:  # before any JAX computation: XLA reads its thread flags once
         timing.set_threads(sweep.timing.threads, sweep.frameworks)
-    if not resume:
+    if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
         record_sweep(sweep, run_dir)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_text(
-        json.dumps(environment.collect(sweep, resolved), indent=2, default=str) + "\n", run_dir / "environment.json"
-    )
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        record = environment.collect(sweep, resolved)
+        write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         runner.run(sweep, run_dir)

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from harness import metrics, tables
+from harness.cli import OneLineParser, non_negative
 
 ERRORS_FILE = "errors.parquet"
 REQUIRED_COLUMNS = ("status", "max_ulp_err")
@@ -315,37 +316,22 @@ def read_errors(run_dir: Path, run: str) -> pd.DataFrame:
         raise BadInput(f"cannot read {path}: {reason}") from exc
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (np.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m harness.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("run_a", metavar="RUN_A", type=Path, help="baseline run folder (holds errors.parquet)")
     p.add_argument("run_b", metavar="RUN_B", type=Path, help="run folder compared against the baseline")
     p.add_argument(
         "--ulp-tolerance",
-        type=_tolerance,
+        type=non_negative,
         default=DEFAULT_ULP_TOLERANCE,
         metavar="X",
         help=f"ulps an error may grow by, on top of the relative tolerance (default {DEFAULT_ULP_TOLERANCE:g})",
     )
     p.add_argument(
         "--rel-tolerance",
-        type=_tolerance,
+        type=non_negative,
         default=DEFAULT_REL_TOLERANCE,
         metavar="R",
         help=f"fraction an error may grow by (default {DEFAULT_REL_TOLERANCE:g}: up to x{1 + DEFAULT_REL_TOLERANCE:g})",

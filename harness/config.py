@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from harness import custom_paths, inputs
 from harness.devices import check_device
@@ -19,7 +20,12 @@ from harness.paths import FRAMEWORKS, PATH_NAMES, missing_packages
 
 def _logspace(start, stop, num) -> list[float]:
     """`${logspace:-2,4,25}`: num log-spaced values from 10**start to 10**stop."""
-    return [float(v) for v in np.logspace(float(start), float(stop), int(num))]
+    try:
+        return [float(v) for v in np.logspace(float(start), float(stop), int(num))]
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"logspace needs numbers: ${{logspace:start,stop,num}}, got {start!r}, {stop!r}, {num!r}"
+        ) from None
 
 
 def _or_default(value, default):
@@ -150,12 +156,21 @@ def _timing(cfg: DictConfig) -> TimingConfig:
     )
 
 
-def _flag(cfg: DictConfig, group: str, key: str) -> bool:
-    node = cfg.get(group)
-    value = node.get(key, False) if node is not None else False
+def _flag(cfg: DictConfig, group: str | None, key: str, default: bool = False) -> bool:
+    """A yes/no setting, top-level (group None) or inside a group such as `timing`."""
+    node = cfg if group is None else _group(cfg, group)
+    value = node.get(key, default) if node is not None else default
     if not isinstance(value, bool):
-        raise ConfigError(f"{group}.{key} must be true or false, got {value!r}")
+        name = key if group is None else f"{group}.{key}"
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+def _group(cfg: DictConfig, key: str) -> DictConfig | None:
+    node = cfg.get(key)
+    if node is not None and not isinstance(node, DictConfig):
+        raise ConfigError(f"{key} is a group of settings, not a value: set {key}.<name>=..., got {key}={node!r}")
+    return node
 
 
 def _bits_lost_limit(cfg: DictConfig) -> float | None:
@@ -177,7 +192,7 @@ def _plain_list(cfg: DictConfig, key: str) -> list:
 
 
 def _plain(cfg: DictConfig, key: str) -> dict:
-    node = cfg.get(key)
+    node = _group(cfg, key)
     return dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
 
 
@@ -208,8 +223,20 @@ def check_installed(frameworks: tuple[str, ...]) -> None:
             )
 
 
+def resume_flag(cfg: DictConfig) -> bool:
+    return _flag(cfg, None, "resume")
+
+
 def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     """Validate the composed Hydra config; raise ConfigError naming the first bad value."""
+    try:
+        return _sweep_config(cfg, experiment)
+    except OmegaConfBaseException as exc:  # e.g. a resolver's ConfigError, wrapped by OmegaConf
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+        raise ConfigError(str(cause) if cause else f"bad setting: {str(exc).splitlines()[0]}") from None
+
+
+def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     label = cfg.get("label")
     if label not in LABEL_CHOICES:
         raise ConfigError(f"unknown label {label!r}; valid choices: {', '.join(LABEL_CHOICES)}")
@@ -228,8 +255,8 @@ def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         seed=seed,
         label=label,
         device=str(cfg.get("device", "cpu")),
-        progress=bool(cfg.get("progress", True)),
-        row_errors=bool(cfg.get("row_errors", False)),
+        progress=_flag(cfg, None, "progress", default=True),
+        row_errors=_flag(cfg, None, "row_errors"),
         file=_plain(cfg, "file"),
         inline=_plain(cfg, "inline"),
         bits_lost_limit=_bits_lost_limit(cfg),

@@ -13,7 +13,6 @@ timing.enabled=false in parallel accuracy shards.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from harness import journal
+from harness.cli import OneLineParser
 from harness.config import SweepConfig
 from harness.errors import ConfigError
 from harness.run_dir import SWEEP, differing_keys, record_sweep
@@ -66,10 +66,18 @@ def merge(sweep_dir: Path):
     shards = shard_dirs(sweep_dir)
     if not shards:
         raise ConfigError(f"{sweep_dir} holds no shards (job folders with {SWEEP})")
-    sweep = merged_sweep([json.loads((d / SWEEP).read_text()) for d in shards])
+    settings = [json.loads((d / SWEEP).read_text()) for d in shards]
+    sweep = merged_sweep(settings)
     records, seen = [], {}
-    for shard in shards:
-        for record in journal.read(shard / journal.JOURNAL):
+    for shard, setting in zip(shards, settings, strict=True):
+        found = journal.read(shard / journal.JOURNAL)
+        expected = SweepConfig(**setting).n_cells
+        if len(found) < expected:
+            raise ConfigError(
+                f"shard {shard.name} holds {len(found)} of its {expected} cells; finish it first "
+                f"(python -m harness ... hydra.run.dir={shard} resume=true), then merge"
+            )
+        for record in found:
             key = journal.cell_key(record["cell"])
             if key in seen:
                 raise ConfigError(f"cell {key} is in two shards: {seen[key].name} and {shard.name}")
@@ -82,9 +90,17 @@ def merge(sweep_dir: Path):
     if environments:
         merged_env = environments[0] | {"shards": [{"folder": d.name, **_command(d)} for d in shards]}
         write_text(json.dumps(merged_env, indent=2, default=str) + "\n", sweep_dir / "environment.json")
+    return runner.write_results(sweep, sweep_dir, records, merged_timings(shards))
+
+
+def merged_timings(shards: list[Path]) -> pd.DataFrame | None:
+    """The shards' timings stacked; a combination timed by several shards (say, shards split by
+    scale all time the same sizes) keeps the first shard's row."""
     timed = [pd.read_parquet(d / "timings.parquet") for d in shards if (d / "timings.parquet").is_file()]
-    timings = pd.concat(timed, ignore_index=True) if timed else None
-    return runner.write_results(sweep, sweep_dir, records, timings)
+    if not timed:
+        return None
+    stacked = pd.concat(timed, ignore_index=True)
+    return stacked.drop_duplicates(["framework", "path", "dtype", "n_rows", "n_classes"], keep="first")
 
 
 def _command(shard: Path) -> dict:
@@ -98,11 +114,14 @@ class MergeShards(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir() and shard_dirs(sweep_dir):
-            merge(sweep_dir)
+            try:
+                merge(sweep_dir)
+            except ConfigError as exc:  # a failed shard: say so, keep the shards for a later merge
+                print(f"error: shards not merged: {exc}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m harness.merge", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder whose job folders hold shard runs")
     args = parser.parse_args(argv)
     try:

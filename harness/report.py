@@ -11,7 +11,6 @@ the findings written by harness.findings and the HTML rendered by harness.html_p
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness import breakdown, tables
+from harness.cli import OneLineParser, non_negative
 from harness.environment import cpu_model, package_versions
 from harness.findings import _g, key_findings, with_where
 from harness.heatmaps import HEATMAP_NOTE, write_heatmaps
@@ -430,14 +430,14 @@ def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m harness.report",
         description="Rebuild breakdown, heatmaps and report.md/report.html of a results folder, rerunning nothing.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a results folder written by `python -m harness`")
     parser.add_argument(
         "--bits-lost-limit",
-        type=float,
+        type=non_negative,
         default=None,
         metavar="K",
         help="k of 'more than k bits lost' (default: the run's bits_lost_limit, else half the significand bits)",

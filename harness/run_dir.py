@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
@@ -40,11 +41,27 @@ def check_resume(sweep, run_dir: Path, resume: bool) -> None:
         return
     if not (run_dir / SWEEP).exists():
         raise ConfigError(f"resume=true but {run_dir} holds no run (no {SWEEP}); give hydra.run.dir=<the run folder>")
-    stored = json.loads((run_dir / SWEEP).read_text())
-    keys = differing_keys(stored, sweep_record(sweep))
+    stored, current = json.loads((run_dir / SWEEP).read_text()), sweep_record(sweep)
+    keys = differing_keys(stored, current)
     if keys:
-        changes = "; ".join(f"{k}: stored {stored.get(k)!r}, now {sweep_record(sweep).get(k)!r}" for k in keys)
+        changes = "; ".join(f"{k}: stored {stored.get(k)!r}, now {current.get(k)!r}" for k in keys)
         raise ConfigError(f"resume refused: the config differs from the stored run in {', '.join(keys)} ({changes})")
+    check_same_software(run_dir)
+
+
+def check_same_software(run_dir: Path) -> None:
+    """A resumed run must use the Python and package versions that made its first cells."""
+    from harness.environment import package_versions
+
+    path = run_dir / "environment.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    now = {"python": sys.version} | package_versions()
+    then = {"python": stored.get("python")} | stored.get("packages", {})
+    changed = [f"{k}: stored {then.get(k)}, now {now.get(k)}" for k in now if k in then and then[k] != now[k]]
+    if changed:
+        raise ConfigError(f"resume refused: the software differs from the stored run ({'; '.join(changed)})")
 
 
 def record_sweep(sweep, run_dir: Path) -> None:

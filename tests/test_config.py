@@ -65,6 +65,12 @@ def test_command_line_overrides_replace_the_grid():
         ("timing.sizes=[[64]]", ["timing.sizes must be [n_rows, n_classes] pairs", "[64]"]),
         ("grad.enabled=maybe", ["grad.enabled must be true or false, got 'maybe'"]),
         ("chunk_size=0", ["chunk_size must be an integer >= 1, got 0"]),
+        ("grad=true", ["grad is a group of settings, not a value", "grad.<name>=..."]),
+        ("timing=5", ["timing is a group of settings, not a value"]),
+        ("file=3", ["file is a group of settings, not a value"]),
+        ("scales=${logspace:a,2,3}", ["logspace needs numbers"]),
+        ("row_errors=maybe", ["row_errors must be true or false, got 'maybe'"]),
+        ("progress=nope", ["progress must be true or false, got 'nope'"]),
         ("n_rows=0", ["n_rows must be an integer >= 1, got 0"]),
         ("label=worst", ["unknown label 'worst'", "random, adversarial"]),
     ],
@@ -96,3 +102,11 @@ def test_cuda_without_a_gpu_fails_clearly():
     # NumPy alone never needs a GPU: its rows say cpu
     sweep = sweep_config(composed("experiment=precision_sweep", "device=cuda", "frameworks=[numpy]"), "x")
     assert sweep.device == "cuda"
+
+
+def test_resume_must_be_true_or_false():
+    from harness.config import resume_flag
+
+    assert resume_flag(composed("experiment=precision_sweep", "resume=true")) is True
+    with pytest.raises(ConfigError, match="resume must be true or false, got 'maybe'"):
+        resume_flag(composed("experiment=precision_sweep", "resume=maybe"))

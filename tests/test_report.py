@@ -202,3 +202,11 @@ def test_folder_without_a_readable_errors_table_fails_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.strip().count("\n") == 0
     assert ("holds no errors.parquet" if content is None else "cannot read") in err
+
+
+def test_cli_refuses_a_negative_bits_lost_limit(run_dir):
+    done = _cli(run_dir, "--bits-lost-limit", "-3")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: argument --bits-lost-limit: must be a finite number >= 0, got '-3' (see --help)"
+    ]

@@ -130,3 +130,15 @@ def test_environment_records_what_produced_the_result(tmp_path):
     if head.returncode == 0:
         assert env["harness"]["commit"] == head.stdout.strip()
         assert isinstance(env["harness"]["dirty"], bool)
+
+
+def test_resume_under_other_software_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
+    environment = json.loads((run_dir / "environment.json").read_text())
+    environment["packages"]["numpy"] = "1.0.0"  # as if made by another NumPy
+    (run_dir / "environment.json").write_text(json.dumps(environment))
+    result = run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}", "resume=true")
+    assert result.returncode == 2
+    assert "resume refused: the software differs from the stored run (numpy: stored 1.0.0, now" in result.stderr
+    assert json.loads((run_dir / "environment.json").read_text())["packages"]["numpy"] == "1.0.0"  # kept

@@ -73,3 +73,26 @@ def test_merge_by_hand_and_its_errors(tmp_path):
         assert run_cli(*GRID, "dtypes=[float16]", f"hydra.run.dir={twice / job}").returncode == 0
     result = merge_cli(twice)
     assert result.returncode == 2 and "is in two shards" in result.stderr
+
+
+def test_merge_refuses_an_unfinished_shard(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    for job, dtype in (("0", "float16"), ("1", "float32")):
+        assert run_cli(*GRID, f"dtypes=[{dtype}]", f"hydra.run.dir={sweep_dir / job}").returncode == 0
+    journal_file = sweep_dir / "1" / "cells.jsonl"
+    journal_file.write_text("".join(journal_file.read_text().splitlines(keepends=True)[:3]))  # killed early
+    result = merge_cli(sweep_dir)
+    assert result.returncode == 2
+    assert "shard 1 holds 3 of its 24 cells; finish it first" in result.stderr
+    assert not (sweep_dir / "errors.parquet").exists()
+
+
+def test_merged_timings_keep_one_row_per_timed_combination(tmp_path):
+    from harness.merge import merged_timings
+
+    row = {"framework": "numpy", "path": "fused", "dtype": "float32", "n_rows": 4, "n_classes": 40}
+    for job, median in (("0", 1.0), ("1", 2.0)):  # shards split by scale both time the same size
+        (tmp_path / job).mkdir()
+        pd.DataFrame([row | {"median_s": median}]).to_parquet(tmp_path / job / "timings.parquet")
+    merged = merged_timings([tmp_path / "0", tmp_path / "1"])
+    assert merged["median_s"].tolist() == [1.0]
