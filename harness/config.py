@@ -105,11 +105,14 @@ def _choices(cfg: DictConfig, key: str, singular: str, valid) -> tuple[str, ...]
     return tuple(dict.fromkeys(str(v) for v in value))
 
 
-def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
-    value = cfg.get(key)
+def _whole(value, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
+    return _whole(cfg.get(key), key, minimum)
 
 
 def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
@@ -142,10 +145,8 @@ def _timing(cfg: DictConfig) -> TimingConfig:
         ):
             raise ConfigError(f"timing.sizes must be [n_rows, n_classes] pairs (rows >= 1, classes >= 2), got {size!r}")
         sizes.append(tuple(size))
-    threads, min_blocks = node.get("threads", 1), node.get("min_blocks", 5)
-    for key, value in (("timing.threads", threads), ("timing.min_blocks", min_blocks)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    threads = _whole(node.get("threads", 1), "timing.threads", 1)
+    min_blocks = _whole(node.get("min_blocks", 5), "timing.min_blocks", 1)
     return TimingConfig(
         enabled=_flag(cfg, "timing", "enabled"),
         threads=threads,
@@ -240,9 +241,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     label = cfg.get("label")
     if label not in LABEL_CHOICES:
         raise ConfigError(f"unknown label {label!r}; valid choices: {', '.join(LABEL_CHOICES)}")
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = _integer(cfg, "seed", 0)
     sweep = SweepConfig(
         experiment=experiment,
         frameworks=_choices(cfg, "frameworks", "framework", tuple(FRAMEWORKS)),
