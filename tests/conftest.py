@@ -32,6 +32,26 @@ def rel_diff(value, exact) -> float:
     return float(abs(value - exact) / abs(exact))
 
 
+def small_sweep(**changes):
+    """A small SweepConfig for tests that drive the runner API: the full grid of names, 8 x 50 logits."""
+    from harness.config import SweepConfig
+
+    settings = dict(
+        experiment="test",
+        frameworks=("numpy", "torch", "jax"),
+        paths=("naive", "softmax_log", "log_softmax_nll", "fused"),
+        dtypes=("float16", "bfloat16", "float32", "float64"),
+        families=("spread", "offset"),
+        scales=(0.01, 1.0, 30.0, 1000.0, 1e5),
+        n_rows=8,
+        n_classes=50,
+        seed=3,
+        label="random",
+        progress=False,
+    )
+    return SweepConfig(**(settings | changes))
+
+
 def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300, path=()) -> subprocess.CompletedProcess:
     """`python -m harness *overrides` in a subprocess; `path` adds folders to PYTHONPATH."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, path)]), HYDRA_FULL_ERROR="0")

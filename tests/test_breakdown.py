@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_sweep
 
 from harness import breakdown, metrics
 from harness.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
@@ -247,21 +248,15 @@ def test_write_breakdown_writes_csv_and_parquet(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_sweep_errors():
-    from harness.config import SweepConfig
     from harness.runner import sweep_errors
 
-    sweep = SweepConfig(
+    sweep = small_sweep(
         experiment="breakdown_test",
         frameworks=("numpy", "torch"),
         paths=("naive", "fused"),
         dtypes=("float16", "float32"),
-        families=("spread", "offset"),
         scales=tuple(float(s) for s in np.logspace(-1, 3, 20)),
-        n_rows=8,
-        n_classes=50,
         seed=0,
-        label="random",
-        progress=False,
     )
     return sweep_errors(sweep)
 

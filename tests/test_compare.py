@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_sweep
 
 from harness import compare, runner, tables
-from harness.config import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,27 +138,18 @@ def test_the_summary_counts_changes_and_tabulates_the_worst_regressions():
 # The real command line, on real runs made by the runner.
 
 
-def small_sweep(scales=(1.0, 1000.0)) -> SweepConfig:
-    return SweepConfig(
-        experiment="test",
-        frameworks=("numpy",),
-        paths=("naive", "softmax_log", "log_softmax_nll", "fused"),
-        dtypes=("float16", "float64"),
-        families=("spread",),
-        scales=scales,
-        n_rows=4,
-        n_classes=8,
-        seed=3,
-        label="random",
+def compare_sweep(scales=(1.0, 1000.0)):
+    return small_sweep(
+        frameworks=("numpy",), dtypes=("float16", "float64"), families=("spread",), scales=scales, n_rows=4, n_classes=8
     )
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compare")
-    runner.run(small_sweep(), root / "run_a")
-    runner.run(small_sweep(), root / "run_b")
-    runner.run(small_sweep(scales=(1.0,)), root / "fewer_scales")
+    runner.run(compare_sweep(), root / "run_a")
+    runner.run(compare_sweep(), root / "run_b")
+    runner.run(compare_sweep(scales=(1.0,)), root / "fewer_scales")
     return root
 
 

@@ -3,19 +3,16 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, small_sweep
 
 from harness import runner, tables
-from harness.config import SweepConfig
 
 PLUGINS = REPO / "tests" / "plugins"
 
 
 @pytest.fixture(scope="module")
 def grad_errors() -> pd.DataFrame:
-    sweep = SweepConfig(
-        experiment="test",
-        frameworks=("numpy", "torch", "jax"),
+    sweep = small_sweep(
         paths=("naive", "log_softmax_nll", "fused", "log1p_lse"),
         dtypes=("float32", "float64"),
         families=("spread",),
@@ -23,7 +20,6 @@ def grad_errors() -> pd.DataFrame:
         n_rows=6,
         n_classes=40,
         seed=2,
-        label="random",
         gradient=True,
     )
     records = []

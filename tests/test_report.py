@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, small_sweep
 
 from harness import breakdown, report
 from harness.findings import VERBS, key_findings
@@ -21,20 +21,15 @@ from harness.html_page import markdown_to_html
 def measured_run(tmp_path_factory):
     """A small run written by the runner API: numpy and torch, naive and fused, float16 and float32."""
     from harness import runner
-    from harness.config import SweepConfig
 
-    sweep = SweepConfig(
+    sweep = small_sweep(
         experiment="report_test",
         frameworks=("numpy", "torch"),
         paths=("naive", "fused"),
         dtypes=("float16", "float32"),
         families=("spread",),
         scales=tuple(float(s) for s in np.logspace(-1, 3, 12)),
-        n_rows=8,
-        n_classes=50,
         seed=0,
-        label="random",
-        progress=False,
     )
     run_dir = tmp_path_factory.mktemp("runs") / "report_test"
     runner.run(sweep, run_dir)

@@ -3,28 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_sweep
 
 from harness import metrics, runner, tables
-from harness.config import SweepConfig
 from harness.dtypes import DTYPES
 from harness.paths import numpy_paths
-
-
-def small_sweep(**changes) -> SweepConfig:
-    settings = dict(
-        experiment="test",
-        frameworks=("numpy", "torch", "jax"),
-        paths=("naive", "softmax_log", "log_softmax_nll", "fused"),
-        dtypes=("float16", "bfloat16", "float32", "float64"),
-        families=("spread", "offset"),
-        scales=(0.01, 1.0, 30.0, 1000.0, 1e5),
-        n_rows=8,
-        n_classes=50,
-        seed=3,
-        label="random",
-        progress=False,
-    )
-    return SweepConfig(**(settings | changes))
 
 
 @pytest.fixture(scope="module")
