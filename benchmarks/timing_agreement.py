@@ -4,7 +4,7 @@
 
 Times F.cross_entropy (the torch `fused` path, reduction='none', under inference mode) at
 float32, 4096 x 32000 on the sweep's own input bits, in one process, with the same threads:
-once with `harness.timing.blocked_autorange`, once with
+once with `harness.timing.timer.blocked_autorange`, once with
 `torch.utils.benchmark.Timer(...).blocked_autorange()`, alternating for `--rounds` rounds. Prints
 both medians and their ratio per round; the issue asks for agreement within 10%.
 """
@@ -15,7 +15,8 @@ import argparse
 
 import torch.utils.benchmark as benchmark
 
-from harness import paths, timing
+from harness import paths
+from harness.timing import timer as timing
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.tables import atomic_write, markdown_table, write_table, write_text  # noqa: E402
+from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text  # noqa: E402
 
 QUANTILES = (0.5, 0.9, 0.99)
 CELL = ["framework", "path", "dtype", "scale"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.tables import markdown_table, write_text
+from harness.outputs.tables import markdown_table, write_text
 
 
 def loss_table(row_errors: pd.DataFrame) -> str:

@@ -12,9 +12,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.config import ConfigError, resume_flag, sweep_config
-from harness.run_dir import check_resume, holds_run, record_sweep
-from harness.tables import write_text
+from harness.outputs.tables import write_text
+from harness.sweep.config import ConfigError, resume_flag, sweep_config
+from harness.sweep.run_dir import check_resume, holds_run, record_sweep
 
 
 def _discard(run_dir: Path) -> None:
@@ -49,7 +49,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
-    from harness import environment, runner, timing  # frameworks load only once the config is known to be good
+    from harness.sweep import environment, runner  # frameworks load only once the config is known to be good
+    from harness.timing import timer as timing  # frameworks load only once the config is known to be good
 
     if sweep.timing.enabled:  # before any JAX computation: XLA reads its thread flags once
         timing.set_threads(sweep.timing.threads, sweep.frameworks)

@@ -34,7 +34,7 @@ def rel_diff(value, exact) -> float:
 
 def small_sweep(**changes):
     """A small SweepConfig for tests that drive the runner API: the full grid of names, 8 x 50 logits."""
-    from harness.config import SweepConfig
+    from harness.sweep.config import SweepConfig
 
     settings = dict(
         experiment="test",

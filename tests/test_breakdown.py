@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
-from harness import breakdown, metrics
-from harness.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
+from harness.outputs import breakdown
+from harness.outputs.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
+from harness.sweep import metrics
 
 LN2 = math.log(2.0)
 # largest finite = (2 - 2**(1 - p)) * 2**emax
@@ -248,7 +249,7 @@ def test_write_breakdown_writes_csv_and_parquet(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_sweep_errors():
-    from harness.runner import sweep_errors
+    from harness.sweep.runner import sweep_errors
 
     sweep = small_sweep(
         experiment="breakdown_test",

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from harness.tables import ERROR_COLUMNS
+from harness.outputs.tables import ERROR_COLUMNS
 
 SMALL = ["experiment=precision_sweep", "scales=[0.1,10,1000]", "n_rows=4", "n_classes=20", "progress=false"]
 SMALL += ["timing.budget_s=0.01", "timing.min_blocks=2"]  # timing on, as in the main command, but brief

@@ -1,4 +1,4 @@
-"""Comparing two runs: the rule on hand-built tables, then `python -m harness.compare` on real runs."""
+"""Comparing two runs: the rule on hand-built tables, then `python -m harness.tools.compare` on real runs."""
 
 import os
 import shutil
@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
-from harness import compare, runner, tables
+from harness.outputs import tables
+from harness.sweep import runner
+from harness.tools import compare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,7 +157,7 @@ def runs(tmp_path_factory) -> Path:
 
 def compare_cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "harness.compare", *map(str, args)]
+    command = [sys.executable, "-m", "harness.tools.compare", *map(str, args)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -4,7 +4,7 @@ import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
 
-from harness.config import ConfigError, sweep_config
+from harness.sweep.config import ConfigError, sweep_config
 
 
 def composed(*overrides: str):
@@ -105,7 +105,7 @@ def test_cuda_without_a_gpu_fails_clearly():
 
 
 def test_resume_must_be_true_or_false():
-    from harness.config import resume_flag
+    from harness.sweep.config import resume_flag
 
     assert resume_flag(composed("experiment=precision_sweep", "resume=true")) is True
     with pytest.raises(ConfigError, match="resume must be true or false, got 'maybe'"):

@@ -4,7 +4,7 @@ import mpmath
 import numpy as np
 from conftest import dd_value, rel_diff  # noqa: F401
 
-from harness import dd
+from harness.exact import dd
 
 BITS_BEYOND_FLOAT64 = 2.0**-75  # 22 bits past float64's 2**-53
 

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli, small_sweep
 
-from harness import runner, tables
+from harness.outputs import tables
+from harness.sweep import runner
 
 PLUGINS = REPO / "tests" / "plugins"
 

@@ -10,7 +10,7 @@ from conftest import dd_value
 
 from harness import paths
 from harness.dtypes import DTYPES, round_to
-from harness.gradient_reference import exact_gradient
+from harness.exact.gradient import exact_gradient
 from harness.paths import numpy_paths
 
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)

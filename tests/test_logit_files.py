@@ -11,8 +11,8 @@ import pytest
 import scipy.io
 import torch
 
-from harness.config import ConfigError
-from harness.logit_files import as_labels, as_logits, file_digest, load_logits
+from harness.sweep.config import ConfigError
+from harness.sweep.logit_files import as_labels, as_logits, file_digest, load_logits
 
 BLANCHARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "blanchard2021" / "data_presoftmax.mat"
 BLANCHARD_SHA256 = "95aca71534ce593f808b5fa122fc201ad032e538a70bbdd34339ec2905c261d6"

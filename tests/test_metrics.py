@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from harness import metrics
 from harness.dtypes import DTYPES
+from harness.sweep import metrics
 
 F16, F32, F64 = DTYPES["float16"], DTYPES["float32"], DTYPES["float64"]
 

@@ -5,9 +5,10 @@ import functools
 import numpy as np
 import pytest
 
-from harness import metrics, paths
+from harness import paths
 from harness.dtypes import DTYPES, round_to
-from harness.reference import exact_cross_entropy
+from harness.exact.reference import exact_cross_entropy
+from harness.sweep import metrics
 
 ORIGINAL_PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused")
 NEW_PATHS = ("upcast_fused", "log1p_lse", "online", "chunked")

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from harness import metrics, paths
+from harness import paths
 from harness.dtypes import DTYPES, round_to
-from harness.reference import exact_cross_entropy
+from harness.exact.reference import exact_cross_entropy
+from harness.sweep import metrics
 
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
 SEED_LABELS = np.array([0, 1, 2])

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 from conftest import REPO, small_sweep
 
-from harness import breakdown, report
-from harness.findings import VERBS, key_findings
-from harness.html_page import markdown_to_html
+from harness.outputs import breakdown, report
+from harness.outputs.findings import VERBS, key_findings
+from harness.outputs.html_page import markdown_to_html
 
 
 @pytest.fixture(scope="module")
 def measured_run(tmp_path_factory):
     """A small run written by the runner API: numpy and torch, naive and fused, float16 and float32."""
-    from harness import runner
+    from harness.sweep import runner
 
     sweep = small_sweep(
         experiment="report_test",
@@ -169,7 +169,11 @@ def test_markdown_to_html_subset(tmp_path):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "harness.report", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "harness.outputs.report", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli
 
-from harness import journal
+from harness.sweep import journal
 
 GRID = [
     "experiment=precision_sweep",

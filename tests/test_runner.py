@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
-from harness import metrics, runner, tables
 from harness.dtypes import DTYPES
+from harness.outputs import tables
 from harness.paths import numpy_paths
+from harness.sweep import metrics, runner
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_sharded_sweep_merges_to_the_single_job_tables(tmp_path, single_job, lau
 
 def merge_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "harness.merge", *map(str, args)]
+    command = [sys.executable, "-m", "harness.tools.merge", *map(str, args)]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -88,7 +88,7 @@ def test_merge_refuses_an_unfinished_shard(tmp_path):
 
 
 def test_merged_timings_keep_one_row_per_timed_combination(tmp_path):
-    from harness.merge import merged_timings
+    from harness.tools.merge import merged_timings
 
     row = {"framework": "numpy", "path": "fused", "dtype": "float32", "n_rows": 4, "n_classes": 40}
     for job, median in (("0", 1.0), ("1", 2.0)):  # shards split by scale both time the same size

@@ -16,9 +16,11 @@ import pandas as pd
 import pytest
 import threadpoolctl
 
-from harness import inputs, metrics, timing, timing_plots
 from harness.dtypes import DTYPES, round_to
+from harness.outputs import timing_plots
 from harness.paths import PATH_NAMES
+from harness.sweep import inputs, metrics
+from harness.timing import timer as timing
 
 FRAMEWORKS = ("numpy", "torch", "jax")
 SWEEP_DTYPES = ("float32", "bfloat16")

@@ -18,12 +18,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import custom_paths, inputs, journal, metrics, paths, plots, report, tables, timing, timing_plots
-from harness.config import SweepConfig, given_draw
-from harness.devices import on_device, row_device
+from harness import paths
+from harness.backends.devices import on_device, row_device
 from harness.dtypes import DTYPES, FloatFormat, round_to
-from harness.gradient_reference import exact_gradient
-from harness.reference import exact_cross_entropy
+from harness.exact.gradient import exact_gradient
+from harness.exact.reference import exact_cross_entropy
+from harness.outputs import plots, report, tables, timing_plots
+from harness.paths import custom as custom_paths
+from harness.sweep import inputs, journal, metrics
+from harness.sweep.config import SweepConfig, given_draw
+from harness.timing import timer as timing
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,13 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness import custom_paths, inputs
-from harness.devices import check_device
+from harness.backends.devices import check_device
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
-from harness.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
 from harness.paths import FRAMEWORKS, PATH_NAMES, missing_packages
+from harness.paths import custom as custom_paths
+from harness.sweep import inputs
+from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
 
 
 def _logspace(start, stop, num) -> list[float]:
@@ -39,7 +40,7 @@ OmegaConf.register_new_resolver("or_default", _or_default, replace=True)
 
 @dataclass(frozen=True)
 class TimingConfig:
-    """The timing stage (harness.timing): off unless enabled."""
+    """The timing stage (harness.timing.timer): off unless enabled."""
 
     enabled: bool = False
     threads: int = 1
@@ -61,12 +62,12 @@ class SweepConfig:
     n_classes: tuple[int, ...]  # one sweep may cover several class counts
     seed: int
     label: str
-    device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.devices)
+    device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.backends.devices)
     progress: bool = False
     row_errors: bool = False  # also write row_errors.parquet: one row per (cell, logit row)
-    file: dict = field(default_factory=dict)  # settings of the `file` family (harness.logit_files)
+    file: dict = field(default_factory=dict)  # settings of the `file` family (harness.sweep.logit_files)
     inline: dict = field(default_factory=dict)  # logits and labels of the `inline` family
-    custom_paths: tuple = ()  # user paths: dicts with framework, name, fn (harness.custom_paths)
+    custom_paths: tuple = ()  # user paths: dicts with framework, name, fn (harness.paths.custom)
     gradient: bool = False  # also measure d(sum of losses)/d(logits): grad_errors table and plots
     chunk_size: int = 256  # `chunked` path: classes per chunk
     block_size: int = 128  # `online` path: classes per block

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import dd
+from harness.exact import dd
 
 FLOAT64_ROUTE_UP_TO = 24  # significand bits of the output for which the float64 route suffices
 

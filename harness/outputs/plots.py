@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness import metrics  # noqa: E402
 from harness.dtypes import DTYPES  # noqa: E402
-from harness.tables import atomic_write  # noqa: E402
+from harness.outputs.tables import atomic_write  # noqa: E402
+from harness.sweep import metrics  # noqa: E402
 
 PATH_COLORS = {
     "naive": "tab:red",

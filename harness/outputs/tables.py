@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import metrics
+from harness.sweep import metrics
 
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
 ERROR_COLUMNS = (
@@ -35,8 +35,8 @@ def _rank(values: pd.Series, known: list[str]) -> pd.Series:
 def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows in grid order, names in registry order: the same cells give the same table however run."""
     from harness.dtypes import DTYPES
-    from harness.inputs import FAMILIES
     from harness.paths import FRAMEWORKS, PATH_NAMES
+    from harness.sweep.inputs import FAMILIES
 
     known = {"family": list(FAMILIES), "dtype": list(DTYPES), "framework": list(FRAMEWORKS), "path": list(PATH_NAMES)}
     by = [c for c in SORT_COLUMNS if c in frame] + (["row"] if "row" in frame else [])

@@ -3,7 +3,7 @@
 `python -m harness -m experiment=precision_sweep frameworks=[numpy],[torch],[jax] hydra/launcher=joblib`
 runs one job per framework into results/<experiment>/multirun_<timestamp>/<job number>/; at the end of
 the multirun the `MergeShards` callback (registered in conf/config.yaml) merges them into the sweep
-folder itself. `python -m harness.merge SWEEP_DIR` does the same by hand, e.g. after a cluster run.
+folder itself. `python -m harness.tools.merge SWEEP_DIR` does the same by hand, e.g. after a cluster run.
 
 Shards may split any list setting (frameworks, paths, dtypes, families, scales, n_classes); every
 other setting must agree, and no cell may appear in two shards. Shards' timings tables are stacked:
@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from harness import journal
-from harness.cli import OneLineParser
-from harness.config import SweepConfig
 from harness.errors import ConfigError
-from harness.run_dir import SWEEP, differing_keys, record_sweep
-from harness.tables import write_text
+from harness.outputs.tables import write_text
+from harness.sweep import journal
+from harness.sweep.config import SweepConfig
+from harness.sweep.run_dir import SWEEP, differing_keys, record_sweep
+from harness.tools.cli import OneLineParser
 
 SHARDED = ("frameworks", "paths", "dtypes", "families", "scales", "n_classes")
 
@@ -58,7 +58,7 @@ def merged_sweep(records: list[dict]) -> SweepConfig:
 
 def merge(sweep_dir: Path):
     """Merge the shards under sweep_dir into sweep_dir; returns the merged errors table."""
-    from harness import runner
+    from harness.sweep import runner
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -121,7 +121,7 @@ class MergeShards(Callback):
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m harness.merge", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m harness.tools.merge", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder whose job folders hold shard runs")
     args = parser.parse_args(argv)
     try:

@@ -20,11 +20,11 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from harness import metrics  # noqa: E402
 from harness.dtypes import DTYPES  # noqa: E402
-from harness.metrics import correct_bits  # noqa: E402
-from harness.plots import FRAMEWORK_STYLES, PATH_COLORS  # noqa: E402
-from harness.tables import atomic_write  # noqa: E402
+from harness.outputs.plots import FRAMEWORK_STYLES, PATH_COLORS  # noqa: E402
+from harness.outputs.tables import atomic_write  # noqa: E402
+from harness.sweep import metrics  # noqa: E402
+from harness.sweep.metrics import correct_bits  # noqa: E402
 
 SIZE_KEY = ["n_rows", "n_classes"]
 

@@ -1,6 +1,6 @@
 """The exact gradient of the summed cross-entropy, softmax(x) - onehot(y), in double-double.
 
-Like `harness.reference`, it is given dtype-rounded logits held exactly in float64 and knows
+Like `harness.exact.reference`, it is given dtype-rounded logits held exactly in float64 and knows
 nothing of frameworks. With m the row's largest logit (first argmax k), s the second largest and
 
     T = exp(s - m) * sum_{j != k} exp(x[j] - s),    L = log1p(T) = lse(x) - m,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import dd
+from harness.exact import dd
 
 
 def exact_gradient(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

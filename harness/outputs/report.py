@@ -1,12 +1,12 @@
 """The report of a run, rebuilt from its results folder alone: report.md and a self-contained report.html.
 
-`python -m harness.report RUN_DIR` recomputes the breakdown table and the correct-bits heatmaps
+`python -m harness.outputs.report RUN_DIR` recomputes the breakdown table and the correct-bits heatmaps
 from errors.parquet, then writes the report; nothing is rerun. The report shows what was run
 (.hydra/), the environment (environment.json, or the versions found when the report is built),
 key findings written from the breakdown table, every Markdown summary, every table and every plot
 in the folder. The HTML embeds its images as data URIs and holds its own style: it opens offline.
-This module reads the folder and assembles the Markdown; the heatmaps are drawn by harness.heatmaps,
-the findings written by harness.findings and the HTML rendered by harness.html_page.
+This module reads the folder and assembles the Markdown; the heatmaps are drawn by harness.outputs.heatmaps,
+the findings written by harness.outputs.findings and the HTML rendered by harness.outputs.html_page.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import breakdown, tables
-from harness.cli import OneLineParser, non_negative
-from harness.environment import cpu_model, package_versions
-from harness.findings import _g, key_findings, with_where
-from harness.heatmaps import HEATMAP_NOTE, write_heatmaps
-from harness.html_page import markdown_to_html
+from harness.outputs import breakdown, tables
+from harness.outputs.findings import _g, key_findings, with_where
+from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
+from harness.outputs.html_page import markdown_to_html
+from harness.sweep.environment import cpu_model, package_versions
+from harness.tools.cli import OneLineParser, non_negative
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 ERRORS, ENVIRONMENT = "errors.parquet", "environment.json"
@@ -77,7 +77,7 @@ def run_config(run_dir: Path) -> tuple[dict | None, str]:
     """The resolved config of the run (.hydra/config.yaml) and a note on how it was read."""
     from omegaconf import OmegaConf
 
-    import harness.config  # noqa: F401  registers the resolvers the configs use (logspace, ...)
+    import harness.sweep.config  # noqa: F401  registers the resolvers the configs use (logspace, ...)
 
     cfg = _yaml(run_dir / ".hydra" / "config.yaml")
     if cfg is None:
@@ -366,7 +366,7 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         f"# Report: {experiment_name(run_dir)}",
         "",
         f"Results folder `{run_dir.resolve()}`; report built {built} from the folder alone "
-        "(`python -m harness.report`).",
+        "(`python -m harness.outputs.report`).",
         f"{len(errors)} cells: "
         + ", ".join(_count(errors[column].nunique(), column) for column in GRID_COLUMNS)
         + f" from {_g(errors['scale'].min())} to {_g(errors['scale'].max())}.",
@@ -431,7 +431,7 @@ def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, P
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
-        prog="python -m harness.report",
+        prog="python -m harness.outputs.report",
         description="Rebuild breakdown, heatmaps and report.md/report.html of a results folder, rerunning nothing.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a results folder written by `python -m harness`")

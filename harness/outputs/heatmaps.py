@@ -4,7 +4,7 @@ One figure per dtype, one panel per family (and size, where the run varies it): 
 (and device, where there are several), columns scale, colour = correct bits = precision - bits lost,
 bits lost = max(0, log2(2 * max_ulp_err)) clipped to [0, precision] (`metrics.correct_bits`). Cells
 whose status is not ok are marked (STATUS_MARKS) rather than coloured; HEATMAP_NOTE is the legend the
-report prints under the figures. harness.report draws them through write_heatmaps.
+report prints under the figures. harness.outputs.report draws them through write_heatmaps.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from harness import metrics, tables  # noqa: E402
 from harness.dtypes import DTYPES  # noqa: E402
+from harness.outputs import tables  # noqa: E402
+from harness.sweep import metrics  # noqa: E402
 
 STATUS_MARKS = {  # status -> (cell colour, mark, legend)
     metrics.INF: ("black", "x", "inf (non-finite loss)"),

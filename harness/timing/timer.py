@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import inputs, metrics
 from harness import paths as registry
 from harness.dtypes import DTYPES, round_to
+from harness.sweep import inputs, metrics
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def memory_shortfall(needed_bytes: int, available_bytes: int | None) -> str:
 
 def failure(exc: BaseException) -> dict:
     """status unsupported or error, and the message (the runner's rule)."""
-    from harness.runner import failure_row
+    from harness.sweep.runner import failure_row
 
     return failure_row(exc)
 

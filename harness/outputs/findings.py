@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness import breakdown, metrics
 from harness.dtypes import DTYPES
+from harness.outputs import breakdown
+from harness.sweep import metrics
 
 
 def _g(value) -> str:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.journal import JOURNAL
-from harness.tables import write_text
+from harness.outputs.tables import write_text
+from harness.sweep.journal import JOURNAL
 
 SWEEP = "sweep.json"
 NOT_COMPARED = ("progress",)  # settings a resumed run may change
@@ -51,7 +51,7 @@ def check_resume(sweep, run_dir: Path, resume: bool) -> None:
 
 def check_same_software(run_dir: Path) -> None:
     """A resumed run must use the Python and package versions that made its first cells."""
-    from harness.environment import package_versions
+    from harness.sweep.environment import package_versions
 
     path = run_dir / "environment.json"
     if not path.is_file():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.tables import KEY_COLUMNS
+from harness.outputs.tables import KEY_COLUMNS
 
 JOURNAL = "cells.jsonl"
 

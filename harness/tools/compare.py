@@ -1,10 +1,10 @@
 """Compare two runs cell by cell: which cells regressed, improved or changed status from RUN_A to RUN_B.
 
-    python -m harness.compare RUN_A RUN_B [--ulp-tolerance X] [--rel-tolerance R] [--out DIR]
+    python -m harness.tools.compare RUN_A RUN_B [--ulp-tolerance X] [--rel-tolerance R] [--out DIR]
 
 RUN_A is the baseline and RUN_B the run under test (for example the same sweep under another library
 version or on another machine). Both are run folders holding errors.parquet. Cells are matched on the
-key columns (harness.tables.KEY_COLUMNS) present in both tables; both runs must hold the same cells.
+key columns (harness.outputs.tables.KEY_COLUMNS) present in both tables; both runs must hold the same cells.
 
 The rule, for each cell (status_a, status_b, and the errors max_ulp_err_a, max_ulp_err_b):
 
@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import metrics, tables
-from harness.cli import OneLineParser, non_negative
+from harness.outputs import tables
+from harness.sweep import metrics
+from harness.tools.cli import OneLineParser, non_negative
 
 ERRORS_FILE = "errors.parquet"
 REQUIRED_COLUMNS = ("status", "max_ulp_err")
@@ -64,7 +65,7 @@ class BadInput(Exception):
 
 
 def key_columns(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    """The key columns (harness.tables.KEY_COLUMNS, read now) that both tables carry."""
+    """The key columns (harness.outputs.tables.KEY_COLUMNS, read now) that both tables carry."""
     return [c for c in tables.KEY_COLUMNS if c in a.columns and c in b.columns]
 
 
@@ -251,7 +252,7 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.plots import LOSS_ULPS
+    from harness.outputs.plots import LOSS_ULPS
 
     floor = LOSS_ULPS.floor  # the same floor as the error plots
 
@@ -318,7 +319,9 @@ def read_errors(run_dir: Path, run: str) -> pd.DataFrame:
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="python -m harness.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m harness.tools.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_a", metavar="RUN_A", type=Path, help="baseline run folder (holds errors.parquet)")
     p.add_argument("run_b", metavar="RUN_B", type=Path, help="run folder compared against the baseline")

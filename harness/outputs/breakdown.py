@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import metrics, tables
 from harness.dtypes import DTYPES
+from harness.outputs import tables
+from harness.sweep import metrics
 
 SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
 NO_BREAK = "none"

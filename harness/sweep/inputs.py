@@ -43,7 +43,7 @@ def draw(n_rows: int, n_classes: int, seed: int) -> Draw:
 
 def inline_draw(logits, labels) -> Draw:
     """Logits and labels written in the config, checked like a file's."""
-    from harness.logit_files import as_labels, as_logits
+    from harness.sweep.logit_files import as_labels, as_logits
 
     try:
         array = np.array(logits, dtype=np.float64)
@@ -55,8 +55,8 @@ def inline_draw(logits, labels) -> Draw:
 
 
 def file_draw(settings: dict) -> Draw:
-    """Logits and labels from the file named in the `file` settings (see harness.logit_files)."""
-    from harness.logit_files import load_logits
+    """Logits and labels from the file named in the `file` settings (see harness.sweep.logit_files)."""
+    from harness.sweep.logit_files import load_logits
 
     if not settings.get("path"):
         raise ConfigError("family 'file' needs file.path=<.npy/.npz/.pt/.mat file>")
