@@ -15,13 +15,15 @@ import argparse
 
 import torch.utils.benchmark as benchmark
 
-from harness import paths
+from harness import backends
+from harness.paths import build
+from harness.timing import stage
 from harness.timing import timer as timing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=timing.DEFAULT_THREADS)
+    parser.add_argument("--threads", type=int, default=stage.DEFAULT_THREADS)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of measurement per timer")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=4096)
@@ -29,14 +31,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    settings = timing.set_threads(args.threads, ["numpy", "torch"])
-    module = paths.load("torch")
-    logits, labels = timing.timing_inputs(args.rows, args.classes, args.seed)
-    x, y = module.to_native(timing.rounded_logits(logits, "float32"), labels)
+    torch_backend = backends.load("torch")
+    logits, labels = stage.timing_inputs(args.rows, args.classes, args.seed)
+    x, y = torch_backend.to_native(stage.rounded_logits(logits, "float32"), labels)
     del logits
-    cross_entropy = module.compile(module.PATHS["fused"])
-    print(f"F.cross_entropy float32 {args.rows} x {args.classes}, {module.version()}, threads: {settings}")
+    cross_entropy = build.builtin("torch", "fused").loss
+    print(f"F.cross_entropy float32 {args.rows} x {args.classes}, {torch_backend.versions()}, threads: {args.threads}")
+    with torch_backend.threads(args.threads):
+        compare(cross_entropy, x, y, args)
 
+
+def compare(cross_entropy, x, y, args) -> None:
+    """Alternate the two timers for args.rounds rounds, printing both medians and their ratio."""
     for round_number in range(1, args.rounds + 1):
         ours = timing.blocked_autorange(cross_entropy, (x, y), budget_s=args.budget, rel_iqr_target=0.0)
         reference = benchmark.Timer(

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import dd_value
 
-from harness import paths
+from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
 from harness.exact.gradient import exact_gradient
-from harness.paths import numpy_paths
+from harness.paths import build, numpy_paths
 
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
 SEED_LABELS = np.array([0, 1, 2])
@@ -33,15 +33,12 @@ def mp_gradient(row, label: int) -> list:
 
 @functools.cache
 def compiled_gradient(framework: str, path: str):
-    module = paths.load(framework)
-    return module.compile_gradient(module.GRADIENTS[path])
+    return build.builtin(framework, path).gradient
 
 
 def gradient(framework: str, path: str, logits64: np.ndarray, labels: np.ndarray, dtype: str):
     """Round to dtype, differentiate, and return (gradient as float64, the dtype name it came back in)."""
-    module = paths.load(framework)
-    fn = compiled_gradient(framework, path)
-    return module.to_numpy(fn(*module.to_native(round_to(logits64, dtype), labels)))
+    return build.evaluate(framework, compiled_gradient(framework, path), round_to(logits64, dtype), labels)
 
 
 def moderate_logits(scale: float):
@@ -104,7 +101,7 @@ def test_exact_gradient_rejects_bad_logits():
 # --- every path on the seed article ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("path", [p for p in paths.PATH_NAMES if p != "upcast_fused"])
 def test_seed_article_gradients_in_float64(framework, path):
     exact = [mp_gradient(row, label) for row, label in zip(SEED_LOGITS, SEED_LABELS, strict=True)]
@@ -117,7 +114,7 @@ def test_seed_article_gradients_in_float64(framework, path):
             assert abs(mpmath.mpf(float(g[i, j])) - exact[i][j]) <= 8 * 2.0**-53, (i, j, g[i, j])
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 def test_upcast_fused_gradient_in_float64_is_float32_accurate(framework):
     exact = [mp_gradient(row, label) for row, label in zip(SEED_LOGITS, SEED_LABELS, strict=True)]
     exact = np.array([[float(v) for v in row] for row in exact])
@@ -131,11 +128,11 @@ def test_upcast_fused_gradient_in_float64_is_float32_accurate(framework):
 
 
 def test_every_framework_has_a_gradient_for_every_path():
-    for framework in paths.FRAMEWORKS:
-        assert tuple(paths.load(framework).GRADIENTS) == paths.PATH_NAMES
+    for framework in backends.FRAMEWORKS:
+        assert tuple(paths.implementations_module(framework).GRADIENTS) == paths.PATH_NAMES
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gradients_come_back_in_the_input_dtype(framework, dtype):
     logits, labels = moderate_logits(1.0)
@@ -175,7 +172,7 @@ def test_naive_backward_breaks_where_autodiff_does(dtype):
     logits = np.array([[t - 2.0, t - 4.0], [t - 0.2, t - 0.2], [t + 0.6, t - 3.0], [t - 1.0, t - 3.0]])
     for label in (0, 1):
         labels = np.full(4, label)
-        finite = {f: np.isfinite(gradient(f, "naive", logits, labels, dtype)[0]).all(axis=1) for f in paths.FRAMEWORKS}
+        finite = {f: np.isfinite(gradient(f, "naive", logits, labels, dtype)[0]).all(axis=1) for f in backends.FRAMEWORKS}
         assert finite["numpy"].tolist() == [True, False, False, True]
         assert finite["torch"].tolist() == finite["numpy"].tolist()
         assert not (finite["jax"] & ~finite["numpy"]).any()  # JAX breaks no later
@@ -185,7 +182,7 @@ def test_naive_backward_loses_the_argmax_where_torch_does():
     # s = e**300, p[2] = e**-500: p[2] / s = 4e-348 underflows inside d(e / s)/ds, so the argmax's
     # entry, 1 - 1e-130, comes out 0 in NumPy's backward and in torch's; JAX forms e / s**2 instead
     logits, labels = np.array([[300.0, 0.0, -200.0]]), np.array([2])
-    g = {f: gradient(f, "naive", logits, labels, "float64")[0] for f in paths.FRAMEWORKS}
+    g = {f: gradient(f, "naive", logits, labels, "float64")[0] for f in backends.FRAMEWORKS}
     assert g["numpy"].tolist() == g["torch"].tolist() == [[0.0, 0.0, -1.0]]
     assert g["jax"][0, 0] == pytest.approx(1.0, abs=2.0**-51)
 
@@ -195,7 +192,7 @@ def test_softmax_log_backward_breaks_where_p_y_underflows(dtype):
     # p[1] = exp(-800) is 0 in both dtypes: the loss is inf and d(-log p)/dp = -1/0 poisons the row
     logits = np.array([[0.0, -800.0], [0.0, -3.0]])
     labels = np.array([1, 1])
-    for framework in paths.FRAMEWORKS:
+    for framework in backends.FRAMEWORKS:
         g, _ = gradient(framework, "softmax_log", logits, labels, dtype)
         assert not np.isfinite(g[0]).all() and np.isfinite(g[1]).all(), framework
         stable, _ = gradient(framework, "log_softmax_nll", logits, labels, dtype)

@@ -5,7 +5,8 @@ import functools
 import numpy as np
 import pytest
 
-from harness import paths
+from harness import backends, paths
+from harness.paths import build
 from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
 from harness.sweep import metrics
@@ -19,14 +20,12 @@ SEED_LABELS = np.array([0, 1, 2])
 @functools.cache
 def compiled(framework: str, path: str):
     """Compiled once per test session with the default sizes (JAX then traces once per shape)."""
-    module = paths.load(framework)
-    return module.compile(module.PATHS[path])
+    return build.builtin(framework, path).loss
 
 
 def run(framework: str, fn, logits64: np.ndarray, labels: np.ndarray, dtype: str):
     """Round to dtype, run fn, and return (loss as float64, the dtype name it came back in)."""
-    module = paths.load(framework)
-    return module.to_numpy(fn(*module.to_native(round_to(logits64, dtype), labels)))
+    return build.evaluate(framework, fn, round_to(logits64, dtype), labels)
 
 
 def exact(logits64: np.ndarray, labels: np.ndarray, dtype: str):
@@ -39,25 +38,18 @@ def moderate_logits():
     return rng.standard_normal((24, 1000)) * 3.0, rng.integers(0, 1000, 24)
 
 
-@pytest.fixture
-def sizes():
-    """paths.configure, with the default sizes restored afterwards."""
-    saved = (paths.SETTINGS.chunk_size, paths.SETTINGS.block_size)
-    yield paths.configure
-    paths.configure(chunk_size=saved[0], block_size=saved[1])
-
-
 def test_the_original_four_come_first_then_the_new_ones():
     assert paths.PATH_NAMES == ORIGINAL_PATHS + NEW_PATHS
-    for framework in paths.FRAMEWORKS:
-        assert tuple(paths.load(framework).PATHS) == paths.PATH_NAMES
+    for framework in backends.FRAMEWORKS:
+        assert tuple(paths.implementations_module(framework).PATHS) == paths.PATH_NAMES
 
 
 def test_every_path_has_a_formula_and_an_accumulation_note_per_framework():
-    table = paths.path_table()
-    for spec in paths.PATH_SPECS:
-        assert spec.formula and set(spec.accumulation_note) == set(paths.FRAMEWORKS), spec.name
-        assert f"| `{spec.name}` |" in table
+    table = paths.path_table(backends.FRAMEWORKS)
+    for entry in paths.ENTRIES:
+        assert entry.formula and entry.source, entry.name
+        assert set(entry.accumulation_note) | set(entry.unsupported) == set(backends.FRAMEWORKS), entry.name
+        assert f"| `{entry.name}` |" in table
 
 
 @pytest.mark.parametrize(
@@ -83,7 +75,7 @@ def test_numpy_sums_of_half_floats_accumulate_as_the_registry_says():
     assert np.exp(round_to(0 * ones, "bfloat16")).sum(axis=1)[0] == 256
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("path", NEW_PATHS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_new_paths_match_the_exact_reference(framework, path, dtype):
@@ -100,7 +92,7 @@ def test_new_paths_match_the_exact_reference(framework, path, dtype):
         assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 4.0
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_upcast_fused_in_half_precision_is_one_rounding_of_float32(framework, dtype):
     logits, labels = moderate_logits()
@@ -111,7 +103,7 @@ def test_upcast_fused_in_half_precision_is_one_rounding_of_float32(framework, dt
     assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 0.6
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_log1p_lse_keeps_the_seed_articles_tiny_loss(framework, dtype):
     # the third loss, log1p(exp(-19.1) + exp(-36.6)) = 5.07e-9, is what log1p_lse computes directly;
@@ -132,7 +124,7 @@ def test_log1p_lse_keeps_the_seed_articles_tiny_loss(framework, dtype):
         assert metrics.ulp_error(nll, hi, lo, fmt)[2] > 1e6
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 def test_log1p_lse_is_accurate_on_confident_rows(framework):
     # label = argmax: the loss is log1p(s) itself, with no cancellation against the max
     logits, _ = moderate_logits()
@@ -143,14 +135,13 @@ def test_log1p_lse_is_accurate_on_confident_rows(framework):
         assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 2.0
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("path", ["online", "chunked"])
 @pytest.mark.parametrize("size", [None, 300, 1000, 4096])  # default, ragged last piece, one piece, larger than C
 def test_online_and_chunked_agree_with_fused_in_float64(framework, path, size):
     logits, labels = moderate_logits()
-    module = paths.load(framework)
     size_name = "block_size" if path == "online" else "chunk_size"
-    fn = module.compile(functools.partial(module.PATHS[path], **{size_name: size}))
+    fn = build.builtin(framework, path, **{size_name: size}).loss
     hi, lo = exact(logits, labels, "float64")
     loss, _ = run(framework, fn, logits, labels, "float64")
     fused, _ = run(framework, compiled(framework, "fused"), logits, labels, "float64")
@@ -158,53 +149,46 @@ def test_online_and_chunked_agree_with_fused_in_float64(framework, path, size):
     assert (np.abs(loss - fused) / ulp).max() <= 4.0
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("path", ["log1p_lse", "online", "chunked"])
-def test_shifted_paths_stay_finite_past_the_thresholds(framework, dtype, path, sizes):
+def test_shifted_paths_stay_finite_past_the_thresholds(framework, dtype, path):
     fmt = DTYPES[dtype]
     t = fmt.exp_overflow_threshold
     logits = np.array([[t * 10, t * 9.5, -t], [-t * 20, 0.0, t * 30], [t * 50, t * 50, t * 50]])
     logits = np.minimum(logits, fmt.max_finite / 4)
-    sizes(chunk_size=2, block_size=2)  # two pieces of three classes
-    module = paths.load(framework)
-    loss, _ = run(framework, module.compile(module.PATHS[path]), logits, np.array([1, 0, 2]), dtype)
+    fn = build.builtin(framework, path, chunk_size=2, block_size=2).loss  # two pieces of three classes
+    loss, _ = run(framework, fn, logits, np.array([1, 0, 2]), dtype)
     assert np.isfinite(loss).all(), loss
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
-def test_sizes_are_fixed_when_a_path_is_compiled(framework, sizes):
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
+def test_sizes_are_passed_not_set(framework):
+    """A size bound when a path is built is the one it runs with; building another leaves it alone."""
     logits, labels = moderate_logits()
-    module = paths.load(framework)
-    x, y = module.to_native(round_to(logits, "float32"), labels)
-    sizes(chunk_size=100, block_size=300)
-    chunked_by_100 = module.compile(module.PATHS["chunked"])
-    online_by_300 = module.compile(module.PATHS["online"])
-    sizes(chunk_size=1000, block_size=1000)
-    chunked_whole = module.compile(module.PATHS["chunked"])
+    chunked_by_100 = build.builtin(framework, "chunked", chunk_size=100).loss
+    online_by_300 = build.builtin(framework, "online", block_size=300).loss
+    chunked_whole = build.builtin(framework, "chunked", chunk_size=1000).loss
 
     def loss(fn):
-        return module.to_numpy(fn(x, y))[0]
+        return run(framework, fn, logits, labels, "float32")[0]
 
-    def given(path, **size):  # compiled with the size given explicitly (JAX: jit vs eager may differ)
-        return module.compile(functools.partial(module.PATHS[path], **size))
+    def given(path, **size):  # compiled with the size given explicitly
+        return backends.load(framework).compile(
+            functools.partial(paths.implementations_module(framework).PATHS[path], **size)
+        )
 
     assert np.array_equal(loss(chunked_by_100), loss(given("chunked", chunk_size=100)))
     assert np.array_equal(loss(online_by_300), loss(given("online", block_size=300)))
     assert np.array_equal(loss(chunked_whole), loss(given("chunked", chunk_size=1000)))
     assert not np.array_equal(loss(chunked_by_100), loss(chunked_whole))  # the size does change the rounding
+    default = build.builtin(framework, "chunked").loss
+    assert np.array_equal(loss(default), loss(given("chunked", chunk_size=paths.DEFAULT_CHUNK_SIZE)))
 
 
 def test_a_size_given_by_partial_is_kept():
-    module = paths.load("numpy")
-    given = functools.partial(module.PATHS["online"], block_size=3)
-    assert module.compile(given).keywords == {"block_size": 3}
-    assert module.compile(module.PATHS["online"]).keywords == {"block_size": paths.SETTINGS.block_size}
-
-
-@pytest.mark.parametrize("bad", [0, -4, 2.5, True, "64"])
-def test_configure_rejects_sizes_that_are_not_positive_integers(bad):
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
-        paths.configure(chunk_size=bad)
-    with pytest.raises(ValueError, match="block_size must be a positive integer"):
-        paths.configure(block_size=bad)
+    online = paths.implementations_module("numpy").PATHS["online"]
+    given = functools.partial(online, block_size=3)
+    assert paths.bind_sizes(given, block_size=64).keywords == {"block_size": 3}
+    assert paths.bind_sizes(online, block_size=64).keywords == {"block_size": 64}
+    assert paths.bind_sizes(online) is online  # nothing given: the path's own default

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from harness import paths
+from harness import backends, paths
+from harness.paths import build
 from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
 from harness.sweep import metrics
@@ -11,19 +12,17 @@ from harness.sweep import metrics
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
 SEED_LABELS = np.array([0, 1, 2])
 TEXTBOOK_PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused")  # the seed article's three ways and more
-IMPLEMENTATIONS = [(f, p) for f in paths.FRAMEWORKS for p in TEXTBOOK_PATHS]
+IMPLEMENTATIONS = [(f, p) for f in backends.FRAMEWORKS for p in TEXTBOOK_PATHS]
 
 
 def run_path(framework: str, path: str, logits64: np.ndarray, labels: np.ndarray, dtype: str):
     """Round to dtype, run, and return (loss as float64, the dtype name it came back in)."""
-    module = paths.load(framework)
-    fn = module.compile(module.PATHS[path])
-    return module.to_numpy(fn(*module.to_native(round_to(logits64, dtype), labels)))
+    return build.evaluate(framework, build.builtin(framework, path).loss, round_to(logits64, dtype), labels)
 
 
 def test_every_framework_implements_every_path():
-    for framework in paths.FRAMEWORKS:
-        assert tuple(paths.load(framework).PATHS) == paths.PATH_NAMES
+    for framework in backends.FRAMEWORKS:
+        assert tuple(paths.implementations_module(framework).PATHS) == paths.PATH_NAMES
 
 
 @pytest.mark.parametrize(("framework", "path"), IMPLEMENTATIONS)
@@ -68,7 +67,7 @@ def overflow_cases(dtype: str):
     return [(below, True), (lse_above, False), (max_above, False)]
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_naive_overflows_where_theory_says(framework, dtype):
     t = DTYPES[dtype].exp_overflow_threshold
@@ -81,7 +80,7 @@ def test_naive_overflows_where_theory_says(framework, dtype):
             assert np.isfinite(loss).all() == expect_finite, (logits, label, loss)
 
 
-@pytest.mark.parametrize("framework", list(paths.FRAMEWORKS))
+@pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("path", ["log_softmax_nll", "fused"])
 def test_stable_paths_stay_finite_past_the_thresholds(framework, dtype, path):

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import threadpoolctl
 
+from harness import backends
 from harness.dtypes import DTYPES, round_to
 from harness.outputs import timing_plots
 from harness.paths import PATH_NAMES
 from harness.sweep import inputs, metrics
+from harness.timing import memory, stage
 from harness.timing import timer as timing
 
 FRAMEWORKS = ("numpy", "torch", "jax")
@@ -29,8 +31,8 @@ MIN_BLOCKS = 3
 
 
 def _isolate_thread_settings(mp: pytest.MonkeyPatch) -> None:
-    """Make set_threads' environment variables revert when `mp` undoes (set or not before)."""
-    for name in (*timing.THREAD_ENV_VARS, "XLA_FLAGS"):
+    """Make the XLA_FLAGS request revert when `mp` undoes (set or not before)."""
+    for name in ("XLA_FLAGS",):
         was_set = name in os.environ
         mp.setenv(name, os.environ.get(name, ""))
         if not was_set:
@@ -45,7 +47,7 @@ def sweep() -> pd.DataFrame:
     with threadpoolctl.threadpool_limits(limits=None), pytest.MonkeyPatch.context() as mp:
         _isolate_thread_settings(mp)
         try:
-            return timing.time_sweep(
+            return stage.time_sweep(
                 FRAMEWORKS,
                 PATH_NAMES,
                 SWEEP_DTYPES,
@@ -166,52 +168,58 @@ def test_jax_compile_time_lands_in_compile_s_not_in_the_median():
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_inputs_are_the_accuracy_stages_bits(dtype):
-    logits, labels = timing.timing_inputs(7, 50, seed=3)
+    logits, labels = stage.timing_inputs(7, 50, seed=3)
     base = inputs.draw(7, 50, 3)
     expected = round_to(inputs.make_logits("spread", 1.0, base), dtype)
-    chunked = timing.rounded_logits(logits, dtype, chunk_elements=120)  # 2 rows per chunk, last one short
+    chunked = stage.rounded_logits(logits, dtype, chunk_elements=120)  # 2 rows per chunk, last one short
     assert chunked.dtype == expected.dtype
     np.testing.assert_array_equal(chunked.view(np.uint8), expected.view(np.uint8))
     np.testing.assert_array_equal(labels, base.labels)
 
 
 def test_memory_shortfall_says_what_is_not_run():
-    assert timing.memory_shortfall(10, 100) == ""
-    assert timing.memory_shortfall(10, None) == ""
-    assert timing.memory_shortfall(3 * 10**9, 10**9).startswith("not run: needs about 3.0 GB")
+    assert memory.memory_shortfall(10, 100) == ""
+    assert memory.memory_shortfall(10, None) == ""
+    assert memory.memory_shortfall(3 * 10**9, 10**9).startswith("not run: needs about 3.0 GB")
 
 
 # --- threads ---------------------------------------------------------------------------------------
 
 
 def test_xla_flags_replace_thread_flags_and_keep_others():
+    from harness.backends import jax as jax_backend
+
     old = "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    assert timing.xla_flags(2, old) == (
+    assert jax_backend.xla_flags(2, old) == (
         "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"
     )
 
 
-def test_set_threads_sets_torch_and_reports_every_setting(monkeypatch):
-    torch = pytest.importorskip("torch")
-    _isolate_thread_settings(monkeypatch)
-    before = torch.get_num_threads()
-    with threadpoolctl.threadpool_limits(limits=None):
-        try:
-            settings = timing.set_threads(1, ["numpy", "torch"])
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_thread_settings_hold_inside_the_timing_scope_only(framework):
+    """Timing's threads never reach the accuracy stage: each backend restores what it found."""
+    import torch
+
+    backend = backends.load(framework)
+    before = (torch.get_num_threads(), threadpoolctl.threadpool_info())
+    with backend.threads(1):
+        if framework == "torch":
             assert torch.get_num_threads() == 1
-        finally:
-            torch.set_num_threads(before)
-    assert settings["torch.set_num_threads"] == "1" and settings["OMP_NUM_THREADS"] == "1"
-    assert settings["threadpoolctl"].startswith("1 ")
+        else:
+            assert all(pool["num_threads"] == 1 for pool in threadpoolctl.threadpool_info())
+    assert (torch.get_num_threads(), threadpoolctl.threadpool_info()) == before
+
+
+def test_bad_thread_counts_are_refused():
     with pytest.raises(ValueError, match="threads must be an integer >= 1"):
-        timing.set_threads(0)
+        stage.check_threads(0)
 
 
 # --- the sweep -------------------------------------------------------------------------------------
 
 
 def test_sweep_has_exactly_the_documented_columns_and_one_row_per_cell(sweep):
-    assert tuple(sweep.columns) == timing.COLUMNS
+    assert tuple(sweep.columns) == stage.COLUMNS
     assert len(sweep) == len(FRAMEWORKS) * len(PATH_NAMES) * len(SWEEP_DTYPES) * len(SWEEP_SIZES)
     assert not sweep.duplicated(["framework", "path", "dtype", "n_rows", "n_classes"]).any()
 
@@ -243,7 +251,7 @@ def test_sweep_throughput_columns_follow_from_the_median(sweep):
 def test_bandwidth_is_measured_once_and_plausible(sweep):
     assert sweep["bandwidth_gb_per_s"].nunique() == 1
     assert 0.1 < sweep["bandwidth_gb_per_s"].iloc[0] < 1000
-    assert 0.1 < timing.measure_bandwidth(threads=2, n_bytes=32 * 2**20, repeats=2) < 1000
+    assert 0.1 < memory.measure_bandwidth(threads=2, n_bytes=32 * 2**20, repeats=2) < 1000
 
 
 def test_a_path_that_cannot_run_is_a_row_not_a_crash(monkeypatch):
@@ -257,7 +265,7 @@ def test_a_path_that_cannot_run_is_a_row_not_a_crash(monkeypatch):
 
     monkeypatch.setitem(numpy_paths.PATHS, "naive", not_implemented)
     monkeypatch.setitem(numpy_paths.PATHS, "fused", broken)
-    frame = timing.time_sweep(
+    frame = stage.time_sweep(
         ["numpy"], ["naive", "fused", "log_softmax_nll"], ["float32"], [(4, 8)], 0, 1, 0.01, 0.5, min_blocks=1,
         bandwidth_gb_per_s=10.0,
     )  # fmt: skip
@@ -270,8 +278,8 @@ def test_a_path_that_cannot_run_is_a_row_not_a_crash(monkeypatch):
 
 
 def test_an_input_too_large_for_memory_is_a_row_that_says_so(monkeypatch):
-    monkeypatch.setattr(timing, "available_memory_bytes", lambda: 100)
-    frame = timing.time_sweep(["numpy"], ["fused"], ["float64"], [(4, 8)], 0, 1, 0.01, 0.5, bandwidth_gb_per_s=10.0)
+    monkeypatch.setattr(stage, "available_memory_bytes", lambda: 100)
+    frame = stage.time_sweep(["numpy"], ["fused"], ["float64"], [(4, 8)], 0, 1, 0.01, 0.5, bandwidth_gb_per_s=10.0)
     assert frame["status"].tolist() == [metrics.ERROR]
     assert frame["message"].iloc[0].startswith("not run: needs about")
 

@@ -13,11 +13,14 @@ from harness.sweep import metrics
 
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
 ERROR_COLUMNS = (
-    KEY_COLUMNS + ("device", "max_logit", "max_exact_loss", "max_lse", "status") + metrics.METRIC_COLUMNS + ("message",)
+    KEY_COLUMNS
+    + ("device", "flushes_subnormals", "max_logit", "max_exact_loss", "max_lse", "status")
+    + metrics.METRIC_COLUMNS
+    + ("message",)
 )
 GRAD_COLUMNS = (
     KEY_COLUMNS
-    + ("device", "max_logit", "max_exact_loss", "max_lse", "status")
+    + ("device", "flushes_subnormals", "max_logit", "max_exact_loss", "max_lse", "status")
     + metrics.GRAD_METRIC_COLUMNS
     + ("message",)
 )
@@ -32,26 +35,35 @@ def _rank(values: pd.Series, known: list[str]) -> pd.Series:
     return values.map(ranks)
 
 
-def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows in grid order, names in registry order: the same cells give the same table however run."""
+def canonical_order(frame: pd.DataFrame, names: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Rows in grid order, names in registry order: the same cells give the same table however run.
+
+    `names` gives the registry order of frameworks and paths ({"framework": [...], "path": [...]});
+    the sweep layer passes it (this module imports neither backends nor paths). Names not listed
+    follow in sorted order, so the order never depends on how the rows arrived."""
     from harness.dtypes import DTYPES
-    from harness.paths import FRAMEWORKS, PATH_NAMES
     from harness.sweep.inputs import FAMILIES
 
-    known = {"family": list(FAMILIES), "dtype": list(DTYPES), "framework": list(FRAMEWORKS), "path": list(PATH_NAMES)}
+    known = {"family": list(FAMILIES), "dtype": list(DTYPES)} | {
+        column: list((names or {}).get(column, []))
+        + sorted(set(frame[column].dropna()) - set((names or {}).get(column, [])))
+        for column in ("framework", "path")
+        if column in frame
+    }
     by = [c for c in SORT_COLUMNS if c in frame] + (["row"] if "row" in frame else [])
     keys = pd.DataFrame({c: _rank(frame[c], known[c]) if c in known else frame[c] for c in by})
     order = keys.sort_values(by, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 
 
-def errors_frame(rows: list[dict], columns=ERROR_COLUMNS) -> pd.DataFrame:
+def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = None) -> pd.DataFrame:
     """Rows of cells -> an errors table (loss or gradient), documented columns, grid order, NaN if missing."""
-    frame = canonical_order(pd.DataFrame(rows)).reindex(columns=list(columns))
+    frame = canonical_order(pd.DataFrame(rows), names).reindex(columns=list(columns))
     frame["n_nonfinite"] = frame["n_nonfinite"].fillna(-1).astype("int64")
     frame["message"] = frame["message"].fillna("").astype(str)
     for column in ("framework", "path", "dtype", "family", "device", "status"):
         frame[column] = frame[column].astype(str)
+    frame["flushes_subnormals"] = frame["flushes_subnormals"].astype("boolean")  # empty where the path never ran
     return frame
 
 

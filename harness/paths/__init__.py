@@ -1,20 +1,18 @@
-"""The registry of loss paths: one table keyed by (framework, path).
+"""The path entries: one entry per way of computing the loss, in the spirit of PyTorch's OpInfo.
 
-Each framework module (`numpy_paths`, `torch_paths`, `jax_paths`) holds a `PATHS` dict of small
-pure functions ``(logits, labels) -> per-row loss`` in its own array type, a `GRADIENTS` dict of
-``(logits, labels) -> d(sum of the losses)/d(logits)`` with the same keys, plus the conversions to
-and from NumPy. Frameworks are imported only when a sweep asks for them.
+An entry (`PathEntry`) holds everything the harness knows about one path: its name, formula and
+source; per framework the dtype its sums are carried in and a note on where each operation rounds;
+the failure mechanisms theory predicts for it (`mechanisms`, read by the breakdown); whether it has
+a gradient; and, per framework, the reason it has no implementation where it has none
+(`unsupported`). The implementations themselves live beside this file, one module per framework
+(`numpy_paths`, `torch_paths`, `jax_paths`, ...), as a `PATHS` dict of small pure functions
+``(logits, labels) -> per-row loss`` in the framework's own array type; NumPy's backward passes are
+written by hand (`GRADIENTS`), the others come from the backend's autodiff. `implementation()` finds
+one, `path_table()` renders the entries for the README, and tests and plot styles are generated
+from the entries, so a new path is one entry plus one function per framework.
 
-Adding a path is adding one `PathSpec` here and one function per framework. Each spec carries its
-formula and the dtype each framework accumulates it in (`accumulation_dtype`); `path_table()`
-renders both for the README.
-
-Block and chunk sizes: the `online` path works through the classes in blocks of `block_size`, the
-`chunked` path in chunks of `chunk_size`. `configure(chunk_size=..., block_size=...)` sets them for
-everything compiled afterwards: each framework's `compile` / `compile_gradient` binds the values
-current at that moment (JAX traces once per compiled function, so a later change would otherwise
-be ignored). The functions also take them as keyword arguments, e.g. ``PATHS["online"](x, y,
-block_size=64)``; left out (None), the current setting is used.
+Block and chunk sizes are passed, never set globally: `online` takes ``block_size=``, `chunked`
+``chunk_size=``; `bind_sizes` binds a sweep's values to a function that takes them.
 """
 
 from __future__ import annotations
@@ -28,20 +26,28 @@ from types import ModuleType
 
 INPUT = "input dtype"  # accumulates in the dtype under test, as written
 
+# Failure mechanisms theory predicts (harness.outputs.breakdown states each one's threshold).
+SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
+
 
 @dataclass(frozen=True)
-class PathSpec:
-    """One loss path: its formula and, per framework, the dtype its sums and logs are carried in.
+class PathEntry:
+    """One loss path and everything known about it.
 
     `accumulation[framework]` maps an input dtype to the dtype its sums of exponentials accumulate
     in, where the two differ (absent: the input dtype); `accumulation_note[framework]` says where
-    each operation rounds.
+    each operation rounds. `mechanisms` are the failure mechanisms theory predicts, in the order
+    they are checked. `unsupported[framework]` is the reason a framework has no implementation.
     """
 
     name: str
     formula: str
+    source: str
+    mechanisms: tuple[str, ...] = ()
     accumulation: dict[str, dict[str, str]] = field(default_factory=dict)
     accumulation_note: dict[str, str] = field(default_factory=dict)
+    gradient: bool = True
+    unsupported: dict[str, str] = field(default_factory=dict)
 
 
 _HALF_IN_FLOAT32 = {"float16": "float32", "bfloat16": "float32"}
@@ -69,99 +75,110 @@ _XLA = (
     "in float32"
 )
 
-PATH_SPECS = (
-    PathSpec(
+ENTRIES = (
+    PathEntry(
         "naive",
         "-log(exp(x[y]) / sum(exp(x))): unshifted softmax, then log",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        source="the textbook definition: softmax, then log",
+        mechanisms=(SUM_OVERFLOW, TARGET_UNDERFLOW),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
     ),
-    PathSpec(
+    PathEntry(
         "softmax_log",
         "-log(softmax(x)[y]) with the framework's own softmax",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {"numpy": "scipy.special.softmax; " + _NUMPY_SUMS, "torch": _TORCH_SOFTMAX, "jax": _XLA},
+        source="the seed article's NumPy loss; torch.softmax, jax.nn.softmax, scipy.special.softmax",
+        mechanisms=(TARGET_UNDERFLOW,),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={"numpy": "scipy.special.softmax; " + _NUMPY_SUMS, "torch": _TORCH_SOFTMAX, "jax": _XLA},
     ),
-    PathSpec(
+    PathEntry(
         "log_softmax_nll",
         "-log_softmax(x)[y]: the framework's log-softmax, then NLL",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {"numpy": _NUMPY_SUMS, "torch": _TORCH_LOG_SOFTMAX, "jax": _XLA},
+        source="nn.LogSoftmax + nn.NLLLoss (PyTorch docs); jax.nn.log_softmax",
+        mechanisms=(),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_LOG_SOFTMAX, "jax": _XLA},
     ),
-    PathSpec(
+    PathEntry(
         "fused",
         "the framework's single cross-entropy call",
-        {"numpy": {"float16": "float32", "bfloat16": "float64"}, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {
+        source="F.cross_entropy; optax.softmax_cross_entropy_with_integer_labels; scipy.special.logsumexp",
+        mechanisms=(),
+        accumulation={
+            "numpy": {"float16": "float32", "bfloat16": "float64"},
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
             "numpy": "scipy.special.logsumexp(x) - x[y]; SciPy promotes bfloat16 to float64 and returns float64; "
             + _NUMPY_SUMS,
             "torch": "F.cross_entropy = log_softmax + nll; " + _TORCH_LOG_SOFTMAX,
             "jax": "optax: jax.nn.logsumexp(x) - x[y]; " + _XLA,
         },
     ),
-    PathSpec(
+    PathEntry(
         "upcast_fused",
         "fused(float32(x)), cast back to the input dtype: mixed precision (float64 logits are cast down too)",
-        {"numpy": _ALWAYS_FLOAT32, "torch": _ALWAYS_FLOAT32, "jax": _ALWAYS_FLOAT32},
-        {f: "float32 by definition, whatever the input dtype" for f in ("numpy", "torch", "jax")},
+        source="mixed-precision training (autocast runs the loss in float32)",
+        mechanisms=(),
+        accumulation={"numpy": _ALWAYS_FLOAT32, "torch": _ALWAYS_FLOAT32, "jax": _ALWAYS_FLOAT32},
+        accumulation_note={f: "float32 by definition, whatever the input dtype" for f in ("numpy", "torch", "jax")},
     ),
-    PathSpec(
+    PathEntry(
         "log1p_lse",
         "log1p(s) - (x[y] - m), s = sum_{j != argmax} exp(x[j] - m), m = max(x): lse = m + log1p(s) "
         "(Blanchard, Higham & Higham 2021)",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        source="Blanchard, Higham & Higham, IMA J. Numer. Anal. 41 (2021)",
+        mechanisms=(),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
     ),
-    PathSpec(
+    PathEntry(
         "online",
         "m + log(d) - x[y]; from m = -inf, d = 0, per block B of block_size classes: m' = max(m, max(B)), "
         "d' = d exp(m - m') + sum(exp(B - m')) (Milakov & Gimelshein 2018)",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        source="Milakov & Gimelshein, arXiv:1805.02867 (2018)",
+        mechanisms=(),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
     ),
-    PathSpec(
+    PathEntry(
         "chunked",
         "logaddexp(...logaddexp(lse(C1), lse(C2))..., lse(CK)) - x[y] over chunks C of chunk_size classes, "
         "lse(C) = max(C) + log(sum(exp(C - max(C)))) (the framework's logsumexp where it has one)",
-        {"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        {
+        source="vocabulary-chunked losses (torchtune, Cut Cross-Entropy, Wijmans et al. 2025)",
+        mechanisms=(),
+        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation_note={
             "numpy": "max + log(sum(exp(x - max))) per chunk written with NumPy ops, np.logaddexp; " + _NUMPY_SUMS,
             "torch": "torch.logsumexp per chunk, torch.logaddexp; " + _TORCH_SUMS,
             "jax": "jax.nn.logsumexp per chunk, jnp.logaddexp = max + log1p(exp(-|a - b|)); " + _XLA,
         },
     ),
 )
-PATHS_BY_NAME = {spec.name: spec for spec in PATH_SPECS}
-PATH_FORMULAS = {spec.name: spec.formula for spec in PATH_SPECS}
-PATH_NAMES = tuple(PATH_FORMULAS)  # the four original paths first, then the new ones
+ENTRIES_BY_NAME = {entry.name: entry for entry in ENTRIES}
+PATH_NAMES = tuple(ENTRIES_BY_NAME)  # the four textbook paths first, then the shipped ones
+DEFAULT_CHUNK_SIZE = 256  # `chunked`: 4 chunks of 1000 classes (memory-efficient losses use ~4096-32768)
+DEFAULT_BLOCK_SIZE = 128  # `online`: 8 blocks of 1000 classes
 
 
-@dataclass(frozen=True)
-class FrameworkSpec:
-    name: str
-    module: str
-    packages: tuple[str, ...]  # import names that must be present
-    install: str  # what to pip install
-
-
-FRAMEWORKS = {
-    spec.name: spec
-    for spec in (
-        FrameworkSpec("numpy", "harness.paths.numpy_paths", ("numpy", "scipy", "ml_dtypes"), "numpy scipy ml_dtypes"),
-        FrameworkSpec("torch", "harness.paths.torch_paths", ("torch",), "torch"),
-        FrameworkSpec("jax", "harness.paths.jax_paths", ("jax", "optax"), "jax optax"),
-    )
-}
+def frameworks_of(entry: PathEntry) -> tuple[str, ...]:
+    """The frameworks an entry is described for (those with an accumulation note)."""
+    return tuple(entry.accumulation_note)
 
 
 def accumulation_dtype(framework: str, path: str, dtype: str) -> str:
     """The dtype `path` carries its sums and logs in, in `framework`, for logits of `dtype`."""
-    return PATHS_BY_NAME[path].accumulation.get(framework, {}).get(dtype, dtype)
+    return ENTRIES_BY_NAME[path].accumulation.get(framework, {}).get(dtype, dtype)
 
 
 def accumulation_summary(path: str, framework: str) -> str:
     """'input dtype', or the exceptions, e.g. 'float32 for float16, bfloat16; else input dtype'."""
-    exceptions = PATHS_BY_NAME[path].accumulation.get(framework, {})
+    entry = ENTRIES_BY_NAME[path]
+    if framework in entry.unsupported:
+        return "not available"
+    exceptions = entry.accumulation.get(framework, {})
     by_target: dict[str, list[str]] = {}
     for source, target in exceptions.items():
         by_target.setdefault(target, []).append(source)
@@ -171,75 +188,73 @@ def accumulation_summary(path: str, framework: str) -> str:
     return "; ".join([*parts, "else " + INPUT]) if parts else INPUT
 
 
-def path_table() -> str:
-    """Markdown table of every path: formula and accumulation dtype per framework (for the README)."""
+def path_table(frameworks) -> str:
+    """Markdown table of every path: formula, source and accumulation dtype per framework (for the README)."""
+    frameworks = tuple(frameworks)
     header = (
         "Accumulation dtype: the dtype the sums of exponentials are carried in, per framework.\n\n"
-        "| path | formula | numpy | torch | jax |\n|---|---|---|---|---|"
+        f"| path | formula | source | {' | '.join(frameworks)} |\n|---|---|---|{'---|' * len(frameworks)}"
     )
     rows = [
-        f"| `{spec.name}` | {spec.formula} | "
-        + " | ".join(accumulation_summary(spec.name, f) for f in FRAMEWORKS)
+        f"| `{entry.name}` | {entry.formula} | {entry.source} | "
+        + " | ".join(accumulation_summary(entry.name, f) for f in frameworks)
         + " |"
-        for spec in PATH_SPECS
+        for entry in ENTRIES
     ]
     return "\n".join([header, *rows])
 
 
-@dataclass
-class PathSettings:
-    """Sizes of the class-axis pieces. Defaults give several pieces on the default 1000-class grid."""
-
-    chunk_size: int = 256  # `chunked`: 4 chunks of 1000 classes (memory-efficient losses use ~4096-32768)
-    block_size: int = 128  # `online`: 8 blocks of 1000 classes
-
-
-SETTINGS = PathSettings()
-
-
-def configure(chunk_size: int | None = None, block_size: int | None = None) -> PathSettings:
-    """Set the chunk and/or block size for paths compiled from now on; returns the settings."""
-    for name, value in (("chunk_size", chunk_size), ("block_size", block_size)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        setattr(SETTINGS, name, value)
-    return SETTINGS
+def path_records() -> list[dict]:
+    """The entries as plain records (for the run folder's paths.json: outputs read it, never this module)."""
+    return [
+        {
+            "path": e.name,
+            "formula": e.formula,
+            "source": e.source,
+            "mechanisms": list(e.mechanisms),
+            "gradient": e.gradient,
+            "accumulation": e.accumulation,
+            "unsupported": e.unsupported,
+        }
+        for e in ENTRIES
+    ]
 
 
-def size_or_setting(name: str, value: int | None) -> int:
-    """`value` if given, else the current setting `name` ('chunk_size' or 'block_size')."""
-    return getattr(SETTINGS, name) if value is None else value
-
-
-def with_settings(fn):
-    """`fn` with the current chunk/block size bound, for those of them it takes and leaves unset
+def bind_sizes(fn, chunk_size: int | None = None, block_size: int | None = None):
+    """`fn` with the given chunk/block size bound, for those of them it takes and leaves unset
     (default None): a size already given, e.g. by functools.partial, is kept."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a callable without a signature (a C function) takes no sizes
         return fn
+    given = {"chunk_size": chunk_size, "block_size": block_size}
     bound = {
-        name: getattr(SETTINGS, name)
-        for name in ("chunk_size", "block_size")
-        if name in params and params[name].default is None
+        name: value
+        for name, value in given.items()
+        if value is not None and name in params and params[name].default is None
     }
     return functools.partial(fn, **bound) if bound else fn
 
 
-def missing_packages(framework: str) -> list[str]:
-    return [p for p in FRAMEWORKS[framework].packages if importlib.util.find_spec(p) is None]
+def size_or_default(name: str, value: int | None) -> int:
+    """`value`, or the default chunk/block size when it is None."""
+    if value is not None:
+        return value
+    return DEFAULT_CHUNK_SIZE if name == "chunk_size" else DEFAULT_BLOCK_SIZE
 
 
-def load(framework: str) -> ModuleType:
-    """The framework's module: PATHS, GRADIENTS, to_native, to_numpy, compile, compile_gradient, version."""
-    return importlib.import_module(FRAMEWORKS[framework].module)
+def implementations_module(framework: str) -> ModuleType:
+    """The framework's path implementations, `harness.paths.<framework>_paths` (imports the framework)."""
+    return importlib.import_module(f"harness.paths.{framework}_paths")
 
 
-def is_unsupported(exc: BaseException) -> bool:
-    """Whether an exception says the framework cannot run this combination (vs. a failure)."""
-    if isinstance(exc, NotImplementedError):
-        return True
-    text = str(exc).lower()
-    return any(s in text for s in ("not implemented for", "not supported", "unsupported"))
+class Unsupported(NotImplementedError):
+    """A framework cannot run this combination; the message says why (a row with status unsupported)."""
+
+
+def loss_function(framework: str, path: str):
+    """The path's loss in `framework`; raises Unsupported with the entry's reason where it has none."""
+    entry = ENTRIES_BY_NAME[path]
+    if framework in entry.unsupported:
+        raise Unsupported(entry.unsupported[framework])
+    return implementations_module(framework).PATHS[path]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import paths
+from harness import backends, paths
 from harness.errors import ConfigError
 
 KEYS = ("framework", "name", "fn")
@@ -35,9 +35,10 @@ def parse(entries) -> tuple[CustomPath, ...]:
         if not isinstance(entry, dict) or set(entry) != set(KEYS):
             raise ConfigError(f"each custom_paths entry needs exactly the keys {', '.join(KEYS)}; got {entry!r}")
         custom = CustomPath(**{k: str(entry[k]) for k in KEYS})
-        if custom.framework not in paths.FRAMEWORKS:
+        if custom.framework not in backends.FRAMEWORKS:
             raise ConfigError(
-                f"unknown framework {custom.framework!r} in custom_paths; valid choices: {', '.join(paths.FRAMEWORKS)}"
+                f"unknown framework {custom.framework!r} in custom_paths; "
+                f"valid choices: {', '.join(backends.FRAMEWORKS)}"
             )
         if not custom.name.isidentifier() or custom.name in paths.PATH_NAMES:
             raise ConfigError(
@@ -83,11 +84,11 @@ def load_callable(custom: CustomPath):
 
 def check_runs(custom: CustomPath, fn) -> None:
     """Run the callable on a 2 x 3 float32 input: it must return one finite loss per row."""
-    module = paths.load(custom.framework)
+    backend = backends.load(custom.framework)
     logits = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32)
     labels = np.array([2, 0])
     try:
-        values, _ = module.to_numpy(module.compile(fn)(*module.to_native(logits, labels)))
+        values, _ = backend.to_numpy(backend.compile(fn)(*backend.to_native(logits, labels)))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(

@@ -1,14 +1,6 @@
-"""JAX paths, jitted, with float64 enabled (jax_enable_x64) so all four dtypes run.
+"""JAX paths, jitted by the backend (harness.backends.jax), float64 only inside its x64 scope.
 
-API (as in every framework module):
-
-- ``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype.
-- ``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx, (N, C), in x's dtype, by
-  ``jax.grad`` of the same path.
-- ``compile(fn)`` / ``compile_gradient(fn)``: ``jax.jit`` with the current chunk/block size bound
-  (see `harness.paths.configure`; a jitted function is traced once, so the size must be fixed
-  when it is compiled); `online` and `chunked` also take ``block_size=`` / ``chunk_size=``.
-- ``to_native``, ``to_numpy``, ``version``.
+``PATHS[name](x, y) -> loss``: per-row loss in x's dtype; ``GRADIENTS[name]``: by jax.grad.
 
 `online` and `chunked` loop in Python over static column blocks, unrolled under jit. A shift by a
 running or per-chunk maximum that cancels in exact arithmetic has its gradient stopped, as
@@ -17,17 +9,12 @@ jax.nn.logsumexp does; in `log1p_lse` the maximum is a term of the formula and k
 
 from __future__ import annotations
 
-import functools
-
 import jax
+import jax.numpy as jnp
+import optax
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from harness.paths import size_or_setting, with_settings  # noqa: E402
+from harness.backends.jax import autodiff_gradient
+from harness.paths import size_or_default
 
 
 def _pick(values, labels):
@@ -75,7 +62,7 @@ def online(x, y, block_size=None):
     d' = d exp(m - m') + sum(exp(block - m')); lse = m + log(d)."""
     m = jnp.full((x.shape[0], 1), -jnp.inf, dtype=x.dtype)
     d = jnp.zeros((x.shape[0], 1), dtype=x.dtype)
-    for columns in _column_blocks(x.shape[1], size_or_setting("block_size", block_size)):
+    for columns in _column_blocks(x.shape[1], size_or_default("block_size", block_size)):
         block = x[:, columns]
         m_new = jnp.maximum(m, jax.lax.stop_gradient(block.max(axis=1, keepdims=True)))
         d = d * jnp.exp(m - m_new) + jnp.exp(block - m_new).sum(axis=1, keepdims=True)
@@ -86,7 +73,7 @@ def online(x, y, block_size=None):
 def chunked(x, y, chunk_size=None):
     """jax.nn.logsumexp per vocabulary chunk, merged left to right with jnp.logaddexp."""
     lse = None
-    for columns in _column_blocks(x.shape[1], size_or_setting("chunk_size", chunk_size)):
+    for columns in _column_blocks(x.shape[1], size_or_default("chunk_size", chunk_size)):
         lse_c = jax.nn.logsumexp(x[:, columns], axis=1)
         lse = lse_c if lse is None else jnp.logaddexp(lse, lse_c)
     return lse - _pick(x, y)
@@ -104,35 +91,4 @@ PATHS = {
 }
 
 
-def autodiff_gradient(path):
-    """(x, y) -> d(sum of path(x, y))/dx by jax.grad, in x's dtype (jit it with `compile_gradient`)."""
-
-    @functools.wraps(path)  # keeps path's keywords visible to `with_settings`
-    def gradient(x, y, **sizes):
-        return jax.grad(lambda logits: path(logits, y, **sizes).sum())(x)
-
-    return gradient
-
-
 GRADIENTS = {name: autodiff_gradient(path) for name, path in PATHS.items()}
-
-
-def to_native(logits: np.ndarray, labels: np.ndarray):
-    return jnp.asarray(logits), jnp.asarray(labels, dtype=jnp.int32)
-
-
-def to_numpy(result) -> tuple[np.ndarray, str]:
-    result = np.asarray(jax.block_until_ready(result))
-    return result.astype(np.float64), str(result.dtype)
-
-
-def compile(fn):
-    return jax.jit(with_settings(fn))
-
-
-def compile_gradient(fn):
-    return jax.jit(with_settings(fn))
-
-
-def version() -> str:
-    return f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, optax {optax.__version__}"

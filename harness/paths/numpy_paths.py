@@ -1,13 +1,7 @@
 """NumPy (and SciPy) paths and their backward passes, written out by hand.
 
-API (as in every framework module):
-
-- ``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype
-  (bfloat16 comes from ml_dtypes, float16 is NumPy's own).
-- ``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx, (N, C), in x's dtype.
-- ``compile(fn)`` / ``compile_gradient(fn)``: bind the current chunk/block size (see
-  `harness.paths.configure`); `online` and `chunked` also take ``block_size=`` / ``chunk_size=``.
-- ``to_native``, ``to_numpy``, ``version``.
+``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype
+(bfloat16 from ml_dtypes); ``GRADIENTS[name](x, y)``: d(sum of the per-row losses)/dx, in x's dtype.
 
 Each backward pass is the reverse sweep of its forward's own operations, from the same
 intermediates in the same dtype, so it overflows, underflows and divides by zero where autodiff of
@@ -31,7 +25,7 @@ import numpy as np
 import scipy.special
 
 from harness.dtypes import round_to
-from harness.paths import size_or_setting, with_settings
+from harness.paths import size_or_default
 
 NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -256,7 +250,7 @@ def _online_steps(x, block_size):
     m = np.full((x.shape[0], 1), -np.inf, dtype=x.dtype)
     d = np.zeros((x.shape[0], 1), dtype=x.dtype)
     steps = []
-    for columns in _column_blocks(x.shape[1], size_or_setting("block_size", block_size)):
+    for columns in _column_blocks(x.shape[1], size_or_default("block_size", block_size)):
         block = x[:, columns]
         m_new = np.maximum(m, block.max(axis=1, keepdims=True))
         rescale = np.exp(m - m_new)
@@ -294,7 +288,7 @@ def _chunked_steps(x, chunk_size):
     Returns (lse, chunks, merged): chunks[c] = (columns, e_c, s_c, lse_c), merged[c] = running lse."""
     chunks, merged = [], []
     lse = None
-    for columns in _column_blocks(x.shape[1], size_or_setting("chunk_size", chunk_size)):
+    for columns in _column_blocks(x.shape[1], size_or_default("chunk_size", chunk_size)):
         block = x[:, columns]
         m = block.max(axis=1, keepdims=True)
         e = np.exp(block - m)
@@ -349,25 +343,3 @@ GRADIENTS = {
     "online": online_gradient,
     "chunked": chunked_gradient,
 }
-
-
-def to_native(logits: np.ndarray, labels: np.ndarray):
-    return logits, labels
-
-
-def to_numpy(result) -> tuple[np.ndarray, str]:
-    """The result as float64 (exact widening) and the dtype name the framework returned."""
-    result = np.asarray(result)
-    return result.astype(np.float64), str(result.dtype)
-
-
-def compile(fn):
-    return with_settings(fn)
-
-
-def compile_gradient(fn):
-    return with_settings(fn)
-
-
-def version() -> str:
-    return f"numpy {np.__version__}, scipy {scipy.__version__}"

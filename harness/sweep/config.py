@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.backends.devices import check_device
+from harness.backends import FRAMEWORKS, check_device, missing_packages
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
-from harness.paths import FRAMEWORKS, PATH_NAMES, missing_packages
+from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
 from harness.sweep import inputs
 from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
@@ -62,7 +64,7 @@ class SweepConfig:
     n_classes: tuple[int, ...]  # one sweep may cover several class counts
     seed: int
     label: str
-    device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.backends.devices)
+    device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.backends)
     progress: bool = False
     row_errors: bool = False  # also write row_errors.parquet: one row per (cell, logit row)
     file: dict = field(default_factory=dict)  # settings of the `file` family (harness.sweep.logit_files)
@@ -221,7 +223,7 @@ def check_installed(frameworks: tuple[str, ...]) -> None:
             others = [f for f in frameworks if f != name] or ["numpy"]
             raise ConfigError(
                 f"framework {name!r} needs the package(s) {', '.join(missing)} "
-                f"(pip install {FRAMEWORKS[name].install}), or leave it out: frameworks=[{','.join(others)}]"
+                f"({FRAMEWORKS[name].install}), or leave it out: frameworks=[{','.join(others)}]"
             )
 
 
@@ -229,9 +231,31 @@ def resume_flag(cfg: DictConfig) -> bool:
     return _flag(cfg, None, "resume")
 
 
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@cache
+def known_settings() -> dict:
+    """The settings of conf/config.yaml (nested as there), without Hydra's own and the defaults list."""
+    base = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"), resolve=False)
+    return {k: v for k, v in base.items() if k not in ("defaults", "hydra")}
+
+
+def check_known_keys(cfg: DictConfig, known: dict | None = None, prefix: str = "") -> None:
+    """Refuse a key conf/config.yaml does not have, e.g. a typo added with `+fo=1`, which Hydra accepts."""
+    known = known_settings() if known is None else known
+    for key in cfg.keys():
+        if key not in known:
+            raise ConfigError(f"unknown setting {prefix + str(key)!r}; valid settings: {', '.join(known)}")
+        node = cfg._get_node(key)
+        if isinstance(known[key], dict) and isinstance(node, DictConfig):
+            check_known_keys(node, known[key], f"{prefix}{key}.")
+
+
 def sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     """Validate the composed Hydra config; raise ConfigError naming the first bad value."""
     try:
+        check_known_keys(cfg)
         return _sweep_config(cfg, experiment)
     except OmegaConfBaseException as exc:  # e.g. a resolver's ConfigError, wrapped by OmegaConf
         cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import backends
+
 PACKAGES = (
     "numpy",
     "scipy",
@@ -22,7 +24,7 @@ PACKAGES = (
     "ml_dtypes",
     "mpmath",
 )
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def package_versions(packages=PACKAGES) -> dict[str, str | None]:
@@ -97,6 +99,7 @@ def collect(sweep, resolved_config: dict) -> dict:
         "threads": thread_settings(),
         "device": sweep.device,
         "devices": devices(sweep.frameworks),
+        "frameworks": backends.facts(sweep.frameworks, sweep.device, sweep.dtypes),
         "harness": git_revision(),
         "seed": sweep.seed,
         "command": [Path(sys.executable).name, "-m", "harness", *sys.argv[1:]],

@@ -106,29 +106,18 @@ class _LazyNpz(Mapping):
         return len(self._names)
 
 
-def _tensor_to_numpy(tensor) -> np.ndarray:
-    """Float tensors (bfloat16 included, which NumPy lacks) go through float64; others as they are."""
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.layout != torch.strided:
-        tensor = tensor.to_dense()
-    if tensor.is_floating_point():
-        tensor = tensor.to(torch.float64)
-    return tensor.numpy()
-
-
 def _read_torch(path: Path) -> Contents:
-    import torch
+    """A .pt file through the torch backend (weights_only: never pickle)."""
+    from harness.backends import torch as torch_backend
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch_backend.read_pt(path)
     except pickle.UnpicklingError as exc:
         raise _refused(path) from exc
     except Exception as exc:  # torch raises many types for a file that is not a torch.save archive
         raise _error(f"cannot read {path} as a PyTorch file: {_first_line(exc)}") from exc
-    if isinstance(loaded, torch.Tensor):
-        return _tensor_to_numpy(loaded)
+    if torch_backend.is_tensor(loaded):
+        return torch_backend.tensor_to_numpy(loaded)
     if isinstance(loaded, dict):
         return loaded  # values are checked when picked
     raise _error(
@@ -181,11 +170,11 @@ def pick_array(contents: Contents, key: str | None, setting: str, path: PathLike
         raise _error(f"no array {key!r} ({setting}) in {path}; it holds: {names}")
     value = contents[key]
     if not isinstance(value, np.ndarray):
-        import torch
+        from harness.backends import torch as torch_backend  # only a .pt file holds non-NumPy values
 
-        if not isinstance(value, torch.Tensor):
+        if not torch_backend.is_tensor(value):
             raise _error(f"{_describe(path, key)} is a {type(value).__name__}, not an array")
-        value = _tensor_to_numpy(value)
+        value = torch_backend.tensor_to_numpy(value)
     return value
 
 

@@ -150,3 +150,12 @@ def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: 
         "max_ulp_err": float(ulp_err.max()),
         "median_ulp_err": float(np.median(ulp_err)),
     }
+
+
+def failure(exc: BaseException) -> dict:
+    """The status and message of a cell whose path raised: `unsupported` where the framework declares
+    it cannot run the combination (NotImplementedError, which path entries and implementations
+    raise), else `error`. Never matched on error text."""
+    status = UNSUPPORTED if isinstance(exc, NotImplementedError) else ERROR
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return {"status": status, "message": f"{type(exc).__name__}: {first_line}"}

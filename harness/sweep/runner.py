@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,29 +17,24 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from harness import paths
-from harness.backends.devices import on_device, row_device
+from harness import backends, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.gradient import exact_gradient
 from harness.exact.reference import exact_cross_entropy
 from harness.outputs import plots, report, tables, timing_plots
+from harness.paths import build
 from harness.paths import custom as custom_paths
 from harness.sweep import inputs, journal, metrics
 from harness.sweep.config import SweepConfig, given_draw
-from harness.timing import timer as timing
+from harness.timing import stage as timing
 
 log = logging.getLogger(__name__)
+NAME_ORDER = {"framework": list(backends.FRAMEWORKS), "path": list(paths.PATH_NAMES)}  # table row order
 
 
-def failure_row(exc: BaseException) -> dict:
-    status = metrics.UNSUPPORTED if paths.is_unsupported(exc) else metrics.ERROR
-    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-    return {"status": status, "message": f"{type(exc).__name__}: {first_line}"}
-
-
-def compute(fn, native, module, dtype: str) -> tuple[np.ndarray, str]:
+def compute(fn, native, backend, dtype: str) -> tuple[np.ndarray, str]:
     """Run a loss or gradient; the result as float64 in `dtype`, and a note if it came back in another."""
-    values, returned = module.to_numpy(fn(*native))
+    values, returned = backend.to_numpy(fn(*native))
     if returned == dtype:
         return values, ""
     return round_to(values, dtype).astype(np.float64), f"returned {returned}; rounded to {dtype}"
@@ -59,14 +53,6 @@ def per_row(labels, computed, hi, lo, fmt: FloatFormat) -> dict:
 
 
 @dataclass(frozen=True)
-class Implementation:
-    """One (framework, path) ready to run: its loss, and its gradient (None where there is none)."""
-
-    loss: Callable
-    gradient: Callable | None
-
-
-@dataclass(frozen=True)
 class Exact:
     """The exact values of one input, computed once: loss (hi, lo), its error bound, the gradient."""
 
@@ -81,27 +67,35 @@ def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradien
     return Exact(hi, lo, metrics.lse_bound(held, labels, hi, fmt), exact_gradient(held, labels) if gradient else None)
 
 
-def measure_gradient(impl: Implementation, native, module, exact: Exact, fmt: FloatFormat) -> dict:
+def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, fmt: FloatFormat) -> dict:
     if impl.gradient is None:
-        return {"status": metrics.UNSUPPORTED, "message": "no gradient: a custom NumPy path has no backward pass"}
+        return {"status": metrics.UNSUPPORTED, "message": impl.no_gradient}
     try:
-        computed, note = compute(impl.gradient, native, module, fmt.name)
+        computed, note = compute(impl.gradient, native, backend, fmt.name)
     except Exception as exc:
-        return failure_row(exc)
+        return metrics.failure(exc)
     return metrics.gradient_metrics(computed, *exact.gradient, fmt) | {"message": note}
 
 
-def measure_cell(impl: Implementation, native, module, exact: Exact, labels, fmt: FloatFormat, rows: bool) -> dict:
+def measure_cell(
+    impl: build.Implementation, native, backend, exact: Exact, labels, fmt: FloatFormat, rows: bool
+) -> dict:
     """The journal record of one cell: its loss metrics, and per-row errors and gradient metrics if asked."""
     try:
-        computed, note = compute(impl.loss, native, module, fmt.name)
+        if impl.unsupported:
+            raise paths.Unsupported(impl.unsupported)
+        computed, note = compute(impl.loss, native, backend, fmt.name)
         record = {"cell": metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, exact.bound) | {"message": note}}
         if rows:
             record["rows"] = per_row(labels, computed, exact.hi, exact.lo, fmt)
     except Exception as exc:  # a framework that breaks is a row, never a crash
-        record = {"cell": failure_row(exc)}
+        record = {"cell": metrics.failure(exc)}
     if exact.gradient is not None:
-        record["grad"] = measure_gradient(impl, native, module, exact, fmt)
+        record["grad"] = (
+            metrics.failure(paths.Unsupported(impl.unsupported))
+            if impl.unsupported
+            else measure_gradient(impl, native, backend, exact, fmt)
+        )
     return record
 
 
@@ -124,26 +118,32 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     if not np.isfinite(held).all():
         status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
         for framework, path in todo:
-            where = cell | {"framework": framework, "path": path, "device": row_device(framework, device)}
+            where = cell | {"framework": framework, "path": path, "device": backends.row_device(framework, device)}
             record({"cell": where | status} | ({"grad": status} if want.get("gradient") else {}))
         return len(todo)
     exact = exact_values(held, labels, fmt, want.get("gradient", False))
     cell["max_exact_loss"] = float(exact.hi.max())
     cell["max_lse"] = float((exact.hi + held[np.arange(len(labels)), labels]).max())
     for framework, by_path in _group_by_framework(todo).items():
-        module = paths.load(framework)
-        where = cell | {"framework": framework, "device": row_device(framework, device)}
-        try:
-            native = on_device(framework, module.to_native(rounded, labels), device)
-        except Exception as exc:
-            for path in by_path:
-                failed = where | {"path": path} | failure_row(exc)
-                record({"cell": failed} | ({"grad": failure_row(exc)} if exact.gradient is not None else {}))
-            continue
-        for path, impl in by_path.items():
-            measured = measure_cell(impl, native, module, exact, labels, fmt, want.get("rows", False))
-            measured["cell"] = where | {"path": path} | measured["cell"]
-            record(measured)
+        backend = backends.load(framework)
+        on = backends.row_device(framework, device)
+        where = cell | {
+            "framework": framework,
+            "device": on,
+            "flushes_subnormals": backend.flushes_subnormals(dtype, on),
+        }
+        with backend.dtype_scope(dtype):
+            try:
+                native = backend.to_native(rounded, labels, on)
+            except Exception as exc:
+                for path in by_path:
+                    failed = where | {"path": path} | metrics.failure(exc)
+                    record({"cell": failed} | ({"grad": metrics.failure(exc)} if exact.gradient is not None else {}))
+                continue
+            for path, impl in by_path.items():
+                measured = measure_cell(impl, native, backend, exact, labels, fmt, want.get("rows", False))
+                measured["cell"] = where | {"path": path} | measured["cell"]
+                record(measured)
     return len(todo)
 
 
@@ -160,19 +160,8 @@ def _group_by_framework(implementations: dict) -> dict:
 
 def compile_implementations(sweep: SweepConfig) -> dict:
     """(framework, path) -> Implementation ready to run (jitted for JAX), user-supplied paths last."""
-    paths.configure(chunk_size=sweep.chunk_size, block_size=sweep.block_size)
-    implementations = {}
-    for framework in sweep.frameworks:
-        module = paths.load(framework)
-        for path in sweep.paths:
-            gradient = module.compile_gradient(module.GRADIENTS[path])
-            implementations[(framework, path)] = Implementation(module.compile(module.PATHS[path]), gradient)
-    for (framework, name), fn in custom_paths.callables(custom_paths.parse(sweep.custom_paths)).items():
-        module = paths.load(framework)
-        autodiff = getattr(module, "autodiff_gradient", None)
-        gradient = module.compile_gradient(autodiff(fn)) if autodiff else None
-        implementations[(framework, name)] = Implementation(module.compile(fn), gradient)
-    return implementations
+    customs = custom_paths.callables(custom_paths.parse(sweep.custom_paths))
+    return build.implementations(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
 
 
 def bases(sweep: SweepConfig):
@@ -222,20 +211,20 @@ def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
     """The errors table of a sweep, in memory: one row per cell."""
     cells = []
     sweep_cells(sweep, lambda record: cells.append(record["cell"]))
-    return tables.errors_frame(cells)
+    return tables.errors_frame(cells, names=NAME_ORDER)
 
 
 def grad_errors_frame(records: list[dict]) -> pd.DataFrame:
     """The gradient table: the cell keys of each record with its gradient metrics."""
     keys = [c for c in tables.GRAD_COLUMNS if c not in metrics.GRAD_METRIC_COLUMNS + ("status", "message")]
     rows = [{k: r["cell"].get(k) for k in keys} | r["grad"] for r in records if "grad" in r]
-    return tables.errors_frame(rows, tables.GRAD_COLUMNS)
+    return tables.errors_frame(rows, tables.GRAD_COLUMNS, NAME_ORDER)
 
 
 def row_errors_frame(records: list[dict]) -> pd.DataFrame:
     """One row per (cell, logit row) from the journal's records that carry per-row errors."""
     frames = [pd.DataFrame({k: r["cell"][k] for k in tables.KEY_COLUMNS} | r["rows"]) for r in records if "rows" in r]
-    return tables.canonical_order(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+    return tables.canonical_order(pd.concat(frames, ignore_index=True), NAME_ORDER) if frames else pd.DataFrame()
 
 
 def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
@@ -248,7 +237,7 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
 
 def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
-    versions = ", ".join(paths.load(f).version() for f in sweep.frameworks)
+    versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
     log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
     cells = journal.Journal(run_dir)
     try:
@@ -275,12 +264,16 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
         settings.rel_iqr_target,
         sweep.progress,
         min_blocks=settings.min_blocks,
+        device=sweep.device,
+        custom_callables=custom_paths.callables(custom_paths.parse(sweep.custom_paths)),
+        chunk_size=sweep.chunk_size,
+        block_size=sweep.block_size,
     )
 
 
 def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
     """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
-    errors = tables.errors_frame([r["cell"] for r in records])
+    errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
     tables.write_table(errors, run_dir / "errors")
     if timings is not None:
         tables.write_table(timings, run_dir / "timings")

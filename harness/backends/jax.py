@@ -1,0 +1,146 @@
+"""JAX (with optax): always jitted, on the CPU or a GPU; gradients by jax.grad.
+
+float64 exists in JAX only with `jax_enable_x64`, which also changes how Python scalars and
+NumPy float64 arrays promote. It is switched on only inside float64 cells (`dtype_scope`), so
+float16, bfloat16 and float32 cells run in JAX's default mode, as users run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import sys
+
+import numpy as np
+
+# JAX logs, at INFO, each accelerator plug-in it fails to find ("Unable to initialize backend
+# 'tpu'"); that belongs in the log file, not the console.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from harness.errors import ConfigError  # noqa: E402
+
+DEVICES = ("cpu", "cuda")
+COMPILES = True  # jitted: the first call of a shape compiles
+COMPILE_NOTE = "always jitted (jax.jit)"
+_XLA_THREAD_FLAGS = re.compile(r"--xla_cpu_multi_thread_eigen=\S+|intra_op_parallelism_threads=\S+")
+
+
+def versions() -> dict[str, str]:
+    import optax
+
+    return {"jax": jax.__version__, "jaxlib": jax.lib.__version__, "optax": optax.__version__}
+
+
+def check_device(device: str) -> None:
+    if device == "cuda":
+        try:
+            jax.devices("gpu")
+        except RuntimeError:
+            raise ConfigError(
+                "device=cuda but JAX finds no GPU backend; install jax[cuda12] (see README) or use device=cpu"
+            ) from None
+
+
+def _device(device: str):
+    return jax.devices("gpu")[0] if device == "cuda" else jax.devices("cpu")[0]
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits on `device`. Call inside `dtype_scope(dtype)`: without x64, float64 would become float32."""
+    if logits.dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 logits reach JAX outside dtype_scope('float64'): they would be cast to float32")
+    where = _device(device)
+    return jax.device_put(jnp.asarray(logits), where), jax.device_put(jnp.asarray(labels, dtype=jnp.int32), where)
+
+
+def to_numpy(result) -> tuple[np.ndarray, str]:
+    result = np.asarray(jax.block_until_ready(result))
+    return result.astype(np.float64), str(result.dtype)
+
+
+def sync(result):
+    return jax.block_until_ready(result)
+
+
+def compile(fn):
+    return jax.jit(fn)
+
+
+def compile_gradient(fn):
+    return jax.jit(fn)
+
+
+def clear_compile_cache() -> None:
+    jax.clear_caches()
+
+
+def autodiff_gradient(path):
+    """(x, y) -> d(sum of path(x, y))/dx by jax.grad, in x's dtype (jit it with `compile_gradient`)."""
+
+    @functools.wraps(path)
+    def gradient(x, y, **sizes):
+        return jax.grad(lambda logits: path(logits, y, **sizes).sum())(x)
+
+    return gradient
+
+
+def dtype_scope(dtype: str):
+    """x64 on inside float64 cells only; the default mode elsewhere."""
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def xla_flags(threads: int, existing: str = "") -> str:
+    """XLA_FLAGS with the CPU thread flags for `threads`, other flags kept."""
+    kept = " ".join(_XLA_THREAD_FLAGS.sub("", existing).split())
+    multi = "true" if threads > 1 else "false"
+    return f"{kept} --xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}".strip()
+
+
+def backend_started() -> bool:
+    """Whether JAX has made its backend, after which XLA_FLAGS is no longer read."""
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def request_threads(n: int) -> str:
+    """XLA has no runtime thread setting: XLA_FLAGS is read once, when JAX makes its CPU backend.
+    Set it now if that has not happened; returns the flags in force, or why they are not."""
+    wanted = xla_flags(n, os.environ.get("XLA_FLAGS", ""))
+    if os.environ.get("XLA_FLAGS", "") == wanted:
+        return wanted
+    if backend_started():
+        return f"not applied: JAX's backend had started (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
+    os.environ["XLA_FLAGS"] = wanted
+    return wanted
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Nothing to scope at run time (see `request_threads`, called before JAX's first computation)."""
+    yield
+
+
+@functools.cache
+def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
+    """Whether a jitted computation's subnormal result comes back as zero (smallest_normal / 4, by a
+    multiply and through exp), measured on the device."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    with dtype_scope(dtype):
+        x = jax.device_put(jnp.asarray(np.array([fmt.smallest_normal], dtype=fmt.numpy_type)), _device(device))
+        quarter = np.asarray(jax.jit(lambda v: v * v.dtype.type(0.25))(x))[0]
+        log_quarter = jnp.asarray(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type))
+        via_exp = np.asarray(jax.jit(jnp.exp)(jax.device_put(log_quarter, _device(device))))[0]
+    return bool(quarter == 0 or via_exp == 0)
+
+
+def jax_loaded() -> bool:
+    return "jax" in sys.modules

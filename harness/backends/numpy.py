@@ -1,0 +1,78 @@
+"""NumPy (with SciPy and ml_dtypes): CPU only, eager, no autodiff (backward passes are written by hand
+in `harness.paths.numpy_paths`)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+from harness.errors import ConfigError
+
+DEVICES = ("cpu",)
+COMPILES = False  # no compiled mode: every call runs eagerly
+COMPILE_NOTE = "NumPy has no compiled mode"
+
+
+def versions() -> dict[str, str]:
+    import ml_dtypes
+    import scipy
+
+    return {"numpy": np.__version__, "scipy": scipy.__version__, "ml_dtypes": ml_dtypes.__version__}
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise ConfigError(f"NumPy runs on the CPU only, not {device!r}")
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    return logits, np.asarray(labels, dtype=np.int64)
+
+
+def to_numpy(result) -> tuple[np.ndarray, str]:
+    result = np.asarray(result)
+    return result.astype(np.float64), result.dtype.name
+
+
+def sync(result):
+    return result
+
+
+def compile(fn):
+    return fn
+
+
+def compile_gradient(fn):
+    return fn
+
+
+def clear_compile_cache() -> None:
+    return None
+
+
+autodiff_gradient = None  # NumPy paths carry hand-written backward passes; a custom NumPy path has none
+
+
+def dtype_scope(dtype: str):
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """The BLAS/OpenMP pools limited to n threads inside the block (elementwise ufuncs are single-threaded)."""
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(limits=n):
+        yield
+
+
+@functools.cache
+def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
+    """Whether a computed subnormal result comes back as zero: smallest_normal / 4 by a divide."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    x = np.array([fmt.smallest_normal], dtype=fmt.numpy_type)
+    return bool(np.asarray(x / x.dtype.type(4))[0] == 0)

@@ -1,0 +1,234 @@
+"""The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits.
+
+Each framework is timed inside its backend's thread scope (`threads`: NumPy's BLAS pools and
+torch's intra-op pool are set for the timing only, so the accuracy stage runs as users run it)
+and, for float64 in JAX, its x64 scope. XLA reads its thread flags once, when JAX starts its
+backend, so JAX's thread request is made before the first JAX computation of the process
+(`request_jax_threads`) and holds for the whole run; the rows say so where it came too late.
+Custom paths are timed like built-in ones: both come from `harness.paths.build`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from harness import backends
+from harness.dtypes import DTYPES, round_to
+from harness.paths import build
+from harness.sweep import inputs, metrics
+from harness.timing.memory import available_memory_bytes, measure_bandwidth, memory_shortfall
+from harness.timing.timer import MIN_BLOCKS, Timing, blocked_autorange
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THREADS = 1  # as torch.utils.benchmark.Timer; the numpy paths are single-threaded anyway
+TIMING_FAMILY, TIMING_SCALE = "spread", 1.0  # a point of the accuracy grid where every path is finite
+TIMING_SWEEP_SIZES = ((32, 1000), (256, 1000), (256, 32000), (4096, 32000), (64, 131072))
+PEAK_COPIES = 6  # arrays of one input's size alive at once: rounded, native copy, path temporaries
+ROUNDING_CHUNK_ELEMENTS = 2**22
+
+COLUMNS = (
+    "framework",
+    "path",
+    "dtype",
+    "n_rows",
+    "n_classes",
+    "device",
+    "threads",
+    "n_samples",
+    "median_s",
+    "iqr_s",
+    "min_s",
+    "compile_s",
+    "elements_per_s",
+    "bytes_min",
+    "gb_per_s",
+    "bandwidth_gb_per_s",
+    "bandwidth_fraction",
+    "status",
+    "message",
+)
+
+
+def check_threads(threads) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    return threads
+
+
+def request_jax_threads(threads: int) -> str:
+    """Ask XLA for `threads` threads before JAX's first computation; returns the flags or why not."""
+    from harness.backends import jax as jax_backend
+
+    return jax_backend.request_threads(check_threads(threads))
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def timing_inputs(n_rows: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The accuracy stage's float64 logits (family spread, scale 1) and random labels."""
+    base = inputs.draw(n_rows, n_classes, seed)
+    logits = inputs.make_logits(TIMING_FAMILY, TIMING_SCALE, base)
+    return logits, inputs.choose_labels(logits, base, "random")
+
+
+def rounded_logits(logits: np.ndarray, dtype: str, chunk_elements: int = ROUNDING_CHUNK_ELEMENTS) -> np.ndarray:
+    """`round_to(logits, dtype)` a block of rows at a time: the same bits (rounding is elementwise)
+    without round_to's several full-size float64 temporaries on a 1 GiB input."""
+    out = np.empty(logits.shape, dtype=DTYPES[dtype].numpy_type)
+    rows = max(1, chunk_elements // max(1, logits.shape[1]))
+    for start in range(0, logits.shape[0], rows):
+        out[start : start + rows] = round_to(logits[start : start + rows], dtype)
+    return out
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def timing_row(timing: Timing, n_elements: int, bytes_min: int, bandwidth_gb_per_s: float) -> dict:
+    gb_per_s = bytes_min / timing.median_s / 1e9
+    return {
+        "n_samples": timing.n_samples,
+        "median_s": timing.median_s,
+        "iqr_s": timing.iqr_s,
+        "min_s": timing.min_s,
+        "compile_s": timing.compile_s,
+        "elements_per_s": n_elements / timing.median_s,
+        "gb_per_s": gb_per_s,
+        "bandwidth_fraction": gb_per_s / bandwidth_gb_per_s,
+        "status": metrics.OK,
+        "message": "",
+    }
+
+
+def time_framework(
+    framework: str,
+    implementations: dict[str, build.Implementation],
+    rounded: np.ndarray,
+    labels: np.ndarray,
+    key: dict,
+    timer: dict,
+    bandwidth_gb_per_s: float,
+    device: str = "cpu",
+    note: str = "",
+):
+    """Rows for every path of one framework on one rounded input, on `device`; failures are rows.
+
+    The inputs are moved to the device once; every call is waited on (the backend's `sync`), so a
+    CUDA or JAX call is timed until its result exists."""
+    n_elements = rounded.size
+    backend = backends.load(framework)
+    on = backends.row_device(framework, device)
+    key = key | {"framework": framework, "bytes_min": n_elements * rounded.dtype.itemsize, "device": on}
+    with backend.dtype_scope(key["dtype"]):
+        try:
+            native = backend.to_native(rounded, labels, on)
+        except Exception as exc:
+            for path in implementations:
+                yield key | {"path": path} | metrics.failure(exc)
+            return
+        for path, impl in implementations.items():
+            try:
+                if impl.unsupported:
+                    raise NotImplementedError(impl.unsupported)
+                backend.clear_compile_cache()
+                timing = blocked_autorange(impl.loss, native, sync=backend.sync, compiles=backend.COMPILES, **timer)
+            except Exception as exc:  # a path that cannot run is a row, never a crash
+                yield key | {"path": path} | metrics.failure(exc)
+                continue
+            row = timing_row(timing, n_elements, key["bytes_min"], bandwidth_gb_per_s)
+            yield key | {"path": path} | row | {"message": note}
+
+
+def timings_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> the timings table, columns in documented order; rows not timed have n_samples 0."""
+    frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+    for column in ("n_rows", "n_classes", "threads", "bytes_min"):
+        frame[column] = frame[column].astype("int64")
+    frame["n_samples"] = frame["n_samples"].fillna(0).astype("int64")
+    frame["message"] = frame["message"].fillna("").astype(str)
+    for column in ("framework", "path", "dtype", "device", "status"):
+        frame[column] = frame[column].fillna("").astype(str)
+    for column in COLUMNS[COLUMNS.index("median_s") : COLUMNS.index("bytes_min")] + ("gb_per_s", "bandwidth_fraction"):
+        frame[column] = frame[column].astype("float64")
+    return frame
+
+
+def time_sweep(
+    frameworks: Sequence[str],
+    paths: Sequence[str],
+    dtypes: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    seed: int,
+    threads: int = DEFAULT_THREADS,
+    budget_s: float = 1.0,
+    rel_iqr_target: float = 0.05,
+    progress: bool = False,
+    *,
+    min_blocks: int = MIN_BLOCKS,
+    bandwidth_gb_per_s: float | None = None,
+    device: str = "cpu",
+    custom_callables: dict | None = None,
+    chunk_size: int | None = None,
+    block_size: int | None = None,
+) -> pd.DataFrame:
+    """The timings table: one row per (framework, path, dtype, n_rows, n_classes).
+
+    Measures the bandwidth once (unless given), then times each path, built-in and custom, on the
+    accuracy stage's inputs, each framework inside its thread scope. A size or dtype whose input
+    would not fit in the available memory gets rows with status error and a 'not run' message.
+    """
+    check_threads(threads)
+    jax_note = ""
+    if "jax" in frameworks:
+        flags = request_jax_threads(threads)
+        jax_note = flags if flags.startswith("not applied") else ""
+    if bandwidth_gb_per_s is None:
+        bandwidth_gb_per_s = measure_bandwidth(threads)
+    log.info("timing with %d thread(s), memory read bandwidth %.1f GB/s", threads, bandwidth_gb_per_s)
+    timer = {"budget_s": budget_s, "rel_iqr_target": rel_iqr_target, "min_blocks": min_blocks}
+    built = build.implementations(frameworks, paths, custom_callables, chunk_size, block_size)
+    by_framework = {f: {p: impl for (g, p), impl in built.items() if g == f} for f in frameworks}
+    rows = []
+    per_input = len(built)
+    with tqdm(total=per_input * len(dtypes) * len(sizes), disable=not progress, desc="timing", unit="cell") as bar:
+        for n_rows, n_classes in sizes:
+            n_elements = n_rows * n_classes
+            size_shortfall = memory_shortfall(2 * 8 * n_elements, available_memory_bytes())  # draw + logits
+            logits, labels = (None, None) if size_shortfall else timing_inputs(n_rows, n_classes, seed)
+            for dtype in dtypes:
+                bar.set_postfix_str(f"{n_rows}x{n_classes} {dtype}")
+                key = {"dtype": dtype, "n_rows": n_rows, "n_classes": n_classes, "threads": threads}
+                itemsize = np.dtype(DTYPES[dtype].numpy_type).itemsize
+                shortfall = size_shortfall or memory_shortfall(
+                    PEAK_COPIES * itemsize * n_elements, available_memory_bytes()
+                )
+                if shortfall:
+                    rows += [
+                        key
+                        | {"framework": f, "path": p, "device": "", "bytes_min": n_elements * itemsize}
+                        | {"status": metrics.ERROR, "message": shortfall}
+                        for f, p in built
+                    ]
+                    bar.update(per_input)
+                    continue
+                rounded = rounded_logits(logits, dtype)
+                for framework, implementations in by_framework.items():
+                    note = jax_note if framework == "jax" else ""
+                    with backends.load(framework).threads(threads):
+                        for row in time_framework(
+                            framework, implementations, rounded, labels, key, timer, bandwidth_gb_per_s, device, note
+                        ):
+                            rows.append(row)
+                            bar.update(1)
+                del rounded
+            del logits
+    frame = timings_frame(rows)
+    frame["bandwidth_gb_per_s"] = bandwidth_gb_per_s
+    return frame
