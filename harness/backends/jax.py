@@ -144,3 +144,9 @@ def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
 
 def jax_loaded() -> bool:
     return "jax" in sys.modules
+
+
+def device_peak_bytes(call) -> int | None:
+    """XLA's GPU allocator keeps a peak that cannot be reset between calls, so one call's own peak
+    cannot be read there: None (the timings row leaves peak_bytes empty on a GPU)."""
+    return None

@@ -76,3 +76,8 @@ def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
     fmt = DTYPES[dtype]
     x = np.array([fmt.smallest_normal], dtype=fmt.numpy_type)
     return bool(np.asarray(x / x.dtype.type(4))[0] == 0)
+
+
+def device_peak_bytes(call) -> int | None:
+    """No accelerator: the timing stage measures the resident set instead."""
+    return None

@@ -122,3 +122,18 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 def is_tensor(value) -> bool:
     return isinstance(value, torch.Tensor)
+
+
+def device_peak_bytes(call) -> int | None:
+    """Peak CUDA memory one call allocates beyond what was allocated before it (the caching
+    allocator's statistics); None when no CUDA device is in use."""
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    result = call()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del result
+    return peak

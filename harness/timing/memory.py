@@ -1,7 +1,10 @@
-"""The machine's memory: read bandwidth (the yardstick of a timing) and what is free (what fits)."""
+"""The machine's memory: read bandwidth (the yardstick of a timing), what is free (what fits), and the
+peak memory one call needs (peak_bytes)."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,3 +55,59 @@ def memory_shortfall(needed_bytes: int, available_bytes: int | None) -> str:
     if available_bytes is None or needed_bytes <= available_bytes:
         return ""
     return f"not run: needs about {needed_bytes / 1e9:.1f} GB of memory, {available_bytes / 1e9:.1f} GB available"
+
+
+# --- what one call needs --------------------------------------------------------------------------
+
+
+def _status_bytes(field: str) -> int | None:
+    """A VmRSS/VmHWM-style line of /proc/self/status, in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's resident-set high-water mark (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim), so that a call which reuses it
+    shows up in the resident set instead of hiding in pages already counted."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_rss_supported() -> bool:
+    return _status_bytes("VmHWM:") is not None and _reset_peak_rss()
+
+
+def peak_bytes(call) -> int | None:
+    """Bytes of resident memory one call (`call()`, which must wait for its result) needs beyond what
+    was resident before it, its output included: the high-water mark of the resident set during
+    the call minus the resident set before. Measured, not estimated; None where the OS cannot say
+    (not Linux). Run it after a warm-up call, so that one-off allocations (compilation) are not
+    counted."""
+    if not peak_rss_supported():
+        return None
+    _release_free_memory()
+    before = _status_bytes("VmRSS:")
+    _reset_peak_rss()
+    result = call()
+    peak = _status_bytes("VmHWM:")
+    del result
+    return max(0, peak - before)

@@ -21,6 +21,7 @@ from harness import backends
 from harness.dtypes import DTYPES, round_to
 from harness.paths import build
 from harness.sweep import inputs, metrics
+from harness.timing import memory
 from harness.timing.memory import available_memory_bytes, measure_bandwidth, memory_shortfall
 from harness.timing.timer import MIN_BLOCKS, Timing, blocked_autorange
 
@@ -45,6 +46,7 @@ COLUMNS = (
     "iqr_s",
     "min_s",
     "compile_s",
+    "peak_bytes",
     "elements_per_s",
     "bytes_min",
     "gb_per_s",
@@ -107,6 +109,15 @@ def timing_row(timing: Timing, n_elements: int, bytes_min: int, bandwidth_gb_per
     }
 
 
+def call_peak_bytes(backend, fn, native, device: str) -> float:
+    """Memory one (already warm) call needs beyond its inputs: the device allocator's peak on an
+    accelerator, the resident set's high-water mark on the CPU; NaN where neither can be read."""
+    peak = backend.device_peak_bytes(lambda: backend.sync(fn(*native))) if device != "cpu" else None
+    if peak is None and device == "cpu":
+        peak = memory.peak_bytes(lambda: backend.sync(fn(*native)))
+    return float("nan") if peak is None else float(peak)
+
+
 def time_framework(
     framework: str,
     implementations: dict[str, build.Implementation],
@@ -139,10 +150,11 @@ def time_framework(
                     raise NotImplementedError(impl.unsupported)
                 backend.clear_compile_cache()
                 timing = blocked_autorange(impl.loss, native, sync=backend.sync, compiles=backend.COMPILES, **timer)
+                peak = call_peak_bytes(backend, impl.loss, native, on)
             except Exception as exc:  # a path that cannot run is a row, never a crash
                 yield key | {"path": path} | metrics.failure(exc)
                 continue
-            row = timing_row(timing, n_elements, key["bytes_min"], bandwidth_gb_per_s)
+            row = timing_row(timing, n_elements, key["bytes_min"], bandwidth_gb_per_s) | {"peak_bytes": peak}
             yield key | {"path": path} | row | {"message": note}
 
 
