@@ -32,9 +32,49 @@ class FloatFormat:
         return 2.0**-self.precision
 
     @property
+    def half_ulp_at_max(self) -> float:
+        """Half the spacing at the largest finite value: 16 in float16 (65504 + 16 rounds to inf)."""
+        return math.ldexp(1.0, math.frexp(self.max_finite)[1] - 1 - self.precision)
+
+    @property
     def exp_overflow_threshold(self) -> float:
-        """ln(largest finite): exp(x) overflows to inf above this."""
-        return math.log(self.max_finite)
+        """ln(largest finite + half an ulp): to nearest, exp(x) rounds to inf from here on
+        (the tie goes to the even neighbour, which is inf), and stays finite just below."""
+        return math.log(self.max_finite) + math.log1p(self.half_ulp_at_max / self.max_finite)
+
+    @property
+    def exp_underflow_threshold(self) -> float:
+        """-ln(smallest subnormal / 2): to nearest, exp(-x) rounds to 0 from here on (the tie
+        goes to even, 0) under gradual underflow."""
+        return -math.log(self.smallest_subnormal) + math.log(2.0)
+
+    @property
+    def exp_flush_threshold(self) -> float:
+        """-ln(smallest normal): exp(-x) becomes 0 beyond it where subnormal results flush to zero."""
+        return -math.log(self.smallest_normal)
+
+    def rounds_to_inf(self, hi, lo=0.0) -> np.ndarray:
+        """Whether each exact value hi + lo (a double-double) rounds to +-inf in this format:
+        |hi + lo| >= largest finite + half an ulp. Infinite hi counts as rounding to inf."""
+        hi, lo = np.asarray(hi, dtype=np.float64), np.asarray(lo, dtype=np.float64)
+        sign = np.where(hi < 0, -1.0, 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            # (|hi| - max) - half: exact near the boundary, and of the right sign far from it;
+            # the low word only decides where that difference is 0 (|lo| < half an ulp of hi).
+            gap = (np.abs(hi) - self.max_finite) - self.half_ulp_at_max
+            return np.isinf(hi) | (gap + sign * lo >= 0)
+
+    def rounds_to_zero(self, hi, lo=0.0, exponent=0) -> np.ndarray:
+        """Whether each exact value (hi + lo) * 2**exponent rounds to (signed) 0 in this format:
+        |value| <= smallest subnormal / 2 (the tie goes to even, 0). Compared 2**64 higher,
+        where float64 holds half of its own smallest subnormal too."""
+        hi, lo = np.asarray(hi, dtype=np.float64), np.asarray(lo, dtype=np.float64)
+        exponent = np.asarray(exponent, dtype=np.int64)
+        sign = np.where(hi < 0, -1.0, 1.0)
+        half_subnormal = np.ldexp(1.0, self.min_exponent - self.precision + 64 - exponent)
+        with np.errstate(invalid="ignore", over="ignore"):
+            gap = np.ldexp(np.abs(hi), 64) - half_subnormal
+            return (hi == 0) | (gap + sign * np.ldexp(lo, 64) <= 0)
 
 
 DTYPES: dict[str, FloatFormat] = {
