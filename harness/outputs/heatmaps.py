@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from harness.dtypes import DTYPES  # noqa: E402
-from harness.outputs import tables  # noqa: E402
-from harness.sweep import metrics  # noqa: E402
+from harness.dtypes import DTYPES
+from harness.outputs.plots import dtype_order
+from harness.outputs.styles import fitted_legend, new_figure, save, wrap
+from harness.sweep import metrics
 
 STATUS_MARKS = {  # status -> (cell colour, mark, legend)
     metrics.INF: ("black", "x", "inf (non-finite loss)"),
@@ -32,7 +30,7 @@ STATUS_MARKS = {  # status -> (cell colour, mark, legend)
 }
 
 
-def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
+def correct_bits_figure(errors: pd.DataFrame, dtype: str) -> Figure:
     """Rows framework/path, columns scale, colour = correct bits; one panel per family (and size).
 
     Correct bits = precision - bits lost, bits lost = max(0, log2(2 * max_ulp_err)), clipped to
@@ -47,14 +45,8 @@ def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
     line_keys = ["framework", "path"] + (["device"] if "device" in cells and cells["device"].nunique() > 1 else [])
     lines = list(dict.fromkeys(cells[line_keys].itertuples(index=False, name=None)))
     widths = [max(len(panel["scale"].unique()), 1) for _, panel in panels]
-    fig, axes = plt.subplots(
-        1,
-        len(panels),
-        figsize=(max(3.5 + 0.26 * sum(widths), 6), 1.6 + 0.3 * len(lines)),
-        squeeze=False,
-        gridspec_kw={"width_ratios": widths},
-        layout="constrained",
-    )
+    fig = new_figure(max(3.5 + 0.26 * sum(widths), 6.4), 2.0 + 0.3 * len(lines))
+    axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw={"width_ratios": widths})
     image = None
     for ax, (key, panel) in zip(axes[0], panels, strict=True):
         scales = np.sort(panel["scale"].unique())
@@ -82,17 +74,21 @@ def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
     handles = [
         Patch(facecolor=STATUS_MARKS[s][0], label=f"{STATUS_MARKS[s][1]}  {STATUS_MARKS[s][2]}") for s in present
     ]
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=min(len(handles), 3), frameon=False)
-    fig.suptitle(f"Correct bits of the loss in {dtype}: precision - max(0, log2(2 * max ulp error))", fontsize=10)
-    tables.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    fitted_legend(fig, handles, fontsize=7)
+    title = f"Correct bits of the loss in {dtype}: precision - max(0, log2(2 * max ulp error))"
+    fig.suptitle(wrap(title, fig, 10), fontsize=10)
+    return fig
+
+
+def correct_bits_heatmap(errors: pd.DataFrame, dtype: str, out: Path) -> None:
+    """Draw correct_bits_figure and write it to `out` (PNG)."""
+    save(correct_bits_figure(errors, dtype), out)
 
 
 def write_heatmaps(errors: pd.DataFrame, run_dir: Path) -> list[Path]:
     """Draw plots/heatmap_<dtype>.png for every dtype of the errors table."""
     drawn = []
-    for dtype in dict.fromkeys(errors["dtype"]):
+    for dtype in dtype_order(errors["dtype"]):
         if dtype in DTYPES:
             out = run_dir / "plots" / f"heatmap_{dtype}.png"
             correct_bits_heatmap(errors, dtype, out)

@@ -10,41 +10,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from harness.dtypes import DTYPES  # noqa: E402
-from harness.outputs.plots import FRAMEWORK_STYLES, PATH_COLORS  # noqa: E402
-from harness.outputs.tables import atomic_write  # noqa: E402
-from harness.sweep import metrics  # noqa: E402
-from harness.sweep.metrics import correct_bits  # noqa: E402
+from harness.dtypes import DTYPES
+from harness.outputs.plots import dtype_order
+from harness.outputs.styles import NEUTRAL, fitted_legend, framework_marks, new_figure, path_colors, save, wrap
+from harness.sweep import metrics
+from harness.sweep.metrics import correct_bits
 
 SIZE_KEY = ["n_rows", "n_classes"]
-
-
-def _save(fig, out: Path) -> None:
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def _sizes(frame: pd.DataFrame) -> list[tuple[int, int]]:
     sizes = frame[SIZE_KEY].drop_duplicates().itertuples(index=False, name=None)
     return sorted((int(r), int(c)) for r, c in sizes)
-
-
-def _path_color(path: str) -> str:
-    return PATH_COLORS.get(path, "tab:gray")
-
-
-def _framework_marker(framework: str) -> str:
-    return FRAMEWORK_STYLES.get(framework, ("-.", "d"))[1]
 
 
 def _log_time_axis(axis) -> None:
@@ -54,16 +38,17 @@ def _log_time_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
+def timing_bars_figure(timings: pd.DataFrame, dtype: str) -> Figure:
     """Median ms per call of each path (bars, colour by path) grouped by framework, IQR as error bars
     (median +- IQR/2), log scale; one panel per (n_rows, n_classes). Cells not timed are labelled."""
+    colors = path_colors(timings["path"])
     cells = timings[timings["dtype"] == dtype]
     sizes = _sizes(cells)
     frameworks = list(dict.fromkeys(cells["framework"]))
     path_names = list(dict.fromkeys(cells["path"]))
     width = 0.8 / max(len(path_names), 1)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(max(4.5, 1.6 * len(frameworks) + 1.5) * len(sizes), 4.4))
-    axes = np.atleast_1d(axes)
+    fig = new_figure(max(6.4, max(4.5, 1.6 * len(frameworks) + 1.5) * len(sizes)), 5.2)
+    axes = fig.subplots(1, len(sizes), squeeze=False)[0]
     for ax, (n_rows, n_classes) in zip(axes, sizes, strict=True):
         of_size = cells[(cells["n_rows"] == n_rows) & (cells["n_classes"] == n_classes)]
         ok = of_size[of_size["status"] == metrics.OK]
@@ -82,7 +67,7 @@ def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
                     x,
                     row["median_s"] * 1e3,
                     width=width * 0.92,
-                    color=_path_color(path),
+                    color=colors[path],
                     yerr=row["iqr_s"] * 1e3 / 2,
                     capsize=2,
                     error_kw={"linewidth": 0.8},
@@ -101,11 +86,13 @@ def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
         ax.set_ylim(bottom=floor)
         ax.grid(True, axis="y", which="major", alpha=0.3)
     axes[0].set_ylabel("median time per call (ms), bars: IQR")
-    handles = [Patch(color=_path_color(p)) for p in path_names]
-    fig.legend(handles, path_names, loc="lower center", ncol=len(path_names), fontsize=8, frameon=False)
-    fig.suptitle(f"Cross-entropy time per call, {dtype}")
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    _save(fig, out_path)
+    fitted_legend(fig, [Patch(color=colors[p], label=p) for p in path_names])
+    fig.suptitle(wrap(f"Cross-entropy time per call, {dtype}", fig, 12), fontsize=12)
+    return fig
+
+
+def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
+    save(timing_bars_figure(timings, dtype), out_path)
 
 
 def worst_correct_bits(cells: pd.DataFrame, precision: int) -> float:
@@ -125,7 +112,7 @@ def _timing_size(errors: pd.DataFrame, timings: pd.DataFrame) -> tuple[int, int]
     return max(timed, key=lambda s: s[0] * s[1])
 
 
-def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path) -> None:
+def accuracy_vs_time_figure(errors: pd.DataFrame, timings: pd.DataFrame) -> Figure:
     """One panel per dtype: a point per framework/path at (median time, worst correct bits over the
     scales where its status is ok). Filled: never breaks; hollow with a cross: breaks (inf, nan or
     error) at some scale. Colour by path, marker by framework."""
@@ -135,8 +122,10 @@ def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path
     ]
     same_size = errors[(errors["n_rows"] == n_rows) & (errors["n_classes"] == n_classes)]
     errors = same_size if not same_size.empty else errors
-    dtypes = [d for d in dict.fromkeys(timed["dtype"]) if d in set(errors["dtype"])]
-    fig, axes = plt.subplots(1, max(len(dtypes), 1), figsize=(4.4 * max(len(dtypes), 1), 4.4), squeeze=False)
+    dtypes = [d for d in dtype_order(timed["dtype"]) if d in set(errors["dtype"])]
+    colors, marks = path_colors(timed["path"]), framework_marks(timed["framework"])
+    fig = new_figure(max(6.4, 4.0 * max(len(dtypes), 1)), 5.4)
+    axes = fig.subplots(1, max(len(dtypes), 1), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes, strict=False):
         precision = DTYPES[dtype].precision
         for row in timed[timed["dtype"] == dtype].itertuples(index=False):
@@ -146,11 +135,11 @@ def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path
             if np.isnan(bits):
                 continue
             breaks = cells["status"].isin(metrics.FAILED).any()
-            color = _path_color(row.path)
+            color = colors[row.path]
             ax.scatter(
                 row.median_s * 1e3,
                 bits,
-                marker=_framework_marker(row.framework),
+                marker=marks[row.framework][1],
                 s=46,
                 facecolors="none" if breaks else color,
                 edgecolors=color,
@@ -164,16 +153,17 @@ def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path
         ax.set_xlabel(f"median time per call (ms), {n_rows} x {n_classes}")
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("worst correct bits over non-breaking scales")
-    handles: list = [Patch(color=_path_color(p), label=p) for p in dict.fromkeys(timed["path"])]
-    handles += [
-        Line2D([], [], linestyle="", marker=_framework_marker(f), color="0.3", label=f)
-        for f in dict.fromkeys(timed["framework"])
-    ]
+    handles: list = [Patch(color=c, label=p) for p, c in colors.items()]
+    handles += [Line2D([], [], linestyle="", marker=m, color=NEUTRAL, label=f) for f, (_, m) in marks.items()]
     handles += [
         Line2D([], [], linestyle="", marker="h", markersize=8, color="0.3", label="filled: never breaks"),
         Line2D([], [], linestyle="", marker="h", markersize=8, mfc="none", color="0.3", label="hollow: breaks"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8, frameon=False)
-    fig.suptitle("Accuracy vs time: up and to the left is better (dotted line: all p bits correct)")
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
-    _save(fig, out_path)
+    fitted_legend(fig, handles)
+    title = "Accuracy vs time: up and to the left is better (dotted line: all p bits correct)"
+    fig.suptitle(wrap(title, fig, 12), fontsize=12)
+    return fig
+
+
+def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path) -> None:
+    save(accuracy_vs_time_figure(errors, timings), out_path)
