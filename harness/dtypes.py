@@ -88,20 +88,47 @@ DTYPES: dict[str, FloatFormat] = {
 }
 
 
+NUMPY_ROUNDS_ONCE = ("float16", "float32", "float64")  # NumPy's casts from float64 round correctly
+
+
 def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """Round float64 values to `dtype`, correctly (to nearest, ties to even), in that dtype.
 
-    Done here rather than by a cast because ml_dtypes casts float64 to bfloat16 through
-    float32, which rounds twice (1 + 2**-8 + 2**-30 would become 1 instead of 1 + 2**-7).
+    NumPy's own casts do this for float16 and float32. bfloat16 is rounded here on the bits,
+    because ml_dtypes casts float64 to bfloat16 through float32, which rounds twice
+    (1 + 2**-8 + 2**-30 would become 1 instead of 1 + 2**-7).
     """
     fmt = DTYPES[dtype]
     values = np.asarray(values, dtype=np.float64)
-    if fmt.precision >= 53:
-        return values.astype(fmt.numpy_type)
+    if dtype in NUMPY_ROUNDS_ONCE:
+        with np.errstate(over="ignore"):
+            return values.astype(fmt.numpy_type)
+    with np.errstate(over="ignore"):
+        rounded = _round_significand(values, fmt.precision)
+        subnormal = np.abs(values) < fmt.smallest_normal
+        if subnormal.any():
+            rounded[subnormal] = round_by_quantum(values[subnormal], fmt)
+        return rounded.astype(fmt.numpy_type)  # exact now: inf past the largest finite
+
+
+def _round_significand(values: np.ndarray, precision: int) -> np.ndarray:
+    """Float64 values rounded to `precision` significand bits, to nearest even, on the bit
+    pattern: add half the dropped unit (less one, plus the last kept bit), then clear the dropped
+    bits. A carry moves into the exponent, as it should. Right for float64's normal numbers."""
+    drop = np.uint64(53 - precision)
+    bits = np.ascontiguousarray(values).view(np.uint64)
+    last_kept = (bits >> drop) & np.uint64(1)
+    half_less_one = (np.uint64(1) << (drop - np.uint64(1))) - np.uint64(1)
+    rounded = ((bits + half_less_one + last_kept) >> drop) << drop
+    return np.where(np.isfinite(values), rounded.view(np.float64), values)
+
+
+def round_by_quantum(values: np.ndarray, fmt: FloatFormat) -> np.ndarray:
+    """The same rounding by dividing by the format's spacing at each value (any range, slower)."""
     _, exponent = np.frexp(values)  # values = m * 2**exponent, 0.5 <= |m| < 1
     quantum_exponent = np.maximum(exponent - fmt.precision, fmt.min_exponent + 1 - fmt.precision)
     quantum = np.ldexp(1.0, quantum_exponent)
     with np.errstate(over="ignore", invalid="ignore"):
         rounded = np.rint(values / quantum) * quantum
         rounded = np.where(np.abs(rounded) > fmt.max_finite, np.copysign(np.inf, values), rounded)
-        return np.where(np.isfinite(values), rounded, values).astype(fmt.numpy_type)
+        return np.where(np.isfinite(values), rounded, values)

@@ -133,3 +133,19 @@ def test_rounds_to_zero_at_half_the_smallest_subnormal():
         False,
         False,
     ]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_round_to_agrees_with_rounding_by_the_spacing(rng, dtype):
+    """The fast roundings (NumPy casts; bfloat16 on the bits) against dividing by the spacing,
+    on random values over every binade and on exact ties and their neighbours."""
+    from harness.dtypes import round_by_quantum
+
+    fmt = DTYPES[dtype]
+    values = rng.standard_normal(20000) * 10.0 ** rng.integers(-330, 300, 20000)
+    kept = rng.integers(2 ** (fmt.precision - 1), 2**fmt.precision, 5000).astype(np.float64)
+    ties = np.ldexp(kept + 0.5, rng.integers(fmt.min_exponent - 12, 130, 5000) - fmt.precision + 1)
+    values = np.concatenate([values, ties, np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf), -ties])
+    values = np.concatenate([values, [0.0, np.inf, -np.inf, fmt.max_finite, fmt.max_finite + fmt.half_ulp_at_max]])
+    with np.errstate(over="ignore"):
+        assert np.array_equal(round_to(values, dtype).astype(np.float64), round_by_quantum(values, fmt))
