@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.outputs.styles import line_styles  # noqa: E402
 from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text  # noqa: E402
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -35,11 +36,17 @@ def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None
     cells = row_errors[row_errors["scale"] == scale]
     dtypes = list(dict.fromkeys(cells["dtype"]))
     fig, axes = plt.subplots(1, len(dtypes), figsize=(4.2 * len(dtypes), 4), sharey=True, squeeze=False)
+    styles = line_styles(cells)  # colour by path, line style by framework: no two lines alike
     for ax, dtype in zip(axes[0], dtypes, strict=True):
         for (framework, path), line in cells[cells["dtype"] == dtype].groupby(["framework", "path"], sort=False):
             errors = np.sort(np.where(np.isfinite(line["computed"]), line["ulp_err"], np.inf))
+            style = styles[(framework, path)]
             ax.step(
-                np.clip(errors, 1e-3, 1e12), np.arange(1, len(errors) + 1) / len(errors), label=f"{framework}/{path}"
+                np.clip(errors, 1e-3, 1e12),
+                np.arange(1, len(errors) + 1) / len(errors),
+                label=f"{framework}/{path}",
+                color=style.color,
+                linestyle=style.linestyle,
             )
         ax.set(xscale="log", title=dtype, xlabel="ulp error (non-finite at the right edge)")
     axes[0][0].set_ylabel("fraction of rows")

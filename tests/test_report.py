@@ -45,12 +45,14 @@ def run_dir(measured_run, tmp_path):
 @pytest.fixture
 def no_frameworks(monkeypatch):
     """Make any attempt to run a framework fail: the report must only read the folder."""
+    import harness.backends
     import harness.paths
 
     def refuse(framework):
         raise AssertionError(f"the report tried to load {framework}")
 
-    monkeypatch.setattr(harness.paths, "load", refuse)
+    monkeypatch.setattr(harness.backends, "load", refuse)
+    monkeypatch.setattr(harness.paths, "implementations_module", refuse)
 
 
 def test_report_is_built_from_the_folder_alone(run_dir, no_frameworks):
@@ -59,10 +61,36 @@ def test_report_is_built_from_the_folder_alone(run_dir, no_frameworks):
     for name in ("breakdown.csv", "breakdown.parquet", "plots/heatmap_float16.png", "plots/heatmap_float32.png"):
         assert (run_dir / name).is_file(), name
     markdown = md_path.read_text()
-    for heading in ("## Key findings", "## What was run", "## Environment", "## summary.md", "## Breakdown against"):
-        assert heading in markdown
     for plot in (run_dir / "plots").glob("*.png"):
         assert f"](plots/{plot.name})" in markdown, plot.name
+
+
+def test_report_leads_with_findings_and_ends_with_how_it_was_produced(run_dir):
+    (run_dir / "plots" / "heatmap_bfloat16.png").write_bytes((run_dir / "plots" / "heatmap_float16.png").read_bytes())
+    markdown = report.build_report(run_dir)[0].read_text()
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Key findings", "## summary.md", "## Breakdown against theory"]
+    assert headings[-1] == "## How it was produced"
+    tail = markdown[markdown.index("## How it was produced") :]
+    assert ["### Command and configuration", "### Environment", "### Files"] == [
+        line for line in tail.splitlines() if line.startswith("### ")
+    ]
+    # heatmaps in dtype order, not alphabetical (bfloat16 would come first)
+    shown = re.findall(r"\]\(plots/(heatmap_\w+)\.png\)", markdown)
+    assert shown == ["heatmap_float16", "heatmap_bfloat16", "heatmap_float32"]
+
+
+def test_the_configuration_appears_once(run_dir):
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text("frameworks: [numpy, torch]\nseed: 424242\n")
+    environment = {"python": "3.11.7", "command": ["python", "-m", "harness"], "config": {"seed": 424242}}
+    (run_dir / "environment.json").write_text(json.dumps(environment))
+    (run_dir / "sweep.json").write_text(json.dumps({"seed": 424242}))
+    markdown = report.build_report(run_dir)[0].read_text()
+    assert markdown.count("424242") == 1  # the resolved config; not again from sweep.json or environment.json
+    assert "The settings as validated are in `sweep.json`." in markdown
+    assert "| python | 3.11.7 |" in markdown and "| config." not in markdown and "| command |" not in markdown
 
 
 def test_html_holds_its_images_inline(run_dir):

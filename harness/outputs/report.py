@@ -1,10 +1,11 @@
 """The report of a run, rebuilt from its results folder alone: report.md and a self-contained report.html.
 
 `python -m harness.outputs.report RUN_DIR` recomputes the breakdown table and the correct-bits heatmaps
-from errors.parquet, then writes the report; nothing is rerun. The report shows what was run
-(.hydra/), the environment (environment.json, or the versions found when the report is built),
-key findings written from the breakdown table, every Markdown summary, every table and every plot
-in the folder. The HTML embeds its images as data URIs and holds its own style: it opens offline.
+from errors.parquet, then writes the report; nothing is rerun. The report leads with what was found:
+key findings written from the breakdown table, every Markdown summary, the breakdown, every plot
+(heatmaps in dtype order) and table in the folder; it ends with how it was produced: the command
+and configuration (.hydra/, shown once), the environment (environment.json, or the versions found
+when the report is built) and the files. The HTML embeds its images as data URIs and holds its own style: it opens offline.
 This module reads the folder and assembles the Markdown; the heatmaps are drawn by harness.outputs.heatmaps,
 the findings written by harness.outputs.findings and the HTML rendered by harness.outputs.html_page.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.dtypes import DTYPES
 from harness.outputs import breakdown, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
@@ -31,7 +33,7 @@ from harness.sweep.environment import cpu_model, package_versions
 from harness.tools.cli import OneLineParser, non_negative
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
-ERRORS, ENVIRONMENT = "errors.parquet", "environment.json"
+ERRORS, ENVIRONMENT, SETTINGS = "errors.parquet", "environment.json", "sweep.json"
 MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
 OWN_FILES = {REPORT_MD, REPORT_HTML}
 SECTION_TABLES = ("errors", "breakdown", "grad_errors", "grad_breakdown", "timings")  # shown in their own sections
@@ -256,8 +258,15 @@ def table_section(run_dir: Path, path: Path) -> list[str]:
     return lines + [frame_markdown(frame), ""]
 
 
+def plot_order(path: Path) -> tuple:
+    """Sort key: by name, but a name ending in a dtype (heatmap_float16) in dtype order, not alphabetical."""
+    stem, _, last = path.stem.rpartition("_")
+    dtypes = list(DTYPES)
+    return (stem, dtypes.index(last), "") if last in dtypes else (path.stem, -1, path.as_posix())
+
+
 def plot_files(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.rglob("*.png") if p.is_file())
+    return sorted((p for p in run_dir.rglob("*.png") if p.is_file()), key=plot_order)
 
 
 def _yaml_text(config: dict) -> str:
@@ -287,29 +296,35 @@ def record_section(path: Path) -> list[str]:
 
 
 def run_section(run_dir: Path) -> list[str]:
-    """What was run: the command and resolved config from .hydra/, and the folder's JSON records."""
+    """The command and the configuration, once: the resolved .hydra/config.yaml, else sweep.json;
+    then the folder's other JSON records."""
     config, config_note = run_config(run_dir)
     command, cwd = run_command(run_dir)
-    lines = ["## What was run", ""]
+    lines = ["### Command and configuration", ""]
     if command:
         lines += ["Command" + (f" (run in `{cwd}`)" if cwd else "") + ":", "", "```", command, "```", ""]
     else:
         lines += ["The command was not recorded (no .hydra/ in the folder).", ""]
+    records = sorted(p for p in run_dir.glob("*.json") if p.name != ENVIRONMENT)
     if config:
         lines += [f"Configuration, {config_note} (floats to 6 significant digits):", "", "```yaml"]
         lines += [_yaml_text(config), "```", ""]
+        if (run_dir / SETTINGS).is_file():
+            lines += [f"The settings as validated are in `{SETTINGS}`.", ""]
+            records.remove(run_dir / SETTINGS)
     else:
         lines += [f"Configuration: {config_note}.", ""]
-    for path in sorted(run_dir.glob("*.json")):
-        if path.name != ENVIRONMENT:
-            lines += record_section(path)
+    for path in records:
+        lines += record_section(path)
     return lines
 
 
 def environment_section(run_dir: Path) -> list[str]:
+    """environment.json without the command and configuration, which the section above shows."""
     pairs, note = environment(run_dir)
+    pairs = [(key, value) for key, value in pairs if key != "command" and not key.startswith("config.")]
     return [
-        "## Environment",
+        "### Environment",
         "",
         f"Source: {note}.",
         "",
@@ -361,12 +376,11 @@ def gradient_section(run_dir: Path, plots: list[Path]) -> list[str]:
 
 
 def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) -> str:
-    built = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    """What was found first (findings, summaries, breakdown, plots, gradients, timing, other
+    tables), then how it was produced (command and configuration, environment, files)."""
     lines = [
         f"# Report: {experiment_name(run_dir)}",
         "",
-        f"Results folder `{run_dir.resolve()}`; report built {built} from the folder alone "
-        "(`python -m harness.outputs.report`).",
         f"{len(errors)} cells: "
         + ", ".join(_count(errors[column].nunique(), column) for column in GRID_COLUMNS)
         + f" from {_g(errors['scale'].min())} to {_g(errors['scale'].max())}.",
@@ -376,7 +390,6 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         *[f"- {sentence}" for sentence in key_findings(table, errors)],
         "",
     ]
-    lines += run_section(run_dir) + environment_section(run_dir)
     for path in sorted(run_dir.glob("*.md")):
         if path.name not in OWN_FILES:
             lines += [f"## {path.name}", "", demote(path.read_text(), 2).rstrip(), ""]
@@ -387,14 +400,26 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
     grad_plots = [p for p in plots if p.name.startswith("grad_")]
     lines += plot_section("Heatmaps of correct bits", heatmaps, run_dir, HEATMAP_NOTE)
     lines += plot_section("Plots", [p for p in plots if p not in heatmaps + timing_plots + grad_plots], run_dir)
-    lines += timing_section(run_dir, timing_plots) + gradient_section(run_dir, grad_plots)
+    lines += gradient_section(run_dir, grad_plots) + timing_section(run_dir, timing_plots)
     extra = other_tables(run_dir)
     if extra:
         lines += ["## Other tables", ""]
         for path in extra:
             lines += table_section(run_dir, path)
-    lines += ["## Files", "", *file_list(run_dir), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + provenance_section(run_dir))
+
+
+def provenance_section(run_dir: Path) -> list[str]:
+    built = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    lines = [
+        "## How it was produced",
+        "",
+        f"Results folder `{run_dir.resolve()}`; this report was built {built} from the folder alone "
+        "(`python -m harness.outputs.report`).",
+        "",
+    ]
+    lines += run_section(run_dir) + environment_section(run_dir)
+    return lines + ["### Files", "", *file_list(run_dir), ""]
 
 
 def file_list(run_dir: Path) -> list[str]:
