@@ -5,9 +5,10 @@ from errors.parquet, then writes the report; nothing is rerun. The report leads 
 key findings written from the breakdown table, every Markdown summary, the breakdown, every plot
 (heatmaps in dtype order) and table in the folder; it ends with how it was produced: the command
 and configuration (.hydra/, shown once), the environment (environment.json, or the versions found
-when the report is built) and the files. The HTML embeds its images as data URIs and holds its own style: it opens offline.
-This module reads the folder and assembles the Markdown; the heatmaps are drawn by harness.outputs.heatmaps,
-the findings written by harness.outputs.findings and the HTML rendered by harness.outputs.html_page.
+when the report is built) and the files. The HTML embeds its images as data URIs and holds its own
+style: it opens offline. This module reads the folder and assembles the Markdown; the heatmaps are
+drawn by harness.outputs.heatmaps, the findings written by harness.outputs.findings and the HTML
+rendered by harness.outputs.html_page.
 """
 
 from __future__ import annotations
