@@ -16,7 +16,7 @@ from harness.paths import build, numpy_paths
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
 SEED_LABELS = np.array([0, 1, 2])
 TOLERANCE = 2.0**-75  # exact_gradient claims > 20 bits beyond float64 for every entry ...
-FLOOR = 2.0**-1072  # ... down to a few units of 2**-1074 for entries below about 2**-969
+FLOOR = mpmath.mpf(2) ** -1094  # ... and 2**-20 units of 2**-1074 for subnormal ones
 
 
 def mp_gradient(row, label: int) -> list:
@@ -54,11 +54,11 @@ def moderate_logits(scale: float):
 
 
 def assert_matches_mpmath(logits, labels):
-    hi, lo = exact_gradient(logits, labels)
-    assert hi.shape == lo.shape == logits.shape
+    hi, lo, exponent = exact_gradient(logits, labels)
+    assert hi.shape == lo.shape == exponent.shape == logits.shape
     for i, label in enumerate(labels):
         for j, exact in enumerate(mp_gradient(logits[i], label)):
-            error = abs(dd_value(hi[i, j], lo[i, j]) - exact)
+            error = abs(dd_value(hi[i, j], lo[i, j]) * mpmath.mpf(2) ** int(exponent[i, j]) - exact)
             assert error <= max(TOLERANCE * abs(exact), FLOOR), (i, j, hi[i, j], exact)
 
 
@@ -75,7 +75,7 @@ def test_exact_gradient_seed_article_ties_and_extremes():
     assert_matches_mpmath(SEED_LOGITS, SEED_LABELS)
     ties = np.array([[5.0, 5.0, 1.0], [5.0, 5.0, 1.0], [0.5, 0.5, 0.5], [-3.0, 700.0, 0.0]])
     assert_matches_mpmath(ties, np.array([0, 1, 2, 1]))
-    # 1 - p[y] = 2 e**-700 = 1.97e-304, below 2**-969: held to float64's absolute resolution
+    # 1 - p[y] = 2 e**-700 = 1.97e-304 and p[2] = e**-745.5 = 2.9e-324, held with an exponent
     extremes = np.array([[700.0, 0.0, 0.0], [0.0, -600.0, 3.0], [0.0, 30.0, -745.5]])
     assert_matches_mpmath(extremes, np.array([0, 0, 1]))
 
@@ -87,7 +87,8 @@ def test_exact_gradient_large_vocabulary(rng):
 
 def test_exact_gradient_rows_sum_to_zero(rng):
     logits = rng.standard_normal((6, 500)) * 10.0
-    hi, lo = exact_gradient(logits, rng.integers(0, 500, 6))
+    hi, lo, exponent = exact_gradient(logits, rng.integers(0, 500, 6))
+    assert not exponent.any()  # scale 10 on 500 classes: every entry above 2**-960
     assert np.all(np.abs(hi.sum(axis=1) + lo.sum(axis=1)) < 1e-15)  # each entry to 2**-75: the sum too
 
 
@@ -172,7 +173,9 @@ def test_naive_backward_breaks_where_autodiff_does(dtype):
     logits = np.array([[t - 2.0, t - 4.0], [t - 0.2, t - 0.2], [t + 0.6, t - 3.0], [t - 1.0, t - 3.0]])
     for label in (0, 1):
         labels = np.full(4, label)
-        finite = {f: np.isfinite(gradient(f, "naive", logits, labels, dtype)[0]).all(axis=1) for f in backends.FRAMEWORKS}
+        finite = {
+            f: np.isfinite(gradient(f, "naive", logits, labels, dtype)[0]).all(axis=1) for f in backends.FRAMEWORKS
+        }
         assert finite["numpy"].tolist() == [True, False, False, True]
         assert finite["torch"].tolist() == finite["numpy"].tolist()
         assert not (finite["jax"] & ~finite["numpy"]).any()  # JAX breaks no later

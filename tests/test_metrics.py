@@ -73,3 +73,53 @@ def test_cell_metrics_reports_the_bound_in_ulps_and_the_fraction_within():
     cell = metrics.cell_metrics(np.array([1.0, 1.0 + 2**-40]), hi, lo, F64, bound=np.array([2.0**-45, 2.0**-45]))
     assert cell["bound_ulp"] == 2.0**7  # 2**-45 in ulps of 1 (2**-52)
     assert cell["frac_within_bound"] == 0.5
+
+
+# --- exact values held as (hi + lo) 2**exponent, below float64's range ---------------------------
+
+
+def scaled(hi, exponent):
+    return np.array([hi]), np.array([0.0]), np.array([exponent])
+
+
+def test_a_computed_zero_against_an_exact_value_below_2_to_the_minus_1075():
+    hi, lo, k = scaled(1.5, -1100)  # exact 1.5 * 2**-1100, float64 would hold 0
+    zero = np.array([0.0])
+    assert metrics.rel_error(zero, hi, lo, k)[0] == 1.0
+    assert metrics.abs_error(zero, hi, lo, k)[0] == 0.0  # 2**-1099.4 rounds to 0 in float64
+    assert metrics.ulp_error(zero, hi, lo, F64, k)[0] == 1.5 * 2.0**-26  # in units of 2**-1074
+    assert metrics.ulp_error(zero, hi, lo, F32, k)[0] == 1.5 * 2.0**-951  # in units of 2**-149
+    assert metrics.exponent_of(hi, lo, k)[0] == -1100
+    assert metrics.ulp(hi, lo, F64, k)[0] == 2.0**-1074
+
+
+def test_subnormal_exact_values_are_measured_to_fractions_of_2_to_the_minus_1074():
+    smallest = 2.0**-1074
+    hi, lo, k = scaled(1.0, -1076)  # a quarter of the smallest subnormal
+    assert metrics.ulp_error(np.array([smallest]), hi, lo, F64, k)[0] == 0.75
+    hi, lo, k = scaled(3.0, -1075)  # 1.5 units: halfway between 1 and 2 units
+    assert metrics.ulp_error(np.array([smallest]), hi, lo, F64, k)[0] == 0.5
+    assert metrics.ulp_error(np.array([2 * smallest]), hi, lo, F64, k)[0] == 0.5
+
+
+def test_a_computed_value_far_above_a_tiny_exact_one():
+    hi, lo, k = scaled(1.0, -1100)
+    one = np.array([1.0])
+    assert metrics.abs_error(one, hi, lo, k)[0] == 1.0
+    assert metrics.ulp_error(one, hi, lo, F32, k)[0] == 2.0**149
+
+
+def test_bound_ulp_is_finite_on_a_tiny_exact_loss():
+    # an absolute bound of 1e-10 over float64's 2**-1074 is 2e313 ulps: beyond float64, reads as its largest
+    hi, lo, k = scaled(1.0, -1100)
+    cell = metrics.cell_metrics(np.array([0.0]), hi, lo, F64, bound=np.array([1e-10]), exponent=k)
+    assert cell["bound_ulp"] == np.finfo(np.float64).max
+    assert cell["max_rel_err"] == 1.0 and cell["frac_within_bound"] == 1.0
+
+
+def test_gradient_row_relative_error_of_a_row_of_tiny_entries():
+    # exact row (-1, 0.5, 0.5) * 2**-1100, computed as zeros: each error over the largest entry
+    hi = np.array([[-1.0, 0.5, 0.5]])
+    grad = metrics.gradient_metrics(np.zeros((1, 3)), hi, np.zeros((1, 3)), F64, np.full((1, 3), -1100))
+    assert grad["max_row_rel_err"] == 1.0 and grad["max_abs_err"] == 0.0
+    assert grad["max_ulp_err"] == 2.0**-26

@@ -8,12 +8,14 @@ A double-double (dd) number is an unevaluated sum ``hi + lo`` of two float64 arr
 Accuracy: ``add`` and ``mul`` are good to about 2**-104 relative; ``exp`` and ``log1p`` to about
 2**-80 (both checked against mpmath in the tests), more than 20 bits beyond float64. Results
 below about 2**-969 are good to a few units of 2**-1074 only (float64's absolute resolution),
-because ``lo`` underflows there.
+because ``lo`` underflows there. Values that small are carried instead as an `ExactValue`, a dd
+times 2**exponent with an integer exponent array (``scaled_exp``), so nothing underflows.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -159,3 +161,58 @@ def log1p(th, tl):
     rh, rl = add(ph, pl, -1.0, 0.0)
     nh, nl = fast_two_sum(l0, rh + rl)
     return np.where(small, sh, nh), np.where(small, sl, nl)
+
+
+LN2_HI, LN2_LO = 0.6931471805599453, 2.3190468138462996e-17  # ln 2 as a dd, to 2**-107
+HELD_FROM = 2.0**-960  # values at least this large keep exponent 0: hi + lo holds them to 2**-106
+_SCALED_EXP_FLOOR = -(2.0**40)  # exp of anything below is held as exp(-2**40), far under 2**-1075
+
+
+class ExactValue(NamedTuple):
+    """Elementwise exact = (hi + lo) * 2**exponent, exponent an int64 array.
+
+    exponent is 0 wherever the value is at least 2**-960 (``HELD_FROM``), where hi + lo alone
+    holds it; only smaller values, which float64 cannot hold to 2**-75, carry a negative one.
+    """
+
+    hi: np.ndarray
+    lo: np.ndarray
+    exponent: np.ndarray
+
+    @classmethod
+    def of(cls, hi, lo) -> ExactValue:
+        """An ordinary dd, exponent 0."""
+        return cls(hi, lo, np.zeros(np.shape(hi), dtype=np.int64))
+
+    def to_float64(self) -> np.ndarray:
+        """The float64 value (0 below 2**-1075); off by at most one unit of 2**-1074 below 2**-1022."""
+        return np.ldexp(self.hi, self.exponent)
+
+
+def normalized(hi, lo, exponent) -> ExactValue:
+    """The same values with exponent 0 wherever they are at least 2**-960 (exact shifts)."""
+    exponent = np.asarray(exponent, dtype=np.int64)
+    held = (hi != 0) & (np.frexp(hi)[1] + exponent > np.log2(HELD_FROM))
+    shift = np.where(held, exponent, 0)
+    return ExactValue(np.ldexp(hi, shift), np.ldexp(lo, shift), exponent - shift)
+
+
+def scaled_exp(xh, xl) -> ExactValue:
+    """exp of a finite dd argument x <= 0 as an ExactValue: nothing underflows.
+
+    x = k ln2 + r with k = ceil(xh / ln2) + 1, so r lies in (-2 ln2, -ln2] and exp(r) in
+    (1/4, 1/2] comes from ``exp``; r = x - k ln2 is formed in dd (error about 2**-104 |x|, so
+    2**-94 relative for |x| < 1000). Arguments below -2**40 are held as exp(-2**40).
+    """
+    xh = np.maximum(np.asarray(xh, dtype=np.float64), _SCALED_EXP_FLOOR)
+    xl = np.where(xh == _SCALED_EXP_FLOOR, 0.0, np.asarray(xl, dtype=np.float64))
+    k = np.ceil(xh / LN2_HI) + 1.0
+    ph, pl = two_prod(k, LN2_HI)
+    rh, rl = add(xh, xl, -ph, -(pl + k * LN2_LO))
+    eh, el = exp(rh, rl)
+    return normalized(eh, el, k.astype(np.int64))
+
+
+def binary_exponent(value: ExactValue) -> np.ndarray:
+    """floor(log2 |hi|) + exponent, as int64 (hi != 0); the binade of the value up to lo's rounding."""
+    return np.frexp(value.hi)[1].astype(np.int64) - 1 + value.exponent

@@ -1,8 +1,11 @@
 """Error metrics of computed losses against the exact reference: the one place they are defined.
 
-The exact value is a double-double (hi, lo). Errors are measured in float64 from it, never from
-a rounded copy: err = |(computed - hi) - lo|, where computed - hi is exact whenever the two are
-close (Sterbenz), so sub-ulp float64 errors survive.
+The exact value is a double-double (hi, lo) times 2**exponent (an integer array, 0 except for
+values below 2**-960; see `harness.exact.dd.ExactValue`). Errors are measured in float64 from it,
+never from a rounded copy, in the scaled domain: err = |(computed 2**-exponent - hi) - lo|, where
+the shift is exact and computed - hi is exact whenever the two are close (Sterbenz), so sub-ulp
+float64 errors survive, and an exact value too small for float64 still counts: a computed 0
+against it has relative error 1 and an ulp error of exact / (the dtype's smallest subnormal).
 
 An error in ulps is err / ulp(exact), the ulp taken in the output dtype at the exact value:
 ulp(v) = 2**(max(e, emin) - p + 1) with e = floor(log2 |v|), p the dtype's significand bits and
@@ -44,34 +47,65 @@ def correct_bits(max_ulp_err, precision: int):
     return float(bits) if bits.ndim == 0 else bits
 
 
-def exponent_of(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """floor(log2 |hi + lo|) as float (-inf for zero), exact also just below a power of two."""
-    mantissa, exponent = np.frexp(hi)
-    e = exponent.astype(np.float64) - 1.0
+def exponent_of(hi: np.ndarray, lo: np.ndarray, exponent=0) -> np.ndarray:
+    """floor(log2 |(hi + lo) 2**exponent|) as float (-inf for zero), exact also just below a power of two."""
+    mantissa, e = np.frexp(hi)
+    e = e.astype(np.float64) - 1.0 + exponent
     just_below_power_of_two = (np.abs(mantissa) == 0.5) & (np.sign(lo) == -np.sign(hi)) & (lo != 0)
     e = np.where(just_below_power_of_two, e - 1.0, e)
     return np.where(hi == 0, -np.inf, e)
 
 
-def ulp(hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> np.ndarray:
-    """Spacing of `fmt` at the exact value hi + lo."""
-    e = np.maximum(exponent_of(hi, lo), fmt.min_exponent)
-    return np.ldexp(1.0, (e - fmt.precision + 1).astype(np.int64))
+def _ulp_exponent(hi, lo, fmt: FloatFormat, exponent=0) -> np.ndarray:
+    """log2 of `fmt`'s spacing at the exact value: an integer, at least fmt's subnormal spacing."""
+    return (np.maximum(exponent_of(hi, lo, exponent), fmt.min_exponent) - fmt.precision + 1).astype(np.int64)
 
 
-def abs_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+def ulp(hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, exponent=0) -> np.ndarray:
+    """Spacing of `fmt` at the exact value (hi + lo) 2**exponent."""
+    return np.ldexp(1.0, _ulp_exponent(hi, lo, fmt, exponent))
+
+
+def _error_in_units(computed, hi, lo, exponent, unit) -> np.ndarray:
+    """|computed - (hi + lo) 2**exponent| / 2**unit, from the error in the scaled domain.
+
+    Where computed 2**-exponent passes float64's range (a computed value far above an exact one
+    below 2**-960) the exact value is below computed's last bit, and the error is |computed|.
+    """
+    computed = np.asarray(computed, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.abs((np.asarray(computed, dtype=np.float64) - hi) - lo)
+        scaled = np.abs((np.ldexp(computed, -np.asarray(exponent, dtype=np.int64)) - hi) - lo)
+        beyond = np.isinf(scaled) & np.isfinite(computed)
+        shift = np.asarray(exponent - unit, dtype=np.float64)
+        in_units = np.ldexp(scaled, np.where(np.isfinite(shift), shift, 0).astype(np.int64))
+        return np.where(beyond, np.ldexp(np.abs(computed), -np.asarray(unit, dtype=np.int64)), in_units)
 
 
-def ulp_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> np.ndarray:
-    return abs_error(computed, hi, lo) / ulp(hi, lo, fmt)
+def abs_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, exponent=0) -> np.ndarray:
+    """|computed - exact| in float64 (0 where it is below 2**-1075)."""
+    return _error_in_units(computed, hi, lo, exponent, 0)
 
 
-def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    err = abs_error(computed, hi, lo)
+def ulp_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, exponent=0) -> np.ndarray:
+    return _error_in_units(computed, hi, lo, exponent, _ulp_exponent(hi, lo, fmt, exponent))
+
+
+def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, exponent=0) -> np.ndarray:
+    """|computed - exact| / |exact|; 0 for an exact hit, inf for a miss of an exact 0."""
+    mantissa, e = np.frexp(hi)  # |hi| = |mantissa| 2**e
+    err = _error_in_units(computed, hi, lo, exponent, e + np.asarray(exponent, dtype=np.int64))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(err == 0, 0.0, err / np.abs(hi))
+        return np.where(err == 0, 0.0, err / np.abs(mantissa))
+
+
+def _row_relative_error(computed, hi, lo, exponent) -> np.ndarray:
+    """Each entry's error over its row's largest exact entry, the scale taken in powers of two."""
+    binade = exponent_of(hi, lo, exponent)
+    top = binade.max(axis=1, keepdims=True)  # floor(log2) of the row's largest entry
+    top = np.where(np.isfinite(top), top, 0.0).astype(np.int64)
+    largest = np.ldexp(np.abs(hi), exponent - top).max(axis=1, keepdims=True)  # in [1, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _error_in_units(computed, hi, lo, exponent, top) / largest
 
 
 def lse_bound(logits: np.ndarray, labels: np.ndarray, loss: np.ndarray, fmt: FloatFormat) -> np.ndarray:
@@ -96,31 +130,38 @@ def output_status(computed: np.ndarray) -> str:
     return OK
 
 
-def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, bound=None) -> dict:
+def cell_metrics(
+    computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, bound=None, exponent=0
+) -> dict:
     """Status and error summary of one cell; errors are over its finite rows (NaN if none).
 
     `bound` is the per-row absolute error bound (lse_bound): bound_ulp is its largest value in
-    ulps, frac_within_bound the fraction of finite rows whose error is within it.
+    ulps, frac_within_bound the fraction of finite rows whose error is within it. bound_ulp is
+    never inf: a bound beyond float64's range in ulps (an absolute bound on a tiny exact loss)
+    reads as the largest float64, 1.8e308. `exponent` scales the exact values (see module doc).
     """
     computed = np.asarray(computed, dtype=np.float64)
     finite = np.isfinite(computed)
     metrics = {"status": output_status(computed), "n_nonfinite": int((~finite).sum())}
     if not finite.any():
         return metrics | {name: np.nan for name in METRIC_COLUMNS[1:]}
-    c, h, l = computed[finite], hi[finite], lo[finite]
-    abs_err = abs_error(c, h, l)
-    ulp_err = ulp_error(c, h, l, fmt)
+    exponent = np.broadcast_to(np.asarray(exponent, dtype=np.int64), np.shape(hi))
+    c, h, l, k = computed[finite], hi[finite], lo[finite], exponent[finite]
+    abs_err = abs_error(c, h, l, k)
+    ulp_err = ulp_error(c, h, l, fmt, k)
     metrics |= {
         "max_abs_err": float(abs_err.max()),
         "median_abs_err": float(np.median(abs_err)),
-        "max_rel_err": float(rel_error(c, h, l).max()),
+        "max_rel_err": float(rel_error(c, h, l, k).max()),
         "max_ulp_err": float(ulp_err.max()),
         "median_ulp_err": float(np.median(ulp_err)),
     }
     if bound is None:
         return metrics | {"bound_ulp": np.nan, "frac_within_bound": np.nan}
+    with np.errstate(over="ignore"):
+        bound_ulp = np.minimum(bound / ulp(hi, lo, fmt, exponent), np.finfo(np.float64).max)
     return metrics | {
-        "bound_ulp": float((bound / ulp(hi, lo, fmt)).max()),
+        "bound_ulp": float(bound_ulp.max()),
         "frac_within_bound": float((abs_err <= bound[finite]).mean()),
     }
 
@@ -128,7 +169,7 @@ def cell_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: Floa
 GRAD_METRIC_COLUMNS = ("n_nonfinite", "max_abs_err", "max_row_rel_err", "max_ulp_err", "median_ulp_err")
 
 
-def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat) -> dict:
+def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: FloatFormat, exponent=0) -> dict:
     """Status and error summary of one cell's gradient (rows, classes) against the exact one.
 
     max_row_rel_err divides each entry's error by its row's largest exact entry: the scale that
@@ -140,13 +181,13 @@ def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: 
     metrics = {"status": output_status(computed), "n_nonfinite": int((~finite_rows).sum())}
     if not finite_rows.any():
         return metrics | {name: np.nan for name in GRAD_METRIC_COLUMNS[1:]}
-    c, h, l = computed[finite_rows], hi[finite_rows], lo[finite_rows]
-    abs_err = abs_error(c, h, l)
-    row_scale = np.abs(h).max(axis=1, keepdims=True)
-    ulp_err = abs_err / ulp(h, l, fmt)
+    exponent = np.broadcast_to(np.asarray(exponent, dtype=np.int64), np.shape(hi))
+    c, h, l, k = computed[finite_rows], hi[finite_rows], lo[finite_rows], exponent[finite_rows]
+    abs_err = abs_error(c, h, l, k)
+    ulp_err = ulp_error(c, h, l, fmt, k)
     return metrics | {
         "max_abs_err": float(abs_err.max()),
-        "max_row_rel_err": float((abs_err / row_scale).max()),
+        "max_row_rel_err": float(_row_relative_error(c, h, l, k).max()),
         "max_ulp_err": float(ulp_err.max()),
         "median_ulp_err": float(np.median(ulp_err)),
     }

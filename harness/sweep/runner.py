@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
+from harness.exact.dd import ExactValue
 from harness.exact.gradient import exact_gradient
 from harness.exact.reference import exact_cross_entropy
 from harness.outputs import plots, report, tables, timing_plots
@@ -40,31 +41,33 @@ def compute(fn, native, backend, dtype: str) -> tuple[np.ndarray, str]:
     return round_to(values, dtype).astype(np.float64), f"returned {returned}; rounded to {dtype}"
 
 
-def per_row(labels, computed, hi, lo, fmt: FloatFormat) -> dict:
+def per_row(labels, computed, hi, lo, fmt: FloatFormat, exponent=0) -> dict:
     """The per-row errors of one cell, as lists (for the journal and row_errors)."""
     return {
         "row": list(range(len(hi))),
         "label": [int(v) for v in labels],
-        "exact_loss": hi.tolist(),
+        "exact_loss": np.ldexp(hi, exponent).tolist(),
         "computed": computed.tolist(),
-        "abs_err": metrics.abs_error(computed, hi, lo).tolist(),
-        "ulp_err": metrics.ulp_error(computed, hi, lo, fmt).tolist(),
+        "abs_err": metrics.abs_error(computed, hi, lo, exponent).tolist(),
+        "ulp_err": metrics.ulp_error(computed, hi, lo, fmt, exponent).tolist(),
     }
 
 
 @dataclass(frozen=True)
 class Exact:
-    """The exact values of one input, computed once: loss (hi, lo), its error bound, the gradient."""
+    """The exact values of one input, computed once: loss (hi + lo) 2**exponent, its error bound, the gradient."""
 
     hi: np.ndarray
     lo: np.ndarray
     bound: np.ndarray
-    gradient: tuple[np.ndarray, np.ndarray] | None
+    gradient: ExactValue | None
+    exponent: np.ndarray | int = 0  # nonzero only for losses below 2**-960 (see harness.exact.dd)
 
 
 def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradient: bool) -> Exact:
-    hi, lo = exact_cross_entropy(held, labels, fmt.precision)
-    return Exact(hi, lo, metrics.lse_bound(held, labels, hi, fmt), exact_gradient(held, labels) if gradient else None)
+    loss = exact_cross_entropy(held, labels, fmt.precision)
+    bound = metrics.lse_bound(held, labels, loss.to_float64(), fmt)
+    return Exact(loss.hi, loss.lo, bound, exact_gradient(held, labels) if gradient else None, loss.exponent)
 
 
 def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, fmt: FloatFormat) -> dict:
@@ -74,7 +77,8 @@ def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, 
         computed, note = compute(impl.gradient, native, backend, fmt.name)
     except Exception as exc:
         return metrics.failure(exc)
-    return metrics.gradient_metrics(computed, *exact.gradient, fmt) | {"message": note}
+    hi, lo, exponent = exact.gradient
+    return metrics.gradient_metrics(computed, hi, lo, fmt, exponent) | {"message": note}
 
 
 def measure_cell(
@@ -85,9 +89,10 @@ def measure_cell(
         if impl.unsupported:
             raise paths.Unsupported(impl.unsupported)
         computed, note = compute(impl.loss, native, backend, fmt.name)
-        record = {"cell": metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, exact.bound) | {"message": note}}
+        cell = metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, exact.bound, exact.exponent)
+        record = {"cell": cell | {"message": note}}
         if rows:
-            record["rows"] = per_row(labels, computed, exact.hi, exact.lo, fmt)
+            record["rows"] = per_row(labels, computed, exact.hi, exact.lo, fmt, exact.exponent)
     except Exception as exc:  # a framework that breaks is a row, never a crash
         record = {"cell": metrics.failure(exc)}
     if exact.gradient is not None:
@@ -122,8 +127,9 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
             record({"cell": where | status} | ({"grad": status} if want.get("gradient") else {}))
         return len(todo)
     exact = exact_values(held, labels, fmt, want.get("gradient", False))
-    cell["max_exact_loss"] = float(exact.hi.max())
-    cell["max_lse"] = float((exact.hi + held[np.arange(len(labels)), labels]).max())
+    loss = np.ldexp(exact.hi, exact.exponent)
+    cell["max_exact_loss"] = float(loss.max())
+    cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
