@@ -7,18 +7,13 @@ key findings written from the breakdown table, every Markdown summary, the break
 and configuration (.hydra/, shown once), the environment (environment.json, or the versions found
 when the report is built) and the files. The HTML embeds its images as data URIs and holds its own
 style: it opens offline. This module reads the folder and assembles the Markdown; the heatmaps are
-drawn by harness.outputs.heatmaps, the findings written by harness.outputs.findings and the HTML
-rendered by harness.outputs.html_page.
+drawn by harness.outputs.heatmaps, the findings written by harness.outputs.findings, the closing
+section by harness.outputs.provenance and the HTML rendered by harness.outputs.html_page.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -30,15 +25,13 @@ from harness.outputs import breakdown, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
-from harness.sweep.environment import cpu_model, package_versions
+from harness.outputs.provenance import configured_bits_lost_limit, experiment_name, provenance_section, run_config
 from harness.tools.cli import OneLineParser, non_negative
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
-ERRORS, ENVIRONMENT, SETTINGS = "errors.parquet", "environment.json", "sweep.json"
-MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
+ERRORS = "errors.parquet"
 OWN_FILES = {REPORT_MD, REPORT_HTML}
 SECTION_TABLES = ("errors", "breakdown", "grad_errors", "grad_breakdown", "timings")  # shown in their own sections
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
 MAX_TABLE_ROWS = 60  # a table longer than this is shown by its first rows; the file has the rest
 HEAD_ROWS = 20
 
@@ -66,109 +59,12 @@ def read_errors(run_dir: Path) -> pd.DataFrame:
     return errors
 
 
-def _yaml(path: Path):
-    """The YAML file as an OmegaConf node; None where absent or unreadable (the report goes on)."""
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.load(path) if path.is_file() else None
-    except Exception:
-        return None
-
-
-def run_config(run_dir: Path) -> tuple[dict | None, str]:
-    """The resolved config of the run (.hydra/config.yaml) and a note on how it was read."""
-    from omegaconf import OmegaConf
-
-    import harness.sweep.config  # noqa: F401  registers the resolvers the configs use (logspace, ...)
-
-    cfg = _yaml(run_dir / ".hydra" / "config.yaml")
-    if cfg is None:
-        return None, "not recorded (no .hydra/config.yaml in the folder)"
-    try:
-        return OmegaConf.to_container(cfg, resolve=True), "resolved from .hydra/config.yaml"
-    except Exception as exc:
-        return OmegaConf.to_container(cfg, resolve=False), f"as written in .hydra/config.yaml (not resolved: {exc})"
-
-
-def run_command(run_dir: Path) -> tuple[str | None, str | None]:
-    """The command line that made the run, and the folder it ran in, from .hydra/."""
-    from omegaconf import OmegaConf
-
-    hydra_cfg = _yaml(run_dir / ".hydra" / "hydra.yaml")
-    overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
-    task, extra, cwd = [], [], None
-    if hydra_cfg is not None:
-        raw = OmegaConf.to_container(hydra_cfg, resolve=False).get("hydra", {})
-        task = list(raw.get("overrides", {}).get("task") or [])
-        extra = [o for o in raw.get("overrides", {}).get("hydra") or [] if not o.startswith("hydra.mode=")]
-        cwd = raw.get("runtime", {}).get("cwd")
-    if overrides is not None:
-        task = list(OmegaConf.to_container(overrides))
-    if hydra_cfg is None and overrides is None:
-        return None, None
-    return "python -m harness " + " ".join(shlex.quote(str(o)) for o in task + extra), cwd
-
-
 GRID_COLUMNS = ("framework", "path", "dtype", "family", "scale")
 
 
 def _count(n: int, word: str) -> str:
     plural = word[:-1] + "ies" if word.endswith("y") else word + "s"
     return f"{n} {word if n == 1 else plural}"
-
-
-def experiment_name(run_dir: Path) -> str:
-    """From .hydra/hydra.yaml, else sweep.json, else the folder's name."""
-    from omegaconf import OmegaConf
-
-    hydra_cfg = _yaml(run_dir / ".hydra" / "hydra.yaml")
-    if hydra_cfg is not None:
-        choices = OmegaConf.to_container(hydra_cfg, resolve=False).get("hydra", {}).get("runtime", {})
-        name = (choices.get("choices") or {}).get("experiment")
-        if name:
-            return str(name)
-    try:
-        return str(json.loads((run_dir / "sweep.json").read_text())["experiment"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return run_dir.resolve().name
-
-
-def configured_bits_lost_limit(config: dict | None) -> float | None:
-    value = (config or {}).get("bits_lost_limit")
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested dicts as (dotted key, text) pairs, floats to 6 significant digits."""
-    if isinstance(value, float):
-        return [(prefix.rstrip("."), f"{value:.6g}")]
-    if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in flatten(v, f"{prefix}{k}.")]
-    if isinstance(value, list):
-        if any(isinstance(v, (dict, list)) for v in value):
-            return [pair for i, v in enumerate(value) for pair in flatten(v, f"{prefix}{i}.")]
-        return [(prefix.rstrip("."), ", ".join(text for v in value for _, text in flatten(v)))]
-    return [(prefix.rstrip("."), str(value))]
-
-
-def environment(run_dir: Path) -> tuple[list[tuple[str, str]], str]:
-    """(key, value) pairs of environment.json; where absent, what this machine has now."""
-    path = run_dir / ENVIRONMENT
-    if path.is_file():
-        try:
-            return flatten(json.loads(path.read_text())), "recorded by the run in environment.json"
-        except (OSError, ValueError) as exc:
-            note = f"environment.json unreadable ({exc}); "
-    else:
-        note = "the run recorded no environment.json; "
-    pairs = [("python", platform.python_version())]
-    pairs += [(name, version or "not installed") for name, version in package_versions().items()]
-    pairs += [("platform", platform.platform()), ("cpu", cpu_model()), ("logical cpus", str(os.cpu_count()))]
-    if hasattr(os, "sched_getaffinity"):
-        pairs.append(("cpus available to the process", str(len(os.sched_getaffinity(0)))))
-    pairs += [(name, os.environ[name]) for name in THREAD_VARIABLES if name in os.environ]
-    return pairs, note + "these are the versions found when this report was built, which may differ from the run's"
 
 
 # --- Markdown -------------------------------------------------------------------------------
@@ -270,70 +166,6 @@ def plot_files(run_dir: Path) -> list[Path]:
     return sorted((p for p in run_dir.rglob("*.png") if p.is_file()), key=plot_order)
 
 
-def _yaml_text(config: dict) -> str:
-    from omegaconf import OmegaConf
-
-    def short(value):
-        if isinstance(value, float):
-            return float(f"{value:.6g}")
-        if isinstance(value, list):
-            return [short(v) for v in value]
-        if isinstance(value, dict):
-            return {k: short(v) for k, v in value.items()}
-        return value
-
-    return OmegaConf.to_yaml(OmegaConf.create(short(config))).rstrip()
-
-
-def record_section(path: Path) -> list[str]:
-    """A JSON record of the folder (e.g. sweep.json), shown as written."""
-    try:
-        text = json.dumps(json.loads(path.read_text()), indent=2)
-    except (OSError, ValueError) as exc:
-        return [f"{path.name}: could not be read ({exc}).", ""]
-    if len(text) > MAX_RECORD_CHARS:
-        text = text[:MAX_RECORD_CHARS] + "\n... (cut; the file holds the rest)"
-    return [f"Recorded in {path.name}:", "", "```json", text, "```", ""]
-
-
-def run_section(run_dir: Path) -> list[str]:
-    """The command and the configuration, once: the resolved .hydra/config.yaml, else sweep.json;
-    then the folder's other JSON records."""
-    config, config_note = run_config(run_dir)
-    command, cwd = run_command(run_dir)
-    lines = ["### Command and configuration", ""]
-    if command:
-        lines += ["Command" + (f" (run in `{cwd}`)" if cwd else "") + ":", "", "```", command, "```", ""]
-    else:
-        lines += ["The command was not recorded (no .hydra/ in the folder).", ""]
-    records = sorted(p for p in run_dir.glob("*.json") if p.name != ENVIRONMENT)
-    if config:
-        lines += [f"Configuration, {config_note} (floats to 6 significant digits):", "", "```yaml"]
-        lines += [_yaml_text(config), "```", ""]
-        if (run_dir / SETTINGS).is_file():
-            lines += [f"The settings as validated are in `{SETTINGS}`.", ""]
-            records.remove(run_dir / SETTINGS)
-    else:
-        lines += [f"Configuration: {config_note}.", ""]
-    for path in records:
-        lines += record_section(path)
-    return lines
-
-
-def environment_section(run_dir: Path) -> list[str]:
-    """environment.json without the command and configuration, which the section above shows."""
-    pairs, note = environment(run_dir)
-    pairs = [(key, value) for key, value in pairs if key != "command" and not key.startswith("config.")]
-    return [
-        "### Environment",
-        "",
-        f"Source: {note}.",
-        "",
-        tables.markdown_table(["", "value"], [list(p) for p in pairs]),
-        "",
-    ]
-
-
 def images(plots: list[Path], run_dir: Path) -> list[str]:
     return [line for path in plots for line in (f"![{path.stem}]({path.relative_to(run_dir).as_posix()})", "")]
 
@@ -407,29 +239,7 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         lines += ["## Other tables", ""]
         for path in extra:
             lines += table_section(run_dir, path)
-    return "\n".join(lines + provenance_section(run_dir))
-
-
-def provenance_section(run_dir: Path) -> list[str]:
-    built = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    lines = [
-        "## How it was produced",
-        "",
-        f"Results folder `{run_dir.resolve()}`; this report was built {built} from the folder alone "
-        "(`python -m harness.outputs.report`).",
-        "",
-    ]
-    lines += run_section(run_dir) + environment_section(run_dir)
-    return lines + ["### Files", "", *file_list(run_dir), ""]
-
-
-def file_list(run_dir: Path) -> list[str]:
-    files = sorted(
-        p
-        for p in run_dir.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name not in OWN_FILES and not p.name.endswith(".tmp")
-    )
-    return [f"- `{p.relative_to(run_dir).as_posix()}` ({p.stat().st_size:,} bytes)" for p in files]
+    return "\n".join(lines + provenance_section(run_dir, OWN_FILES))
 
 
 # --- entry points ---------------------------------------------------------------------------
