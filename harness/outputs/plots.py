@@ -72,7 +72,8 @@ def dtype_order(dtypes) -> list[str]:
 
 @dataclass(frozen=True)
 class TheoryMark:
-    """Theory's predicted break of one mechanism in one panel: at x, for these frameworks."""
+    """Theory's predicted break of one mechanism in one panel (one dtype), for the frameworks that
+    flush subnormals or for those that keep them: at x, the first grid value past the threshold."""
 
     cause: str
     flushes: bool
@@ -168,8 +169,8 @@ def _panel(
         shown += list(bound)
     for mark in theory_marks(of_dtype, axis, dtype):
         for target in (ax, band) if band is not None else (ax,):
-            target.axvline(mark.x, color=THEORY_COLOR, linewidth=1.1, zorder=1.5,
-                           linestyle=THEORY_LINESTYLES[(mark.cause, mark.flushes)], label=mark.label)  # fmt: skip
+            linestyle = THEORY_LINESTYLES.get((mark.cause, mark.flushes), "-.")
+            target.axvline(mark.x, color=THEORY_COLOR, linewidth=1.1, zorder=1.5, linestyle=linestyle, label=mark.label)
     top = 10.0 ** np.ceil(np.log10(max(shown) * 3))
     bottom = max(10.0 ** np.floor(np.log10(min(shown) / 3)), measure.floor / 2)
     ax.set(xscale="log", yscale="log", xlabel=axis, ylim=(bottom, top))
