@@ -1,0 +1,238 @@
+"""TensorFlow paths (tensorflow-cpu with Keras 3) on the CPU, under tf.function; gradients by tf.GradientTape.
+
+``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype;
+``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx by tf.GradientTape of the same path.
+Everything a backend needs is here too (`to_native`, `to_numpy`, `sync`, `compile`,
+`compile_gradient`, `autodiff_gradient`, `flushes_subnormals`, `version`).
+
+Compiled with tf.function (as Keras's fit and custom training loops run), without XLA: every
+path gave the same bits as eager, op by op, and a (256, 1000) float32 loss ran 2-5x faster on
+`log1p_lse`, `online` and `chunked` (many small ops) and up to 1 ms slower on single-kernel
+paths. One path depends on the mode: inside tf.function Keras recognises a Softmax op that feeds
+its loss directly and quietly uses its logits, so `keras_probs` passes its probabilities through
+tf.identity to keep the probability route it exists to measure, in both modes.
+
+Where TF's CPU kernels round (TF 2.21, measured; see `ACCUMULATION`): float16 and bfloat16 ops
+compute in float32 and round once; reductions (tf.reduce_sum) and the softmax, log-softmax and
+sparse cross-entropy kernels accumulate float16/bfloat16 in float32. The CPU flushes subnormal
+float32, float64 and bfloat16 results and inputs to zero (flush-to-zero and denormals-are-zero in
+its kernels); float16's subnormals survive, being float32 normals while computed.
+
+A shift by a running or per-chunk maximum that cancels in exact arithmetic has its gradient
+stopped, as tf.reduce_logsumexp does; in `log1p_lse` the maximum is a term and keeps it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up notices, not the user's warnings
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from harness.errors import ConfigError  # noqa: E402
+from harness.paths import size_or_default  # noqa: E402
+
+DEVICES = ("cpu",)
+COMPILES = True  # tf.function traces on the first call of each shape and dtype
+COMPILE_NOTE = "tf.function without XLA (same bits as eager; 2-5x faster on log1p_lse, online, chunked)"
+INSTALL = "pip install tensorflow-cpu==2.21.0"
+KERAS_EPSILON = keras.config.epsilon()  # 1e-7: Keras clips probabilities to [epsilon, 1 - epsilon]
+
+_OPS = "each op computes float16/bfloat16 in float32 and rounds to the input dtype"
+_SUM = "tf.reduce_sum accumulates float16/bfloat16 in float32"
+_XENT = "tf.nn.sparse_softmax_cross_entropy_with_logits computes float16/bfloat16 in float32, rounds once"
+ACCUMULATION = {
+    "naive": _OPS + "; " + _SUM,
+    "softmax_log": "tf.nn.softmax accumulates float16/bfloat16 in float32, rounds once; " + _OPS,
+    "log_softmax_nll": "tf.nn.log_softmax accumulates float16/bfloat16 in float32, rounds once",
+    "fused": _XENT + " (Keras SparseCategoricalCrossentropy(from_logits=True) calls the same kernel)",
+    "upcast_fused": "float32 by definition, whatever the input dtype",
+    "log1p_lse": _OPS + "; " + _SUM,
+    "online": _OPS + "; " + _SUM,
+    "chunked": "tf.reduce_logsumexp per chunk = max + log(reduce_sum(exp(x - max))), each op rounded to "
+    "the input dtype, sums in float32; the merge max + log1p(exp(-|a - b|)) in the input dtype",
+    "keras_probs": "tf.nn.softmax (float32 inside), clipped to [1e-7, 1 - 1e-7] in the input dtype, log, then " + _XENT,
+}
+
+
+def _pick(values, labels):
+    return tf.gather(values, labels, batch_dims=1)
+
+
+def naive(x, y):
+    e = tf.exp(x)
+    p = e / tf.reduce_sum(e, axis=1, keepdims=True)
+    return -tf.math.log(_pick(p, y))
+
+
+def softmax_log(x, y):
+    return -tf.math.log(_pick(tf.nn.softmax(x, axis=1), y))
+
+
+def log_softmax_nll(x, y):
+    return -_pick(tf.nn.log_softmax(x, axis=1), y)
+
+
+def fused(x, y):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x)
+
+
+def upcast_fused(x, y):
+    """Mixed precision: float32 whatever the input; float64 logits are cast down too."""
+    return tf.cast(fused(tf.cast(x, tf.float32), y), x.dtype)
+
+
+def log1p_lse(x, y):
+    """Blanchard, Higham & Higham (2021): lse = m + log1p(s); the loss is log1p(s) - (x[y] - m)."""
+    top = tf.argmax(x, axis=1, output_type=tf.int32)
+    shifted = x - _pick(x, top)[:, None]
+    is_top = tf.range(tf.shape(x)[1])[None, :] == top[:, None]
+    s = tf.reduce_sum(tf.where(is_top, tf.zeros_like(x), tf.exp(shifted)), axis=1)  # argmax's 1 is the "1 +"
+    return tf.math.log1p(s) - _pick(shifted, y)
+
+
+def _column_blocks(n_classes: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n_classes)) for start in range(0, n_classes, size)]
+
+
+def online(x, y, block_size=None):
+    """Milakov & Gimelshein (2018): m = -inf, d = 0; per block m' = max(m, max(block)),
+    d' = d exp(m - m') + sum(exp(block - m')); lse = m + log(d)."""
+    m = tf.fill((x.shape[0], 1), tf.constant(-np.inf, x.dtype))
+    d = tf.zeros((x.shape[0], 1), x.dtype)
+    for columns in _column_blocks(x.shape[1], size_or_default("block_size", block_size)):
+        block = x[:, columns]
+        m_new = tf.maximum(m, tf.stop_gradient(tf.reduce_max(block, axis=1, keepdims=True)))
+        d = d * tf.exp(m - m_new) + tf.reduce_sum(tf.exp(block - m_new), axis=1, keepdims=True)
+        m = m_new
+    return (m + tf.math.log(d))[:, 0] - _pick(x, y)
+
+
+def _logaddexp(a, b):
+    """max + log1p(exp(-|a - b|)), as tf.experimental.numpy.logaddexp (which cannot take bfloat16)."""
+    big = tf.maximum(a, b)
+    return big + tf.math.log1p(tf.exp(-tf.abs(a - b)))
+
+
+def chunked(x, y, chunk_size=None):
+    """tf.reduce_logsumexp per vocabulary chunk, merged left to right with logaddexp."""
+    lse = None
+    for columns in _column_blocks(x.shape[1], size_or_default("chunk_size", chunk_size)):
+        lse_c = tf.reduce_logsumexp(x[:, columns], axis=1)
+        lse = lse_c if lse is None else _logaddexp(lse, lse_c)
+    return lse - _pick(x, y)
+
+
+def keras_probs(x, y):
+    """Keras's probability route: sparse categorical cross-entropy with from_logits=False on softmax outputs.
+
+    Keras clips the probabilities to [epsilon, 1 - epsilon] (epsilon = 1e-7) before the log, so a
+    loss is at most -log(1e-7) = 16.12 and at least -log(1 - 1e-7) as rounded. Keras takes this
+    route for probabilities that do not carry their logits: an eager tf.nn.softmax output, or
+    probabilities that pass through any op (a cast, an average; here tf.identity) on their way to
+    the loss; a Keras softmax output, or a Softmax op feeding the loss directly inside tf.function,
+    is traced back to its logits instead (the path would then equal `fused`).
+
+    The function `keras.losses.sparse_categorical_crossentropy` runs in the input dtype. The class
+    SparseCategoricalCrossentropy casts logits and labels to its dtype first: float32 by default,
+    and with dtype=float16 or bfloat16 it rounds the integer labels too (bfloat16 turns 999 into 1000).
+    """
+    probabilities = tf.identity(tf.nn.softmax(x, axis=1))  # any op between softmax and loss, as under tf.function
+    return keras.losses.sparse_categorical_crossentropy(y, probabilities, from_logits=False)
+
+
+PATHS = {
+    "naive": naive,
+    "softmax_log": softmax_log,
+    "log_softmax_nll": log_softmax_nll,
+    "fused": fused,
+    "upcast_fused": upcast_fused,
+    "log1p_lse": log1p_lse,
+    "online": online,
+    "chunked": chunked,
+    "keras_probs": keras_probs,
+}
+
+
+def autodiff_gradient(path):
+    """(x, y) -> d(sum of path(x, y))/dx by tf.GradientTape, in x's dtype."""
+
+    @functools.wraps(path)
+    def gradient(x, y, **sizes):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(path(x, y, **sizes))
+        return tape.gradient(total, x)
+
+    return gradient
+
+
+GRADIENTS = {name: autodiff_gradient(path) for name, path in PATHS.items()}
+
+
+def version() -> str:
+    return tf.__version__
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise ConfigError(f"device={device} but TensorFlow runs on the CPU only here (tensorflow-cpu); use device=cpu")
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits as the NumPy array (TF's bfloat16 is ml_dtypes.bfloat16), on the CPU."""
+    check_device(device)
+    with tf.device("/CPU:0"):
+        return tf.constant(np.ascontiguousarray(logits)), tf.constant(np.asarray(labels, dtype=np.int32))
+
+
+def to_numpy(result) -> tuple[np.ndarray, str]:
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns on casting a bfloat16 NaN; it stays NaN
+        return result.numpy().astype(np.float64), result.dtype.name
+
+
+def sync(result):
+    """Eager CPU ops have finished when they return."""
+    return result
+
+
+def compile(fn):
+    """tf.function, no XLA, no autograph (the paths are straight-line Python; loops unroll when
+    traced); traced once per input shape and dtype. The plain wrapper hides functools.wraps, whose
+    signature tf.function would otherwise take from the path instead of the gradient."""
+
+    def run(x, y):
+        return fn(x, y)
+
+    return tf.function(run, autograph=False)
+
+
+compile_gradient = compile
+
+
+def clear_compile_cache() -> None:
+    return None  # a traced graph lives in its tf.function; a new `compile` traces afresh
+
+
+@functools.cache
+def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
+    """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply
+    and exp(ln(smallest_normal / 4)). TF's CPU kernels run with flush-to-zero: float32, float64 and
+    bfloat16 flush; float16 does not (its ops compute in float32, where its subnormals are normal)."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    normal, _ = to_native(np.array([fmt.smallest_normal], dtype=fmt.numpy_type), np.zeros(1), device)
+    log_quarter, _ = to_native(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type), np.zeros(1), device)
+    quarter = to_numpy(normal * tf.constant(0.25, normal.dtype))[0]
+    via_exp = to_numpy(tf.exp(log_quarter))[0]
+    return bool(quarter[0] == 0 or via_exp[0] == 0)
