@@ -75,6 +75,53 @@ def test_cell_metrics_reports_the_bound_in_ulps_and_the_fraction_within():
     assert cell["frac_within_bound"] == 0.5
 
 
+# --- statuses: a correctly rounded inf or 0 is not a failure --------------------------------
+
+
+def test_a_correctly_rounded_inf_is_exact_overflow_not_inf():
+    # float16: the adversarial loss at scale 1e4 is 70208 > 65520 = largest + half an ulp
+    hi, lo = np.array([70208.0, 3.0]), np.zeros(2)
+    cell = metrics.cell_metrics(np.array([np.inf, 3.0]), hi, lo, F16)
+    assert cell["status"] == metrics.EXACT_OVERFLOW and cell["n_nonfinite"] == 1 and cell["max_ulp_err"] == 0.0
+    # 65519 rounds to 65504, not to inf: an inf there is the path's failure
+    assert metrics.cell_metrics(np.array([np.inf, 3.0]), np.array([65519.0, 3.0]), lo, F16)["status"] == metrics.INF
+    # the wrong sign is a failure too, and NaN stays NaN
+    assert metrics.output_status(np.array([-np.inf, 3.0]), hi, lo, F16) == metrics.INF
+    assert metrics.output_status(np.array([np.inf, np.nan]), hi, lo, F16) == metrics.NAN
+    # without the exact values the old rule stands
+    assert metrics.output_status(np.array([np.inf, 3.0])) == metrics.INF
+
+
+def test_a_correctly_rounded_zero_is_exact_underflow():
+    # float16: 2**-26 rounds to 0 (below 2**-25, half the smallest subnormal); 2**-24 does not
+    lo = np.zeros(3)
+    hi = np.array([2.0**-26, 5.0, 0.0])
+    assert metrics.cell_metrics(np.array([0.0, 5.0, 0.0]), hi, lo, F16)["status"] == metrics.EXACT_UNDERFLOW
+    wrong = metrics.cell_metrics(np.array([0.0, 5.0, 0.0]), np.array([2.0**-24, 5.0, 0.0]), lo, F16)
+    assert wrong["status"] == metrics.OK and wrong["max_ulp_err"] == 1.0  # a wrong 0 shows in the errors
+    # an exact 0 computed as 0 underflowed nothing
+    assert metrics.output_status(np.array([0.0, 5.0]), np.array([0.0, 5.0]), np.zeros(2), F16) == metrics.OK
+    # float64: an exact loss of 2**-1076, held as 1 * 2**-1076, rounds to 0
+    assert metrics.output_status(np.array([0.0]), np.array([1.0]), np.zeros(1), F64, np.array([-1076])) == (
+        metrics.EXACT_UNDERFLOW
+    )
+    assert metrics.output_status(np.array([0.0]), np.array([1.0]), np.zeros(1), F64, np.array([-1074])) == metrics.OK
+
+
+def test_gradient_statuses_take_a_row_as_the_unit():
+    # a row of zeros where every exact entry rounds to 0 in float16; a single zero entry is ordinary
+    hi = np.array([[2.0**-30, -(2.0**-30)], [0.25, -(2.0**-30)]])
+    lo = np.zeros_like(hi)
+    assert metrics.gradient_metrics(np.array([[0.0, 0.0], [0.25, 0.0]]), hi, lo, F16)["status"] == (
+        metrics.EXACT_UNDERFLOW
+    )
+    assert metrics.gradient_metrics(np.array([[0.0, 0.0], [0.25, 0.0]]), hi * 2.0**20, lo, F16)["status"] == metrics.OK
+    assert metrics.gradient_metrics(np.array([[np.inf, 0.0], [0.25, 0.0]]), hi, lo, F16)["status"] == metrics.INF
+    assert set(metrics.GOOD) == {"ok", "exact_overflow", "exact_underflow"} and not set(metrics.GOOD) & set(
+        metrics.FAILED
+    )
+
+
 # --- exact values held as (hi + lo) 2**exponent, below float64's range ---------------------------
 
 

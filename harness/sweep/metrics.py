@@ -19,8 +19,11 @@ import numpy as np
 from harness.dtypes import FloatFormat
 
 OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF = "ok", "inf", "nan", "error", "unsupported", "input_inf"
-STATUSES = (OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF)
+EXACT_OVERFLOW, EXACT_UNDERFLOW = "exact_overflow", "exact_underflow"
+STATUSES = (OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF, EXACT_OVERFLOW, EXACT_UNDERFLOW)
 FAILED = (INF, NAN, ERROR)  # the path itself broke
+CORRECTLY_ROUNDED = (EXACT_OVERFLOW, EXACT_UNDERFLOW)  # inf or 0 because the exact value rounds to it
+GOOD = (OK,) + CORRECTLY_ROUNDED  # the path did not break; errors are over the finite rows
 
 METRIC_COLUMNS = (
     "n_nonfinite",
@@ -121,13 +124,31 @@ def lse_bound(logits: np.ndarray, labels: np.ndarray, loss: np.ndarray, fmt: Flo
     return fmt.unit_roundoff * (np.abs(y + n - logits.min(axis=1)) + np.abs(y) + np.abs(loss))
 
 
-def output_status(computed: np.ndarray) -> str:
-    """`nan` if any row is NaN, else `inf` if any is infinite, else `ok`."""
+def output_status(computed: np.ndarray, hi=None, lo=None, fmt: FloatFormat | None = None, exponent=0) -> str:
+    """The status of one cell's output: per-row losses, or a gradient (rows, classes).
+
+    `nan` if any entry is NaN. Infinite entries: `exact_overflow` if each is the correctly rounded
+    value (the exact value rounds to inf of that sign in `fmt`), else `inf`. Otherwise
+    `exact_underflow` if some row is all zeros where the exact row is not, and each such row
+    rounds to 0 entrywise; else `ok` (a wrong 0 shows in the errors). Without the exact values
+    (hi, lo, fmt): `nan`, `inf` or `ok`.
+    """
+    computed = np.asarray(computed, dtype=np.float64)
     if np.isnan(computed).any():
         return NAN
-    if np.isinf(computed).any():
-        return INF
-    return OK
+    infinite = np.isinf(computed)
+    if fmt is None:
+        return INF if infinite.any() else OK
+    if infinite.any():
+        correct = fmt.rounds_to_inf(hi, lo) & (np.sign(hi) == np.sign(computed))
+        return EXACT_OVERFLOW if correct[infinite].all() else INF
+    rows = len(computed)
+    zero = (computed == 0).reshape(rows, -1).all(axis=1)
+    underflowed = zero & ~(np.asarray(hi) == 0).reshape(rows, -1).all(axis=1)
+    if not underflowed.any():
+        return OK
+    to_zero = fmt.rounds_to_zero(hi, lo, np.broadcast_to(exponent, np.shape(hi))).reshape(rows, -1).all(axis=1)
+    return EXACT_UNDERFLOW if to_zero[underflowed].all() else OK
 
 
 def cell_metrics(
@@ -142,7 +163,7 @@ def cell_metrics(
     """
     computed = np.asarray(computed, dtype=np.float64)
     finite = np.isfinite(computed)
-    metrics = {"status": output_status(computed), "n_nonfinite": int((~finite).sum())}
+    metrics = {"status": output_status(computed, hi, lo, fmt, exponent), "n_nonfinite": int((~finite).sum())}
     if not finite.any():
         return metrics | {name: np.nan for name in METRIC_COLUMNS[1:]}
     exponent = np.broadcast_to(np.asarray(exponent, dtype=np.int64), np.shape(hi))
@@ -178,7 +199,7 @@ def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: 
     """
     computed = np.asarray(computed, dtype=np.float64)
     finite_rows = np.isfinite(computed).all(axis=1)
-    metrics = {"status": output_status(computed), "n_nonfinite": int((~finite_rows).sum())}
+    metrics = {"status": output_status(computed, hi, lo, fmt, exponent), "n_nonfinite": int((~finite_rows).sum())}
     if not finite_rows.any():
         return metrics | {name: np.nan for name in GRAD_METRIC_COLUMNS[1:]}
     exponent = np.broadcast_to(np.asarray(exponent, dtype=np.int64), np.shape(hi))
