@@ -92,6 +92,15 @@ def test_exact_gradient_rows_sum_to_zero(rng):
     assert np.all(np.abs(hi.sum(axis=1) + lo.sum(axis=1)) < 1e-15)  # each entry to 2**-75: the sum too
 
 
+def test_exact_gradient_in_row_blocks_gives_the_rows_own_values(rng):
+    logits = rng.standard_normal((30, 5000)) * 30.0  # blocks of 13 rows, the last one ragged
+    labels = rng.integers(0, 5000, 30)
+    whole = exact_gradient(logits, labels)
+    for i in (0, 13, 29):
+        one = exact_gradient(logits[i : i + 1], labels[i : i + 1])
+        assert all((part[i] == own[0]).all() for part, own in zip(whole, one, strict=True))
+
+
 def test_exact_gradient_rejects_bad_logits():
     with pytest.raises(ValueError, match="finite"):
         exact_gradient(np.array([[0.0, np.inf]]), np.array([0]))

@@ -92,3 +92,18 @@ def test_float64_route_is_20_bits_beyond_float32(rng, n_classes):
         ordinary = exponent == 0  # losses below 2**-960 take the double-double route on both
         assert not zero[ordinary].any() and (fast_exponent == exponent).all()
         assert (np.abs((fast - hi) - lo) <= 2.0**-48 * hi)[ordinary].all()
+
+
+def test_row_blocks_give_the_rows_own_values(rng):
+    # 40 rows of 5000 classes go in blocks of 13 rows (2**16 // 5000), the last one ragged
+    logits = rng.standard_normal((40, 5000)) * 30.0
+    logits[3, 1:] = -720.0  # a row whose loss carries an exponent, in the first block
+    labels = rng.integers(0, 5000, 40)
+    labels[3] = 0
+    logits[3, 0] = 0.0
+    for precision in (53, 24):
+        whole = exact_cross_entropy(logits, labels, precision)
+        for i in (0, 3, 12, 13, 39):
+            one = exact_cross_entropy(logits[i : i + 1], labels[i : i + 1], precision)
+            assert [part[i] for part in whole] == [part[0] for part in one]
+    assert whole.exponent[3] < 0

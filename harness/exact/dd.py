@@ -165,6 +165,7 @@ def log1p(th, tl):
 
 LN2_HI, LN2_LO = 0.6931471805599453, 2.3190468138462996e-17  # ln 2 as a dd, to 2**-107
 HELD_FROM = 2.0**-960  # values at least this large keep exponent 0: hi + lo holds them to 2**-106
+_SCALED_EXP_FROM = -665.0  # exp(-665) = 2**-959.4: from here up exp's dd holds the value
 _SCALED_EXP_FLOOR = -(2.0**40)  # exp of anything below is held as exp(-2**40), far under 2**-1075
 
 
@@ -200,12 +201,24 @@ def normalized(hi, lo, exponent) -> ExactValue:
 def scaled_exp(xh, xl) -> ExactValue:
     """exp of a finite dd argument x <= 0 as an ExactValue: nothing underflows.
 
-    x = k ln2 + r with k = ceil(xh / ln2) + 1, so r lies in (-2 ln2, -ln2] and exp(r) in
+    Arguments from -665 up (exp above 2**-959) take ``exp`` directly, exponent 0. Below, x is
+    split as k ln2 + r with k = ceil(xh / ln2) + 1, so r lies in (-2 ln2, -ln2] and exp(r) in
     (1/4, 1/2] comes from ``exp``; r = x - k ln2 is formed in dd (error about 2**-104 |x|, so
     2**-94 relative for |x| < 1000). Arguments below -2**40 are held as exp(-2**40).
     """
-    xh = np.maximum(np.asarray(xh, dtype=np.float64), _SCALED_EXP_FLOOR)
-    xl = np.where(xh == _SCALED_EXP_FLOOR, 0.0, np.asarray(xl, dtype=np.float64))
+    xh = np.asarray(xh, dtype=np.float64)
+    xl = np.asarray(xl, dtype=np.float64)
+    deep = xh < _SCALED_EXP_FROM
+    eh, el = exp(np.where(deep, 0.0, xh), np.where(deep, 0.0, xl))
+    exponent = np.zeros(xh.shape, dtype=np.int64)
+    if deep.any():
+        eh[deep], el[deep], exponent[deep] = _reduced_exp(xh[deep], xl[deep])
+    return ExactValue(eh, el, exponent)
+
+
+def _reduced_exp(xh, xl) -> ExactValue:
+    xh = np.maximum(xh, _SCALED_EXP_FLOOR)
+    xl = np.where(xh == _SCALED_EXP_FLOOR, 0.0, xl)
     k = np.ceil(xh / LN2_HI) + 1.0
     ph, pl = two_prod(k, LN2_HI)
     rh, rl = add(xh, xl, -ph, -(pl + k * LN2_LO))

@@ -27,7 +27,7 @@ import numpy as np
 
 from harness.exact import dd
 from harness.exact.dd import ExactValue
-from harness.exact.reference import LOG1P_IS_T_BELOW
+from harness.exact.reference import LOG1P_IS_T_BELOW, by_row_blocks
 
 
 def exact_gradient(logits: np.ndarray, labels: np.ndarray) -> ExactValue:
@@ -38,7 +38,7 @@ def exact_gradient(logits: np.ndarray, labels: np.ndarray) -> ExactValue:
     if not np.all(np.isfinite(x)):
         raise ValueError("the exact gradient needs finite logits")
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # -inf marks the argmax column
-        return _exact_gradient(x, np.asarray(labels))
+        return by_row_blocks(_exact_gradient, x, np.asarray(labels))
 
 
 def _rest_over_top(x: np.ndarray, rows: np.ndarray, top: np.ndarray) -> ExactValue:

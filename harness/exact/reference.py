@@ -28,6 +28,7 @@ from harness.exact.dd import ExactValue
 FLOAT64_ROUTE_UP_TO = 24  # significand bits of the output for which the float64 route suffices
 LOG1P_IS_T_BELOW = -80  # log1p(T) = T (1 - T/2 + ...): T itself is within 2**-81 below 2**-80
 _FLOAT64_ROUTE_GAP = -700.0  # s - m below this (exp below 2**-1009): the row takes the dd route
+BLOCK_ELEMENTS = 2**16  # rows are taken in blocks of about this many logits: the temporaries stay in cache
 
 
 def exact_cross_entropy(logits: np.ndarray, labels: np.ndarray, output_precision: int = 53) -> ExactValue:
@@ -47,7 +48,17 @@ def exact_cross_entropy(logits: np.ndarray, labels: np.ndarray, output_precision
         raise ValueError("the exact reference needs finite logits")
     route = _float64_route if output_precision <= FLOAT64_ROUTE_UP_TO else _double_double_route
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # -inf marks the argmax column
-        return route(x, np.asarray(labels))
+        return by_row_blocks(route, x, np.asarray(labels))
+
+
+def by_row_blocks(route, x: np.ndarray, labels: np.ndarray) -> ExactValue:
+    """route(x, labels) on blocks of rows of about BLOCK_ELEMENTS logits, joined (2 to 3 times faster
+    than one pass over 256 x 32000 logits, whose dozens of temporaries would each be 64 MB)."""
+    rows = max(1, BLOCK_ELEMENTS // x.shape[1])
+    if len(x) <= rows:
+        return route(x, labels)
+    blocks = [route(x[i : i + rows], labels[i : i + rows]) for i in range(0, len(x), rows)]
+    return ExactValue(*(np.concatenate(parts) for parts in zip(*blocks, strict=True)))
 
 
 def _largest_two(x: np.ndarray):
