@@ -14,6 +14,7 @@ import pandas as pd  # noqa: E402
 from harness.outputs.styles import line_styles  # noqa: E402
 from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text  # noqa: E402
 
+REQUIRES = {"row_errors": True}  # the quantiles are taken over per-row errors; checked before any work
 QUANTILES = (0.5, 0.9, 0.99)
 CELL = ["framework", "path", "dtype", "scale"]
 

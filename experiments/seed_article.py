@@ -8,13 +8,18 @@ import pandas as pd
 
 from harness.outputs.tables import markdown_table, write_text
 
+REQUIRES = {"row_errors": True}  # the table is made of per-row losses; checked before any work
+
 
 def loss_table(row_errors: pd.DataFrame) -> str:
-    """Rows: per dtype the exact losses, then each framework/path; columns: one per label."""
+    """Rows: per dtype (and scale, if several) the exact losses, then each framework/path; columns: one per label."""
     labels = sorted(row_errors["label"].unique())
     header = ["dtype", "framework/path", *(f"y={y}" for y in labels), "max ulp error"]
     rows = []
-    for dtype, of_dtype in row_errors.groupby("dtype", sort=False):
+    several_scales = row_errors["scale"].nunique() > 1  # a scales= override: one block per dtype and scale
+    for (dtype, scale), of_dtype in row_errors.groupby(["dtype", "scale"], sort=False):
+        if several_scales:
+            dtype = f"{dtype} x{scale:g}"
         exact = of_dtype.drop_duplicates("label").set_index("label")["exact_loss"]
         rows.append([dtype, "**exact**", *(f"{exact[y]:.17g}" for y in labels), ""])
         for (framework, path), cells in of_dtype.groupby(["framework", "path"], sort=False):

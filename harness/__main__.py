@@ -1,8 +1,12 @@
-"""`python -m harness experiment=NAME [key=value ...]`: run a sweep configured by Hydra."""
+"""`python -m harness [-m] experiment=NAME [key=value ...]`: Hydra parses, harness.api does the work.
+
+Before Hydra starts, every job's overrides are composed and validated (harness.api), so a bad
+setting, an unknown experiment or key, or a malformed override stops the command in one line,
+exit status 2, before any job runs.
+"""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import sys
@@ -10,11 +14,13 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from harness.outputs.tables import write_text
-from harness.sweep.config import ConfigError, resume_flag, sweep_config
-from harness.sweep.run_dir import check_resume, holds_run, record_sweep
+from harness import api
+from harness.errors import ConfigError
+from harness.sweep.run_dir import holds_run
+
+NOT_RUN = ("help", "hydra_help", "info", "shell_completion", "version")  # Hydra's flags that run no job
 
 
 def _discard(run_dir: Path) -> None:
@@ -34,34 +40,56 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The overrides of every job the command line asks for: one list, or one per multirun combination."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = api.parse_overrides(overrides)
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if swept and not multirun:
+        raise ConfigError(api.several_values(swept[0].input_line))
+    if any(o.get_key_element() == "experiment" for o in swept):
+        raise ConfigError(
+            "experiment cannot be swept in one multirun (its jobs would not merge into one sweep): "
+            "run one multirun per experiment"
+        )
+    try:
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # a sweep the basic sweeper cannot expand (e.g. glob): Hydra checks it itself
+        return []
+    return jobs
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and validate every job of the command line; raise ConfigError with the first bad value."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return  # Hydra reports its own flag errors
+    if any(getattr(args, flag, False) for flag in NOT_RUN):
+        return
+    for overrides in job_overrides(args.overrides, args.multirun):
+        job, experiment = api.settings_of(api.compose_config(overrides))
+        api.prepare(job, experiment)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     experiment = hydra_cfg.runtime.choices.get("experiment") or "default"
     try:
-        resume = resume_flag(cfg)
-        sweep = sweep_config(cfg, experiment)
-        check_resume(sweep, run_dir, resume)
+        sweep, resume = api.prepare(cfg, experiment, run_dir)
     except ConfigError as exc:
         if not holds_run(run_dir):
             _discard(run_dir)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-
-    from harness.sweep import environment, runner  # frameworks load only once the config is known to be good
-    from harness.timing import timer as timing  # frameworks load only once the config is known to be good
-
-    if sweep.timing.enabled:  # before any JAX computation: XLA reads its thread flags once
-        timing.set_threads(sweep.timing.threads, sweep.frameworks)
-    if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
-        record_sweep(sweep, run_dir)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        record = environment.collect(sweep, resolved)
-        write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        runner.run(sweep, run_dir)
+        api.execute(sweep, cfg, run_dir, resume)
     except KeyboardInterrupt:
         print(
             f"interrupted: finished cells are kept in {run_dir / 'cells.jsonl'}; "
@@ -72,4 +100,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -84,3 +84,30 @@ def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
         assert (out / "plots" / name).is_file(), name
     report = (out / "report.md").read_text()
     assert "## Timing" in report and "accuracy_vs_time" in report
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["experiment=nope"],
+            "error: unknown experiment 'nope'; valid choices: blanchard2021_mnist, gradient_sweep, precision_sweep, "
+            "seed_article, timing_sweep, vocab_sweep",
+        ),
+        (["n_row=4"], "error: unknown setting 'n_row'; valid settings: frameworks, paths, dtypes, families, scales,"),
+        (["+n_row=4"], "error: unknown setting 'n_row'; valid settings: frameworks, paths, dtypes, families, scales,"),
+        (["+timing.budget=1"], "error: unknown setting 'timing.budget'; valid settings: enabled, threads, budget_s,"),
+        (["frameworks=[numpy"], "error: malformed override 'frameworks=[numpy': no viable alternative at input"),
+        (["frameworks=[numpy],[torch]"], "error: 'frameworks=[numpy],[torch]' gives several values: add -m"),
+        (["hydra/launcher=slurm"], "error: unknown hydra/launcher 'slurm'; valid choices: basic, joblib,"),
+        (["-m", "dtypes=[float32],[float99]"], "error: unknown dtype 'float99' in dtypes; valid choices: float16,"),
+        (["-m", "experiment=precision_sweep,vocab_sweep"], "error: experiment cannot be swept in one multirun"),
+    ],
+)
+def test_hydra_errors_are_one_line_before_any_work(tmp_path, overrides, line):
+    """Hydra's own errors, a key Hydra would add (+key) and a bad value in a later multirun job."""
+    result = run_cli(*overrides, "progress=false", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from conftest import small_sweep
 
 from harness.outputs import tables
 from harness.sweep import runner
+from harness.sweep.run_dir import record_sweep
 from harness.tools import compare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,16 +134,38 @@ def test_the_summary_counts_changes_and_tabulates_the_worst_regressions():
     comparison = compare.compare_errors(BASELINE, run_b)
     summary = compare.summary_markdown(comparison, Path("a"), Path("b"), 0.5, 1.0)
     assert "4 cells: 1 regressed, 0 status changed, 0 improved, 3 unchanged." in summary
-    assert "Status changes: ok -> unsupported: 1." in summary
+    assert "| ok | unsupported | regressed | 1 |" in summary
     assert "| numpy | fused | float32 | spread | 1 | 4 | 8 | ok | unsupported | 0.4 | 0.4 | - |" in summary
+
+
+def test_the_status_change_table_counts_each_cell_once_under_its_change():
+    run_b = BASELINE.assign(status=["inf", "nan", "ok", "ok"])  # ok -> inf regressed, inf -> nan status changed
+    comparison = compare.compare_errors(BASELINE, run_b)
+    summary = compare.summary_markdown(comparison, Path("a"), Path("b"), 0.5, 1.0)
+    assert "4 cells: 1 regressed, 1 status changed, 0 improved, 2 unchanged." in summary
+    assert "## Status changes: 2 cells, each counted above under its change" in summary
+    assert "| ok | inf | regressed | 1 |" in summary and "| inf | nan | status changed | 1 |" in summary
+
+
+def test_settings_beyond_the_grid_must_agree():
+    a = {"experiment": "x", "label": "random", "seed": 0, "scales": [1.0], "timing": {"enabled": True}}
+    b = a | {"experiment": "y", "label": "adversarial", "seed": 1, "timing": {"enabled": False}}
+    assert compare.different_settings(a, b) == ["label", "seed"]
+    assert compare.different_settings(a, a | {"device": "cuda", "row_errors": True}) == []
 
 
 # The real command line, on real runs made by the runner.
 
 
-def compare_sweep(scales=(1.0, 1000.0)):
+def compare_sweep(scales=(1.0, 1000.0), **changes):
     return small_sweep(
-        frameworks=("numpy",), dtypes=("float16", "float64"), families=("spread",), scales=scales, n_rows=4, n_classes=8
+        frameworks=("numpy",),
+        dtypes=("float16", "float64"),
+        families=("spread",),
+        scales=scales,
+        n_rows=4,
+        n_classes=8,
+        **changes,
     )
 
 
@@ -152,6 +175,10 @@ def runs(tmp_path_factory) -> Path:
     runner.run(compare_sweep(), root / "run_a")
     runner.run(compare_sweep(), root / "run_b")
     runner.run(compare_sweep(scales=(1.0,)), root / "fewer_scales")
+    for name, sweep in (("run_a", compare_sweep()), ("run_b", compare_sweep())):
+        record_sweep(sweep, root / name)
+    shutil.copytree(root / "run_b", root / "adversarial")
+    record_sweep(compare_sweep(label="adversarial", seed=4), root / "adversarial")  # settings only: same tables
     return root
 
 
@@ -216,3 +243,14 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, which, message):
     assert result.returncode == 2
     assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.cli
+def test_runs_with_other_settings_are_refused_unless_allowed(runs, tmp_path):
+    result = compare_cli(runs / "run_a", runs / "adversarial", "--out", tmp_path / "out")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: the runs differ in settings other than the grid: label, seed (label: A ")
+    assert "--allow-different-settings" in result.stderr and not (tmp_path / "out").exists()
+    allowed = compare_cli(runs / "run_a", runs / "adversarial", "--out", tmp_path / "out", "--allow-different-settings")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "16 cells: 0 regressed, 0 status changed, 0 improved, 16 unchanged." in allowed.stdout

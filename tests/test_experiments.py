@@ -20,8 +20,39 @@ def test_seed_article_prints_the_per_label_table(tmp_path):
     assert "| float64 | **exact** | 19.100000005069617 | 36.600000005069617 | 5.0696199767698928e-09 |" in table
     rows = pd.read_parquet(tmp_path / "row_errors.parquet")
     assert len(rows) == 3 * 4 * 4 * 3  # frameworks x paths x dtypes x labels
-    float32 = rows[(rows["dtype"] == "float32") & (rows["label"] == 2)]
+    float32 = rows[(rows["dtype"] == "float32") & (rows["label"] == 2)].set_index(["framework", "path"])
     assert (float32["computed"] == 0).all()
+    # x[y] - lse(x) rounds to -0 (as PyTorch prints, tensor([19.1000, 36.6000, -0.0000])), except where
+    # the loss is formed as logsumexp(x) - x[y] = 31.4 - 31.4 = +0: SciPy's and optax's fused losses
+    positive = {("numpy", "fused"), ("jax", "fused")}
+    assert {fp for fp, v in float32["computed"].items() if not np.signbit(v)} == positive
+    assert "| float32 | torch/fused | 19.099998474121094 | 36.599998474121094 | -0 |" in table
+
+
+def test_seed_article_without_row_errors_is_refused_before_any_work(tmp_path):
+    result = run_cli("experiment=seed_article", "row_errors=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: experiment seed_article needs row_errors=true (its summary is built from it), got row_errors=false"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_article_with_several_scales_tabulates_each(tmp_path):
+    result = run_cli(
+        "experiment=seed_article",
+        "scales=[1,2]",
+        "frameworks=[numpy]",
+        "dtypes=[float64]",
+        "paths=[naive]",
+        "progress=false",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "seed_article.md").read_text()
+    # scale 2: logits [24.6, -10.4, 62.8]; the exact third loss is log1p(exp(-38.2) + exp(-73.2)) = 2.5700e-17
+    assert "| float64 x1 | **exact** | 19.100000005069617 |" in table
+    assert "| float64 x2 | **exact** | 38.199999999999996 | 73.200000000000003 | 2.57010455484" in table
 
 
 def test_file_family_reads_npz_with_settings(tmp_path):

@@ -96,3 +96,16 @@ def test_merged_timings_keep_one_row_per_timed_combination(tmp_path):
         pd.DataFrame([row | {"median_s": median}]).to_parquet(tmp_path / job / "timings.parquet")
     merged = merged_timings([tmp_path / "0", tmp_path / "1"])
     assert merged["median_s"].tolist() == [1.0]
+
+
+def test_a_multirun_into_the_default_folder_whose_shards_do_not_merge_exits_2(tmp_path):
+    """No hydra.sweep.dir: the default results/<experiment>/multirun_<timestamp>/ must resolve at sweep time."""
+    result = run_cli("-m", *GRID, "dtypes=[float32]", "seed=0,1", cwd=tmp_path, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: shards not merged: shards differ in seed: they are not parts of one sweep"
+    )
+    (sweep_dir,) = (tmp_path / "results" / "precision_sweep").iterdir()
+    assert sweep_dir.name.startswith("multirun_")
+    assert all((sweep_dir / job / "errors.parquet").is_file() for job in ("0", "1"))  # kept for a later merge
+    assert not (sweep_dir / "errors.parquet").exists()

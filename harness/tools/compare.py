@@ -1,6 +1,7 @@
 """Compare two runs cell by cell: which cells regressed, improved or changed status from RUN_A to RUN_B.
 
     python -m harness.tools.compare RUN_A RUN_B [--ulp-tolerance X] [--rel-tolerance R] [--out DIR]
+                                    [--allow-different-settings]
 
 RUN_A is the baseline and RUN_B the run under test (for example the same sweep under another library
 version or on another machine). Both are run folders holding errors.parquet. Cells are matched on the
@@ -18,6 +19,12 @@ The rule, for each cell (status_a, status_b, and the errors max_ulp_err_a, max_u
 
 A missing max_ulp_err (NaN) counts as infinitely large, so a cell whose error disappears regresses.
 
+Both runs must have been made with the same settings apart from what a comparison is for: the
+settings in their sweep.json files may differ only in SAME_ANYWHERE below (the experiment's name,
+device, timing, gradients, per-row tables, bits_lost_limit); any other difference (label, seed,
+chunk_size, the file read, ...) is refused with exit status 2, naming the keys, unless
+--allow-different-settings is given. Runs without sweep.json (tables written by hand) are not checked.
+
 Defaults: R = 0.5 and X = 1 ulp. The same config on the same software gives bit-identical tables,
 so any movement at all comes from a change of library, BLAS, compiler or machine. Such a change
 reorders sums and moves a result by a rounding or two: up to about an ulp, which matters for small
@@ -30,13 +37,14 @@ Writes into --out (default RUN_B/compare_<name of RUN_A's folder>), each file at
 comparison.parquet and comparison.csv (the cells that did not stay unchanged, regressions first,
 worst first), comparison.md (the summary printed) and comparison.png (max_ulp_err in A against B,
 one point per cell). Exit status: 0 when nothing regressed, 1 when something did, 2 on bad input
-(a missing folder, no or unreadable errors.parquet, missing columns, duplicate or mismatched cells),
-told in one line on stderr starting with "error: ".
+(a missing folder, no or unreadable errors.parquet, missing columns, duplicate or mismatched cells,
+different settings), told in one line on stderr starting with "error: ".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -58,6 +66,9 @@ REGRESSED, STATUS_CHANGED, IMPROVED, UNCHANGED = "regressed", "status changed", 
 CHANGES = (REGRESSED, STATUS_CHANGED, IMPROVED, UNCHANGED)  # also the order of the written table
 NOT_OK = metrics.FAILED + (metrics.UNSUPPORTED,)  # the path did not give a usable loss
 WORST_SHOWN = 10
+SETTINGS_FILE = "sweep.json"
+# settings two compared runs may differ in: what is compared across, or what leaves errors.parquet unchanged
+SAME_ANYWHERE = ("experiment", "device", "progress", "timing", "gradient", "row_errors", "bits_lost_limit")
 
 
 class BadInput(Exception):
@@ -160,6 +171,30 @@ def check_same_grid(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
     )
 
 
+def different_settings(a: dict, b: dict) -> list[str]:
+    """Keys of two runs' sweep.json that differ, beyond those a comparison may differ in (SAME_ANYWHERE)."""
+    return sorted(k for k in a.keys() | b.keys() if k not in SAME_ANYWHERE and a.get(k) != b.get(k))
+
+
+def read_settings(run_dir: Path) -> dict | None:
+    path = run_dir / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_same_settings(run_a: Path, run_b: Path) -> None:
+    """BadInput naming the settings the two runs differ in, where both record them."""
+    a, b = read_settings(run_a), read_settings(run_b)
+    if a is None or b is None:
+        return
+    keys = different_settings(a, b)
+    if keys:
+        shown = "; ".join(f"{k}: A {json.dumps(a.get(k))}, B {json.dumps(b.get(k))}" for k in keys)
+        raise BadInput(
+            f"the runs differ in settings other than the grid: {', '.join(keys)} ({shown}); "
+            "compare them anyway with --allow-different-settings"
+        )
+
+
 def compare_errors(
     a: pd.DataFrame,
     b: pd.DataFrame,
@@ -221,8 +256,14 @@ def summary_markdown(
     ]
     moved = comparison[comparison["status_a"] != comparison["status_b"]]
     if not moved.empty:
-        transitions = moved.groupby(["status_a", "status_b"], sort=False).size()
-        lines.append("Status changes: " + ", ".join(f"{sa} -> {sb}: {n}" for (sa, sb), n in transitions.items()) + ".")
+        transitions = moved.groupby(["status_a", "status_b", "change"], sort=False).size()
+        rows = [[sa, sb, change, str(n)] for (sa, sb, change), n in transitions.items()]
+        lines += [
+            "",
+            f"## Status changes: {len(moved)} cells, each counted above under its change",
+            "",
+            tables.markdown_table(["status_a", "status_b", "change", "cells"], rows),
+        ]
     regressed = comparison[comparison["change"] == REGRESSED]
     if not regressed.empty:
         key = [c for c in tables.KEY_COLUMNS if c in comparison.columns]
@@ -340,6 +381,11 @@ def parser() -> argparse.ArgumentParser:
         help=f"fraction an error may grow by (default {DEFAULT_REL_TOLERANCE:g}: up to x{1 + DEFAULT_REL_TOLERANCE:g})",
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default RUN_B/compare_<RUN_A folder name>)")
+    p.add_argument(
+        "--allow-different-settings",
+        action="store_true",
+        help=f"compare runs whose {SETTINGS_FILE} differ beyond the grid (e.g. label or seed)",
+    )
     return p
 
 
@@ -348,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a = read_errors(args.run_a, "RUN_A")
         b = read_errors(args.run_b, "RUN_B")
+        if not args.allow_different_settings:
+            check_same_settings(args.run_a, args.run_b)
         comparison = compare_errors(a, b, args.rel_tolerance, args.ulp_tolerance)
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -109,15 +109,18 @@ def _command(shard: Path) -> dict:
 
 
 class MergeShards(Callback):
-    """Hydra callback: after a multirun, merge its job folders into the sweep folder."""
+    """Hydra callback: after a multirun, merge its job folders into the sweep folder.
+
+    Shards that cannot be merged end the multirun with exit status 2 (SystemExit passes through
+    Hydra's callback guard, which catches only Exception); the shards stay for a later merge.
+    """
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir() and shard_dirs(sweep_dir):
-            try:
-                merge(sweep_dir)
-            except ConfigError as exc:  # a failed shard: say so, keep the shards for a later merge
-                print(f"error: shards not merged: {exc}", file=sys.stderr)
+        try:
+            merge(Path(config.hydra.sweep.dir))
+        except ConfigError as exc:
+            print(f"error: shards not merged: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,209 @@
+"""The program behind `python -m harness`: compose settings with Hydra, validate them, run, read back.
+
+    run = harness.run("precision_sweep", ["frameworks=[numpy]", "timing.enabled=false"])
+    run.errors            # the errors table as a DataFrame; run.dir is the run folder
+    harness.load(run.dir)  # the same tables from a finished run folder
+    harness.measure(my_loss, "torch", dtypes=["float32"], scales=[1, 1e4])  # one callable's errors table
+
+Settings are composed from conf/ by Hydra's compose API, so a key means the same here and on the
+command line; `python -m harness` parses with Hydra and calls `prepare` and `execute` below.
+Bad settings raise harness.errors.ConfigError with the one line the command line prints.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from harness.errors import ConfigError
+from harness.sweep.config import CONF_DIR, SweepConfig, known_settings, resume_flag, sweep_config
+from harness.sweep.run_dir import check_resume, record_sweep
+
+GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+MEASURED = types.SimpleNamespace()  # callables given to measure(), importable as harness.api:MEASURED.<name>
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """A finished run: its folder and its tables (None where the run did not make one)."""
+
+    dir: Path
+    errors: pd.DataFrame
+    timings: pd.DataFrame | None = None
+    breakdown: pd.DataFrame | None = None
+    grad_errors: pd.DataFrame | None = None
+
+
+def hydra_error_line(exc: Exception) -> str:
+    """Hydra's multi-line composition errors as one line naming the bad value and the valid choices."""
+    text = str(exc).strip()
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = str(exc.missing_cfg_file).rpartition("/")
+        return f"unknown {group} {name!r}; valid choices: {', '.join(exc.options)}"
+    if text.startswith("Could not override '"):
+        key = text.split("'")[1]
+        if key.startswith("hydra."):
+            return f"unknown setting {key!r}; Hydra's own settings: python -m harness --cfg hydra"
+        *parents, _ = key.split(".")
+        known = known_settings()
+        for parent in parents:
+            known = known.get(parent) if isinstance(known, dict) else None
+        valid = f"; valid settings: {', '.join(known)}" if isinstance(known, dict) else ""
+        return f"unknown setting {key!r}{valid}"
+    if text.startswith("Ambiguous value for argument '"):
+        return several_values(text.splitlines()[0][len("Ambiguous value for argument '") : -1])
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def several_values(override: str) -> str:
+    return f"{override!r} gives several values: add -m to run one job per value, or write a list as key=[a,b]"
+
+
+def parse_overrides(overrides: Sequence[str]) -> list:
+    """Hydra's parse of the overrides; a malformed one raises ConfigError naming it and the grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except OverrideParseException as exc:
+            reason = (str(exc).strip().splitlines() or ["cannot parse"])[0]
+            raise ConfigError(f"malformed override {text!r}: {reason}; the grammar: {GRAMMAR}") from None
+    return parsed
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/config.yaml with the overrides, Hydra's own node included, as `python -m harness` composes it."""
+    parse_overrides(overrides)
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="harness"):
+            return compose("config", overrides=list(overrides), return_hydra_config=True)
+    except HydraException as exc:
+        raise ConfigError(hydra_error_line(exc)) from None
+
+
+def settings_of(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The job's settings without Hydra's node, and the experiment's name ('default' for none)."""
+    experiment = cfg.hydra.runtime.choices.get("experiment") or "default"
+    job = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    del job["hydra"]
+    return job, experiment
+
+
+def check_study(sweep: SweepConfig) -> None:
+    """A study's prerequisites (`REQUIRES` in experiments/<experiment>.py), checked before any work."""
+    import importlib
+    import importlib.util
+
+    name = f"experiments.{sweep.experiment}"
+    if importlib.util.find_spec("experiments") is None or importlib.util.find_spec(name) is None:
+        return
+    for key, value in getattr(importlib.import_module(name), "REQUIRES", {}).items():
+        if getattr(sweep, key) != value:
+            shown = json.dumps(getattr(sweep, key))
+            raise ConfigError(
+                f"experiment {sweep.experiment} needs {key}={json.dumps(value)} (its summary is built from it), "
+                f"got {key}={shown}"
+            )
+
+
+def prepare(cfg: DictConfig, experiment: str, run_dir: Path | None = None) -> tuple[SweepConfig, bool]:
+    """Every check before any work: the settings, the study's prerequisites and, given run_dir, resuming."""
+    resume = resume_flag(cfg)
+    sweep = sweep_config(cfg, experiment)
+    check_study(sweep)
+    if run_dir is not None:
+        check_resume(sweep, run_dir, resume)
+    return sweep, resume
+
+
+def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) -> pd.DataFrame:
+    """Record the run (sweep.json, environment.json) unless resuming, then measure and write everything."""
+    from harness.outputs.tables import write_text
+    from harness.sweep import environment, runner  # frameworks load only once the settings are known good
+    from harness.timing import stage
+
+    if sweep.timing.enabled and "jax" in sweep.frameworks:  # before any JAX computation: XLA reads them once
+        stage.request_jax_threads(sweep.timing.threads)
+    if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
+        record_sweep(sweep, run_dir)
+        record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
+        write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
+    return runner.run(sweep, run_dir)
+
+
+def _with_experiment(experiment: str | None, overrides: Sequence[str]) -> list[str]:
+    return ([f"experiment={experiment}"] if experiment else []) + list(overrides)
+
+
+def run(experiment: str | None = None, overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run:
+    """Run a sweep as `python -m harness experiment=EXPERIMENT *overrides` does, into run_dir
+    (default: hydra.run.dir, results/<experiment>/<timestamp>/ under the working directory)."""
+    cfg = compose_config(_with_experiment(experiment, overrides))
+    folder = Path(run_dir if run_dir is not None else cfg.hydra.run.dir)
+    job, name = settings_of(cfg)
+    sweep, resume = prepare(job, name, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    execute(sweep, job, folder, resume)
+    return load(folder)
+
+
+def _table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = run_dir / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def load(run_dir: str | Path) -> Run:
+    """The tables of a finished run folder."""
+    folder = Path(run_dir)
+    errors = _table(folder, "errors")
+    if errors is None:
+        raise ConfigError(f"{folder} holds no errors.parquet (not a run folder, or the run did not finish)")
+    return Run(folder, errors, _table(folder, "timings"), _table(folder, "breakdown"), _table(folder, "grad_errors"))
+
+
+def _list(values) -> str:
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def measure(
+    fn: Callable,
+    framework: str,
+    *,
+    dtypes: Sequence[str] | None = None,
+    scales: Sequence[float] | None = None,
+    families: Sequence[str] | None = None,
+    n_rows: int | None = None,
+    n_classes: int | Sequence[int] | None = None,
+    name: str | None = None,
+) -> pd.DataFrame:
+    """The errors table of one callable fn(logits, labels) -> per-row losses, in the framework's own arrays.
+
+    It is swept like a `custom_paths` entry over conf/config.yaml's grid (None: that setting's default)
+    and measured in memory: nothing is written. `name` (default fn.__name__) is its `path` column.
+    """
+    name = name or (fn.__name__ if fn.__name__.isidentifier() else "custom")
+    setattr(MEASURED, name, fn)
+    settings = {"dtypes": dtypes, "scales": scales, "families": families, "n_rows": n_rows, "n_classes": n_classes}
+    overrides = [
+        f"{key}={_list(value) if isinstance(value, list | tuple) else value}"
+        for key, value in settings.items()
+        if value is not None
+    ]
+    custom = f"{{framework: {framework}, name: {name}, fn: 'harness.api:MEASURED.{name}'}}"
+    overrides += [f"frameworks=[{framework}]", f"custom_paths=[{custom}]", "progress=false"]
+    job, experiment = settings_of(compose_config(overrides))
+    sweep, _ = prepare(job, experiment)
+    from harness.sweep import runner
+
+    return runner.sweep_errors(replace(sweep, paths=()))  # the callable only, none of the built-in paths

@@ -1,0 +1,131 @@
+"""Every command in the README runs as written, on small grids, and its Python examples run: the README cannot drift.
+
+All commands run in one scratch folder, in README order (the comparison needs the runs before it).
+To each `python -m harness` command the settings of SMALL that it does not set itself are appended;
+nothing else is changed, so default folders (results/<experiment>/<timestamp>/, multirun_<timestamp>/)
+are exercised as written. Not run: `pip install` and `python3 -m venv` (no network in a test) and
+`python -m pytest` (the suite itself). A Python block whose first line is `# some/file.py` is written
+to that file (e.g. *Your own path*'s module, which the next command imports); the others are executed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.cli
+
+NOT_RUN = ("pip ", "python3 -m venv", ". .venv/bin/activate", "python -m pytest")
+SMALL = {
+    "frameworks": "[numpy]",
+    "dtypes": "[float32]",
+    "families": "[spread]",
+    "scales": "[1,100]",
+    "n_rows": "4",
+    "n_classes": "8",
+    "timing.enabled": "false",
+    "progress": "false",
+}
+NO_CLUSTER = "submitit_slurm"  # no Slurm here: such a line is only composed and validated (see no_cluster)
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def readme_steps() -> list[tuple[str, str]]:
+    """("command", line) and ("python", source) in README order; shell lines split at `&&`."""
+    steps = []
+    for language, body in code_blocks((REPO / "README.md").read_text()):
+        if language == "python":
+            steps.append(("python", body))
+            continue
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        if not any(line.startswith(("python", ". ")) for line in lines):
+            continue  # a formula or a file layout, not commands
+        for line in lines:
+            for part in (p.strip() for p in line.split("&&")):
+                if not part.startswith(NOT_RUN):
+                    steps.append(("command", part))
+    return steps
+
+
+def small_overrides(words: list[str]) -> list[str]:
+    """SMALL's settings that the command does not set; a custom path keeps every framework."""
+    given = {w.split("=", 1)[0].lstrip("+~") for w in words if "=" in w}
+    small = {k: v for k, v in SMALL.items() if k not in given}
+    if "custom_paths" in given:
+        small.pop("frameworks")
+    return [f"{k}={v}" for k, v in small.items()]
+
+
+def run(words: list[str], cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(cwd)]), HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, *words[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def as_run(command: str) -> list[str]:
+    words = shlex.split(command)
+    assert words[:3] in (["python", "-m", "harness"], ["python", "-m", "harness.tools.compare"]), command
+    if words[2] != "harness":
+        return words
+    return words + small_overrides(words[3:])
+
+
+def no_cluster(words: list[str]) -> None:
+    """A line for a cluster this machine lacks: every job composed and validated, as the command does before
+    launching, and the sweep folder resolved as the launcher resolves it."""
+    from harness import api
+    from harness.__main__ import check_command_line
+
+    check_command_line(words[3:])
+    overrides = [w for w in words[3:] if not w.startswith("-") and "," not in w]
+    sweep_dir = str(api.compose_config(overrides).hydra.sweep.dir)
+    assert re.fullmatch(r"results/precision_sweep/multirun_[\d_-]+", sweep_dir), sweep_dir
+
+
+def interrupted_run(words: list[str], cwd) -> None:
+    """What a resume line needs: the run it names, cut to its first cell as if killed."""
+    first = [w for w in words if w != "resume=true"]
+    assert run(first, cwd).returncode == 0
+    (run_dir,) = [w.split("=", 1)[1] for w in words if w.startswith("hydra.run.dir=")]
+    journal = cwd / run_dir / "cells.jsonl"
+    journal.write_text(journal.read_text().splitlines(keepends=True)[0])
+
+
+def test_every_readme_command_and_example_runs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "my_logits.npz", logits=rng.standard_normal((3, 5)), labels=np.array([0, 4, 2]))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    steps = readme_steps()
+    assert sum(kind == "command" for kind, _ in steps) >= 12 and any(kind == "python" for kind, _ in steps)
+    for kind, text in steps:
+        first_line = text.splitlines()[0]
+        if kind == "python" and re.fullmatch(r"# [\w/]+\.py", first_line):
+            (tmp_path / first_line[2:]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / first_line[2:]).write_text(text)
+        elif kind == "python":
+            exec(compile(text, "<README python block>", "exec"), {})
+        else:
+            words = as_run(text)
+            if any(NO_CLUSTER in w for w in words):
+                no_cluster(words)
+                continue
+            if "resume=true" in words:
+                interrupted_run(words, tmp_path)
+            result = run(words, tmp_path)
+            assert result.returncode == 0, f"{text}\n{result.stderr[-2000:]}"
+            assert "Traceback" not in result.stderr, text
+    assert (tmp_path / "results" / "fine" / "errors.parquet").is_file()  # hydra.run.dir as written
+    multiruns = [d for d in (tmp_path / "results" / "precision_sweep").glob("multirun_*") if (d / "0").is_dir()]
+    assert len(multiruns) == 2  # joblib and submitit_local, in the default sweep folders, shards merged
+    assert all((d / "errors.parquet").is_file() for d in multiruns)
