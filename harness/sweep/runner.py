@@ -25,7 +25,7 @@ from harness.exact.reference import exact_cross_entropy
 from harness.outputs import plots, report, tables, timing_plots
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import inputs, journal, metrics
+from harness.sweep import bisect, inputs, journal, metrics
 from harness.sweep.config import SweepConfig, given_draw
 from harness.timing import stage as timing
 
@@ -180,9 +180,9 @@ def bases(sweep: SweepConfig):
                 yield family, inputs.draw(sweep.n_rows, n_classes, sweep.seed)
 
 
-def sweep_cells(sweep: SweepConfig, record, done=frozenset()) -> None:
+def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=None) -> None:
     """Walk the grid; every cell not in `done` is measured and its journal record passed to record()."""
-    implementations = compile_implementations(sweep)
+    implementations = implementations or compile_implementations(sweep)
     with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
         for family, base in bases(sweep):
             for scale in sweep.scales:
@@ -249,9 +249,12 @@ def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
     try:
         if cells.done:
             log.info("resuming: %d of %d cells already done", len(cells.done), sweep.n_cells)
-        sweep_cells(sweep, cells.append, frozenset(cells.done))
+        implementations = compile_implementations(sweep)  # once: the bisection reuses JAX's compiled paths
+        sweep_cells(sweep, cells.append, frozenset(cells.done), implementations)
     finally:
         cells.close()
+    breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
+    tables.write_table(breaks, run_dir / "breaks")
     return write_results(sweep, run_dir, cells.records, time_paths(sweep) if sweep.timing.enabled else None)
 
 
