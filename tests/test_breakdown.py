@@ -3,6 +3,7 @@ the flush table re-measured, and a small real sweep whose breaks theory must pla
 
 import math
 
+import mpmath
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,37 +14,41 @@ from harness.outputs.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_
 from harness.sweep import metrics
 
 LN2 = math.log(2.0)
-# largest finite = (2 - 2**(1 - p)) * 2**emax
+# largest finite = (2 - 2**(1 - p)) * 2**emax; half an ulp there = 2**(emax - p)
 LARGEST = {
     "float16": (2 - 2.0**-10) * 2.0**15,
     "bfloat16": (2 - 2.0**-7) * 2.0**127,
     "float32": (2 - 2.0**-23) * 2.0**127,
     "float64": (2 - 2.0**-52) * 2.0**1023,
 }
+HALF_ULP = {"float16": 2.0**4, "bfloat16": 2.0**119, "float32": 2.0**103, "float64": 2.0**970}
 
 
 @pytest.mark.parametrize(
     "dtype, about",
-    [("float16", 11.0899), ("bfloat16", 88.7189), ("float32", 88.7228), ("float64", 709.7827)],
+    [("float16", 11.0901), ("bfloat16", 88.7209), ("float32", 88.7228), ("float64", 709.7827)],
 )
-def test_overflow_threshold_is_ln_largest_finite(dtype, about):
-    assert breakdown.overflow_threshold(dtype) == pytest.approx(math.log(LARGEST[dtype]), rel=1e-15)
+def test_overflow_threshold_is_ln_largest_finite_plus_half_an_ulp(dtype, about):
+    with mpmath.workdps(40):
+        exact = float(mpmath.log(mpmath.mpf(LARGEST[dtype]) + HALF_ULP[dtype]))
+    assert breakdown.overflow_threshold(dtype) == pytest.approx(exact, rel=1e-15)
     assert breakdown.overflow_threshold(dtype) == pytest.approx(about, abs=1e-4)
 
 
 @pytest.mark.parametrize(
     "dtype, subnormal_exponent, normal_exponent, about",
     [
-        ("float16", 24, 14, 16.6355),
-        ("bfloat16", 133, 126, 92.1886),
-        ("float32", 149, 126, 103.2789),
-        ("float64", 1074, 1022, 744.4401),
+        ("float16", 24, 14, 17.3287),
+        ("bfloat16", 133, 126, 92.8817),
+        ("float32", 149, 126, 103.9721),
+        ("float64", 1074, 1022, 745.1332),
     ],
 )
-def test_underflow_threshold_is_minus_ln_smallest_subnormal_or_normal(
+def test_underflow_threshold_is_minus_ln_half_the_smallest_subnormal_or_the_smallest_normal(
     dtype, subnormal_exponent, normal_exponent, about
 ):
-    assert breakdown.underflow_threshold(dtype) == pytest.approx(subnormal_exponent * LN2, rel=1e-15)
+    # exp(-loss) rounds to 0 once it is at most half the smallest subnormal 2**-(e + 1)
+    assert breakdown.underflow_threshold(dtype) == pytest.approx((subnormal_exponent + 1) * LN2, rel=1e-15)
     assert breakdown.underflow_threshold(dtype) == pytest.approx(about, abs=1e-4)
     assert breakdown.underflow_threshold(dtype, flushes_subnormals=True) == pytest.approx(normal_exponent * LN2)
 
@@ -137,8 +142,16 @@ def test_naive_overflow_on_a_hand_built_grid():
     # 64 ulps = log2(128) = 7 bits > 5.5 from scale 4, before the failure
     assert (row["bits_lost_limit"], row["first_bits_lost_scale"], row["max_bits_lost"]) == (5.5, 4.0, 7.0)
     assert row["theory_cause"] == SUM_OVERFLOW and row["theory_quantity"] == "max_lse"
-    assert row["theory_threshold"] == pytest.approx(math.log(65504.0))
+    assert row["theory_threshold"] == pytest.approx(math.log(65520.0))
     assert (row["theory_scale"], row["quantity_before_fail"], row["quantity_at_fail"]) == (8.0, 9.0, 17.0)
+    # without a breaks table the measured break is the grid's bracket: ln 65520 = 11.09 lies in [9, 17]
+    assert (row["break_scale_lo"], row["break_scale_hi"], row["break_quantity_lo"], row["break_quantity_hi"]) == (
+        4.0,
+        8.0,
+        9.0,
+        17.0,
+    )
+    assert row["bisection"] == "grid only: no breaks table"
     assert row["grid_steps_off"] == 0 and row["matches_theory"] and row["explanation"] == ""
     # k as a setting: with k = 0.5, 1 ulp (1 bit) at scale 2 is already too much
     assert one_row(frame, bits_lost_limit=0.5)["first_bits_lost_scale"] == 2.0
@@ -156,9 +169,10 @@ def test_sum_overflow_falls_back_to_max_logit_and_says_what_is_missing():
     )
     row = one_row(frame)
     assert row["theory_quantity"] == "max_logit" and row["theory_scale"] == 16.0
+    # the log-sum-exp is at most max_logit + ln 10 = 6.3 at the break, far below 11.09
     assert row["grid_steps_off"] == -3 and not row["matches_theory"]
-    assert "3 grid steps before theory" in row["explanation"] and "no max_lse" in row["explanation"]
-    # one step early is within tolerance, and still says why the largest logit was not yet past ln(65504)
+    assert "63.9% below the sum overflow threshold 11.09" in row["explanation"] and "no max_lse" in row["explanation"]
+    # 9 + ln 10 = 11.30 >= 11.09: the log-sum-exp may have passed it, so theory agrees and says why
     near = one_row(frame.assign(max_logit=[2.0, 9.0, 12.0, 14.0, 16.0]))
     assert near["grid_steps_off"] == -1 and near["matches_theory"]
     assert near["explanation"].startswith("the sum of exps overflows before any single exp")
@@ -167,30 +181,96 @@ def test_sum_overflow_falls_back_to_max_logit_and_says_what_is_missing():
 
 def test_target_underflow_with_and_without_subnormal_flushing():
     scales = [10.0, 20.0, 40.0]
-    losses = {"max_exact_loss": [50.0, 95.0, 120.0]}  # -ln(2**-126) = 87.3 < 95 < 103.3 = -ln(2**-149)
+    losses = {"max_exact_loss": [50.0, 95.0, 120.0]}  # -ln(2**-126) = 87.3 < 95 < 104.0 = -ln(2**-150)
     args = (["ok", "inf", "inf"], [0.6, np.nan, np.nan], [20.0, 40.0, 80.0], scales)
     jax_row = one_row(cells("jax", "softmax_log", "float32", *args, **losses))
     assert jax_row["flushes_subnormals"] and jax_row["theory_threshold"] == pytest.approx(126 * LN2)
     assert jax_row["theory_scale"] == 20.0 and jax_row["grid_steps_off"] == 0 and jax_row["matches_theory"]
-    assert "flushes subnormals to zero" in jax_row["explanation"] and "at scale 40" in jax_row["explanation"]
+    assert jax_row["explanation"].startswith("jax flushes subnormals to zero in float32 (measured)")
+    assert "gradual underflow would put it at 103.97" in jax_row["explanation"]
+    # gradual underflow puts the break at 103.97, beyond the bracket [50, 95] by more than 1%
     numpy_row = one_row(cells("numpy", "softmax_log", "float32", *args, **losses))
-    assert not numpy_row["flushes_subnormals"] and numpy_row["theory_threshold"] == pytest.approx(149 * LN2)
-    assert numpy_row["grid_steps_off"] == -1 and numpy_row["matches_theory"] and numpy_row["explanation"] == ""
+    assert not numpy_row["flushes_subnormals"] and numpy_row["theory_threshold"] == pytest.approx(150 * LN2)
+    assert numpy_row["grid_steps_off"] == -1 and not numpy_row["matches_theory"]
+    assert "8.6% below the target underflow threshold 103.97; no measured fact" in numpy_row["explanation"]
 
 
-def test_a_break_that_only_flushing_explains_says_so():
+def test_the_measured_flush_column_decides_over_the_fallback_table():
     frame = cells(
-        "numpy",
-        "softmax_log",
-        "float32",
-        ["ok", "inf", "inf", "inf", "inf"],
-        [0.6] + [np.nan] * 4,
-        [20.0, 40.0, 45.0, 50.0, 60.0],
-        max_exact_loss=[50.0, 95.0, 100.0, 102.0, 120.0],
+        "numpy", "softmax_log", "float32", ["ok", "inf"], [0.6, np.nan], [20.0, 40.0], max_exact_loss=[50.0, 95.0]
+    )
+    assert one_row(frame.assign(flushes_subnormals=True))["matches_theory"]  # 87.34 in [50, 95]
+    assert not one_row(frame.assign(flushes_subnormals=[pd.NA, False]))["matches_theory"]
+
+
+def breaks_row(frame, lo, hi, accumulation="", **quantities):
+    """The breaks-table row harness.sweep.bisect writes for a one-combination errors table."""
+    keys = frame.iloc[0][["framework", "path", "dtype", "family", "n_rows", "n_classes"]].to_dict()
+    ends = {f"{q}_{end}": np.nan for q in ("max_logit", "max_lse", "max_exact_loss") for end in ("lo", "hi")}
+    row = keys | ends | quantities
+    row |= {"bisection": "bisected: 13 halvings, 13 runs", "break_scale_lo": lo, "break_scale_hi": hi}
+    return pd.DataFrame([row | {"accumulation": accumulation}])
+
+
+def test_a_bisected_break_tells_flushing_from_gradual_underflow():
+    # one grid step from loss 50 to 120 holds both 87.34 (flushed) and 103.97 (gradual): the grid cannot tell
+    frame = cells(
+        "numpy", "softmax_log", "float32", ["ok", "inf"], [0.6, np.nan], [20.0, 50.0], max_exact_loss=[50.0, 120.0]
+    )
+    assert one_row(frame)["matches_theory"]
+    gradual = breaks_row(frame, 24.83, 24.832, max_exact_loss_lo=103.966, max_exact_loss_hi=103.974)
+    row = breakdown_frame(frame, breaks=gradual).iloc[0]
+    assert row["matches_theory"] and (row["break_scale_lo"], row["break_scale_hi"]) == (24.83, 24.832)
+    assert (row["break_quantity_lo"], row["break_quantity_hi"]) == (103.966, 103.974)
+    assert row["bisection"] == "bisected: 13 halvings, 13 runs"
+    early = breaks_row(frame, 20.86, 20.862, max_exact_loss_lo=87.333, max_exact_loss_hi=87.34)
+    row = breakdown_frame(frame, breaks=early).iloc[0]
+    assert not row["matches_theory"]
+    assert row["explanation"] == (
+        "broke (inf) at scale 20.862 (not yet at 20.86), where the largest exact loss is 87.333 to 87.34, 16.0% below "
+        "the target underflow threshold 103.97; no measured fact (subnormal flushing, accumulation dtype) puts a "
+        "threshold there"
+    )
+
+
+def test_a_flushed_reciprocal_explains_an_early_sum_overflow():
+    # JAX computes x / s as x * (1 / s): with subnormals flushed, 1/s is 0 once lse passes -ln(2**-126) = 87.34
+    frame = cells("jax", "naive", "float32", ["ok", "nan"], [0.6, np.nan], [50.0, 100.0], max_lse=[57.0, 107.0]).assign(
+        flushes_subnormals=True, max_exact_loss=[9.6, 9.6]
+    )
+    measured = breaks_row(frame, 79.82, 79.83, max_lse_lo=87.3355, max_lse_hi=87.3411)
+    row = breakdown_frame(frame, breaks=measured).iloc[0]
+    assert not row["matches_theory"] and row["theory_cause"] == SUM_OVERFLOW
+    assert "1.6% below the sum overflow threshold 88.723" in row["explanation"]
+    assert "jax flushes subnormals to zero in float32 (measured), so 1/sum(exp) becomes 0" in row["explanation"]
+    assert row["explanation"].endswith("-ln(smallest normal) = 87.337: within 1% of it")
+
+
+def test_an_accumulation_dtype_explains_a_late_sum_overflow():
+    frame = cells("numpy", "naive", "float16", ["ok", "inf"], [0.6, np.nan], [5.0, 95.0], max_lse=[10.0, 100.0])
+    frame = frame.assign(max_exact_loss=[1.0, 1.0])
+    late = breaks_row(frame, 88.7, 88.71, "float32", max_lse_lo=88.70, max_lse_hi=88.73)
+    row = breakdown_frame(frame, breaks=late).iloc[0]
+    assert not row["matches_theory"]
+    assert "had passed 11.09 (sum overflow) before it" in row["explanation"]
+    assert "numpy's naive carries float16 sums in float32 (path entry): sum overflow at 88.723" in row["explanation"]
+
+
+def test_a_correctly_rounded_inf_is_not_a_break():
+    # the adversarial float16 loss at scale 1e4 is 70208: inf is the correctly rounded answer
+    frame = cells(
+        "torch",
+        "fused",
+        "float16",
+        ["ok", "ok", "exact_overflow"],
+        [0.5, 0.5, 2.0],
+        [10.0, 1000.0, 10000.0],
+        max_exact_loss=[20.0, 7000.0, 70208.0],
     )
     row = one_row(frame)
-    assert row["grid_steps_off"] == -3 and not row["matches_theory"]
-    assert "had numpy flushed subnormals to zero" in row["explanation"]
+    assert np.isnan(row["first_fail_scale"]) and row["exact_overflow_scale"] == 4.0
+    assert row["matches_theory"] and row["theory_cause"] == "none" and row["explanation"] == ""
+    assert row["max_bits_lost"] == 2.0  # its finite rows still count: 2 ulps = 2 bits
 
 
 def test_stable_paths_should_not_break():

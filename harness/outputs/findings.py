@@ -2,9 +2,10 @@
 
 key_findings gives, in order, an overview (how many combinations fail, how many agree with theory),
 the disagreements with theory, the combinations theory cannot check, one sentence per predicted break
-(frameworks that break alike merged into one), the paths that never fail, where more than k bits are
-lost while the loss is still finite, where the logits themselves overflow the dtype, and what is
-unsupported. Numbers are written to 4 significant digits (_g); with_where names each row's setting
+(frameworks that break alike merged into one, with the bisected break quantity), the paths that never
+fail, where more than k bits are lost while the loss is still finite, where the exact loss itself
+rounds to inf or 0 (a correct result, not a failure), where the logits themselves overflow the
+dtype, and what is unsupported. Numbers are written to 4 significant digits (_g); with_where names each row's setting
 ('float16 (spread)'), which the report's breakdown section shares.
 """
 
@@ -55,7 +56,8 @@ def overview_finding(table: pd.DataFrame) -> str:
     agree = int(table.loc[checked, "matches_theory"].astype(bool).sum())
     text = (
         f"{failing} of {len(table)} framework/path/dtype/family combinations fail within the grid; "
-        f"{agree} of the {int(checked.sum())} that theory can check agree with it within one grid step"
+        f"{agree} of the {int(checked.sum())} that theory can check agree with it (a threshold within 1% of "
+        "the measured break)"
     )
     disagree = int(checked.sum()) - agree
     if disagree:
@@ -70,11 +72,23 @@ def _is(column: pd.Series, value: bool) -> pd.Series:
     return column.eq(value).fillna(False).astype(bool)
 
 
+def _measured(row) -> str:
+    """'; located between scales 2.3006 and 2.3008, where the largest log-sum-exp is 11.088 to 11.095'."""
+    if pd.isna(row["break_scale_lo"]) or pd.isna(row["break_quantity_hi"]) or not row["theory_quantity"]:
+        return ""
+    words = breakdown.QUANTITY_WORDS.get(row["theory_quantity"], row["theory_quantity"])
+    lo, hi = (breakdown.fmt_quantity(row[f"break_scale_{end}"]) for end in ("lo", "hi"))
+    value = breakdown.fmt_span(row["break_quantity_lo"], row["break_quantity_hi"])
+    return f"; located between scales {lo} and {hi}, where the {words} is {value}"
+
+
 def break_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
-    """One sentence per path/dtype/family break that theory predicts or cannot check, frameworks merged."""
+    """One sentence per path/dtype/family break that theory predicts or cannot check, frameworks merged
+    where they break alike (the same grid scale and the same bisected quantity to 5 digits)."""
     rows = table[table["first_fail_scale"].notna() & ~_is(table["matches_theory"], False)]
+    rows = rows.assign(measured=[_measured(row) for _, row in rows.iterrows()])
     key = ["where", "path", "theory_cause", "theory_quantity", "theory_threshold"]
-    key += ["first_fail_scale", "first_fail_max_logit", "explanation"]
+    key += ["first_fail_scale", "first_fail_max_logit", "measured", "explanation"]
     findings = []
     for _, group in rows.groupby(key, sort=False, dropna=False):
         row = group.iloc[0]
@@ -90,16 +104,10 @@ def break_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
             continue
         words = breakdown.QUANTITY_WORDS.get(row["theory_quantity"], row["theory_quantity"])
         verb = VERBS.get(row["theory_cause"], "fails")
-        if row["grid_steps_off"] == 0:
-            sentence = (
-                f"{row['path']} {verb} in {row['where']} once the {words} passes {_g(row['theory_threshold'])}, "
-                f"as theory predicts: {measured}"
-            )
-        else:
-            sentence = (
-                f"{row['path']} {verb} in {row['where']} within one grid step of theory (the {words} passes "
-                f"{_g(row['theory_threshold'])} from scale {_g(row['theory_scale'])}): {measured}"
-            )
+        sentence = (
+            f"{row['path']} {verb} in {row['where']} once the {words} passes {_g(row['theory_threshold'])}, "
+            f"as theory predicts: {measured}{row['measured']}"
+        )
         findings.append(sentence + (f"; {row['explanation']}" if row["explanation"] else "") + ".")
     return findings
 
@@ -168,6 +176,26 @@ def accuracy_findings(table: pd.DataFrame, all_frameworks) -> list[str]:
     return findings
 
 
+CORRECTLY_ROUNDED_WORDS = {
+    "exact_overflow_scale": ("inf", "exact_overflow"),
+    "exact_underflow_scale": ("0", "exact_underflow"),
+}
+
+
+def correctly_rounded_findings(table: pd.DataFrame) -> list[str]:
+    """Where the exact loss itself rounds to inf or 0: those results are right, not failures."""
+    findings = []
+    for column, (value, status) in CORRECTLY_ROUNDED_WORDS.items():
+        if column not in table:
+            continue
+        for where, group in table[table[column].notna()].groupby("where", sort=False):
+            findings.append(
+                f"The exact loss itself rounds to {value} in {where} from scale {_g(group[column].min())}: "
+                f"{_and(dict.fromkeys(group['path']))} give {value} there correctly ({status}), not a failure."
+            )
+    return findings
+
+
 def input_findings(table: pd.DataFrame) -> list[str]:
     rows = table[table["input_inf_scale"].notna()]
     return [
@@ -204,6 +232,7 @@ def key_findings(table: pd.DataFrame, errors: pd.DataFrame) -> list[str]:
         + break_findings(table, frameworks)
         + never_failing_findings(table, errors)
         + accuracy_findings(table, frameworks)
+        + correctly_rounded_findings(table)
         + input_findings(table)
         + unsupported_findings(table, errors)
     )
