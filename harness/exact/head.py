@@ -8,18 +8,20 @@ float64 products: each row of A (and of B) is scaled by its own power of two 2**
 its largest entry, then cut into slices of beta bits (integers below 2**beta held in float64;
 slice k is worth 2**(a - k beta) times its integers). beta is the largest with
 4 n (2**beta - 1)**2 <= 2**53, so one slice product, and a sum of up to four of them, is an
-integer below 2**53: exact in float64 whatever order BLAS adds in. Slicing stops when the rows
-have no bits left, or at a floor `floor_bits` (+ log2 n + 4) below 2**(a + c); slice pairs wholly
-below that floor are skipped. The products of equal weight are summed exactly, then all of them
-(and A's low parts, for a double-double A) are summed with Ogita-Rump-Oishi's Sum2. Proved bound,
-per entry, with S = sum_t |A_it B_jt| and at most 14 weights (two_sum is exact; the error terms
-sum with gamma_13 gamma_12 < 2**-98):
+integer below 2**53: exact in float64 whatever order BLAS adds in. Slicing stops when a side has
+no bits left, or after K slices, K beta >= floor_bits + 4 - 53 + 2 log2 n; what is left of a side
+(its tail, with a double-double operand's low parts) goes through one plain float64 product with
+the other side, whose error gamma_n n 2**-(K beta) is below 2**-(floor_bits + 4). Slice pairs
+wholly below 2**-(floor_bits + log2 n + 4) are skipped. Products of equal weight are summed
+exactly, then all terms with Ogita-Rump-Oishi's Sum2. Proved bound, per entry, with
+S = sum_t |A_it B_jt| and at most 16 terms in Sum2 (its error is below gamma_15**2 S < 2**-98 S):
 
     |computed - exact| <= 2**-98 S + 2**-floor_bits 2**(a_i + c_j),   2**a_i <= 2 max_t |A_it|.
 
-The second term is zero when no bit lies below the floor (then the splitting is error-free), as
-for float16/bfloat16/float32 inputs spanning less than about 80 binades in a row. Logits take
-floor_bits = 104, i.e. at most 2**-102 max|h_i| max|W_j|; gradients 90.
+The second term is zero when the splitting is error-free: no tail and no slice pair skipped,
+e.g. for logits with d = 512 (beta = 21, K = 4) when the slices of h and of W number at most
+four each and seven together, as for float32 rows whose entries span less than 2**38 (the tests
+check it). Logits take floor_bits = 104, i.e. at most 2**-102 max|h_i| max|W_j|; gradients 90.
 
 **Loss.** Rounding the logits to float64 would cost up to 2**-52 max|z| of the loss, far above
 2**-75, so the double-double logits feed the reference's formula directly: every difference
@@ -32,8 +34,8 @@ float64-rounded differences x = fl(z - m): its 2**-48 plus the rounding's first-
 
 **Gradients.** G = upstream * (softmax - onehot) from the double-double logits as in
 `harness.exact.gradient` (each entry to about 2**-75 of itself); dL/dh = G @ W, dL/dW = G.T @ h
-by the products above (floor 2**-90 of 2**(a + c); G's low parts through one plain float64
-product, 2**-91 n/2**15 of |G| @ |W|), dL/db = G.sum(0) by pairwise double-double sums.
+by the products above (floor 2**-90 of 2**(a + c), G's low parts in the tail), dL/db = G.sum(0)
+by pairwise double-double sums.
 All three come back as `ExactValue`s, so nothing underflows.
 """
 
@@ -46,13 +48,12 @@ import numpy as np
 
 from harness.exact import dd
 from harness.exact.dd import ExactValue
-from harness.exact.reference import FLOAT64_ROUTE_UP_TO, LOG1P_IS_T_BELOW, exact_cross_entropy
+from harness.exact.reference import FLOAT64_ROUTE_UP_TO, LOG1P_IS_T_BELOW, by_row_blocks, exact_cross_entropy
 
 LOGIT_FLOOR_BITS = 104  # logits: skipped bits below 2**-104 of 2**(a + c)
 GRADIENT_FLOOR_BITS = 90  # dL/dh, dL/dW: below 2**-90 of 2**(a + c), 15 bits under the 2**-75 target
 ROUNDING_MEAN_UP_TO = 32.0  # float64 route when 2**-51 mean|x| <= 2**-46
-_BLOCK_ENTRIES = 2**22  # rows of B per block: at most this many entries
-_ROW_BLOCK_ENTRIES = 2**17  # elementwise double-double work in blocks of rows: cache-sized arrays
+_BLOCK_ENTRIES = 2**21  # rows of B per block: at most this many entries
 _LEVEL_PAIRS = 4  # slice products of one weight summed exactly in float64, at most this many at once
 
 
@@ -110,15 +111,27 @@ def _row_exponents(hi, exponent):
     return np.where(top == np.iinfo(np.int64).min, 0, top)
 
 
-def _slices(rest, beta: int, most: int) -> list[np.ndarray]:
-    """Integer-valued slices of entries in (-1, 1), beta bits each (rest is overwritten)."""
-    parts = []
+class _Split(NamedTuple):
+    """Entries in (-1, 1) = sum_k parts[k-1] 2**(-k beta) (integer-valued parts) + tail."""
+
+    parts: list[np.ndarray]
+    head: np.ndarray  # the parts' sum, exact: the entries with their bits below the parts cut off
+    tail: np.ndarray | None  # what is left, plus a double-double operand's low parts; None if 0
+
+
+def _split(hi, lo, beta: int, most: int) -> _Split:
+    """Slices of beta bits, at most `most` of them, of scaled entries hi (+ lo) in (-1, 1)."""
+    rest, parts = hi.copy(), []
     while len(parts) < most and rest.any():
         rest *= 2.0**beta
         part = np.trunc(rest)
         rest -= part  # exact: the fraction of a float64
         parts.append(part)
-    return parts
+    np.ldexp(rest, -beta * len(parts), out=rest)
+    head = hi - rest
+    if lo is not None:
+        rest += lo
+    return _Split(parts, head, rest if rest.any() else None)
 
 
 class _Operand(NamedTuple):
@@ -137,15 +150,14 @@ class _Operand(NamedTuple):
         return np.ldexp(self.hi, shift), None if self.lo is None else np.ldexp(self.lo, shift)
 
 
-def _exact_product(a: _Operand, b: _Operand, floor_bits: int):
-    """A @ B.T as (hi, lo, exponent) arrays: A sliced once, B in blocks of rows (memory)."""
+def _exact_product(a: _Operand, b: _Operand, floor_bits: int) -> ExactValue:
+    """A @ B.T as an ExactValue: A split once, B in blocks of rows (memory)."""
     n = a.hi.shape[1]
     beta = slice_bits(n)
     floor = floor_bits + math.ceil(math.log2(max(n, 1))) + 4
-    most = math.ceil(floor / beta)
+    most = max(1, math.ceil((floor_bits + 4 - 53 + 2 * math.log2(max(n, 1))) / beta))  # then the tail
     a_row = _row_exponents(a.hi, a.exponent)
-    a_hi, a_lo = a.scaled(a_row)
-    a_parts = _slices(a_hi.copy(), beta, most)
+    a_split = _split(*a.scaled(a_row), beta, most)
     shape = (a.hi.shape[0], b.hi.shape[0])
     hi, lo, exponent = np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.int64)
     step = max(1, _BLOCK_ENTRIES // max(n, 1))
@@ -153,15 +165,15 @@ def _exact_product(a: _Operand, b: _Operand, floor_bits: int):
         block = b.rows(start, start + step)
         b_row = _row_exponents(block.hi, block.exponent)
         b_hi, b_lo = block.scaled(b_row)
-        weighted = _level_sums(a_parts, _slices(b_hi.copy(), beta, most), beta, floor)
-        if a_lo is not None:
-            weighted.append(a_lo @ b_hi.T)
-        if b_lo is not None:
-            weighted.append(a_hi @ b_lo.T)
-        columns = slice(start, start + step)
-        hi[:, columns], lo[:, columns] = _sum2(weighted, (shape[0], b_hi.shape[0]))
-        exponent[:, columns] = a_row[:, None] + b_row[None, :]
-    return hi, lo, exponent
+        b_split = _split(b_hi, b_lo, beta, most)
+        weighted = _level_sums(a_split.parts, b_split.parts, beta, floor)
+        if a_split.tail is not None:  # A B.T = heads' product + A's tail B.T + A's head B's tail.T
+            weighted.append(a_split.tail @ b_hi.T)
+        if b_split.tail is not None:
+            weighted.append(a_split.head @ b_split.tail.T)
+        value = _exact_value(*_sum2(weighted, (shape[0], b_hi.shape[0])), a_row[:, None] + b_row[None, :])
+        hi[:, start : start + step], lo[:, start : start + step], exponent[:, start : start + step] = value
+    return ExactValue(hi, lo, exponent)
 
 
 def _level_sums(a_parts, b_parts, beta: int, floor: int) -> list[np.ndarray]:
@@ -203,7 +215,7 @@ def exact_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None = None):
     h, W, b, _, _ = _checked(h, W, b)
     with np.errstate(under="ignore"):
         hi, lo, exponent = _exact_product(_Operand(h), _Operand(W), LOGIT_FLOOR_BITS)
-        hi, lo = np.ldexp(hi, exponent), np.ldexp(lo, exponent)
+        hi, lo = np.ldexp(hi, exponent), np.ldexp(lo, exponent)  # exponent 0 from 2**-960 up
     if b is None:
         return hi, lo
     return dd.add(hi, lo, np.broadcast_to(b, hi.shape), np.zeros_like(hi))
@@ -253,10 +265,9 @@ def _rows(zh, zl) -> _Rows:
 
 
 def _in_row_blocks(function, zh, zl, labels) -> ExactValue:
-    """function(zh, zl, labels) -> ExactValue, evaluated on blocks of rows: faster, less memory."""
-    step = max(1, _ROW_BLOCK_ENTRIES // zh.shape[1])
-    blocks = [function(zh[i : i + step], zl[i : i + step], labels[i : i + step]) for i in range(0, len(zh), step)]
-    return ExactValue(*(np.concatenate(parts) for parts in zip(*blocks, strict=True)))
+    """function(zh, zl, labels) on blocks of rows, as the reference does (`by_row_blocks`)."""
+    classes = zh.shape[1]
+    return by_row_blocks(lambda z, y: function(z[:, :classes], z[:, classes:], y), np.hstack([zh, zl]), labels)
 
 
 def _dd_loss(zh, zl, labels) -> ExactValue:
@@ -331,13 +342,14 @@ def exact_head_gradients(h, W, b, labels, upstream=None) -> HeadGradients:
     zh, zl = exact_logits(h, W, b)
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         g = _in_row_blocks(_softmax_minus_onehot, zh, zl, labels)
+        del zh, zl  # memory: 65 MB each at 256 x 32000
         if upstream is not None:
             mantissa, binade = np.frexp(upstream)
             g_h, g_l = dd.mul(g.hi, g.lo, mantissa[:, None], np.zeros_like(g.lo))
             g = _exact_value(g_h, g_l, g.exponent + binade[:, None])
-        d_h = _exact_value(*_exact_product(_Operand(*g), _Operand(W.T), GRADIENT_FLOOR_BITS))
-        d_W = _exact_value(*_exact_product(_Operand(h.T), _Operand(g.hi.T, g.lo.T, g.exponent.T), GRADIENT_FLOOR_BITS))
-        d_W = ExactValue(*(part.T for part in d_W))
+        d_h = _exact_product(_Operand(*g), _Operand(W.T), GRADIENT_FLOOR_BITS)
+        d_W = _exact_product(_Operand(h.T), _Operand(g.hi.T, g.lo.T, g.exponent.T), GRADIENT_FLOOR_BITS)
+        d_W = ExactValue(*(part.T for part in d_W))  # computed as h.T @ G: the large G.T is taken in blocks
         d_b = None if b is None else _column_sums(g)
     return HeadGradients(d_h, d_W, d_b)
 
