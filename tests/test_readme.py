@@ -59,11 +59,12 @@ def readme_steps() -> list[tuple[str, str]]:
 
 
 def small_overrides(words: list[str]) -> list[str]:
-    """SMALL's settings that the command does not set; a custom path keeps every framework."""
+    """SMALL's settings that the command does not set; a custom path runs with its own framework."""
     given = {w.split("=", 1)[0].lstrip("+~") for w in words if "=" in w}
     small = {k: v for k, v in SMALL.items() if k not in given}
-    if "custom_paths" in given:
-        small.pop("frameworks")
+    custom = re.search(r"custom_paths=\[\{framework: (\w+)", " ".join(words))
+    if custom and "frameworks" in small:
+        small["frameworks"] = f"[{custom.group(1)}]"
     return [f"{k}={v}" for k, v in small.items()]
 
 
