@@ -6,7 +6,7 @@ import functools
 import mpmath
 import numpy as np
 import pytest
-from conftest import dd_value
+from conftest import dd_value, exp_slack
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
@@ -114,6 +114,10 @@ def test_exact_gradient_rejects_bad_logits():
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("path", [p for p in paths.PATH_NAMES if p != "upcast_fused"])
 def test_seed_article_gradients_in_float64(framework, path):
+    if path not in paths.paths_of(framework):
+        pytest.skip(f"{framework} has no {path}: {paths.ENTRIES_BY_NAME[path].unsupported[framework]}")
+    if paths.PROBABILITY_CLIP in paths.ENTRIES_BY_NAME[path].mechanisms:
+        pytest.skip(f"{path} clips probabilities by design: its gradient is not the cross-entropy's")
     exact = [mp_gradient(row, label) for row, label in zip(SEED_LOGITS, SEED_LABELS, strict=True)]
     g, returned = gradient(framework, path, SEED_LOGITS, SEED_LABELS, "float64")
     assert returned == "float64"
@@ -121,7 +125,11 @@ def test_seed_article_gradients_in_float64(framework, path):
         for j in range(3):
             # every entry within a few units of 2**-53 (the entries are in [-1, 1]; 5.2 measured); so
             # the confident row's label entry, -5.07e-9, is held to about 1e-8 of itself only
-            assert abs(mpmath.mpf(float(g[i, j])) - exact[i][j]) <= 8 * 2.0**-53, (i, j, g[i, j])
+            assert abs(mpmath.mpf(float(g[i, j])) - exact[i][j]) <= 8 * 2.0**-53 * exp_slack(framework, "float64"), (
+                i,
+                j,
+                g[i, j],
+            )
 
 
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
@@ -139,14 +147,14 @@ def test_upcast_fused_gradient_in_float64_is_float32_accurate(framework):
 
 def test_every_framework_has_a_gradient_for_every_path():
     for framework in backends.FRAMEWORKS:
-        assert tuple(paths.implementations_module(framework).GRADIENTS) == paths.PATH_NAMES
+        assert tuple(paths.implementations_module(framework).GRADIENTS) == paths.paths_of(framework)
 
 
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gradients_come_back_in_the_input_dtype(framework, dtype):
     logits, labels = moderate_logits(1.0)
-    for path in paths.PATH_NAMES:
+    for path in paths.paths_of(framework):
         g, returned = gradient(framework, path, logits, labels, dtype)
         assert returned == dtype, path
         assert g.shape == logits.shape
@@ -162,7 +170,7 @@ def agreement_tolerance(path: str, logits: np.ndarray, dtype: str) -> float:
 
 
 @pytest.mark.parametrize("autodiff", ["torch", "jax"])
-@pytest.mark.parametrize("path", paths.PATH_NAMES)
+@pytest.mark.parametrize("path", paths.paths_of("numpy"))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("scale", [1.0, 10.0])
 def test_numpy_backward_agrees_with_autodiff(autodiff, path, dtype, scale):

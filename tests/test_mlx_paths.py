@@ -8,10 +8,13 @@ pytest.importorskip("mlx.core", reason='MLX is not installed: pip install "mlx[c
 import ml_dtypes  # noqa: E402
 import mlx.core as mx  # noqa: E402
 
+from harness.backends import mlx as MB  # noqa: E402
 from harness.dtypes import DTYPES, round_to  # noqa: E402
 from harness.exact.gradient import exact_gradient  # noqa: E402
 from harness.exact.reference import exact_cross_entropy  # noqa: E402
-from harness.paths import PATH_NAMES  # noqa: E402
+from harness.paths import paths_of  # noqa: E402
+
+PATH_NAMES = paths_of("mlx")
 from harness.paths import mlx_paths as M  # noqa: E402
 
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
@@ -20,12 +23,12 @@ SEED_LABELS = np.array([0, 1, 2])  # exact losses 19.1, 36.6 and 5.0696199589136
 
 def run(fn, logits64, labels, dtype):
     rounded = round_to(logits64, dtype)
-    return M.to_numpy(fn(*M.to_native(rounded, labels)))
+    return MB.to_numpy(fn(*MB.to_native(rounded, labels)))
 
 
 def test_every_path_has_a_loss_and_a_gradient():
-    assert tuple(M.PATHS) == PATH_NAMES
-    assert tuple(M.GRADIENTS) == PATH_NAMES
+    assert tuple(M.PATHS) == paths_of("mlx")
+    assert tuple(M.GRADIENTS) == paths_of("mlx")
 
 
 @pytest.mark.parametrize("path", PATH_NAMES)
@@ -66,7 +69,7 @@ def test_seed_article_float64_has_float32_exponentials(path):
 
 
 def test_float64_exp_is_float32_exp():
-    one, dtype = M.to_numpy(mx.exp(mx.array([1.0, 89.0, -100.0], dtype=mx.float64)))
+    one, dtype = MB.to_numpy(mx.exp(mx.array([1.0, 89.0, -100.0], dtype=mx.float64)))
     assert dtype == "float64"
     assert one[0] == float(np.float32(np.e))  # 2.7182817459106445, float32's e, not 2.718281828459045
     assert one[1] == np.inf  # float32 overflows above 88.72; float64's exp(89) is 4.5e38
@@ -112,10 +115,10 @@ def test_softmax_sums_in_the_input_dtype(dtype, stall):
 def test_bfloat16_round_trip_keeps_every_bit_pattern():
     bits = np.arange(2**16, dtype=np.uint16)
     values = bits.view(ml_dtypes.bfloat16)[None, :]
-    x, _ = M.to_native(values, np.zeros(1))
+    x, _ = MB.to_native(values, np.zeros(1))
     assert x.dtype == mx.bfloat16
     assert np.array_equal(np.array(x.view(mx.uint16))[0], bits)
-    back, name = M.to_numpy(x)
+    back, name = MB.to_numpy(x)
     nan = ((bits & 0x7F80) == 0x7F80) & ((bits & 0x007F) != 0)  # exponent all ones, fraction not 0
     assert name == "bfloat16" and nan.sum() == 2 * 127
     assert np.array_equal(back[0][~nan], values[0][~nan].astype(np.float64))
@@ -124,25 +127,25 @@ def test_bfloat16_round_trip_keeps_every_bit_pattern():
 
 def test_float64_reaches_mlx_as_float64():
     # mx.array turns a float64 NumPy array into float32 unless told; 1 + 2**-40 would become 1
-    x, _ = M.to_native(np.array([[1 + 2.0**-40, 2.0**-1074]]), np.zeros(1))
-    back, name = M.to_numpy(x)
+    x, _ = MB.to_native(np.array([[1 + 2.0**-40, 2.0**-1074]]), np.zeros(1))
+    back, name = MB.to_numpy(x)
     assert name == "float64" and back.tolist() == [[1 + 2.0**-40, 2.0**-1074]]
 
 
 def test_flushes_subnormals_through_exp_only():
-    assert {d: M.flushes_subnormals(d) for d in DTYPES} == {
+    assert {d: MB.flushes_subnormals(d) for d in DTYPES} == {
         "float16": False,  # exp(ln 2**-16) is computed in float32, where 2**-16 is normal
         "bfloat16": True,
         "float32": True,
         "float64": True,
     }
     # a multiply keeps the subnormal 2**-128; exp(-88.7) is 0 (the float32 polynomial stops near -87.7)
-    quarter, _ = M.to_numpy(mx.array([2.0**-126], dtype=mx.float32) * 0.25)
+    quarter, _ = MB.to_numpy(mx.array([2.0**-126], dtype=mx.float32) * 0.25)
     assert quarter[0] == 2.0**-128
-    assert M.to_numpy(mx.exp(mx.array([-88.7], dtype=mx.float32)))[0][0] == 0.0
+    assert MB.to_numpy(mx.exp(mx.array([-88.7], dtype=mx.float32)))[0][0] == 0.0
 
 
 def test_compile_is_the_plain_lazy_function():
-    assert not M.COMPILES
-    loss, _ = run(M.compile(M.PATHS["fused"]), SEED_LOGITS, SEED_LABELS, "float32")
+    assert not MB.COMPILES
+    loss, _ = run(MB.compile(M.PATHS["fused"]), SEED_LOGITS, SEED_LABELS, "float32")
     assert loss[0] == pytest.approx(19.1, rel=2.0**-23)

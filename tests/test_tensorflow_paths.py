@@ -10,20 +10,22 @@ import keras  # noqa: E402
 import ml_dtypes  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from harness.backends import tensorflow as TB  # noqa: E402
 from harness.dtypes import DTYPES, round_to  # noqa: E402
 from harness.exact.gradient import exact_gradient  # noqa: E402
 from harness.exact.reference import exact_cross_entropy  # noqa: E402
-from harness.paths import PATH_NAMES  # noqa: E402
+from harness.paths import paths_of  # noqa: E402
 from harness.paths import tensorflow_paths as T  # noqa: E402
 
 SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
 SEED_LABELS = np.array([0, 1, 2])  # exact losses 19.1, 36.6 and 5.069619958913665e-09
-ALL_PATHS = (*PATH_NAMES, "keras_probs")
+ALL_PATHS = paths_of("tensorflow")
+PATH_NAMES = tuple(p for p in ALL_PATHS if p != "keras_probs")  # the paths every framework has
 
 
 def run(fn, logits64, labels, dtype):
     rounded = round_to(logits64, dtype)
-    return T.to_numpy(fn(*T.to_native(rounded, labels)))
+    return TB.to_numpy(fn(*TB.to_native(rounded, labels)))
 
 
 def test_every_path_and_keras_probs():
@@ -45,7 +47,7 @@ def test_seed_article(path, dtype):
     precision = DTYPES[dtype].precision
     held = round_to(SEED_LOGITS, dtype).astype(np.float64)
     exact = exact_cross_entropy(held, SEED_LABELS)[0]
-    loss, _ = run(T.compile(T.PATHS[path]), SEED_LOGITS, SEED_LABELS, dtype)
+    loss, _ = run(TB.compile(T.PATHS[path]), SEED_LOGITS, SEED_LABELS, dtype)
     bits = 24 if path == "upcast_fused" else precision
     # 19.1 and 36.6 within an ulp: 2**(1 - precision) relative
     assert np.abs(loss[:2] - exact[:2]).max() <= 2.0 ** (1 - bits) * exact[:2].max()
@@ -63,7 +65,7 @@ def test_seed_article(path, dtype):
 def test_seed_article_gradient(path, dtype):
     held = round_to(SEED_LOGITS, dtype).astype(np.float64)
     exact = exact_gradient(held, SEED_LABELS)[0]
-    gradient, _ = run(T.compile_gradient(T.GRADIENTS[path]), SEED_LOGITS, SEED_LABELS, dtype)
+    gradient, _ = run(TB.compile_gradient(T.GRADIENTS[path]), SEED_LOGITS, SEED_LABELS, dtype)
     bits = 24 if path == "upcast_fused" else DTYPES[dtype].precision
     assert np.abs(gradient - exact).max() <= 2.0 ** (1 - bits)  # entries in [-1, 1], a few roundings
 
@@ -72,7 +74,7 @@ def test_keras_probs_clips_at_epsilon():
     # probabilities clipped to [1e-7, 1 - 1e-7]: labels 0 and 1 (p = 5.07e-9, 1.27e-16) cost
     # -log(1e-7) = 16.118 instead of 19.1 and 36.6; label 2 costs -log(1 - 2**-23) + log(1 + 2**-23)
     # = 2 * 2**-23 in float32 (1 - 1e-7 rounds to 1 - 2**-23) instead of 5.07e-9
-    loss, _ = run(T.compile(T.PATHS["keras_probs"]), SEED_LOGITS, SEED_LABELS, "float32")
+    loss, _ = run(TB.compile(T.PATHS["keras_probs"]), SEED_LOGITS, SEED_LABELS, "float32")
     assert loss[:2] == pytest.approx([-np.log(1e-7)] * 2, rel=1e-6)
     assert loss[2] == pytest.approx(2 * 2.0**-23, rel=1e-6)
     eager, _ = run(T.PATHS["keras_probs"], SEED_LOGITS, SEED_LABELS, "float32")
@@ -90,7 +92,7 @@ def test_a_softmax_op_feeding_keras_directly_inside_tf_function_loses_the_clip()
 def test_keras_from_logits_is_the_fused_kernel():
     x = np.random.default_rng(0).normal(scale=8.0, size=(64, 100)).astype(np.float32)
     y = np.arange(64) % 100
-    xn, yn = T.to_native(x, y)
+    xn, yn = TB.to_native(x, y)
     keras_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)(yn, xn)
     assert np.array_equal(keras_loss.numpy(), T.PATHS["fused"](xn, yn).numpy())
 
@@ -116,10 +118,10 @@ def test_every_sum_accumulates_half_floats_in_float32(dtype):
 def test_bfloat16_round_trip_keeps_every_bit_pattern():
     bits = np.arange(2**16, dtype=np.uint16)
     values = bits.view(ml_dtypes.bfloat16)[None, :]
-    x, _ = T.to_native(values, np.zeros(1))
+    x, _ = TB.to_native(values, np.zeros(1))
     assert x.dtype == tf.bfloat16
     assert np.array_equal(tf.bitcast(x, tf.uint16).numpy()[0], bits)
-    back, name = T.to_numpy(x)
+    back, name = TB.to_numpy(x)
     nan = ((bits & 0x7F80) == 0x7F80) & ((bits & 0x007F) != 0)
     assert name == "bfloat16"
     assert np.array_equal(back[0][~nan], values[0][~nan].astype(np.float64))
@@ -127,14 +129,14 @@ def test_bfloat16_round_trip_keeps_every_bit_pattern():
 
 
 def test_flushes_subnormals_except_float16():
-    assert {d: T.flushes_subnormals(d) for d in DTYPES} == {
+    assert {d: TB.flushes_subnormals(d) for d in DTYPES} == {
         "float16": False,  # computed in float32, where float16's subnormals are normal
         "bfloat16": True,
         "float32": True,
         "float64": True,
     }
     # flush-to-zero on results and inputs: 2**-126 / 4 and 2**-149 * 1 both come back 0
-    quarter, _ = T.to_numpy(tf.constant([2.0**-126], tf.float32) * 0.25)
-    tiny, _ = T.to_numpy(tf.constant([2.0**-149], tf.float32) * 1.0)
+    quarter, _ = TB.to_numpy(tf.constant([2.0**-126], tf.float32) * 0.25)
+    tiny, _ = TB.to_numpy(tf.constant([2.0**-149], tf.float32) * 1.0)
     assert quarter[0] == tiny[0] == 0.0
     assert np.float32(2.0**-149) * np.float32(1.0) > 0  # NumPy in the same thread is not flushed

@@ -15,10 +15,13 @@ per-framework path implementations (`harness/paths/<name>_paths.py`) no module i
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
+
+import numpy as np
 
 from harness.errors import ConfigError
 
@@ -43,6 +46,10 @@ FRAMEWORKS: dict[str, Framework] = {
         Framework("numpy", ("numpy", "scipy", "ml_dtypes"), "pip install numpy scipy ml_dtypes", True),
         Framework("torch", ("torch",), "pip install torch==2.13.0", True),
         Framework("jax", ("jax", "optax"), "pip install jax==0.10.2 optax==0.2.8", True),
+        Framework("mlx", ("mlx",), 'pip install "mlx[cpu]==0.32.4"', True),
+        Framework(
+            "tensorflow", ("tensorflow", "keras"), "pip install -e '.[tensorflow]' (tensorflow-cpu==2.21.0)", False
+        ),
     )
 }
 DEVICES = ("cpu", "cuda")
@@ -97,5 +104,60 @@ def facts(frameworks, device: str, dtypes) -> dict:
             "device": on,
             "compiled": backend.COMPILE_NOTE,
             "flushes_subnormals": {dtype: backend.flushes_subnormals(dtype, on) for dtype in dtypes},
+            "exp_dtype": {dtype: exp_dtype(name, dtype, on) for dtype in dtypes},
         }
     return record
+
+
+@functools.cache
+def _exp_sample(framework: str, dtype: str, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(points, the framework's exp of them, exact exp) for 64 points in [-10, 10] rounded to dtype,
+    plus ln(float32's largest finite) + 1 = 89.72 for float32 and float64, where a float32 exp overflows.
+    Exact values by mpmath at 80 bits."""
+    import mpmath
+
+    from harness.dtypes import round_to
+
+    points = np.linspace(-10.0, 10.0, 64)
+    if dtype in ("float32", "float64"):
+        points = np.append(points, 89.72)
+    rounded = round_to(points, dtype)
+    backend = load(framework)
+    with backend.dtype_scope(dtype):
+        native, _ = backend.to_native(rounded[None, :], np.zeros(1, dtype=np.int64), device)
+        with np.errstate(over="ignore"):
+            values, _ = backend.to_numpy(backend.exp(native))
+    with mpmath.workprec(80):
+        exact = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in rounded.astype(np.float64)])
+    return rounded.astype(np.float64), values[0], exact
+
+
+@functools.cache
+def exp_dtype(framework: str, dtype: str, device: str = "cpu") -> str:
+    """The dtype whose accuracy and range the framework's exp has for `dtype` inputs, measured: `dtype`
+    itself where exp is accurate to 16 of its ulps and overflows where it should, else float32 where
+    that explains both (MLX computes every exp in float32: float64 exp has float32's accuracy and
+    range, overflowing past 88.72)."""
+    from harness.dtypes import DTYPES
+
+    _, values, exact = _exp_sample(framework, dtype, device)
+    for name in dict.fromkeys((dtype, "float32")):  # the dtype itself, else float32 (a common internal type)
+        fmt = DTYPES[name]
+        within_range = exact <= fmt.max_finite
+        relative = np.abs(values[within_range] - exact[within_range]) / exact[within_range]
+        overflows_like_it = np.array_equal(np.isinf(values), ~within_range)
+        if overflows_like_it and np.all(relative <= 16 * fmt.unit_roundoff):
+            return name
+    return dtype  # float32 does not explain it either: report the dtype itself
+
+
+@functools.cache
+def exp_error_ulps(framework: str, dtype: str, device: str = "cpu") -> float:
+    """The framework's largest exp error on the sample, in ulps of `exp_dtype` at the exact value."""
+    from harness.dtypes import DTYPES, round_to
+
+    fmt = DTYPES[exp_dtype(framework, dtype, device)]
+    _, values, exact = _exp_sample(framework, dtype, device)
+    finite = np.isfinite(values) & (exact <= fmt.max_finite)
+    spacing = np.abs(np.spacing(round_to(exact[finite], fmt.name).astype(fmt.numpy_type)).astype(np.float64))
+    return float((np.abs(values[finite] - exact[finite]) / spacing).max())

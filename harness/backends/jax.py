@@ -150,3 +150,6 @@ def device_peak_bytes(call) -> int | None:
     """XLA's GPU allocator keeps a peak that cannot be reset between calls, so one call's own peak
     cannot be read there: None (the timings row leaves peak_bytes empty on a GPU)."""
     return None
+
+
+exp = jax.jit(jnp.exp)  # the framework's own elementwise exp, jitted as the paths are

@@ -81,3 +81,8 @@ def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
 def device_peak_bytes(call) -> int | None:
     """No accelerator: the timing stage measures the resident set instead."""
     return None
+
+
+def exp(x):
+    """The framework's own elementwise exp (for measured facts such as `harness.backends.exp_dtype`)."""
+    return np.exp(x)

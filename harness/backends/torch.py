@@ -137,3 +137,8 @@ def device_peak_bytes(call) -> int | None:
     peak = torch.cuda.max_memory_allocated() - before
     del result
     return peak
+
+
+def exp(x):
+    """The framework's own elementwise exp (for measured facts such as `harness.backends.exp_dtype`)."""
+    return torch.exp(x)

@@ -14,13 +14,13 @@ from harness.sweep import metrics
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
 ERROR_COLUMNS = (
     KEY_COLUMNS
-    + ("device", "flushes_subnormals", "max_logit", "max_exact_loss", "max_lse", "status")
+    + ("device", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
     + metrics.METRIC_COLUMNS
     + ("message",)
 )
 GRAD_COLUMNS = (
     KEY_COLUMNS
-    + ("device", "flushes_subnormals", "max_logit", "max_exact_loss", "max_lse", "status")
+    + ("device", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
     + metrics.GRAD_METRIC_COLUMNS
     + ("message",)
 )
@@ -63,6 +63,7 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
     frame["message"] = frame["message"].fillna("").astype(str)
     for column in ("framework", "path", "dtype", "family", "device", "status"):
         frame[column] = frame[column].astype(str)
+    frame["exp_dtype"] = frame["exp_dtype"].fillna("").astype(str)  # empty where the path never ran
     frame["flushes_subnormals"] = frame["flushes_subnormals"].astype("boolean")  # empty where the path never ran
     return frame
 

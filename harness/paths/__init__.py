@@ -28,6 +28,7 @@ INPUT = "input dtype"  # accumulates in the dtype under test, as written
 
 # Failure mechanisms theory predicts (harness.outputs.breakdown states each one's threshold).
 SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
+PROBABILITY_CLIP = "probability clip"  # losses capped at -log(epsilon)
 
 
 @dataclass(frozen=True)
@@ -75,46 +76,125 @@ _XLA = (
     "in float32"
 )
 
+# MLX 0.32.4 and TensorFlow 2.21 on the CPU, measured with 4096 equal logits (a stalled float16 or
+# bfloat16 sum shows in the loss) and hand-checkable rows.
+_MLX_EXP = "mx.exp computes in float32 (float64 exp: float32 accuracy and range)"
+_MLX_SUM = "mx.sum accumulates float16/bfloat16 in float32"
+_MLX = {
+    "naive": "exp and the division round to the input dtype; " + _MLX_SUM + "; " + _MLX_EXP,
+    "softmax_log": "mx.softmax (precise=False) sums exp in the input dtype: float16 stalls at 2048, bfloat16 "
+    "at 256; " + _MLX_EXP,
+    "log_softmax_nll": "x - mx.logsumexp(x); mx.logsumexp accumulates float16/bfloat16 in float32, "
+    "rounds the result once; " + _MLX_EXP,
+    "fused": "nn.losses.cross_entropy on the CPU: mx.logsumexp(x - max) - (x[y] - max); mx.logsumexp "
+    "accumulates float16/bfloat16 in float32; " + _MLX_EXP,
+    "upcast_fused": "float32 by definition, whatever the input dtype",
+    "log1p_lse": "each op rounds to the input dtype; " + _MLX_SUM + "; " + _MLX_EXP,
+    "online": "each op rounds to the input dtype; " + _MLX_SUM + "; " + _MLX_EXP,
+    "chunked": "mx.logsumexp per chunk (float32 inside for float16/bfloat16), mx.logaddexp in the input "
+    "dtype; " + _MLX_EXP,
+}
+_TF_OPS = "each op computes float16/bfloat16 in float32 and rounds to the input dtype"
+_TF_SUM = "tf.reduce_sum accumulates float16/bfloat16 in float32"
+_TF_XENT = "tf.nn.sparse_softmax_cross_entropy_with_logits computes float16/bfloat16 in float32, rounds once"
+_TF = {
+    "naive": _TF_OPS + "; " + _TF_SUM,
+    "softmax_log": "tf.nn.softmax accumulates float16/bfloat16 in float32, rounds once; " + _TF_OPS,
+    "log_softmax_nll": "tf.nn.log_softmax accumulates float16/bfloat16 in float32, rounds once",
+    "fused": _TF_XENT + " (Keras SparseCategoricalCrossentropy(from_logits=True) calls the same kernel)",
+    "upcast_fused": "float32 by definition, whatever the input dtype",
+    "log1p_lse": _TF_OPS + "; " + _TF_SUM,
+    "online": _TF_OPS + "; " + _TF_SUM,
+    "chunked": "tf.reduce_logsumexp per chunk = max + log(reduce_sum(exp(x - max))), each op rounded to "
+    "the input dtype, sums in float32; the merge max + log1p(exp(-|a - b|)) in the input dtype",
+    "keras_probs": "tf.nn.softmax (float32 inside), clipped to [1e-7, 1 - 1e-7] in the input dtype, log, then "
+    + _TF_XENT,
+}
+
+_FIVE = ("numpy", "torch", "jax", "mlx", "tensorflow")
+
 ENTRIES = (
     PathEntry(
         "naive",
         "-log(exp(x[y]) / sum(exp(x))): unshifted softmax, then log",
         source="the textbook definition: softmax, then log",
         mechanisms=(SUM_OVERFLOW, TARGET_UNDERFLOW),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
+            "numpy": _NUMPY_SUMS,
+            "torch": _TORCH_SUMS,
+            "jax": _XLA,
+            "mlx": _MLX["naive"],
+            "tensorflow": _TF["naive"],
+        },
     ),
     PathEntry(
         "softmax_log",
         "-log(softmax(x)[y]) with the framework's own softmax",
-        source="the seed article's NumPy loss; torch.softmax, jax.nn.softmax, scipy.special.softmax",
+        source="the seed article's NumPy loss; scipy.special.softmax, torch.softmax, jax.nn.softmax, "
+        "mx.softmax, tf.nn.softmax",
         mechanisms=(TARGET_UNDERFLOW,),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        accumulation_note={"numpy": "scipy.special.softmax; " + _NUMPY_SUMS, "torch": _TORCH_SOFTMAX, "jax": _XLA},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": {},
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
+            "numpy": "scipy.special.softmax; " + _NUMPY_SUMS,
+            "torch": _TORCH_SOFTMAX,
+            "jax": _XLA,
+            "mlx": _MLX["softmax_log"],
+            "tensorflow": _TF["softmax_log"],
+        },
     ),
     PathEntry(
         "log_softmax_nll",
         "-log_softmax(x)[y]: the framework's log-softmax, then NLL",
-        source="nn.LogSoftmax + nn.NLLLoss (PyTorch docs); jax.nn.log_softmax",
+        source="nn.LogSoftmax + nn.NLLLoss (PyTorch docs); jax.nn.log_softmax; x - mx.logsumexp(x); tf.nn.log_softmax",
         mechanisms=(),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_LOG_SOFTMAX, "jax": _XLA},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
+            "numpy": _NUMPY_SUMS,
+            "torch": _TORCH_LOG_SOFTMAX,
+            "jax": _XLA,
+            "mlx": _MLX["log_softmax_nll"],
+            "tensorflow": _TF["log_softmax_nll"],
+        },
     ),
     PathEntry(
         "fused",
         "the framework's single cross-entropy call",
-        source="F.cross_entropy; optax.softmax_cross_entropy_with_integer_labels; scipy.special.logsumexp",
+        source="scipy.special.logsumexp; F.cross_entropy; optax.softmax_cross_entropy_with_integer_labels; "
+        "mlx.nn.losses.cross_entropy; tf.nn.sparse_softmax_cross_entropy_with_logits",
         mechanisms=(),
         accumulation={
             "numpy": {"float16": "float32", "bfloat16": "float64"},
             "torch": _HALF_IN_FLOAT32,
             "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
         },
         accumulation_note={
             "numpy": "scipy.special.logsumexp(x) - x[y]; SciPy promotes bfloat16 to float64 and returns float64; "
             + _NUMPY_SUMS,
             "torch": "F.cross_entropy = log_softmax + nll; " + _TORCH_LOG_SOFTMAX,
             "jax": "optax: jax.nn.logsumexp(x) - x[y]; " + _XLA,
+            "mlx": _MLX["fused"],
+            "tensorflow": _TF["fused"],
         },
     ),
     PathEntry(
@@ -122,8 +202,14 @@ ENTRIES = (
         "fused(float32(x)), cast back to the input dtype: mixed precision (float64 logits are cast down too)",
         source="mixed-precision training (autocast runs the loss in float32)",
         mechanisms=(),
-        accumulation={"numpy": _ALWAYS_FLOAT32, "torch": _ALWAYS_FLOAT32, "jax": _ALWAYS_FLOAT32},
-        accumulation_note={f: "float32 by definition, whatever the input dtype" for f in ("numpy", "torch", "jax")},
+        accumulation={
+            "numpy": _ALWAYS_FLOAT32,
+            "torch": _ALWAYS_FLOAT32,
+            "jax": _ALWAYS_FLOAT32,
+            "mlx": _ALWAYS_FLOAT32,
+            "tensorflow": _ALWAYS_FLOAT32,
+        },
+        accumulation_note={f: "float32 by definition, whatever the input dtype" for f in _FIVE},
     ),
     PathEntry(
         "log1p_lse",
@@ -131,8 +217,20 @@ ENTRIES = (
         "(Blanchard, Higham & Higham 2021)",
         source="Blanchard, Higham & Higham, IMA J. Numer. Anal. 41 (2021)",
         mechanisms=(),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
+            "numpy": _NUMPY_SUMS,
+            "torch": _TORCH_SUMS,
+            "jax": _XLA,
+            "mlx": _MLX["log1p_lse"],
+            "tensorflow": _TF["log1p_lse"],
+        },
     ),
     PathEntry(
         "online",
@@ -140,8 +238,20 @@ ENTRIES = (
         "d' = d exp(m - m') + sum(exp(B - m')) (Milakov & Gimelshein 2018)",
         source="Milakov & Gimelshein, arXiv:1805.02867 (2018)",
         mechanisms=(),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
-        accumulation_note={"numpy": _NUMPY_SUMS, "torch": _TORCH_SUMS, "jax": _XLA},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
+        accumulation_note={
+            "numpy": _NUMPY_SUMS,
+            "torch": _TORCH_SUMS,
+            "jax": _XLA,
+            "mlx": _MLX["online"],
+            "tensorflow": _TF["online"],
+        },
     ),
     PathEntry(
         "chunked",
@@ -149,12 +259,32 @@ ENTRIES = (
         "lse(C) = max(C) + log(sum(exp(C - max(C)))) (the framework's logsumexp where it has one)",
         source="vocabulary-chunked losses (torchtune, Cut Cross-Entropy, Wijmans et al. 2025)",
         mechanisms=(),
-        accumulation={"numpy": _FLOAT16_IN_FLOAT32, "torch": _HALF_IN_FLOAT32, "jax": _HALF_IN_FLOAT32},
+        accumulation={
+            "numpy": _FLOAT16_IN_FLOAT32,
+            "torch": _HALF_IN_FLOAT32,
+            "jax": _HALF_IN_FLOAT32,
+            "mlx": _HALF_IN_FLOAT32,
+            "tensorflow": _HALF_IN_FLOAT32,
+        },
         accumulation_note={
             "numpy": "max + log(sum(exp(x - max))) per chunk written with NumPy ops, np.logaddexp; " + _NUMPY_SUMS,
             "torch": "torch.logsumexp per chunk, torch.logaddexp; " + _TORCH_SUMS,
             "jax": "jax.nn.logsumexp per chunk, jnp.logaddexp = max + log1p(exp(-|a - b|)); " + _XLA,
+            "mlx": _MLX["chunked"],
+            "tensorflow": _TF["chunked"],
         },
+    ),
+)
+ENTRIES += (
+    PathEntry(
+        "keras_probs",
+        "-log(clip(softmax(x), 1e-7, 1 - 1e-7)[y]) renormalised: Keras sparse_categorical_crossentropy "
+        "(from_logits=False) on softmax outputs",
+        source="Keras losses with from_logits=False (the probability route)",
+        mechanisms=(PROBABILITY_CLIP,),
+        accumulation={"tensorflow": _HALF_IN_FLOAT32},
+        accumulation_note={"tensorflow": _TF["keras_probs"]},
+        unsupported={f: "Keras only: its probability route clips at keras.config.epsilon()" for f in _FIVE[:4]},
     ),
 )
 ENTRIES_BY_NAME = {entry.name: entry for entry in ENTRIES}
@@ -258,3 +388,8 @@ def loss_function(framework: str, path: str):
     if framework in entry.unsupported:
         raise Unsupported(entry.unsupported[framework])
     return implementations_module(framework).PATHS[path]
+
+
+def paths_of(framework: str) -> tuple[str, ...]:
+    """The paths a framework implements: every entry that does not declare it unsupported."""
+    return tuple(entry.name for entry in ENTRIES if framework not in entry.unsupported)

@@ -30,38 +30,11 @@ stopped, as mlx.nn.losses.cross_entropy does; in `log1p_lse` the maximum is a te
 
 from __future__ import annotations
 
-import functools
-
-import ml_dtypes
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-from harness.errors import ConfigError
+from harness.backends.mlx import autodiff_gradient
 from harness.paths import size_or_default
-
-DEVICES = ("cpu",)
-COMPILES = False  # lazy graphs, evaluated by mx.eval; mx.compile gave the same bits and no gain (see above)
-COMPILE_NOTE = "lazy, not compiled (mx.compile: same bits, no gain on the CPU, seconds of C++ compiler per graph)"
-INSTALL = 'pip install "mlx[cpu]==0.32.4"'
-_NATIVE = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32, "float64": mx.float64}
-
-_EXP_F32 = "mx.exp computes in float32 (float64 exp: float32 accuracy and range)"
-_SUM = "mx.sum accumulates float16/bfloat16 in float32"
-ACCUMULATION = {
-    "naive": "exp and the division round to the input dtype; " + _SUM + "; " + _EXP_F32,
-    "softmax_log": "mx.softmax (precise=False) sums exp in the input dtype: float16 stalls at 2048, bfloat16 "
-    "at 256; " + _EXP_F32,
-    "log_softmax_nll": "x - mx.logsumexp(x); mx.logsumexp accumulates float16/bfloat16 in float32, "
-    "rounds the result once; " + _EXP_F32,
-    "fused": "nn.losses.cross_entropy on the CPU: mx.logsumexp(x - max) - (x[y] - max); mx.logsumexp "
-    "accumulates float16/bfloat16 in float32; " + _EXP_F32,
-    "upcast_fused": "float32 by definition, whatever the input dtype",
-    "log1p_lse": "each op rounds to the input dtype; " + _SUM + "; " + _EXP_F32,
-    "online": "each op rounds to the input dtype; " + _SUM + "; " + _EXP_F32,
-    "chunked": "mx.logsumexp per chunk (float32 inside for float16/bfloat16), mx.logaddexp in the input "
-    "dtype; " + _EXP_F32,
-}
 
 
 def _pick(values, labels):
@@ -139,85 +112,4 @@ PATHS = {
 }
 
 
-def autodiff_gradient(path):
-    """(x, y) -> d(sum of path(x, y))/dx by mx.grad, in x's dtype."""
-
-    @functools.wraps(path)
-    def gradient(x, y, **sizes):
-        return mx.grad(lambda logits: path(logits, y, **sizes).sum())(x)
-
-    return gradient
-
-
 GRADIENTS = {name: autodiff_gradient(path) for name, path in PATHS.items()}
-
-
-def version() -> str:
-    return mx.__version__
-
-
-def versions() -> dict[str, str]:
-    return {"mlx": mx.__version__}
-
-
-def check_device(device: str) -> None:
-    if device != "cpu":
-        raise ConfigError(f"device={device} but MLX runs on the CPU only here (the mlx-cpu build); use device=cpu")
-
-
-def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits as the NumPy array. bfloat16 travels as its 16-bit pattern; the dtype is always
-    given, because mx.array turns float64 NumPy arrays into float32 by default."""
-    check_device(device)
-    if logits.dtype.name == "bfloat16":
-        x = mx.array(np.ascontiguousarray(logits).view(np.uint16)).view(mx.bfloat16)
-    else:
-        x = mx.array(np.ascontiguousarray(logits), dtype=_NATIVE[logits.dtype.name])
-    return x, mx.array(np.asarray(labels, dtype=np.int32))
-
-
-def to_numpy(result) -> tuple[np.ndarray, str]:
-    """(values as float64, the dtype's name); bfloat16 comes back through its bits (NumPy cannot read it)."""
-    mx.eval(result)
-    name = str(result.dtype).removeprefix("mlx.core.")
-    if name == "bfloat16":
-        values = np.array(result.view(mx.uint16)).view(ml_dtypes.bfloat16)
-    else:
-        values = np.array(result)
-    with np.errstate(invalid="ignore"):  # ml_dtypes warns on casting a bfloat16 NaN; it stays NaN
-        return values.astype(np.float64), name
-
-
-def sync(result):
-    """Run the recorded graph (MLX is lazy); the result is ready when this returns."""
-    mx.eval(result)
-    return result
-
-
-def compile(fn):
-    return fn
-
-
-def compile_gradient(fn):
-    return fn
-
-
-def clear_compile_cache() -> None:
-    return None
-
-
-@functools.cache
-def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
-    """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply
-    and exp(ln(smallest_normal / 4)). MLX's multiply keeps subnormals, but its float32-polynomial exp
-    returns 0 below about -87.7, so float32, bfloat16 and float64 exp results flush; float16's
-    smallest normal, 2**-14, is far above that."""
-    from harness.dtypes import DTYPES
-
-    check_device(device)
-    fmt = DTYPES[dtype]
-    normal = np.array([fmt.smallest_normal], dtype=fmt.numpy_type)
-    log_quarter = np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type)
-    quarter, _ = to_numpy(to_native(normal, np.zeros(1))[0] * 0.25)
-    via_exp, _ = to_numpy(mx.exp(to_native(log_quarter, np.zeros(1))[0]))
-    return bool(quarter[0] == 0 or via_exp[0] == 0)

@@ -24,7 +24,6 @@ stopped, as tf.reduce_logsumexp does; in `log1p_lse` the maximum is a term and k
 
 from __future__ import annotations
 
-import functools
 import os
 
 import numpy as np
@@ -34,30 +33,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up notices,
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from harness.errors import ConfigError  # noqa: E402
+from harness.backends.tensorflow import autodiff_gradient  # noqa: E402
 from harness.paths import size_or_default  # noqa: E402
 
-DEVICES = ("cpu",)
-COMPILES = True  # tf.function traces on the first call of each shape and dtype
-COMPILE_NOTE = "tf.function without XLA (same bits as eager; 2-5x faster on log1p_lse, online, chunked)"
-INSTALL = "pip install tensorflow-cpu==2.21.0"
 KERAS_EPSILON = keras.config.epsilon()  # 1e-7: Keras clips probabilities to [epsilon, 1 - epsilon]
-
-_OPS = "each op computes float16/bfloat16 in float32 and rounds to the input dtype"
-_SUM = "tf.reduce_sum accumulates float16/bfloat16 in float32"
-_XENT = "tf.nn.sparse_softmax_cross_entropy_with_logits computes float16/bfloat16 in float32, rounds once"
-ACCUMULATION = {
-    "naive": _OPS + "; " + _SUM,
-    "softmax_log": "tf.nn.softmax accumulates float16/bfloat16 in float32, rounds once; " + _OPS,
-    "log_softmax_nll": "tf.nn.log_softmax accumulates float16/bfloat16 in float32, rounds once",
-    "fused": _XENT + " (Keras SparseCategoricalCrossentropy(from_logits=True) calls the same kernel)",
-    "upcast_fused": "float32 by definition, whatever the input dtype",
-    "log1p_lse": _OPS + "; " + _SUM,
-    "online": _OPS + "; " + _SUM,
-    "chunked": "tf.reduce_logsumexp per chunk = max + log(reduce_sum(exp(x - max))), each op rounded to "
-    "the input dtype, sums in float32; the merge max + log1p(exp(-|a - b|)) in the input dtype",
-    "keras_probs": "tf.nn.softmax (float32 inside), clipped to [1e-7, 1 - 1e-7] in the input dtype, log, then " + _XENT,
-}
 
 
 def _pick(values, labels):
@@ -159,80 +138,4 @@ PATHS = {
 }
 
 
-def autodiff_gradient(path):
-    """(x, y) -> d(sum of path(x, y))/dx by tf.GradientTape, in x's dtype."""
-
-    @functools.wraps(path)
-    def gradient(x, y, **sizes):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            total = tf.reduce_sum(path(x, y, **sizes))
-        return tape.gradient(total, x)
-
-    return gradient
-
-
 GRADIENTS = {name: autodiff_gradient(path) for name, path in PATHS.items()}
-
-
-def version() -> str:
-    return tf.__version__
-
-
-def versions() -> dict[str, str]:
-    return {"tensorflow": tf.__version__, "keras": keras.__version__}
-
-
-def check_device(device: str) -> None:
-    if device != "cpu":
-        raise ConfigError(f"device={device} but TensorFlow runs on the CPU only here (tensorflow-cpu); use device=cpu")
-
-
-def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits as the NumPy array (TF's bfloat16 is ml_dtypes.bfloat16), on the CPU."""
-    check_device(device)
-    with tf.device("/CPU:0"):
-        return tf.constant(np.ascontiguousarray(logits)), tf.constant(np.asarray(labels, dtype=np.int32))
-
-
-def to_numpy(result) -> tuple[np.ndarray, str]:
-    with np.errstate(invalid="ignore"):  # ml_dtypes warns on casting a bfloat16 NaN; it stays NaN
-        return result.numpy().astype(np.float64), result.dtype.name
-
-
-def sync(result):
-    """Eager CPU ops have finished when they return."""
-    return result
-
-
-def compile(fn):
-    """tf.function, no XLA, no autograph (the paths are straight-line Python; loops unroll when
-    traced); traced once per input shape and dtype. The plain wrapper hides functools.wraps, whose
-    signature tf.function would otherwise take from the path instead of the gradient."""
-
-    def run(x, y):
-        return fn(x, y)
-
-    return tf.function(run, autograph=False)
-
-
-compile_gradient = compile
-
-
-def clear_compile_cache() -> None:
-    return None  # a traced graph lives in its tf.function; a new `compile` traces afresh
-
-
-@functools.cache
-def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
-    """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply
-    and exp(ln(smallest_normal / 4)). TF's CPU kernels run with flush-to-zero: float32, float64 and
-    bfloat16 flush; float16 does not (its ops compute in float32, where its subnormals are normal)."""
-    from harness.dtypes import DTYPES
-
-    fmt = DTYPES[dtype]
-    normal, _ = to_native(np.array([fmt.smallest_normal], dtype=fmt.numpy_type), np.zeros(1), device)
-    log_quarter, _ = to_native(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type), np.zeros(1), device)
-    quarter = to_numpy(normal * tf.constant(0.25, normal.dtype))[0]
-    via_exp = to_numpy(tf.exp(log_quarter))[0]
-    return bool(quarter[0] == 0 or via_exp[0] == 0)

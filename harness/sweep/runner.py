@@ -137,6 +137,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
             "framework": framework,
             "device": on,
             "flushes_subnormals": backend.flushes_subnormals(dtype, on),
+            "exp_dtype": backends.exp_dtype(framework, dtype, on),
         }
         with backend.dtype_scope(dtype):
             try:

@@ -1,0 +1,120 @@
+"""MLX (the Linux `mlx-cpu` build): lazy graphs on the CPU, not compiled; gradients by mx.grad.
+
+MLX is lazy: an op records a graph and nothing runs until `mx.eval`; `sync` and `to_numpy` force it.
+Not mx.compile: compiled and plain graphs gave the same bits on every path, gradient and dtype,
+and no measurable gain on a (256, 1000) float32 loss on the CPU (about 11 ms either way), while
+each new compiled graph costs 2-5 s of a C++ compiler run at first call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import ml_dtypes
+import mlx.core as mx
+import numpy as np
+
+from harness.errors import ConfigError
+
+DEVICES = ("cpu",)
+COMPILES = False  # lazy graphs, evaluated by mx.eval; mx.compile gave the same bits and no gain (see above)
+COMPILE_NOTE = "lazy, not compiled (mx.compile: same bits, no gain on the CPU, seconds of C++ compiler per graph)"
+_NATIVE = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32, "float64": mx.float64}
+
+
+def autodiff_gradient(path):
+    """(x, y) -> d(sum of path(x, y))/dx by mx.grad, in x's dtype."""
+
+    @functools.wraps(path)
+    def gradient(x, y, **sizes):
+        return mx.grad(lambda logits: path(logits, y, **sizes).sum())(x)
+
+    return gradient
+
+
+def versions() -> dict[str, str]:
+    return {"mlx": mx.__version__}
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise ConfigError(f"device={device} but MLX runs on the CPU only here (the mlx-cpu build); use device=cpu")
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits as the NumPy array. bfloat16 travels as its 16-bit pattern; the dtype is always
+    given, because mx.array turns float64 NumPy arrays into float32 by default."""
+    check_device(device)
+    if logits.dtype.name == "bfloat16":
+        x = mx.array(np.ascontiguousarray(logits).view(np.uint16)).view(mx.bfloat16)
+    else:
+        x = mx.array(np.ascontiguousarray(logits), dtype=_NATIVE[logits.dtype.name])
+    return x, mx.array(np.asarray(labels, dtype=np.int32))
+
+
+def to_numpy(result) -> tuple[np.ndarray, str]:
+    """(values as float64, the dtype's name); bfloat16 comes back through its bits (NumPy cannot read it)."""
+    mx.eval(result)
+    name = str(result.dtype).removeprefix("mlx.core.")
+    if name == "bfloat16":
+        values = np.array(result.view(mx.uint16)).view(ml_dtypes.bfloat16)
+    else:
+        values = np.array(result)
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns on casting a bfloat16 NaN; it stays NaN
+        return values.astype(np.float64), name
+
+
+def sync(result):
+    """Run the recorded graph (MLX is lazy); the result is ready when this returns."""
+    mx.eval(result)
+    return result
+
+
+def compile(fn):
+    return fn
+
+
+def compile_gradient(fn):
+    return fn
+
+
+def clear_compile_cache() -> None:
+    return None
+
+
+@functools.cache
+def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
+    """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply
+    and exp(ln(smallest_normal / 4)). MLX's multiply keeps subnormals, but its float32-polynomial exp
+    returns 0 below about -87.7, so float32, bfloat16 and float64 exp results flush; float16's
+    smallest normal, 2**-14, is far above that."""
+    from harness.dtypes import DTYPES
+
+    check_device(device)
+    fmt = DTYPES[dtype]
+    normal = np.array([fmt.smallest_normal], dtype=fmt.numpy_type)
+    log_quarter = np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type)
+    quarter, _ = to_numpy(to_native(normal, np.zeros(1))[0] * 0.25)
+    via_exp, _ = to_numpy(mx.exp(to_native(log_quarter, np.zeros(1))[0]))
+    return bool(quarter[0] == 0 or via_exp[0] == 0)
+
+
+def dtype_scope(dtype: str):
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """MLX's CPU ops expose no thread setting to scope."""
+    yield
+
+
+def device_peak_bytes(call) -> int | None:
+    """CPU only here: the timing stage measures the resident set instead."""
+    return None
+
+
+def exp(x):
+    """The framework's own elementwise exp (for measured facts such as `harness.backends.exp_dtype`)."""
+    return mx.exp(x)

@@ -1,0 +1,118 @@
+"""TensorFlow (tensorflow-cpu with Keras 3) on the CPU, under tf.function; gradients by tf.GradientTape.
+
+Compiled with tf.function (as Keras's fit and custom training loops run), without XLA: every
+path gave the same bits as eager, op by op, and a (256, 1000) float32 loss ran 2-5x faster on
+paths made of many small ops. TF's CPU kernels run with flush-to-zero: float32, float64 and
+bfloat16 subnormal results and inputs become zero; float16's survive (computed in float32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up notices, not the user's warnings
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from harness.errors import ConfigError  # noqa: E402
+
+DEVICES = ("cpu",)
+COMPILES = True  # tf.function traces on the first call of each shape and dtype
+COMPILE_NOTE = "tf.function without XLA (same bits as eager; 2-5x faster on log1p_lse, online, chunked)"
+
+
+def autodiff_gradient(path):
+    """(x, y) -> d(sum of path(x, y))/dx by tf.GradientTape, in x's dtype."""
+
+    @functools.wraps(path)
+    def gradient(x, y, **sizes):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(path(x, y, **sizes))
+        return tape.gradient(total, x)
+
+    return gradient
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def check_device(device: str) -> None:
+    if device != "cpu":
+        raise ConfigError(f"device={device} but TensorFlow runs on the CPU only here (tensorflow-cpu); use device=cpu")
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits as the NumPy array (TF's bfloat16 is ml_dtypes.bfloat16), on the CPU."""
+    check_device(device)
+    with tf.device("/CPU:0"):
+        return tf.constant(np.ascontiguousarray(logits)), tf.constant(np.asarray(labels, dtype=np.int32))
+
+
+def to_numpy(result) -> tuple[np.ndarray, str]:
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns on casting a bfloat16 NaN; it stays NaN
+        return result.numpy().astype(np.float64), result.dtype.name
+
+
+def sync(result):
+    """Eager CPU ops have finished when they return."""
+    return result
+
+
+def compile(fn):
+    """tf.function, no XLA, no autograph (the paths are straight-line Python; loops unroll when
+    traced); traced once per input shape and dtype. The plain wrapper hides functools.wraps, whose
+    signature tf.function would otherwise take from the path instead of the gradient."""
+
+    def run(x, y):
+        return fn(x, y)
+
+    return tf.function(run, autograph=False)
+
+
+compile_gradient = compile
+
+
+def clear_compile_cache() -> None:
+    return None  # a traced graph lives in its tf.function; a new `compile` traces afresh
+
+
+@functools.cache
+def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
+    """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply
+    and exp(ln(smallest_normal / 4)). TF's CPU kernels run with flush-to-zero: float32, float64 and
+    bfloat16 flush; float16 does not (its ops compute in float32, where its subnormals are normal)."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    normal, _ = to_native(np.array([fmt.smallest_normal], dtype=fmt.numpy_type), np.zeros(1), device)
+    log_quarter, _ = to_native(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type), np.zeros(1), device)
+    quarter = to_numpy(normal * tf.constant(0.25, normal.dtype))[0]
+    via_exp = to_numpy(tf.exp(log_quarter))[0]
+    return bool(quarter[0] == 0 or via_exp[0] == 0)
+
+
+def dtype_scope(dtype: str):
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """TensorFlow's thread pools are fixed when its runtime starts: nothing to scope here."""
+    yield
+
+
+def device_peak_bytes(call) -> int | None:
+    """CPU only here: the timing stage measures the resident set instead."""
+    return None
+
+
+def exp(x):
+    """The framework's own elementwise exp (for measured facts such as `harness.backends.exp_dtype`)."""
+    return tf.exp(x)
