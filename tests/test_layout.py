@@ -10,7 +10,8 @@ HARNESS = Path(__file__).resolve().parents[1] / "harness"
 FRAMEWORK_PACKAGES = {"torch", "jax", "jaxlib", "optax", "mlx", "tensorflow", "keras"}
 # A framework may be imported only by its backend and by its path implementations.
 FRAMEWORK_HOMES = ("backends/", "paths/numpy_paths.py", "paths/torch_paths.py", "paths/jax_paths.py",
-                   "paths/mlx_paths.py", "paths/tensorflow_paths.py")  # fmt: skip
+                   "paths/mlx_paths.py", "paths/tensorflow_paths.py",
+                   "paths/numpy_head.py", "paths/torch_head.py", "paths/jax_head.py")  # fmt: skip
 # What each folder may import from the package (besides the top-level foundation modules).
 ALLOWED = {
     "exact": {"exact"},

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from harness.dtypes import DTYPES
-from harness.outputs import breakdown, tables
+from harness.outputs import breakdown, pareto, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
@@ -222,6 +222,7 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         "",
         *[f"- {sentence}" for sentence in key_findings(table, errors)],
         "",
+        *pareto.front_section(run_dir),
     ]
     for path in sorted(run_dir.glob("*.md")):
         if path.name not in OWN_FILES:

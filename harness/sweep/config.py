@@ -17,7 +17,9 @@ from harness.dtypes import DTYPES
 from harness.errors import ConfigError
 from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
+from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.sweep import inputs
+from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
 from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
 
 
@@ -75,6 +77,9 @@ class SweepConfig:
     block_size: int = 128  # `online` path: classes per block
     timing: TimingConfig = field(default_factory=TimingConfig)
     bits_lost_limit: float | None = None  # breakdown: more bits lost than this counts (None: half of p)
+    mode: tuple[str, ...] = ("eager",)  # head paths: eager, compiled (harness.paths.head)
+    reduction: tuple[str, ...] = ("none",)  # head paths: none, mean, sum
+    head: dict = field(default_factory=dict)  # the head families' settings (_head below)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
@@ -272,7 +277,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         frameworks=_choices(cfg, "frameworks", "framework", tuple(FRAMEWORKS)),
         paths=_choices(cfg, "paths", "path", PATH_NAMES),
         dtypes=_choices(cfg, "dtypes", "dtype", tuple(DTYPES)),
-        families=_choices(cfg, "families", "family", tuple(FAMILIES)),
+        families=_choices(cfg, "families", "family", tuple(FAMILIES) + HEAD_FAMILIES),
         scales=_scales(cfg),
         n_rows=_integer(cfg, "n_rows", 1),
         n_classes=_class_counts(cfg),
@@ -289,7 +294,11 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         chunk_size=_integer(cfg, "chunk_size", 1),
         block_size=_integer(cfg, "block_size", 1),
         custom_paths=tuple(dataclasses.asdict(c) for c in custom_paths.parse(_plain_list(cfg, "custom_paths"))),
+        mode=_choices(cfg, "mode", "mode", MODES),
+        reduction=_choices(cfg, "reduction", "reduction", REDUCTIONS),
+        head=_head(cfg),
     )
+    _check_head_families(sweep)
     check_installed(sweep.frameworks)
     check_device(sweep.device, sweep.frameworks)
     custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks)
@@ -297,6 +306,41 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work
     return sweep
+
+
+def _head(cfg: DictConfig) -> dict:
+    """The `head` group: d >= 1, bias, paths, chunk_size, compiled_paths, large_n_classes, large_dtype."""
+    node = _plain(cfg, "head")
+    compiled = node.get("compiled_paths")
+    large = node.get("large_n_classes")
+    return {
+        "d": _whole(node.get("d", 64), "head.d", 1),
+        "bias": _flag(cfg, "head", "bias"),
+        "paths": _head_paths(node.get("paths", ["linear_fused", "linear_chunked"]), "head.paths"),
+        "chunk_size": _whole(node.get("chunk_size", 4096), "head.chunk_size", 1),
+        "compiled_paths": None if compiled is None else _head_paths(compiled, "head.compiled_paths"),
+        "large_n_classes": None if large is None else _whole(large, "head.large_n_classes", 2),
+        "large_dtype": _choices(
+            {"head.large_dtype": node.get("large_dtype", "bfloat16")}, "head.large_dtype", "dtype", DTYPES
+        )[0],
+    }
+
+
+def _head_paths(value, key: str) -> tuple[str, ...]:
+    return _choices({key: value}, key, "head path", HEAD_PATH_NAMES)
+
+
+def _check_head_families(sweep: SweepConfig) -> None:
+    """Head families run apart from the logit families; a head file is read now, before any work."""
+    heads = [f for f in sweep.families if f in HEAD_FAMILIES]
+    if heads and len(heads) != len(sweep.families):
+        others = [f for f in sweep.families if f not in HEAD_FAMILIES]
+        raise ConfigError(
+            f"families {heads} (the language-model head) and {others} (logits) cannot share a run; "
+            f"run them separately, e.g. families=[{','.join(heads)}]"
+        )
+    if "head_file" in heads:
+        read_head_file(sweep.file.get("path"))
 
 
 def given_draw(sweep: SweepConfig, family: str) -> inputs.Draw:

@@ -16,7 +16,8 @@ JOURNAL = "cells.jsonl"
 
 
 def cell_key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY_COLUMNS)
+    """The cell's key columns; a head cell adds its mode and reduction (harness.sweep.head_runner)."""
+    return tuple(row[k] for k in KEY_COLUMNS) + tuple(row[k] for k in ("mode", "reduction") if k in row)
 
 
 def read(path: Path) -> list[dict]:

@@ -22,11 +22,12 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.gradient import exact_gradient
 from harness.exact.reference import exact_cross_entropy
-from harness.outputs import plots, report, tables, timing_plots
+from harness.outputs import head_tables, plots, report, tables, timing_plots
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, inputs, journal, metrics
+from harness.sweep import bisect, head_runner, inputs, journal, metrics
 from harness.sweep.config import SweepConfig, given_draw
+from harness.timing import head as head_timing
 from harness.timing import stage as timing
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,8 @@ def bases(sweep: SweepConfig):
 
 def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=None) -> None:
     """Walk the grid; every cell not in `done` is measured and its journal record passed to record()."""
+    if head_runner.is_head(sweep):  # the language-model head has a stage of its own
+        return head_runner.sweep_head(sweep, record, done)
     implementations = implementations or compile_implementations(sweep)
     with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
         for family, base in bases(sweep):
@@ -246,6 +249,10 @@ def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
     log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
+    if head_runner.is_head(sweep):
+        records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
+        timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
+        return head_tables.write_results(sweep, run_dir, records, timings, head_runner.NAMES)
     cells = journal.Journal(run_dir)
     try:
         if cells.done:

@@ -1,0 +1,117 @@
+"""Head paths in NumPy (see harness.paths.head), with their backward passes written by hand.
+
+NumPy has no half-precision BLAS, so a float16/bfloat16 product is computed in float32 and rounded
+once to the dtype (as the PyTorch and XLA CPU kernels do); float32 and float64 use their own BLAS.
+Everything after the product runs in the dtype, as written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.paths import numpy_paths
+
+_HALVES = ("float16", "bfloat16")
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in a's dtype: float32 products and sums for float16/bfloat16, rounded once."""
+    if a.dtype.name in _HALVES:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(a.dtype)
+    return a @ b
+
+
+def logits(h, W, b, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """h @ W[start:stop].T (+ b[start:stop]) in the dtype."""
+    z = matmul(h, W[start:stop].T)
+    return z if b is None else z + b[start:stop]
+
+
+def reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return np.asarray(total / loss.dtype.type(len(loss)) if reduction == "mean" else total)
+
+
+def upstream(reduction: str, u, n: int, dtype) -> np.ndarray:
+    """Per-row weight of each loss in what is differentiated: u for none, 1/n for mean, 1 for sum."""
+    if reduction == "none":
+        return np.asarray(u, dtype=dtype)
+    return np.full(n, 1.0 / n if reduction == "mean" else 1.0).astype(dtype)
+
+
+def fused_loss(h, W, b, y, reduction: str, chunk_size: int) -> np.ndarray:
+    return reduce(numpy_paths.PATHS["fused"](logits(h, W, b), y), reduction)
+
+
+def chunk_lse(h, W, b, y, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row lse(z) by a running max m and sum s over vocabulary chunks, and the target logit z_y."""
+    rows = np.arange(len(y))
+    m = s = None
+    target = np.zeros(len(y), dtype=h.dtype)
+    for start in range(0, W.shape[0], chunk_size):
+        z = logits(h, W, b, start, start + chunk_size)
+        top = z.max(axis=1)
+        new_m = top if m is None else np.maximum(m, top)
+        part = np.exp(z - new_m[:, None]).sum(axis=1)
+        s = part if s is None else s * np.exp(m - new_m) + part
+        m = new_m
+        inside = (y >= start) & (y < start + z.shape[1])
+        target[inside] = z[rows[inside], y[inside] - start]
+    return m + np.log(s), target
+
+
+def chunked_loss(h, W, b, y, reduction: str, chunk_size: int) -> np.ndarray:
+    lse, target = chunk_lse(h, W, b, y, chunk_size)
+    return reduce(lse - target, reduction)
+
+
+def _grad_of_chunk(z, lse, y, start, u):
+    """u (softmax - onehot) over one chunk's logits, in the dtype."""
+    g = np.exp(z - lse[:, None])
+    inside = (y >= start) & (y < start + z.shape[1])
+    g[np.flatnonzero(inside), y[inside] - start] -= g.dtype.type(1)
+    return g * u[:, None]
+
+
+def _gradients(h, W, b, y, u, chunk_size: int, lse) -> tuple:
+    dh = np.zeros(h.shape, dtype=np.float32 if h.dtype.name in _HALVES else h.dtype)
+    dW = np.empty_like(W)
+    db = None if b is None else np.empty_like(b)
+    for start in range(0, W.shape[0], chunk_size):
+        g = _grad_of_chunk(logits(h, W, b, start, start + chunk_size), lse, y, start, u)
+        stop = start + g.shape[1]
+        dh += g.astype(dh.dtype) @ W[start:stop].astype(dh.dtype)
+        dW[start:stop] = matmul(g.T, h)
+        if db is not None:
+            db[start:stop] = g.sum(axis=0)
+    return dh.astype(h.dtype), dW, db
+
+
+def fused_gradients(h, W, b, y, reduction: str, u, chunk_size: int) -> tuple:
+    """dL/dh, dL/dW, dL/db of the fused path: softmax of the whole logits, one product each."""
+    z = logits(h, W, b)
+    top = z.max(axis=1)
+    lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+    return _gradients(h, W, b, y, upstream(reduction, u, len(y), h.dtype), W.shape[0], lse)
+
+
+def chunked_gradients(h, W, b, y, reduction: str, u, chunk_size: int) -> tuple:
+    """As written by hand: the forward's lse, then a second pass over the chunks (dh summed in
+    float32 for float16/bfloat16)."""
+    lse, _ = chunk_lse(h, W, b, y, chunk_size)
+    return _gradients(h, W, b, y, upstream(reduction, u, len(y), h.dtype), chunk_size, lse)
+
+
+LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
+GRADIENTS = {"linear_fused": fused_gradients, "linear_chunked": chunked_gradients}
+
+
+def build(path: str, reduction: str, mode: str, chunk_size: int):
+    """(loss(h, W, b, y), gradients(h, W, b, y, u)) of one path; NumPy runs eagerly."""
+    loss, grads = LOSSES[path], GRADIENTS[path]
+    return (
+        lambda h, W, b, y: loss(h, W, b, y, reduction, chunk_size),
+        lambda h, W, b, y, u: grads(h, W, b, y, reduction, u, chunk_size),
+    )

@@ -1,0 +1,279 @@
+"""The head stage: language-model head paths against the exact head, loss and gradients, timed.
+
+It walks family x class count x scale x dtype x framework x path x mode x reduction. Each input
+(h, W, b, labels) is made once in float64, rounded once per dtype; the exact head values (the
+per-row loss, and the gradients with respect to h, W and b for each upstream gradient needed) are
+computed once per rounded input, before any framework runs. Each cell is one journal record with
+the logit cells' keys plus `mode`, `d` and `reduction`: its loss metrics ("cell"), gradient
+metrics per input ("head_grad": h, W, b) and, with timing on, its loss timing ("timing", at the
+first reduction of the sweep only). The upstream gradient of reduction `none` is not uniform:
+u_i = 1 + (i mod 4) / 4, exact in every dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import backends
+from harness.dtypes import DTYPES, FloatFormat, round_to
+from harness.exact import dd
+from harness.exact.dd import ExactValue
+from harness.exact.head import exact_head_gradients, exact_head_loss
+from harness.paths import head as head_paths
+from harness.sweep import head_inputs, journal, metrics
+
+log = logging.getLogger(__name__)
+WRT = ("h", "W", "b")
+NAMES = {"framework": list(head_paths.HEAD_FRAMEWORKS), "path": list(head_paths.HEAD_PATH_NAMES)}
+
+
+def upstream_none(n_rows: int) -> np.ndarray:
+    """The non-uniform upstream gradient of reduction none: 1, 1.25, 1.5, 1.75, 1, ... (exact everywhere)."""
+    return 1.0 + (np.arange(n_rows) % 4) / 4.0
+
+
+# --- exact values -------------------------------------------------------------------------------
+
+
+def reduced_loss(loss: ExactValue, reduction: str) -> ExactValue:
+    """The exact loss under a reduction: per row, or the sum (mean: sum / n) in double-double."""
+    if reduction == "none":
+        return loss
+    with np.errstate(under="ignore"):
+        hi, lo = np.ldexp(loss.hi, loss.exponent), np.ldexp(loss.lo, loss.exponent)
+        total_h, total_l = dd.sum_rows(hi[None, :], lo[None, :])
+        if reduction == "mean":
+            total_h, total_l = _divide(total_h, total_l, len(loss.hi))
+    return ExactValue(total_h, total_l, np.zeros(1, dtype=np.int64))
+
+
+def _divide(hi, lo, n: int):
+    """(hi + lo) / n in double-double (one Newton step on the float64 quotient)."""
+    q = hi / n
+    p_h, p_l = dd.two_prod(q, np.float64(n))
+    r = ((hi - p_h) - p_l + lo) / n
+    return dd.fast_two_sum(q, r)
+
+
+class ExactHead:
+    """The exact values of one rounded input, each computed once on first use."""
+
+    def __init__(self, h, W, b, labels, fmt: FloatFormat):
+        self.args, self.fmt = (h, W, b, labels), fmt
+        self._loss = None
+        self._grads: dict = {}
+
+    def loss(self, reduction: str) -> ExactValue:
+        if self._loss is None:
+            self._loss = exact_head_loss(*self.args, output_precision=self.fmt.precision)
+        return reduced_loss(self._loss, reduction)
+
+    def gradients(self, reduction: str):
+        """dL/dh, dL/dW, dL/db of sum(u * loss) (none), of the sum, or of the mean."""
+        key = "sum" if reduction == "mean" and _power_of_two(len(self.args[3])) else reduction
+        if key not in self._grads:
+            n = len(self.args[3])
+            upstream = {"none": upstream_none(n), "sum": None, "mean": np.full(n, 1.0 / n)}[key]
+            self._grads[key] = exact_head_gradients(*self.args, upstream=upstream)
+        grads = self._grads[key]
+        if key == reduction:
+            return grads
+        shift = -int(np.log2(len(self.args[3])))  # mean = sum * 2**-k, exact
+        return type(grads)(*(None if g is None else g._replace(exponent=g.exponent + shift) for g in grads))
+
+
+def _power_of_two(n: int) -> bool:
+    return n & (n - 1) == 0
+
+
+# --- one cell -----------------------------------------------------------------------------------
+
+
+def _computed(backend, result, dtype: str) -> tuple[np.ndarray, str]:
+    values, returned = backend.to_numpy(result)
+    if returned == dtype:
+        return np.atleast_1d(values), ""
+    return np.atleast_1d(round_to(values, dtype).astype(np.float64)), f"returned {returned}; rounded to {dtype}"
+
+
+def _as_exact(value: ExactValue):
+    """Normalised (hi, lo, exponent) with the exponent broadcast to hi's shape, 2-D for gradients."""
+    hi, lo, exponent = (np.atleast_2d(np.asarray(part)) for part in value)
+    return hi, lo, np.broadcast_to(exponent, hi.shape)
+
+
+def measure_loss(loss_fn, native, backend, exact: ExactValue, fmt: FloatFormat) -> tuple[dict, float]:
+    """Loss metrics of one cell and the wall time of its first call (compilation, where it compiles)."""
+    start = time.perf_counter()
+    result = backend.sync(loss_fn(*native))
+    first_call_s = time.perf_counter() - start
+    computed, note = _computed(backend, result, fmt.name)
+    hi, lo, exponent = (np.atleast_1d(np.asarray(p)) for p in exact)
+    cell = metrics.cell_metrics(computed, hi, lo, fmt, None, np.broadcast_to(exponent, hi.shape))
+    return cell | {"message": note}, first_call_s
+
+
+def measure_gradients(grad_fn, native, u, backend, exact, fmt: FloatFormat) -> dict:
+    """Gradient metrics with respect to h, W and b (b only with a bias)."""
+    try:
+        grads = grad_fn(*native, u)
+    except Exception as exc:
+        return {wrt: metrics.failure(exc) for wrt in WRT if wrt != "b" or exact.b is not None}
+    record = {}
+    for wrt, computed, value in zip(WRT, grads, exact, strict=True):
+        if value is None:
+            continue
+        values, note = _computed(backend, computed, fmt.name)
+        values = values.reshape(1, -1) if values.ndim == 1 else values
+        hi, lo, exponent = _as_exact(value)
+        record[wrt] = metrics.gradient_metrics(values, hi, lo, fmt, exponent) | {"message": note}
+    return record
+
+
+def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, sweep, time_loss=None) -> dict:
+    """The journal record of one cell (its key is added by the caller); `time_loss` (the timing
+    layer's, harness.timing.head.time_loss) times it, where given."""
+    backend = backends.load(framework)
+    fmt = exact.fmt
+    reason = head_paths.unsupported_reason(framework, path, mode)
+    note = head_paths.MODE_NOTE.get((framework, mode), "")
+    record: dict = {}
+    try:
+        if reason:
+            raise NotImplementedError(reason)
+        loss_fn, grad_fn = head_paths.implementations_module(framework).build(
+            path, reduction, mode, sweep.head["chunk_size"]
+        )
+        cell, first_call_s = measure_loss(loss_fn, native, backend, exact.loss(reduction), fmt)
+        cell["message"] = "; ".join(m for m in (note, cell["message"]) if m)
+        record["cell"] = cell
+        if time_loss is not None:
+            compiles = mode == "compiled" or framework == "jax"
+            record["timing"] = time_loss(loss_fn, native, backend, sweep.timing, first_call_s, compiles)
+    except Exception as exc:  # a path that breaks is a row, never a crash
+        record["cell"] = metrics.failure(exc)
+        if time_loss is not None:
+            record["timing"] = metrics.failure(exc)
+        grad_fn = None
+    if sweep.gradient:
+        if grad_fn is None:
+            failed = record["cell"] if record["cell"]["status"] in (metrics.ERROR, metrics.UNSUPPORTED) else {}
+            record["head_grad"] = {w: failed for w in WRT if w != "b" or exact.args[2] is not None}
+        else:
+            record["head_grad"] = measure_gradients(grad_fn, native, u, backend, exact.gradients(reduction), fmt)
+    return record
+
+
+# --- the walk -----------------------------------------------------------------------------------
+
+
+def inputs_of(sweep):
+    """(settings, family, scale, draw, dtypes, paths) for every input of the head stage; the extra
+    class count `head.large_n_classes` runs with gradients off."""
+    settings = sweep.head
+    large = settings.get("large_n_classes")
+    for family in sweep.families:
+        if family == "head_file":
+            bases = [(sweep, head_inputs.read_head_file(sweep.file.get("path")), sweep.dtypes, settings["paths"])]
+        else:
+            bases = [
+                (
+                    sweep,
+                    head_inputs.draw_head(sweep.n_rows, c, settings["d"], settings["bias"], sweep.seed),
+                    sweep.dtypes,
+                    settings["paths"],
+                )
+                for c in sweep.n_classes
+            ]
+            if large:
+                chunked = [p for p in settings["paths"] if p not in ("linear_fused", "linear_ce_reference")]
+                draw = head_inputs.draw_head(sweep.n_rows, large, settings["d"], settings["bias"], sweep.seed)
+                loss_only = dataclasses.replace(sweep, gradient=False)
+                bases.append((loss_only, draw, (settings["large_dtype"],), chunked))
+        for of_input, base, dtypes, paths in bases:
+            for scale in sweep.scales:
+                yield of_input, family, scale, head_inputs.scaled(base, scale), dtypes, paths
+
+
+def modes_of(sweep, path: str) -> tuple[str, ...]:
+    compiled_paths = sweep.head.get("compiled_paths")
+    return tuple(m for m in sweep.mode if m == "eager" or compiled_paths is None or path in compiled_paths)
+
+
+def sweep_head(sweep, record, done=frozenset(), time_loss=None) -> None:
+    """Walk the head grid; every cell not in `done` is measured and its record passed to record()."""
+    for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
+        labels = head_inputs.choose_labels(draw, sweep.label)
+        n_rows, d, n_classes = draw.shape
+        key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
+        for dtype in dtypes:
+            _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss)
+
+
+def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, time_loss) -> None:
+    fmt = DTYPES[dtype]
+    rounded = [None if a is None else round_to(a, dtype) for a in (draw.hidden, draw.weight, draw.bias)]
+    held = [None if a is None else a.astype(np.float64) for a in rounded]
+    todo = [
+        (f, p, m, r)
+        for f in sweep.frameworks
+        if f in head_paths.HEAD_FRAMEWORKS
+        for p in path_names
+        for m in modes_of(sweep, p)
+        for r in sweep.reduction
+        if journal.cell_key(key | {"dtype": dtype, "framework": f, "path": p, "mode": m, "reduction": r}) not in done
+    ]
+    if not todo:
+        return
+    exact = ExactHead(*held, labels, fmt)
+    logits_held = held[0] @ held[1].T + (0 if held[2] is None else held[2])
+    cell_key = key | {"dtype": dtype, "max_logit": float(logits_held.max())}
+    if not all(np.isfinite(a).all() for a in held if a is not None):
+        for f, p, m, r in todo:
+            status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {dtype}"}
+            record(
+                {"cell": cell_key | {"framework": f, "path": p, "mode": m, "reduction": r, "device": "cpu"} | status}
+            )
+        return
+    loss = exact.loss("none").to_float64()
+    cell_key["max_exact_loss"] = float(loss.max())
+    cell_key["max_lse"] = float((loss + logits_held[np.arange(len(labels)), labels]).max())
+    u = upstream_none(len(labels))
+    for framework in dict.fromkeys(f for f, *_ in todo):
+        backend = backends.load(framework)
+        on = backends.row_device(framework, sweep.device)
+        with backend.dtype_scope(dtype):
+            native = [None if a is None else backend.to_native(a, labels, on)[0] for a in rounded]
+            native = (*native, backend.to_native(rounded[0], labels, on)[1])
+            u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
+            for f, path, mode, reduction in todo:
+                if f != framework:
+                    continue
+                timed = time_loss if sweep.timing.enabled and reduction == sweep.reduction[0] else None
+                measured = run_cell(framework, path, mode, reduction, native, u_native, exact, sweep, timed)
+                where = cell_key | {"framework": framework, "path": path, "mode": mode, "reduction": reduction}
+                where |= {"device": on, "flushes_subnormals": backend.flushes_subnormals(dtype, on)}
+                measured["cell"] = where | measured["cell"]
+                record(measured)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def is_head(sweep) -> bool:
+    return any(f in head_inputs.HEAD_FAMILIES for f in sweep.families)
+
+
+def measure(sweep, run_dir: Path, time_loss=None) -> list[dict]:
+    """Measure the head sweep's cells that its journal lacks; all its records."""
+    cells = journal.Journal(run_dir)
+    try:
+        sweep_head(sweep, cells.append, frozenset(cells.done), time_loss)
+    finally:
+        cells.close()
+    return cells.records

@@ -1,0 +1,60 @@
+"""Timing of the language-model head's cells (harness.sweep.head_runner): per-call time of a warm
+loss, the memory one call needs, and the timings table with `mode`, `d` and `reduction`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.dtypes import DTYPES
+from harness.sweep import metrics
+from harness.sweep.head_inputs import HEAD_COLUMNS
+from harness.timing import memory, stage
+from harness.timing.timer import blocked_autorange
+
+
+def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: bool) -> dict:
+    """Per-call time of the (already warm) loss and the memory one call needs; compile_s is its first call."""
+    with backend.threads(timing.threads):
+        measured = blocked_autorange(
+            loss_fn,
+            native,
+            sync=backend.sync,
+            budget_s=timing.budget_s,
+            rel_iqr_target=timing.rel_iqr_target,
+            min_blocks=timing.min_blocks,
+        )
+        peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
+    return {
+        "threads": timing.threads,
+        "n_samples": measured.n_samples,
+        "median_s": measured.median_s,
+        "iqr_s": measured.iqr_s,
+        "min_s": measured.min_s,
+        "compile_s": first_call_s if compiles else 0.0,
+        "peak_bytes": float("nan") if peak is None else float(peak),
+    }
+
+
+def timings_frame(records: list[dict]) -> pd.DataFrame:
+    """The head cells' timings: the timing stage's columns plus mode, d and reduction."""
+    keys = ("framework", "path", "dtype", "n_rows", "n_classes", "device") + HEAD_COLUMNS
+    rows = []
+    for r in records:
+        if "timing" not in r:
+            continue
+        itemsize = np.dtype(DTYPES[r["cell"]["dtype"]].numpy_type).itemsize
+        c = r["cell"]
+        row = {k: c.get(k) for k in keys} | {"threads": 0} | r["timing"]
+        row["bytes_min"] = (c["n_rows"] + c["n_classes"]) * c["d"] * itemsize  # h and W read once
+        if row.get("median_s"):
+            row |= {"elements_per_s": row["n_rows"] * row["n_classes"] / row["median_s"]}
+            row |= {"gb_per_s": row["bytes_min"] / row["median_s"] / 1e9}
+            row |= {"status": row.get("status", metrics.OK), "message": row.get("message", "")}
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame(columns=stage.COLUMNS + HEAD_COLUMNS)
+    frame = stage.timings_frame(rows)
+    for column in HEAD_COLUMNS:
+        frame[column] = [row.get(column) for row in rows]
+    return frame
