@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.outputs.tables import markdown_table, write_text
+from harness.files import write_text
+from harness.outputs.tables import markdown_table
 
 REQUIRES = {"row_errors": True}  # the table is made of per-row losses; checked before any work
 

@@ -129,8 +129,9 @@ def prepare(cfg: DictConfig, experiment: str, run_dir: Path | None = None) -> tu
 
 def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) -> pd.DataFrame:
     """Record the run (sweep.json, environment.json) unless resuming, then measure and write everything."""
-    from harness.outputs.tables import write_text
-    from harness.sweep import environment, runner  # frameworks load only once the settings are known good
+    from harness import pipeline  # frameworks load only once the settings are known good
+    from harness.files import write_text
+    from harness.sweep import environment
     from harness.timing import stage
 
     if sweep.timing.enabled and "jax" in sweep.frameworks:  # before any JAX computation: XLA reads them once
@@ -139,7 +140,7 @@ def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) ->
         record_sweep(sweep, run_dir)
         record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
         write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
-    return runner.run(sweep, run_dir)
+    return pipeline.run(sweep, run_dir)
 
 
 def _with_experiment(experiment: str | None, overrides: Sequence[str]) -> list[str]:
@@ -204,6 +205,6 @@ def measure(
     overrides += [f"frameworks=[{framework}]", f"custom_paths=[{custom}]", "progress=false"]
     job, experiment = settings_of(compose_config(overrides))
     sweep, _ = prepare(job, experiment)
-    from harness.sweep import runner
+    from harness import pipeline
 
-    return runner.sweep_errors(replace(sweep, paths=()))  # the callable only, none of the built-in paths
+    return pipeline.sweep_errors(replace(sweep, paths=()))  # the callable only, none of the built-in paths

@@ -9,7 +9,7 @@ import pytest
 from conftest import small_sweep
 
 from harness.dtypes import DTYPES
-from harness.outputs import breakdown, findings
+from harness.outputs import breakdown, findings, tables
 from harness.sweep import bisect, metrics, runner
 
 
@@ -52,7 +52,7 @@ def adversarial():
     records, implementations = [], runner.compile_implementations(sweep)
     runner.sweep_cells(sweep, records.append, implementations=implementations)
     breaks = bisect.breaks_frame(sweep, records, implementations)
-    errors = runner.tables.errors_frame([r["cell"] for r in records])
+    errors = tables.errors_frame([r["cell"] for r in records], names=runner.NAME_ORDER)
     return sweep, implementations, breaks, errors, breakdown.breakdown_frame(errors, breaks=breaks)
 
 

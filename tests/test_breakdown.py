@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
+from harness.mechanisms import joined
 from harness.outputs import breakdown
 from harness.outputs.breakdown import SUM_OVERFLOW, TARGET_UNDERFLOW, breakdown_frame
+from harness.paths import ENTRIES_BY_NAME
 from harness.sweep import metrics
 
 LN2 = math.log(2.0)
@@ -115,9 +117,16 @@ def cells(framework, path, dtype, statuses, ulps, max_logit, scales=None, family
             "status": statuses,
             "max_ulp_err": ulps,
             "message": ["NotImplementedError: no bfloat16" if s == "unsupported" else "" for s in statuses],
+            "mechanisms": declared_mechanisms(path),
         }
     )
     return frame.assign(**quantities)
+
+
+def declared_mechanisms(path: str):
+    """What the runner writes in the `mechanisms` column: the entry's mechanisms (None for an unknown path)."""
+    entry = ENTRIES_BY_NAME.get(path)
+    return None if entry is None else joined(entry.mechanisms)
 
 
 def one_row(frame, **kwargs):
@@ -329,7 +338,7 @@ def test_write_breakdown_writes_csv_and_parquet(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_sweep_errors():
-    from harness.sweep.runner import sweep_errors
+    from harness.pipeline import sweep_errors
 
     sweep = small_sweep(
         experiment="breakdown_test",

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
+from harness import pipeline
 from harness.outputs import tables
-from harness.sweep import runner
 from harness.sweep.run_dir import record_sweep
 from harness.tools import compare
 
@@ -172,9 +172,9 @@ def compare_sweep(scales=(1.0, 1000.0), **changes):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compare")
-    runner.run(compare_sweep(), root / "run_a")
-    runner.run(compare_sweep(), root / "run_b")
-    runner.run(compare_sweep(scales=(1.0,)), root / "fewer_scales")
+    pipeline.run(compare_sweep(), root / "run_a")
+    pipeline.run(compare_sweep(), root / "run_b")
+    pipeline.run(compare_sweep(scales=(1.0,)), root / "fewer_scales")
     for name, sweep in (("run_a", compare_sweep()), ("run_b", compare_sweep())):
         record_sweep(sweep, root / name)
     shutil.copytree(root / "run_b", root / "adversarial")

@@ -25,7 +25,7 @@ def grad_errors() -> pd.DataFrame:
     )
     records = []
     runner.sweep_cells(sweep, records.append)
-    return runner.grad_errors_frame(records)
+    return tables.grad_errors_frame(records, runner.NAME_ORDER)
 
 
 def test_grad_errors_has_one_documented_row_per_cell(grad_errors):

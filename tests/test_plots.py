@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.mechanisms import joined
 from harness.outputs import heatmaps, plots, styles, timing_plots
+from harness.paths import ENTRIES_BY_NAME
 
 PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused", "upcast_fused", "log1p_lse", "online", "chunked")
 FRAMEWORKS = ("numpy", "torch", "jax")
@@ -39,7 +41,8 @@ def synthetic_errors(dtypes=ALL_DTYPES, gradient=False) -> pd.DataFrame:
                     rows.append(
                         dict(framework=framework, path=path, dtype=dtype, family="spread", scale=scale, n_rows=8,
                              n_classes=100, device="cpu", max_logit=scale, max_exact_loss=2 * scale,
-                             max_lse=3 * scale, status=status, bound_ulp=20.0, message="")
+                             max_lse=3 * scale, status=status, bound_ulp=20.0, message="",
+                             mechanisms=joined(ENTRIES_BY_NAME[path].mechanisms))
                         | ({"max_row_rel_err": error * 1e-4} if gradient else {"max_ulp_err": error})
                     )  # fmt: skip
     return pd.DataFrame(rows)

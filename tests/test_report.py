@@ -20,7 +20,7 @@ from harness.outputs.html_page import markdown_to_html
 @pytest.fixture(scope="module")
 def measured_run(tmp_path_factory):
     """A small run written by the runner API: numpy and torch, naive and fused, float16 and float32."""
-    from harness.sweep import runner
+    from harness import pipeline
 
     sweep = small_sweep(
         experiment="report_test",
@@ -32,7 +32,7 @@ def measured_run(tmp_path_factory):
         seed=0,
     )
     run_dir = tmp_path_factory.mktemp("runs") / "report_test"
-    runner.run(sweep, run_dir)
+    pipeline.run(sweep, run_dir)
     return run_dir
 
 
@@ -137,6 +137,7 @@ def test_disagreements_are_explained_in_the_findings():
             "status": ["ok", "nan"],
             "max_ulp_err": [0.7, np.nan],
             "message": "",
+            "mechanisms": "",  # the entry declares none: a stable path
         }
     )
     findings = key_findings(breakdown.breakdown_frame(errors), errors)

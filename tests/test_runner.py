@@ -5,15 +5,16 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
+from harness import pipeline
 from harness.dtypes import DTYPES
 from harness.outputs import tables
 from harness.paths import numpy_paths
-from harness.sweep import metrics, runner
+from harness.sweep import metrics
 
 
 @pytest.fixture(scope="module")
 def errors() -> pd.DataFrame:
-    return runner.sweep_errors(small_sweep())
+    return pipeline.sweep_errors(small_sweep())
 
 
 def test_one_row_per_cell_with_documented_columns(errors):
@@ -50,7 +51,7 @@ def test_small_scales_are_accurate_everywhere(errors):
 
 def test_offset_family_has_the_same_exact_loss_at_every_scale():
     # the exact loss ignores a common shift, up to the rounding of the shifted logits
-    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("offset",)))
+    errors = pipeline.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("offset",)))
     by_scale = errors.groupby("scale")["max_exact_loss"].first()
     assert by_scale.max() - by_scale.min() < 1e-9
 
@@ -62,7 +63,7 @@ def test_a_raising_implementation_is_a_row_not_a_crash(monkeypatch):
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setitem(numpy_paths.PATHS, "fused", not_for_half)
-    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("float16", "float32")))
+    errors = pipeline.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("float16", "float32")))
     half = errors[errors["dtype"] == "float16"]
     single = errors[errors["dtype"] == "float32"]
     assert set(half.loc[half["status"] != "input_inf", "status"]) == {"unsupported"}
@@ -72,13 +73,13 @@ def test_a_raising_implementation_is_a_row_not_a_crash(monkeypatch):
 
 
 def test_a_result_in_another_dtype_is_rounded_and_noted():
-    errors = runner.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("bfloat16",)))
+    errors = pipeline.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("bfloat16",)))
     assert (errors["message"] == "returned float64; rounded to bfloat16").all()
 
 
 def test_adversarial_labels_pick_each_rows_smallest_logit():
-    random = runner.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("spread",)))
-    worst = runner.sweep_errors(
+    random = pipeline.sweep_errors(small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("spread",)))
+    worst = pipeline.sweep_errors(
         small_sweep(frameworks=("numpy",), dtypes=("float64",), families=("spread",), label="adversarial")
     )
     # the smallest logit's loss is the largest of the row: never below the random label's
@@ -86,7 +87,7 @@ def test_adversarial_labels_pick_each_rows_smallest_logit():
 
 
 def test_same_config_same_errors_bit_for_bit(errors):
-    again = runner.sweep_errors(small_sweep())
+    again = pipeline.sweep_errors(small_sweep())
     pd.testing.assert_frame_equal(errors, again, check_exact=True)
 
 

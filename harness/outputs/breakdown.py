@@ -26,49 +26,52 @@ else by the numbers alone.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.dtypes import DTYPES
-from harness.outputs import tables
-from harness.sweep import metrics
-
-SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
-NO_BREAK = "none"
-TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
-
-# The failure mechanisms each path is exposed to; a path not listed has no theory here.
-PATH_FAILURES: dict[str, tuple[str, ...]] = {
-    "naive": (SUM_OVERFLOW, TARGET_UNDERFLOW),
-    "softmax_log": (TARGET_UNDERFLOW,),
-    "log_softmax_nll": (),
-    "fused": (),
-    "upcast_fused": (),
-    "log1p_lse": (),
-    "online": (),
-    "chunked": (),
-}
-
-# The errors-table column each mechanism's threshold is compared with, then its fallback.
-THEORY_QUANTITIES: dict[str, tuple[str, ...]] = {
-    SUM_OVERFLOW: ("max_lse", "max_logit"),
-    TARGET_UNDERFLOW: ("max_exact_loss",),
-}
-QUANTITIES = ("max_logit", "max_lse", "max_exact_loss")
-
-# Fallback for errors tables without the measured `flushes_subnormals` column (runs before it):
-# (framework, dtype, device) whose computed results flush subnormals to zero, as measured on CPU
-# with JAX 0.10.2 (jitted, x64 enabled). NumPy and PyTorch keep subnormals in every dtype.
-FLUSHES_SUBNORMALS: frozenset[tuple[str, str, str]] = frozenset(
-    {("jax", "bfloat16", "cpu"), ("jax", "float32", "cpu"), ("jax", "float64", "cpu")}
+from harness.mechanisms import (  # noqa: F401 (re-exported: the breakdown's public theory)
+    SUM_OVERFLOW,
+    TARGET_UNDERFLOW,
+    THEORY_QUANTITIES,
+    failure_mechanisms,
+    overflow_threshold,
+    threshold,
+    underflow_threshold,
 )
-
-GROUP_COLUMNS = ("framework", "path", "dtype", "family", "device", "n_rows", "n_classes")  # those present
-NOT_THE_PATHS_FAILURE = (metrics.INPUT_INF, metrics.UNSUPPORTED)
+from harness.outputs import tables
+from harness.outputs.explain import (  # noqa: F401 (re-exported for the findings)
+    QUANTITY_WORDS,
+    explain_agreement,
+    explain_disagreement,
+    facts,
+    fmt_quantity,
+    fmt_span,
+)
+from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots and tests)
+    FLUSHES_SUBNORMALS,
+    GROUP_COLUMNS,
+    NO_BREAK,
+    NOT_THE_PATHS_FAILURE,
+    QUANTITIES,
+    TOLERANCE,
+    Break,
+    Prediction,
+    default_bits_lost_limit,
+    earliest,
+    first_index,
+    fits,
+    flushes_subnormals,
+    group_flushes,
+    group_mechanisms,
+    lower_bound_slack,
+    measured_break,
+    passed_before,
+    predictions,
+    theory_dtype,
+)
+from harness.sweep import metrics
 
 BREAKDOWN_COLUMNS = GROUP_COLUMNS + (
     "n_scales",
@@ -139,319 +142,6 @@ COLUMN_DOCS = {
     "numbers alone; or what is notable where they agree; empty otherwise",
 }
 
-# --- thresholds -----------------------------------------------------------------------------
-
-
-def overflow_threshold(dtype: str) -> float:
-    """ln(largest finite + half an ulp): exp rounds to inf beyond it, and an unshifted sum once lse(x) does."""
-    return DTYPES[dtype].exp_overflow_threshold
-
-
-def underflow_threshold(dtype: str, flushes_subnormals: bool = False) -> float:
-    """-ln(smallest subnormal / 2), or -ln(smallest normal) when subnormals flush to zero:
-    a loss beyond it means the target probability exp(-loss) rounds to zero."""
-    fmt = DTYPES[dtype]
-    return fmt.exp_flush_threshold if flushes_subnormals else fmt.exp_underflow_threshold
-
-
-def flushes_subnormals(framework: str, dtype: str, device: str = "cpu") -> bool:
-    """The fallback table, for errors tables without the measured column."""
-    return (framework, dtype, device) in FLUSHES_SUBNORMALS
-
-
-def threshold(cause: str, dtype: str, flushes: bool) -> float:
-    if cause == SUM_OVERFLOW:
-        return overflow_threshold(dtype)
-    if cause == TARGET_UNDERFLOW:
-        return underflow_threshold(dtype, flushes)
-    raise ValueError(f"unknown failure mechanism {cause!r}")
-
-
-def group_flushes(cells: pd.DataFrame, framework: str, dtype: str, device: str) -> bool:
-    """The errors table's measured `flushes_subnormals` where it has it, else the fallback table."""
-    measured = cells["flushes_subnormals"].dropna() if "flushes_subnormals" in cells else ()
-    return bool(measured.iloc[0]) if len(measured) else flushes_subnormals(framework, dtype, device)
-
-
-# --- bits lost ------------------------------------------------------------------------------
-
-
-def default_bits_lost_limit(dtype: str) -> float:
-    """k: half the dtype's significand bits (hidden bit included), e.g. 5.5 for float16."""
-    return DTYPES[dtype].precision / 2
-
-
-# --- theory on the grid ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Where one mechanism's threshold is first passed: `index` into the grid, None if never."""
-
-    cause: str
-    quantity: str  # the column compared with the threshold
-    threshold: float
-    index: int | None
-    values: np.ndarray  # the quantity per grid cell (NaN where the path did not run)
-
-
-def first_index(mask) -> int | None:
-    hits = np.flatnonzero(np.asarray(mask, dtype=bool))
-    return int(hits[0]) if hits.size else None
-
-
-def predict(cells: pd.DataFrame, cause: str, dtype: str, flushes: bool) -> Prediction | None:
-    """The mechanism's predicted break over the cells (sorted by scale); None if no column holds
-    its quantity."""
-    quantity = next((c for c in THEORY_QUANTITIES[cause] if c in cells and cells[c].notna().any()), None)
-    if quantity is None:
-        return None
-    ran = ~cells["status"].isin(NOT_THE_PATHS_FAILURE).to_numpy()
-    values = np.where(ran, cells[quantity].to_numpy(dtype=np.float64), np.nan)
-    limit = threshold(cause, dtype, flushes)
-    with np.errstate(invalid="ignore"):
-        return Prediction(cause, quantity, limit, first_index(values > limit), values)
-
-
-def predictions(cells: pd.DataFrame, path: str, dtype: str, flushes: bool) -> list[Prediction | None]:
-    """One prediction per mechanism the path is exposed to (None where its quantity is absent)."""
-    return [predict(cells, cause, dtype, flushes) for cause in PATH_FAILURES.get(path, ())]
-
-
-def earliest(predicted: list[Prediction]) -> Prediction | None:
-    """The mechanism that breaks first on the grid (ties: the listed order); None if none does."""
-    breaking = [p for p in predicted if p.index is not None]
-    return min(breaking, key=lambda p: p.index) if breaking else None
-
-
-# --- the measured break ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Break:
-    """Where a combination first fails: its grid index, and the bracket of scales around the break
-    with each quantity at both ends (the bisection's, else the grid's; NaN where unknown)."""
-
-    index: int | None
-    scale_lo: float
-    scale_hi: float
-    lo: dict
-    hi: dict
-    bisection: str
-
-
-def _at(cells: pd.DataFrame, index: int | None) -> dict:
-    return {q: float(cells[q].iloc[index]) if index is not None and q in cells else np.nan for q in QUANTITIES}
-
-
-def measured_break(cells: pd.DataFrame, index: int | None, bisected) -> Break:
-    """The break from the breaks-table row `bisected` (None where the folder has none) or the grid."""
-    note = "grid only: no breaks table" if bisected is None else str(bisected["bisection"])
-    if index is None:
-        return Break(None, np.nan, np.nan, _at(cells, None), _at(cells, None), note)
-    if bisected is not None and np.isfinite(bisected["break_scale_lo"]) and np.isfinite(bisected["break_scale_hi"]):
-        lo = {q: float(bisected.get(f"{q}_lo", np.nan)) for q in QUANTITIES}
-        hi = {q: float(bisected.get(f"{q}_hi", np.nan)) for q in QUANTITIES}
-        return Break(index, float(bisected["break_scale_lo"]), float(bisected["break_scale_hi"]), lo, hi, note)
-    scales = cells["scale"].to_numpy(dtype=np.float64)
-    before = index - 1 if index > 0 else None
-    lo_scale = scales[before] if before is not None else np.nan
-    return Break(index, lo_scale, scales[index], _at(cells, before), _at(cells, index), note)
-
-
-def fits(limit: float, lo: float, hi: float) -> bool:
-    """Whether `limit` lies within TOLERANCE of the measured quantity, known to lie in [lo, hi]
-    (lo NaN: only that it is at most hi)."""
-    if not np.isfinite(hi):
-        return False
-    low, high = (min(lo, hi), max(lo, hi)) if np.isfinite(lo) else (-np.inf, hi)
-    return low - TOLERANCE * abs(low) <= limit <= high + TOLERANCE * abs(high)
-
-
-def _slack(cells: pd.DataFrame, p: Prediction) -> float:
-    """ln(n_classes) where the quantity is max_logit, a lower bound on the log-sum-exp by at most that."""
-    return math.log(cells["n_classes"].iloc[0]) if p.quantity == "max_logit" and "n_classes" in cells else 0.0
-
-
-def passed_before(limit: float, lo: float) -> bool:
-    """Whether the quantity was already more than TOLERANCE past `limit` at the last good scale."""
-    return bool(np.isfinite(lo) and lo > limit + TOLERANCE * abs(limit))
-
-
-# --- explanations from measured facts -------------------------------------------------------
-
-QUANTITY_WORDS = {
-    "max_lse": "largest log-sum-exp",
-    "max_logit": "largest logit",
-    "max_exact_loss": "largest exact loss",
-}
-
-
-def _fmt(value) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.4g}"
-
-
-def fmt_quantity(value) -> str:
-    """A measured quantity, to the 5 digits a bisected bracket resolves."""
-    return "-" if value is None or not np.isfinite(value) else f"{value:.5g}"
-
-
-def fmt_span(lo: float, hi: float) -> str:
-    """'87.333 to 87.34', or one number where both ends read the same."""
-    if not np.isfinite(lo) or fmt_quantity(lo) == fmt_quantity(hi):
-        return fmt_quantity(hi)
-    return f"{fmt_quantity(min(lo, hi))} to {fmt_quantity(max(lo, hi))}"
-
-
-@dataclass(frozen=True)
-class Fact:
-    """A measured fact that puts a threshold on a quantity: `says` how, in words."""
-
-    quantity: str
-    threshold: float
-    says: str
-
-
-def facts(framework: str, path: str, dtype: str, flushes: bool, accumulation: str, quantity_of: dict) -> list[Fact]:
-    """Thresholds that measured facts put on this combination, beside theory's own.
-
-    Flushing (the backend's measurement): 1/sum(exp) flushes to 0 once the sum passes
-    1/smallest normal, i.e. the log-sum-exp passes -ln(smallest normal). Accumulation (the path
-    entry, through the breaks table): a mechanism's threshold in the dtype the sums are carried in.
-    """
-    found = []
-    if flushes and SUM_OVERFLOW in PATH_FAILURES.get(path, ()):
-        limit = DTYPES[dtype].exp_flush_threshold
-        says = (
-            f"{framework} flushes subnormals to zero in {dtype} (measured), so 1/sum(exp) becomes 0 once the "
-            f"log-sum-exp passes -ln(smallest normal) = {fmt_quantity(limit)}"
-        )
-        found.append(Fact(quantity_of.get(SUM_OVERFLOW, "max_lse"), limit, says))
-    if flushes and TARGET_UNDERFLOW in PATH_FAILURES.get(path, ()):
-        limit = DTYPES[dtype].exp_underflow_threshold
-        says = (
-            f"this path keeps subnormals: the break lies at gradual underflow's -ln(smallest subnormal / 2) = "
-            f"{fmt_quantity(limit)}, though {framework} flushes them in {dtype} where measured"
-        )
-        found.append(Fact(quantity_of.get(TARGET_UNDERFLOW, "max_exact_loss"), limit, says))
-    if accumulation and accumulation != dtype and accumulation in DTYPES:
-        for cause in PATH_FAILURES.get(path, ()):
-            limit = threshold(cause, accumulation, False)
-            says = (
-                f"{framework}'s {path} carries {dtype} sums in {accumulation} (path entry): {cause} at "
-                f"{fmt_quantity(limit)}"
-            )
-            found.append(Fact(quantity_of.get(cause, THEORY_QUANTITIES[cause][0]), limit, says))
-    return found
-
-
-def _distance(limit: float, lo: float, hi: float) -> float:
-    """How far `limit` lies outside [lo, hi], relative to it (0 inside)."""
-    low, high = (min(lo, hi), max(lo, hi)) if np.isfinite(lo) else (hi, hi)
-    return max(low - limit, limit - high, 0.0) / abs(limit)
-
-
-def _fitting_fact(known: list[Fact], brk: Break) -> Fact | None:
-    """The fact whose threshold lies closest to the measured break, if within 1% of it."""
-    fitting = [f for f in known if fits(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity])]
-    return min(fitting, key=lambda f: _distance(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity]), default=None)
-
-
-def _broke(cells: pd.DataFrame, brk: Break) -> str:
-    """'broke (inf) at scale 20.862 (not yet at 20.86)'."""
-    status = cells["status"].iloc[brk.index]
-    text = f"broke ({status}) at scale {fmt_quantity(brk.scale_hi)}"
-    if np.isfinite(brk.scale_lo):
-        text += f" (not yet at {fmt_quantity(brk.scale_lo)})"
-    message = cells["message"].iloc[brk.index] if "message" in cells else ""
-    return text + (f": {message}" if status == metrics.ERROR and message else "")
-
-
-def _ln_classes(cells: pd.DataFrame) -> str:
-    """' = 6.908' for 1000 classes, where the table says how many."""
-    return f" = {_fmt(math.log(cells['n_classes'].iloc[0]))}" if "n_classes" in cells else ""
-
-
-def _sum_first_note(cells: pd.DataFrame, p: Prediction) -> str:
-    return (
-        f"the sum of exps overflows before any single exp: once lse(x) passes {_fmt(p.threshold)}, which it does "
-        f"up to ln(n_classes){_ln_classes(cells)} before the largest logit; this table has no max_lse to check it"
-    )
-
-
-def explain_disagreement(cells, path: str, brk: Break, shown, chosen, early, known: list[Fact]) -> str:
-    """Why a measured break and theory disagree: a measured fact that puts a threshold there, or the numbers."""
-    if brk.index is None:
-        value = chosen.values[chosen.index]
-        text = (
-            f"never broke, though the {QUANTITY_WORDS[chosen.quantity]} {fmt_quantity(value)} > "
-            f"{fmt_quantity(chosen.threshold)} "
-            f"from scale {_fmt(cells['scale'].iloc[chosen.index])}"
-        )
-        below = [f for f in known if np.nanmax(np.r_[cells[f.quantity].to_numpy(dtype=float), -np.inf]) <= f.threshold]
-        return text + (f"; {below[0].says}, never passed within the grid" if below else "")
-    text = _broke(cells, brk)
-    fact = _fitting_fact(known, brk)
-    if early:
-        p = early[0]
-        text += (
-            f", though the {QUANTITY_WORDS[p.quantity]} had passed {fmt_quantity(p.threshold)} ({p.cause}) before it"
-        )
-    elif shown is None:
-        text += ", though a stable path should not break" if not PATH_FAILURES[path] else ""
-    else:
-        lo, hi = brk.lo[shown.quantity], brk.hi[shown.quantity]
-        off = (hi - shown.threshold) / shown.threshold
-        text += (
-            f", where the {QUANTITY_WORDS[shown.quantity]} is {fmt_span(lo, hi)}, {abs(off):.1%} "
-            f"{'below' if off < 0 else 'above'} the {shown.cause} threshold {fmt_quantity(shown.threshold)}"
-        )
-        if shown.quantity == "max_logit" and off < 0:
-            text += f"; {_sum_first_note(cells, shown)}"
-    if fact is not None and shown is not None and not early and fact.quantity == shown.quantity:
-        return text + f"; {fact.says}: within 1% of it"
-    if fact is not None:
-        value = fmt_span(brk.lo[fact.quantity], brk.hi[fact.quantity])
-        return text + f"; {fact.says}, within 1% of the measured {QUANTITY_WORDS[fact.quantity]} {value}"
-    return text + (
-        "" if shown is None else "; no measured fact (subnormal flushing, accumulation dtype) puts a threshold there"
-    )
-
-
-def explain_agreement(cells, framework: str, dtype: str, flushes: bool, brk: Break, cause, known) -> str:
-    """What is notable where theory agrees: a flushed threshold, a fact that fits closer, a lower bound."""
-    if brk.index is None or cause is None:
-        return ""
-    lo, hi = brk.lo[cause.quantity], brk.hi[cause.quantity]
-    measured = f"the measured {QUANTITY_WORDS[cause.quantity]} {fmt_span(lo, hi)}"
-    if cause.cause == TARGET_UNDERFLOW and flushes:
-        gradual = DTYPES[dtype].exp_underflow_threshold
-        return (
-            f"{framework} flushes subnormals to zero in {dtype} (measured): -ln(smallest normal) = "
-            f"{fmt_quantity(cause.threshold)} lies within 1% of {measured}; gradual underflow would put it at "
-            f"{fmt_quantity(gradual)}"
-        )
-    inside = np.isfinite(lo) and min(lo, hi) <= cause.threshold <= max(lo, hi)
-    closer = next(
-        (
-            f
-            for f in known
-            if np.isfinite(lo)
-            and min(brk.lo[f.quantity], brk.hi[f.quantity])
-            <= f.threshold
-            <= max(brk.lo[f.quantity], brk.hi[f.quantity])
-        ),
-        None,
-    )
-    if not inside and closer is not None:
-        return (
-            f"{measured} brackets {fmt_quantity(closer.threshold)}, not {fmt_quantity(cause.threshold)}: {closer.says}"
-        )
-    if cause.quantity == "max_logit" and cause.index is not None and cause.index > brk.index:
-        return _sum_first_note(cells, cause)
-    return ""
-
-
 # --- one group: framework/path/dtype/family over the scale grid ----------------------------
 
 
@@ -495,7 +185,7 @@ def breakdown_row(cells: pd.DataFrame, bits_lost_limit: float | None = None, bis
     return row | theory_columns(cells, framework, path, dtype, flushes, brk, accumulation)
 
 
-def _unchecked(cells: pd.DataFrame, path: str, dtype: str, predicted) -> str:
+def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, predicted) -> str:
     """Why theory cannot be checked for this group; empty where it can."""
     status = cells["status"]
     if not (~status.isin(NOT_THE_PATHS_FAILURE)).any():
@@ -503,9 +193,9 @@ def _unchecked(cells: pd.DataFrame, path: str, dtype: str, predicted) -> str:
             message = cells.loc[status == metrics.UNSUPPORTED, "message"].iloc[0] if "message" in cells else ""
             return f"unsupported: {message}" if message else "unsupported"
         return f"inputs overflow {dtype} at every scale"
-    if path not in PATH_FAILURES:
+    if mechanisms is None:
         return f"no theory for path {path!r}"
-    unchecked = [cause for cause, p in zip(PATH_FAILURES[path], predicted, strict=True) if p is None]
+    unchecked = [cause for cause, p in zip(mechanisms, predicted, strict=True) if p is None]
     return "; ".join(f"{cause} needs column {THEORY_QUANTITIES[cause][0]}" for cause in unchecked) + (
         ", absent from this table" if unchecked else ""
     )
@@ -530,15 +220,21 @@ def theory_columns(
         "break_quantity_hi": np.nan,
         "matches_theory": pd.NA,
     }
-    predicted = predictions(cells, path, dtype, flushes) if path in PATH_FAILURES else []
-    why_not = _unchecked(cells, path, dtype, predicted)
+    mechanisms = group_mechanisms(cells)
+    dtype = theory_dtype(cells, dtype)
+    predicted = predictions(cells, mechanisms, dtype, flushes)
+    why_not = _unchecked(cells, path, mechanisms, dtype, predicted)
     if why_not:
         return columns | {"explanation": why_not}
     chosen = earliest(predicted)
     if brk.index is None:
         cause, early, agrees = chosen, [], chosen is None
     else:
-        fitting = [p for p in predicted if fits(p.threshold, brk.lo[p.quantity], brk.hi[p.quantity] + _slack(cells, p))]
+        fitting = [
+            p
+            for p in predicted
+            if fits(p.threshold, brk.lo[p.quantity], brk.hi[p.quantity] + lower_bound_slack(cells, p))
+        ]
         early = [p for p in predicted if passed_before(p.threshold, brk.lo[p.quantity])]
         cause = fitting[0] if fitting else chosen
         agrees = bool(fitting) and not early
@@ -554,12 +250,12 @@ def theory_columns(
         if brk.index is not None:
             columns["grid_steps_off"] = brk.index - cause.index
     quantity_of = {p.cause: p.quantity for p in predicted}
-    known = facts(framework, path, dtype, flushes, accumulation, quantity_of)
+    known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of)
     if agrees:
         explanation = explain_agreement(cells, framework, dtype, flushes, brk, cause, known)
     else:
         explanation = explain_disagreement(
-            cells, path, brk, shown if brk.index is not None else None, chosen, early, known
+            cells, mechanisms, brk, shown if brk.index is not None else None, chosen, early, known
         )
     return columns | {
         "theory_cause": cause.cause if cause else NO_BREAK,

@@ -53,7 +53,7 @@ def correct_bits_figure(errors: pd.DataFrame, dtype: str) -> Figure:
         grid = np.full((len(lines), len(scales)), np.nan)
         for line, row in zip(panel[line_keys].itertuples(index=False, name=None), panel.itertuples(), strict=True):
             i, j = lines.index(line), int(np.searchsorted(scales, row.scale))
-            if row.status == metrics.OK:
+            if row.status in metrics.GOOD:  # correctly rounded inf or 0 rows aside, its errors are real
                 grid[i, j] = metrics.correct_bits(row.max_ulp_err, fmt.precision)
             elif row.status in STATUS_MARKS:
                 colour, mark, _ = STATUS_MARKS[row.status]

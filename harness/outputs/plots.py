@@ -103,8 +103,13 @@ def theory_label(cause: str, flushes: bool, paths: list[str]) -> str:
 def theory_marks(cells: pd.DataFrame, axis: str, dtype: str) -> list[TheoryMark]:
     """Per mechanism a path of the panel is exposed to (and per subnormal setting of the frameworks
     running it), the first `axis` value at which the table's quantity passes breakdown.threshold."""
+    declared = (
+        {p: breakdown.failure_mechanisms(m) or () for p, m in zip(cells["path"], cells["mechanisms"], strict=True)}
+        if "mechanisms" in cells
+        else {}
+    )  # the path entries' mechanisms, as the table records them
     exposed = {
-        cause: [p for p in ordered(cells["path"]) if cause in breakdown.PATH_FAILURES.get(p, ())]
+        cause: [p for p in ordered(cells["path"]) if cause in declared.get(p, ())]
         for cause in breakdown.THEORY_QUANTITIES
     }
     ran = cells[~cells["status"].isin(breakdown.NOT_THE_PATHS_FAILURE)]
@@ -146,7 +151,7 @@ def _panel(
     ceiling, drawn, shown = measure.ceiling(dtype), set(), [measure.reference(dtype)]
     for (framework, path), line in of_dtype.groupby(["framework", "path"], sort=False):
         line, style = line.sort_values(axis), styles[(framework, path)]
-        ok = line[line["status"] == metrics.OK]
+        ok = line[line["status"].isin(metrics.GOOD)]
         y = ok[measure.column].clip(lower=measure.floor)
         ax.plot(ok[axis], y.clip(upper=ceiling), markersize=3, linewidth=1.2, **style.kwargs())
         above = ok[y > ceiling]

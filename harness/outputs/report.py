@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.cli import OneLineParser, non_negative
 from harness.dtypes import DTYPES
 from harness.outputs import breakdown, pareto, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
 from harness.outputs.provenance import configured_bits_lost_limit, experiment_name, provenance_section, run_config
-from harness.tools.cli import OneLineParser, non_negative
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 ERRORS = "errors.parquet"

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
+from harness.files import atomic_write, write_table, write_text  # noqa: F401 (outputs write through these)
 from harness.sweep import metrics
+from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
 
-KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")
 ERROR_COLUMNS = (
     KEY_COLUMNS
-    + ("device", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
+    + OPTION_COLUMNS
+    + ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
     + metrics.METRIC_COLUMNS
     + ("message",)
 )
 GRAD_COLUMNS = (
     KEY_COLUMNS
-    + ("device", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
+    + OPTION_COLUMNS
+    + ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
     + metrics.GRAD_METRIC_COLUMNS
     + ("message",)
 )
@@ -68,36 +67,6 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
     return frame
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_table(frame: pd.DataFrame, stem: Path) -> None:
-    """stem.parquet for machines and stem.csv for people."""
-    atomic_write(stem.with_suffix(".parquet"), lambda tmp: frame.to_parquet(tmp, index=False))
-    atomic_write(stem.with_suffix(".csv"), lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def write_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -115,7 +84,7 @@ def path_outcome(cells: pd.DataFrame, axis: str = "scale") -> str:
     statuses = set(cells["status"])
     if statuses <= {metrics.UNSUPPORTED, metrics.INPUT_INF}:
         return metrics.UNSUPPORTED if metrics.UNSUPPORTED in statuses else "no finite input"
-    ok = cells[cells["status"] == metrics.OK]
+    ok = cells[cells["status"].isin(metrics.GOOD)]
     worst = f"{_fmt(ok['max_ulp_err'].max())} ulp" if not ok.empty else "never ok"
     failed = cells[cells["status"].isin(metrics.FAILED)].sort_values(axis)
     if failed.empty:
@@ -163,3 +132,16 @@ def summary_markdown(errors: pd.DataFrame, sweep) -> str:
             lines += ["", f"## family {family}, scale {_fmt(scale)}, along n_classes", ""]
             lines += [outcome_table(at_scale, "n_classes"), *_input_inf_note(at_scale, "n_classes")]
     return "\n".join(lines) + "\n"
+
+
+def grad_errors_frame(records: list[dict], names: dict | None = None) -> pd.DataFrame:
+    """The gradient table: the cell keys of each record with its gradient metrics."""
+    keys = [c for c in GRAD_COLUMNS if c not in metrics.GRAD_METRIC_COLUMNS + ("status", "message")]
+    rows = [{k: r["cell"].get(k) for k in keys} | r["grad"] for r in records if "grad" in r]
+    return errors_frame(rows, GRAD_COLUMNS, names)
+
+
+def row_errors_frame(records: list[dict], names: dict | None = None) -> pd.DataFrame:
+    """One row per (cell, logit row) from the journal's records that carry per-row errors."""
+    frames = [pd.DataFrame({k: r["cell"][k] for k in KEY_COLUMNS} | r["rows"]) for r in records if "rows" in r]
+    return canonical_order(pd.concat(frames, ignore_index=True), names) if frames else pd.DataFrame()

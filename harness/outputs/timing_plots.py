@@ -96,8 +96,9 @@ def timing_bars(timings: pd.DataFrame, dtype: str, out_path: Path) -> None:
 
 
 def worst_correct_bits(cells: pd.DataFrame, precision: int) -> float:
-    """Fewest correct bits over a path's cells with status ok (NaN if none is ok)."""
-    ok = cells[cells["status"] == metrics.OK]
+    """Fewest correct bits over a path's cells that did not fail (ok, or a correctly rounded inf or 0;
+    NaN if there is none)."""
+    ok = cells[cells["status"].isin(metrics.GOOD)]
     if ok.empty:
         return float("nan")
     return float(np.nanmin(correct_bits(ok["max_ulp_err"].to_numpy(), precision)))

@@ -24,11 +24,9 @@ import inspect
 from dataclasses import dataclass, field
 from types import ModuleType
 
-INPUT = "input dtype"  # accumulates in the dtype under test, as written
+from harness.mechanisms import PROBABILITY_CLIP, SUM_OVERFLOW, TARGET_UNDERFLOW
 
-# Failure mechanisms theory predicts (harness.outputs.breakdown states each one's threshold).
-SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
-PROBABILITY_CLIP = "probability clip"  # losses capped at -log(epsilon)
+INPUT = "input dtype"  # accumulates in the dtype under test, as written
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.outputs.tables import KEY_COLUMNS
+KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
+# the loss options of a cell (harness.paths.options), in every table; a cell without them is a bare loss
+OPTION_COLUMNS = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
+
 
 JOURNAL = "cells.jsonl"
 
 
 def cell_key(row: dict) -> tuple:
     """The cell's key columns; a head cell adds its mode and reduction (harness.sweep.head_runner)."""
-    return tuple(row[k] for k in KEY_COLUMNS) + tuple(row[k] for k in ("mode", "reduction") if k in row)
+    return tuple(row[k] for k in KEY_COLUMNS) + tuple(row[k] for k in ("mode", *OPTION_COLUMNS) if k in row)
 
 
 def read(path: Path) -> list[dict]:

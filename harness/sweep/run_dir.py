@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.outputs.tables import write_text
+from harness.files import write_text
 from harness.sweep.journal import JOURNAL
 
 SWEEP = "sweep.json"

@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.cli import OneLineParser, non_negative
 from harness.outputs import tables
 from harness.sweep import metrics
-from harness.tools.cli import OneLineParser, non_negative
 
 ERRORS_FILE = "errors.parquet"
 REQUIRED_COLUMNS = ("status", "max_ulp_err")

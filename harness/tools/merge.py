@@ -20,12 +20,12 @@ from pathlib import Path
 import pandas as pd
 from hydra.experimental.callback import Callback
 
+from harness.cli import OneLineParser
 from harness.errors import ConfigError
-from harness.outputs.tables import write_text
+from harness.files import write_text
 from harness.sweep import journal
 from harness.sweep.config import SweepConfig
 from harness.sweep.run_dir import SWEEP, differing_keys, record_sweep
-from harness.tools.cli import OneLineParser
 
 SHARDED = ("frameworks", "paths", "dtypes", "families", "scales", "n_classes")
 
@@ -58,7 +58,7 @@ def merged_sweep(records: list[dict]) -> SweepConfig:
 
 def merge(sweep_dir: Path):
     """Merge the shards under sweep_dir into sweep_dir; returns the merged errors table."""
-    from harness.sweep import runner
+    from harness import pipeline
 
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -90,7 +90,7 @@ def merge(sweep_dir: Path):
     if environments:
         merged_env = environments[0] | {"shards": [{"folder": d.name, **_command(d)} for d in shards]}
         write_text(json.dumps(merged_env, indent=2, default=str) + "\n", sweep_dir / "environment.json")
-    return runner.write_results(sweep, sweep_dir, records, merged_timings(shards))
+    return pipeline.write_results(sweep, sweep_dir, records, merged_timings(shards))
 
 
 def merged_timings(shards: list[Path]) -> pd.DataFrame | None:

@@ -1,0 +1,190 @@
+"""Explanations of the breakdown: the measured facts (subnormals flushed, the dtype a path accumulates
+in) that put a threshold at a measured break, in words generated from the numbers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.dtypes import DTYPES
+from harness.mechanisms import SUM_OVERFLOW, TARGET_UNDERFLOW, THEORY_QUANTITIES, threshold
+from harness.outputs.theory import Break, Prediction, fits
+from harness.sweep import metrics
+
+# --- explanations from measured facts -------------------------------------------------------
+
+QUANTITY_WORDS = {
+    "max_lse": "largest log-sum-exp",
+    "max_logit": "largest logit",
+    "max_exact_loss": "largest exact loss",
+}
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.4g}"
+
+
+def fmt_quantity(value) -> str:
+    """A measured quantity, to the 5 digits a bisected bracket resolves."""
+    return "-" if value is None or not np.isfinite(value) else f"{value:.5g}"
+
+
+def fmt_span(lo: float, hi: float) -> str:
+    """'87.333 to 87.34', or one number where both ends read the same."""
+    if not np.isfinite(lo) or fmt_quantity(lo) == fmt_quantity(hi):
+        return fmt_quantity(hi)
+    return f"{fmt_quantity(min(lo, hi))} to {fmt_quantity(max(lo, hi))}"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A measured fact that puts a threshold on a quantity: `says` how, in words."""
+
+    quantity: str
+    threshold: float
+    says: str
+
+
+def facts(
+    framework: str, path: str, mechanisms, dtype: str, flushes: bool, accumulation: str, quantity_of: dict
+) -> list[Fact]:
+    """Thresholds that measured facts put on this combination, beside theory's own.
+
+    Flushing (the backend's measurement): 1/sum(exp) flushes to 0 once the sum passes
+    1/smallest normal, i.e. the log-sum-exp passes -ln(smallest normal). Accumulation (the path
+    entry, through the breaks table): a mechanism's threshold in the dtype the sums are carried in.
+    """
+    found = []
+    if flushes and SUM_OVERFLOW in mechanisms:
+        limit = DTYPES[dtype].exp_flush_threshold
+        says = (
+            f"{framework} flushes subnormals to zero in {dtype} (measured), so 1/sum(exp) becomes 0 once the "
+            f"log-sum-exp passes -ln(smallest normal) = {fmt_quantity(limit)}"
+        )
+        found.append(Fact(quantity_of.get(SUM_OVERFLOW, "max_lse"), limit, says))
+    if flushes and TARGET_UNDERFLOW in mechanisms:
+        limit = DTYPES[dtype].exp_underflow_threshold
+        says = (
+            f"this path keeps subnormals: the break lies at gradual underflow's -ln(smallest subnormal / 2) = "
+            f"{fmt_quantity(limit)}, though {framework} flushes them in {dtype} where measured"
+        )
+        found.append(Fact(quantity_of.get(TARGET_UNDERFLOW, "max_exact_loss"), limit, says))
+    if accumulation and accumulation != dtype and accumulation in DTYPES:
+        for cause in mechanisms:
+            limit = threshold(cause, accumulation, False)
+            says = (
+                f"{framework}'s {path} carries {dtype} sums in {accumulation} (path entry): {cause} at "
+                f"{fmt_quantity(limit)}"
+            )
+            found.append(Fact(quantity_of.get(cause, THEORY_QUANTITIES[cause][0]), limit, says))
+    return found
+
+
+def _distance(limit: float, lo: float, hi: float) -> float:
+    """How far `limit` lies outside [lo, hi], relative to it (0 inside)."""
+    low, high = (min(lo, hi), max(lo, hi)) if np.isfinite(lo) else (hi, hi)
+    return max(low - limit, limit - high, 0.0) / abs(limit)
+
+
+def _fitting_fact(known: list[Fact], brk: Break) -> Fact | None:
+    """The fact whose threshold lies closest to the measured break, if within 1% of it."""
+    fitting = [f for f in known if fits(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity])]
+    return min(fitting, key=lambda f: _distance(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity]), default=None)
+
+
+def _broke(cells: pd.DataFrame, brk: Break) -> str:
+    """'broke (inf) at scale 20.862 (not yet at 20.86)'."""
+    status = cells["status"].iloc[brk.index]
+    text = f"broke ({status}) at scale {fmt_quantity(brk.scale_hi)}"
+    if np.isfinite(brk.scale_lo):
+        text += f" (not yet at {fmt_quantity(brk.scale_lo)})"
+    message = cells["message"].iloc[brk.index] if "message" in cells else ""
+    return text + (f": {message}" if status == metrics.ERROR and message else "")
+
+
+def _ln_classes(cells: pd.DataFrame) -> str:
+    """' = 6.908' for 1000 classes, where the table says how many."""
+    return f" = {_fmt(math.log(cells['n_classes'].iloc[0]))}" if "n_classes" in cells else ""
+
+
+def _sum_first_note(cells: pd.DataFrame, p: Prediction) -> str:
+    return (
+        f"the sum of exps overflows before any single exp: once lse(x) passes {_fmt(p.threshold)}, which it does "
+        f"up to ln(n_classes){_ln_classes(cells)} before the largest logit; this table has no max_lse to check it"
+    )
+
+
+def explain_disagreement(cells, mechanisms, brk: Break, shown, chosen, early, known: list[Fact]) -> str:
+    """Why a measured break and theory disagree: a measured fact that puts a threshold there, or the numbers."""
+    if brk.index is None:
+        value = chosen.values[chosen.index]
+        text = (
+            f"never broke, though the {QUANTITY_WORDS[chosen.quantity]} {fmt_quantity(value)} > "
+            f"{fmt_quantity(chosen.threshold)} "
+            f"from scale {_fmt(cells['scale'].iloc[chosen.index])}"
+        )
+        below = [f for f in known if np.nanmax(np.r_[cells[f.quantity].to_numpy(dtype=float), -np.inf]) <= f.threshold]
+        return text + (f"; {below[0].says}, never passed within the grid" if below else "")
+    text = _broke(cells, brk)
+    fact = _fitting_fact(known, brk)
+    if early:
+        p = early[0]
+        text += (
+            f", though the {QUANTITY_WORDS[p.quantity]} had passed {fmt_quantity(p.threshold)} ({p.cause}) before it"
+        )
+    elif shown is None:
+        text += ", though a stable path should not break" if not mechanisms else ""
+    else:
+        lo, hi = brk.lo[shown.quantity], brk.hi[shown.quantity]
+        off = (hi - shown.threshold) / shown.threshold
+        text += (
+            f", where the {QUANTITY_WORDS[shown.quantity]} is {fmt_span(lo, hi)}, {abs(off):.1%} "
+            f"{'below' if off < 0 else 'above'} the {shown.cause} threshold {fmt_quantity(shown.threshold)}"
+        )
+        if shown.quantity == "max_logit" and off < 0:
+            text += f"; {_sum_first_note(cells, shown)}"
+    if fact is not None and shown is not None and not early and fact.quantity == shown.quantity:
+        return text + f"; {fact.says}: within 1% of it"
+    if fact is not None:
+        value = fmt_span(brk.lo[fact.quantity], brk.hi[fact.quantity])
+        return text + f"; {fact.says}, within 1% of the measured {QUANTITY_WORDS[fact.quantity]} {value}"
+    return text + (
+        "" if shown is None else "; no measured fact (subnormal flushing, accumulation dtype) puts a threshold there"
+    )
+
+
+def explain_agreement(cells, framework: str, dtype: str, flushes: bool, brk: Break, cause, known) -> str:
+    """What is notable where theory agrees: a flushed threshold, a fact that fits closer, a lower bound."""
+    if brk.index is None or cause is None:
+        return ""
+    lo, hi = brk.lo[cause.quantity], brk.hi[cause.quantity]
+    measured = f"the measured {QUANTITY_WORDS[cause.quantity]} {fmt_span(lo, hi)}"
+    if cause.cause == TARGET_UNDERFLOW and flushes:
+        gradual = DTYPES[dtype].exp_underflow_threshold
+        return (
+            f"{framework} flushes subnormals to zero in {dtype} (measured): -ln(smallest normal) = "
+            f"{fmt_quantity(cause.threshold)} lies within 1% of {measured}; gradual underflow would put it at "
+            f"{fmt_quantity(gradual)}"
+        )
+    inside = np.isfinite(lo) and min(lo, hi) <= cause.threshold <= max(lo, hi)
+    closer = next(
+        (
+            f
+            for f in known
+            if np.isfinite(lo)
+            and min(brk.lo[f.quantity], brk.hi[f.quantity])
+            <= f.threshold
+            <= max(brk.lo[f.quantity], brk.hi[f.quantity])
+        ),
+        None,
+    )
+    if not inside and closer is not None:
+        return (
+            f"{measured} brackets {fmt_quantity(closer.threshold)}, not {fmt_quantity(cause.threshold)}: {closer.says}"
+        )
+    if cause.quantity == "max_logit" and cause.index is not None and cause.index > brk.index:
+        return _sum_first_note(cells, cause)
+    return ""

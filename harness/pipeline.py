@@ -1,0 +1,115 @@
+"""The pipeline of one run: measure (journal), bisect, time, then write every table, plot and the report.
+
+The one place where the sweep layer meets the outputs layer (harness.sweep never imports
+harness.outputs, and outputs never import backends or paths). `harness.api` and the command line
+call `run`; `harness.tools.merge` calls `write_results` for merged shards.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from harness import backends
+from harness.outputs import head_tables, plots, report, tables, timing_plots
+from harness.paths import custom as custom_paths
+from harness.sweep import bisect, head_runner, journal
+from harness.sweep.config import SweepConfig
+from harness.sweep.runner import (
+    NAME_ORDER,
+    compile_implementations,
+    sweep_cells,
+)
+from harness.timing import head as head_timing
+from harness.timing import stage as timing
+
+log = logging.getLogger(__name__)
+
+
+def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
+    """The errors table of a sweep, in memory: one row per cell."""
+    cells = []
+    sweep_cells(sweep, lambda record: cells.append(record["cell"]))
+    return tables.errors_frame(cells, names=NAME_ORDER)
+
+
+def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
+    """Text from experiments/<experiment>.py's `summarize(run_dir)`, for studies that have one."""
+    name = f"experiments.{sweep.experiment}"
+    if importlib.util.find_spec("experiments") is None or importlib.util.find_spec(name) is None:
+        return ""
+    return importlib.import_module(name).summarize(run_dir)
+
+
+def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
+    """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
+    versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
+    log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
+    if head_runner.is_head(sweep):
+        records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
+        timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
+        return head_tables.write_results(sweep, run_dir, records, timings, head_runner.NAMES)
+    cells = journal.Journal(run_dir)
+    try:
+        if cells.done:
+            log.info("resuming: %d of %d cells already done", len(cells.done), sweep.n_cells)
+        implementations = compile_implementations(sweep)  # once: the bisection reuses JAX's compiled paths
+        sweep_cells(sweep, cells.append, frozenset(cells.done), implementations)
+    finally:
+        cells.close()
+    breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
+    tables.write_table(breaks, run_dir / "breaks")
+    return write_results(sweep, run_dir, cells.records, time_paths(sweep) if sweep.timing.enabled else None)
+
+
+def time_paths(sweep: SweepConfig) -> pd.DataFrame:
+    """The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits."""
+    settings = sweep.timing
+    log.info("timing %d sizes, %d threads", len(sweep.timing_sizes), settings.threads)
+    return timing.time_sweep(
+        sweep.frameworks,
+        sweep.paths,
+        sweep.dtypes,
+        sweep.timing_sizes,
+        sweep.seed,
+        settings.threads,
+        settings.budget_s,
+        settings.rel_iqr_target,
+        sweep.progress,
+        min_blocks=settings.min_blocks,
+        device=sweep.device,
+        custom_callables=custom_paths.callables(custom_paths.parse(sweep.custom_paths)),
+        chunk_size=sweep.chunk_size,
+        block_size=sweep.block_size,
+    )
+
+
+def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
+    """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
+    errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
+    tables.write_table(errors, run_dir / "errors")
+    if timings is not None:
+        tables.write_table(timings, run_dir / "timings")
+        for dtype in timings["dtype"].unique():
+            timing_plots.timing_bars(timings, dtype, run_dir / "plots" / f"timing_{dtype}.png")
+        timing_plots.accuracy_vs_time(errors, timings, run_dir / "plots" / "accuracy_vs_time.png")
+    if sweep.gradient:
+        grad_errors = tables.grad_errors_frame(records, NAME_ORDER)
+        tables.write_table(grad_errors, run_dir / "grad_errors")
+        plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
+    if sweep.row_errors:
+        tables.write_table(tables.row_errors_frame(records, NAME_ORDER), run_dir / "row_errors")
+    summary = tables.summary_markdown(errors, sweep)
+    tables.write_text(summary, run_dir / "summary.md")
+    plots.write_error_plots(errors, run_dir / "plots")
+    print(summary)
+    study = study_summary(sweep, run_dir)
+    if study:
+        print(study)
+    _, html = report.build_report(run_dir, sweep.bits_lost_limit)
+    log.info("results in %s (report: %s)", run_dir, html.name)
+    return errors
