@@ -15,10 +15,12 @@ per-framework path implementations (`harness/paths/<name>_paths.py`) no module i
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -33,25 +35,42 @@ class Framework:
     name: str
     packages: tuple[str, ...]  # import names that must be present
     install: str  # the pip line that installs what is missing
-    default: bool  # in the default `frameworks` list
+    order: int  # its place in tables and lists
 
     @property
     def module(self) -> str:
         return f"harness.backends.{self.name}"
 
 
-FRAMEWORKS: dict[str, Framework] = {
-    spec.name: spec
-    for spec in (
-        Framework("numpy", ("numpy", "scipy", "ml_dtypes"), "pip install numpy scipy ml_dtypes", True),
-        Framework("torch", ("torch",), "pip install torch==2.13.0", True),
-        Framework("jax", ("jax", "optax"), "pip install jax==0.10.2 optax==0.2.8", True),
-        Framework("mlx", ("mlx",), 'pip install "mlx[cpu]==0.32.4"', True),
-        Framework(
-            "tensorflow", ("tensorflow", "keras"), "pip install -e '.[tensorflow]' (tensorflow-cpu==2.21.0)", False
-        ),
-    )
-}
+DECLARED = {"PACKAGES": "packages", "INSTALL": "install", "ORDER": "order"}
+
+
+def declared(path: Path) -> dict:
+    """A backend module's PACKAGES, INSTALL and ORDER, read from its source without importing it (importing
+    it imports the framework, which may be missing)."""
+    found = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in DECLARED:
+                found[DECLARED[name]] = ast.literal_eval(node.value)
+    missing = sorted(set(DECLARED.values()) - set(found))
+    if missing:
+        raise RuntimeError(f"backend {path.name} does not declare {', '.join(missing)}")
+    return found
+
+
+def discover() -> dict[str, Framework]:
+    """Every backend module beside this file, in ORDER: adding a framework is adding its module."""
+    specs = [
+        Framework(path.stem, **declared(path))
+        for path in Path(__file__).parent.glob("*.py")
+        if not path.name.startswith("_")
+    ]
+    return {spec.name: spec for spec in sorted(specs, key=lambda spec: spec.order)}
+
+
+FRAMEWORKS: dict[str, Framework] = discover()
 DEVICES = ("cpu", "cuda")
 
 

@@ -25,6 +25,11 @@ import jax.numpy as jnp  # noqa: E402
 
 from harness.errors import ConfigError  # noqa: E402
 
+# What the harness needs to know before importing this module (read by harness.backends.discover).
+PACKAGES = ("jax", "optax")  # import names that must be present
+INSTALL = "pip install jax==0.10.2 optax==0.2.8"
+ORDER = 2  # place in tables and lists
+
 DEVICES = ("cpu", "cuda")
 COMPILES = True  # jitted: the first call of a shape compiles
 COMPILE_NOTE = "always jitted (jax.jit)"

@@ -17,6 +17,11 @@ import numpy as np
 
 from harness.errors import ConfigError
 
+# What the harness needs to know before importing this module (read by harness.backends.discover).
+PACKAGES = ("mlx",)  # import names that must be present
+INSTALL = 'pip install "mlx[cpu]==0.32.4"'
+ORDER = 3  # place in tables and lists
+
 DEVICES = ("cpu",)
 COMPILES = False  # lazy graphs, evaluated by mx.eval; mx.compile gave the same bits and no gain (see above)
 COMPILE_NOTE = "lazy, not compiled (mx.compile: same bits, no gain on the CPU, seconds of C++ compiler per graph)"

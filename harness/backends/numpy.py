@@ -10,6 +10,11 @@ import numpy as np
 
 from harness.errors import ConfigError
 
+# What the harness needs to know before importing this module (read by harness.backends.discover).
+PACKAGES = ("numpy", "scipy", "ml_dtypes")  # import names that must be present
+INSTALL = "pip install numpy scipy ml_dtypes"
+ORDER = 0  # place in tables and lists
+
 DEVICES = ("cpu",)
 COMPILES = False  # no compiled mode: every call runs eagerly
 COMPILE_NOTE = "NumPy has no compiled mode"

@@ -21,6 +21,11 @@ import tensorflow as tf  # noqa: E402
 
 from harness.errors import ConfigError  # noqa: E402
 
+# What the harness needs to know before importing this module (read by harness.backends.discover).
+PACKAGES = ("tensorflow", "keras")  # import names that must be present
+INSTALL = "pip install -e '.[tensorflow]' (tensorflow-cpu==2.21.0)"
+ORDER = 4  # place in tables and lists
+
 DEVICES = ("cpu",)
 COMPILES = True  # tf.function traces on the first call of each shape and dtype
 COMPILE_NOTE = "tf.function without XLA (same bits as eager; 2-5x faster on log1p_lse, online, chunked)"

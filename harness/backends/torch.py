@@ -11,6 +11,11 @@ import torch
 
 from harness.errors import ConfigError
 
+# What the harness needs to know before importing this module (read by harness.backends.discover).
+PACKAGES = ("torch",)  # import names that must be present
+INSTALL = "pip install torch==2.13.0"
+ORDER = 1  # place in tables and lists
+
 DEVICES = ("cpu", "cuda")
 COMPILES = False  # eager; `torch.compile` is not used by the accuracy or timing stages
 COMPILE_NOTE = "eager, losses under torch.inference_mode"
