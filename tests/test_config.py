@@ -14,7 +14,7 @@ def composed(*overrides: str):
 
 def test_precision_sweep_sets_the_default_grid():
     sweep = sweep_config(composed("experiment=precision_sweep"), "precision_sweep")
-    assert sweep.frameworks == ("numpy", "torch", "jax")
+    assert sweep.frameworks == ("numpy", "torch", "jax", "mlx")  # tensorflow is an extra, added by hand
     assert sweep.paths == ("naive", "softmax_log", "log_softmax_nll", "fused")
     assert sweep.dtypes == ("float16", "bfloat16", "float32", "float64")
     assert sweep.families == ("spread", "offset")
