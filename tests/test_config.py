@@ -21,7 +21,7 @@ def test_precision_sweep_sets_the_default_grid():
     assert (sweep.n_rows, sweep.n_classes) == (256, (1000,))
     assert len(sweep.scales) >= 20
     assert sweep.scales[0] == pytest.approx(0.01) and sweep.scales[-1] == pytest.approx(1e4)
-    assert sweep.n_cells == 3 * 4 * 4 * 2 * len(sweep.scales)
+    assert sweep.n_cells == 4 * 4 * 4 * 2 * len(sweep.scales)
     assert sweep.timing.enabled and sweep.timing.threads == 1 and sweep.timing_sizes == ((256, 1000),)
     assert not sweep.gradient
 
@@ -48,7 +48,7 @@ def test_command_line_overrides_replace_the_grid():
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("frameworks=[numpy,tensorflow]", ["unknown framework 'tensorflow'", "numpy, torch, jax"]),
+        ("frameworks=[numpy,caffe]", ["unknown framework 'caffe'", "numpy, torch, jax, mlx, tensorflow"]),
         ("paths=[softmax]", ["unknown path 'softmax'", "log_softmax_nll"]),
         ("dtypes=[float8]", ["unknown dtype 'float8'", "bfloat16"]),
         ("families=[uniform]", ["unknown family 'uniform'", "spread, offset"]),
@@ -88,7 +88,7 @@ def test_a_missing_framework_package_names_it_and_how_to_leave_it_out(monkeypatc
     import harness.paths
 
     monkeypatch.setattr(harness.paths.importlib.util, "find_spec", lambda name: None if name == "jax" else True)
-    with pytest.raises(ConfigError, match=r"'jax' needs the package\(s\) jax .*frameworks=\[numpy,torch\]"):
+    with pytest.raises(ConfigError, match=r"'jax' needs the package\(s\) jax .*frameworks=\[numpy,torch,mlx\]"):
         sweep_config(composed("experiment=precision_sweep"), "precision_sweep")
 
 

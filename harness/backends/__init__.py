@@ -102,8 +102,10 @@ def check_device(device: str, frameworks) -> None:
         raise ConfigError(f"unknown device {device!r}; valid choices: {', '.join(DEVICES)}")
     if device == "cpu":
         return
-    for name in frameworks:
-        load(name).check_device(device)
+    for name in frameworks:  # CPU-only frameworks run their rows on the CPU (row_device)
+        backend = load(name)
+        if device in backend.DEVICES:
+            backend.check_device(device)
 
 
 def row_device(framework: str, device: str) -> str:
