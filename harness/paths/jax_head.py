@@ -8,6 +8,8 @@ of the chunk is padded with zero rows of W whose logits are masked to -inf.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -56,8 +58,10 @@ def chunked_loss(h, W, b, y, reduction: str, chunk_size: int):
 LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
 
 
+@functools.cache
 def build(path: str, reduction: str, mode: str, chunk_size: int):
-    """(loss(h, W, b, y), gradients(h, W, b, y, u)), both jitted whatever the mode."""
+    """(loss(h, W, b, y), gradients(h, W, b, y, u)), both jitted whatever the mode; kept per
+    path, reduction and chunk for the process, so later cells of a shape reuse the compilation."""
     fn = LOSSES[path]
 
     def loss(h, W, b, y):

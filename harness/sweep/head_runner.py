@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from harness import backends
 from harness.dtypes import DTYPES, FloatFormat, round_to
@@ -174,7 +175,7 @@ def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, swee
 
 def inputs_of(sweep):
     """(settings, family, scale, draw, dtypes, paths) for every input of the head stage; the extra
-    class count `head.large_n_classes` runs with gradients off."""
+    class count `head.large_n_classes` runs the chunked paths only, eager, with gradients off."""
     settings = sweep.head
     large = settings.get("large_n_classes")
     for family in sweep.families:
@@ -193,7 +194,7 @@ def inputs_of(sweep):
             if large:
                 chunked = [p for p in settings["paths"] if p not in ("linear_fused", "linear_ce_reference")]
                 draw = head_inputs.draw_head(sweep.n_rows, large, settings["d"], settings["bias"], sweep.seed)
-                loss_only = dataclasses.replace(sweep, gradient=False)
+                loss_only = dataclasses.replace(sweep, gradient=False, mode=("eager",))
                 bases.append((loss_only, draw, (settings["large_dtype"],), chunked))
         for of_input, base, dtypes, paths in bases:
             for scale in sweep.scales:
@@ -207,12 +208,15 @@ def modes_of(sweep, path: str) -> tuple[str, ...]:
 
 def sweep_head(sweep, record, done=frozenset(), time_loss=None) -> None:
     """Walk the head grid; every cell not in `done` is measured and its record passed to record()."""
-    for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
-        labels = head_inputs.choose_labels(draw, sweep.label)
-        n_rows, d, n_classes = draw.shape
-        key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
-        for dtype in dtypes:
-            _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss)
+    with tqdm(disable=not sweep.progress, desc="head inputs", unit="input") as bar:
+        for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
+            labels = head_inputs.choose_labels(draw, sweep.label)
+            n_rows, d, n_classes = draw.shape
+            key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
+            for dtype in dtypes:
+                bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
+                _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss)
+                bar.update(1)
 
 
 def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, time_loss) -> None:
