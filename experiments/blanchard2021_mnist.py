@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harness.outputs.styles import line_styles  # noqa: E402
-from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text  # noqa: E402
+from harness.outputs.styles import line_styles, new_figure
+from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text
 
 REQUIRES = {"row_errors": True}  # the quantiles are taken over per-row errors; checked before any work
 QUANTILES = (0.5, 0.9, 0.99)
@@ -36,7 +32,8 @@ def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None
     """Empirical CDF of the ulp error over the 2,500 rows, a panel per dtype, a line per framework/path."""
     cells = row_errors[row_errors["scale"] == scale]
     dtypes = list(dict.fromkeys(cells["dtype"]))
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(4.2 * len(dtypes), 4), sharey=True, squeeze=False)
+    fig = new_figure(4.2 * len(dtypes), 4, layout=None)  # no pyplot: no backend to set, no global state
+    axes = fig.subplots(1, len(dtypes), sharey=True, squeeze=False)
     styles = line_styles(cells)  # colour by path, line style by framework: no two lines alike
     for ax, dtype in zip(axes[0], dtypes, strict=True):
         for (framework, path), line in cells[cells["dtype"] == dtype].groupby(["framework", "path"], sort=False):
@@ -56,7 +53,6 @@ def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None
     fig.suptitle(f"Blanchard et al. (2021) MNIST logits x {scale:g}: distribution of the per-row error")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def summarize(run_dir: Path) -> str:

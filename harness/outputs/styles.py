@@ -89,9 +89,9 @@ def style_key(table: pd.DataFrame) -> list[Line2D]:
 # --- figures --------------------------------------------------------------------------------
 
 
-def new_figure(width: float, height: float, **kwargs) -> Figure:
+def new_figure(width: float, height: float, layout: str | None = "constrained", **kwargs) -> Figure:
     """A Figure on the Agg canvas, laid out by constrained layout (which makes room for outside legends)."""
-    fig = Figure(figsize=(width, height), layout="constrained", **kwargs)
+    fig = Figure(figsize=(width, height), layout=layout, **kwargs)
     FigureCanvasAgg(fig)
     return fig
 

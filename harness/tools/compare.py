@@ -288,12 +288,8 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
     A cell not ok in a run is drawn in that run's band at the top (B) or right (A); its marker is the
     status that is not ok (x inf, D nan, * error, s unsupported, v input_inf), o where both are ok.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from harness.outputs.plots import LOSS_ULPS
+    from harness.outputs.styles import new_figure
 
     floor = LOSS_ULPS.floor  # the same floor as the error plots
 
@@ -306,7 +302,8 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
     y = comparison["max_ulp_err_b"].astype("float64").fillna(band).clip(floor, band).where(ok_b, band)
     shown_status = comparison["status_b"].where(~ok_b, comparison["status_a"])
 
-    fig, ax = plt.subplots(figsize=(8.2, 6.0))
+    fig = new_figure(8.2, 6.0, layout=None)  # no pyplot: no backend to set, no global figure state
+    ax = fig.add_subplot()
     line = np.logspace(np.log10(floor), np.log10(top), 200)
     ax.plot(line, line, color="0.5", linewidth=0.8, label="B = A")
     ax.plot(line, line * (1 + rel_tolerance) + ulp_tolerance, color="tab:red", linestyle="--", linewidth=0.8)
@@ -339,7 +336,6 @@ def write_comparison_plot(comparison: pd.DataFrame, out: Path, rel_tolerance: fl
     fig.legend(fontsize=7, loc="center left", bbox_to_anchor=(0.78, 0.5), frameon=False)
     fig.tight_layout(rect=(0, 0, 0.78, 1))
     tables.atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 def read_errors(run_dir: Path, run: str) -> pd.DataFrame:
