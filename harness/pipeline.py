@@ -48,7 +48,8 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
 def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
-    log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
+    where = ", ".join(f"{f} on {backends.row_device(f, sweep.device)}" for f in sweep.frameworks)
+    log.info("sweep %s: %d cells; %s (%s)", sweep.experiment, sweep.n_cells, where, versions)
     if head_runner.is_head(sweep):
         records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
         timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
