@@ -92,3 +92,17 @@ def test_cli_runs_a_head_file_and_writes_the_head_tables(tmp_path):
     assert (out / "plots" / "pareto_float32.png").is_file()
     assert "The language-model head: accuracy, time and memory" in (out / "report.md").read_text()
     assert json.loads((out / "sweep.json").read_text())["head"]["d"] == 64
+
+
+def test_a_pt_head_file_is_read_without_pickle_and_a_bad_bias_fails_in_one_line(tmp_path):
+    import torch
+
+    from harness.sweep.head_inputs import read_head_file
+
+    arrays = {"hidden": torch.ones(2, 4), "weight": torch.eye(4)[:3], "labels": torch.tensor([0, 2])}
+    torch.save(arrays, tmp_path / "head.pt")
+    draw = read_head_file(tmp_path / "head.pt")
+    assert draw.shape == (2, 4, 3) and draw.bias is None and draw.labels.tolist() == [0, 2]
+    torch.save(arrays | {"bias": torch.zeros(4)}, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match=r"bias must have shape \(3,\), got \(4,\)"):
+        read_head_file(tmp_path / "bad.pt")
