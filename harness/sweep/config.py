@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cache
@@ -80,6 +81,14 @@ class SweepConfig:
     mode: tuple[str, ...] = ("eager",)  # head paths: eager, compiled (harness.paths.head)
     reduction: tuple[str, ...] = ("none",)  # head paths: none, mean, sum
     head: dict = field(default_factory=dict)  # the head families' settings (_head below)
+    ignore_fraction: tuple[float, ...] = (0.0,)  # loss options (harness.paths.options), swept like dtypes
+    class_weights: tuple = (None,)
+    label_smoothing: tuple[float, ...] = (0.0,)
+    z_loss: tuple[float, ...] = (0.0,)
+    softcap: tuple = (None,)
+    target: tuple[str, ...] = ("index",)
+    mask_fraction: float = 0.1  # family `masked`: the fraction of each row's logits set to -inf
+    mask_label: bool = False  # family `masked`: also mask the label (exact loss +inf)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
@@ -98,7 +107,16 @@ class SweepConfig:
     @property
     def n_cells(self) -> int:
         per_input = (len(self.frameworks) * len(self.paths) + len(self.custom_paths)) * len(self.dtypes)
-        return per_input * len(self.scales) * sum(len(self.sizes(f)) for f in self.families)
+        return per_input * len(self.scales) * sum(len(self.sizes(f)) for f in self.families) * len(self.option_grid)
+
+    @property
+    def option_grid(self) -> tuple:
+        """Every combination of the loss options (harness.paths.options.CellOptions), reduction outermost."""
+        from harness.paths.options import CellOptions
+
+        names = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
+        combos = itertools.product(*(getattr(self, name) for name in names))
+        return tuple(CellOptions(**dict(zip(names, combo, strict=True))) for combo in combos)
 
 
 def _choices(cfg: DictConfig, key: str, singular: str, valid) -> tuple[str, ...]:
@@ -297,6 +315,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         mode=_choices(cfg, "mode", "mode", MODES),
         reduction=_choices(cfg, "reduction", "reduction", REDUCTIONS),
         head=_head(cfg),
+        **_loss_options(cfg),
     )
     _check_head_families(sweep)
     check_installed(sweep.frameworks)
@@ -306,6 +325,47 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work
     return sweep
+
+
+def _option_values(cfg: DictConfig, key: str, valid, rule: str) -> tuple:
+    """A list setting (or one value) whose every item passes `valid`, else one line naming it and `rule`."""
+    value = cfg.get(key)
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not items:
+        raise ConfigError(f"{key} is empty; give one or more values, each {rule}")
+    for item in items:
+        if not valid(item):
+            raise ConfigError(f"bad {key} {item!r}; each {key} must be {rule}")
+    return tuple(dict.fromkeys(float(v) if isinstance(v, (int, float)) and v is not None else v for v in items))
+
+
+def _number(low: float, high: float, closed_high: bool):
+    def valid(v) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        return low <= v <= high if closed_high else low <= v < high
+
+    return valid
+
+
+def _loss_options(cfg: DictConfig) -> dict:
+    """The loss options (harness.paths.options) and the `masked` family's settings, checked."""
+    from harness.paths.options import CLASS_WEIGHTS, TARGETS
+
+    positive = lambda v: v is None or _number(0.0, math.inf, False)(v) and v > 0  # noqa: E731
+    mask_fraction = cfg.get("mask_fraction", 0.1)
+    if not _number(0.0, 1.0, False)(mask_fraction):
+        raise ConfigError(f"bad mask_fraction {mask_fraction!r}; it must be a number in [0, 1)")
+    return {
+        "ignore_fraction": _option_values(cfg, "ignore_fraction", _number(0.0, 1.0, True), "a number in [0, 1]"),
+        "class_weights": _option_values(cfg, "class_weights", lambda v: v in CLASS_WEIGHTS, "null or random"),
+        "label_smoothing": _option_values(cfg, "label_smoothing", _number(0.0, 1.0, False), "a number in [0, 1)"),
+        "z_loss": _option_values(cfg, "z_loss", _number(0.0, math.inf, False), "a finite number >= 0"),
+        "softcap": _option_values(cfg, "softcap", positive, "null or a finite number > 0"),
+        "target": _option_values(cfg, "target", lambda v: v in TARGETS, "one of: " + ", ".join(TARGETS)),
+        "mask_fraction": float(mask_fraction),
+        "mask_label": _flag(cfg, None, "mask_label"),
+    }
 
 
 def _head(cfg: DictConfig) -> dict:

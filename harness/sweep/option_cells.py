@@ -1,0 +1,165 @@
+"""Cells with loss options (or the `masked` family): the loss as trained against the exact references
+of harness.exact.options.
+
+A cell whose options are all at their defaults, on a family without -inf logits, is measured by the
+runner's plain route, bit for bit as before. Every other cell comes here: the option inputs are made
+once per input (harness.sweep.option_inputs), each framework runs its path through its option layer
+(harness.paths.<framework>_options), and the result (per kept row, or one reduced value) is measured
+like any cell; metrics of a reduced cell are those of its single value. Where the exact value is
+undefined (a mean over no kept rows) the status is `undefined` and the message records what the
+framework returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import backends, paths
+from harness.dtypes import DTYPES, round_to
+from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
+from harness.paths import options as opt
+from harness.sweep import metrics
+from harness.sweep.option_inputs import native_arrays, option_inputs
+
+
+def raw_losses(frameworks, path_names, customs: dict, chunk_size=None, block_size=None) -> dict:
+    """(framework, path) -> the uncompiled per-row loss (sizes bound), user-supplied paths included;
+    the option layer composes around these and the backend compiles the whole."""
+    found = {}
+    for framework in frameworks:
+        for path in path_names:
+            module_paths = getattr(paths.implementations_module(framework), "PATHS", {})
+            if path in module_paths:
+                found[(framework, path)] = paths.bind_sizes(module_paths[path], chunk_size, block_size)
+    return found | dict(customs)
+
+
+def needs_options(options: opt.CellOptions | None, family: str) -> bool:
+    """Whether a cell takes this route: options off their defaults, or a family with -inf logits."""
+    return options is not None and (not options.is_default or family == "masked")
+
+
+def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool):
+    """The option inputs and the exact loss (per kept row or reduced; None if undefined) and gradient."""
+    inputs = option_inputs(labels, held.shape[1], options, seed)
+    loss_options = LossOptions(
+        label_smoothing=options.label_smoothing,
+        z_loss=options.z_loss,
+        softcap=options.softcap,
+        class_weights=inputs.weights,
+        target=options.target,
+        ignored=~inputs.kept,
+    )
+    rows = exact_row_losses(held, inputs.safe_labels, loss_options)
+    value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
+    if value is not None and options.reduction == "none":
+        value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
+    grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction) if gradient else None
+    return inputs, value, grad
+
+
+def _undefined(computed) -> dict:
+    shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
+    return {"status": metrics.UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
+
+
+def _measure(fn, native, backend, exact, fmt, kept, gradient: bool) -> dict:
+    from harness.sweep.runner import compute
+
+    computed, note = compute(fn, native, backend, fmt.name)
+    computed = np.atleast_1d(computed)
+    if exact is None:
+        return _undefined(computed)
+    if not gradient and computed.shape != np.shape(exact.hi):
+        computed = computed[kept]
+    if gradient:
+        return metrics.gradient_metrics(computed, exact.hi, exact.lo, fmt, exact.exponent) | {"message": note}
+    return metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, None, exact.exponent) | {"message": note}
+
+
+def measure_options(logits, labels, dtype, implementations, key, record, done, options, losses, seed, **want) -> int:
+    """Measure every (framework, path) not yet done on one input, one dtype, one set of options."""
+    from harness.sweep.runner import _group_by_framework, cell_key, named
+
+    device = key.get("device", "cpu")
+    cell = key | {"dtype": dtype}
+    todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
+    if not todo:
+        return 0
+    fmt = DTYPES[dtype]
+    rounded = round_to(logits, dtype)
+    held = rounded.astype(np.float64)
+    finite = np.isfinite(held)
+    cell["max_logit"] = float(held[finite].max()) if finite.any() else float("nan")
+    gradient = want.get("gradient", False)
+    if not (finite | np.isneginf(logits)).all():  # -inf only where the input masks a class
+        status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
+        for framework, path in todo:
+            where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
+            record({"cell": where | status} | ({"grad": status} if gradient else {}))
+        return len(todo)
+    inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient)
+    if exact is not None:
+        loss = np.ldexp(exact.hi, exact.exponent)
+        cell["max_exact_loss"] = float(loss.max()) if loss.size else float("nan")
+    for framework, by_path in _group_by_framework(todo).items():
+        backend = backends.load(framework)
+        on = backends.row_device(framework, device)
+        where = cell | {
+            "framework": framework,
+            "device": on,
+            "flushes_subnormals": backend.flushes_subnormals(dtype, on),
+            "exp_dtype": backends.exp_dtype(framework, dtype, on),
+        }
+        with backend.dtype_scope(dtype):
+            native = backend.to_native(rounded, labels, on)
+            arrays = native_arrays(backend, inputs, options, dtype, on)
+            for path, impl in by_path.items():
+                measured = _measure_path(
+                    framework,
+                    path,
+                    impl,
+                    losses,
+                    arrays,
+                    native,
+                    backend,
+                    exact,
+                    exact_grad,
+                    fmt,
+                    inputs,
+                    options,
+                    gradient,
+                )
+                measured["cell"] = where | named(path) | measured["cell"]
+                record(measured)
+    return len(todo)
+
+
+def _measure_path(
+    framework, path, impl, losses, arrays, native, backend, exact, exact_grad, fmt, inputs, options, gradient
+):
+    """One cell's record: loss metrics, and gradient metrics by autodiff of the composed loss."""
+    try:
+        if impl.unsupported:
+            raise paths.Unsupported(impl.unsupported)
+        fn = opt.option_function(framework, path, losses[(framework, path)], arrays, options)
+    except Exception as exc:
+        failed = metrics.failure(exc)
+        return {"cell": failed} | ({"grad": failed} if gradient else {})
+    try:
+        record = {"cell": _measure(backend.compile(fn), native, backend, exact, fmt, inputs.kept, False)}
+    except Exception as exc:  # a framework that breaks is a row, never a crash
+        record = {"cell": metrics.failure(exc)}
+    if gradient:
+        record["grad"] = _measure_gradient(framework, fn, native, backend, exact_grad, exact, fmt, inputs)
+    return record
+
+
+def _measure_gradient(framework, fn, native, backend, exact_grad, exact, fmt, inputs) -> dict:
+    if framework == "numpy" or backend.autodiff_gradient is None:
+        return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
+    try:
+        g = backend.compile_gradient(backend.autodiff_gradient(fn))
+        return _measure(g, native, backend, exact_grad, fmt, inputs.kept, True)
+    except Exception as exc:
+        return metrics.failure(exc)
