@@ -29,7 +29,7 @@ def test_a_run_writes_tables_summary_plots_and_config(two_runs):
         assert (out / "plots" / f"error_vs_scale_{family}.png").stat().st_size > 10_000
     errors = pd.read_parquet(out / "errors.parquet")
     assert list(errors.columns) == list(ERROR_COLUMNS)
-    assert len(errors) == 3 * 4 * 4 * 2 * 3
+    assert len(errors) == 4 * 4 * 4 * 2 * 3  # the four default frameworks
     assert pd.read_csv(out / "errors.csv").shape == errors.shape
     summary = (out / "summary.md").read_text()
     assert "| numpy/naive |" in summary and summary.strip() in result.stdout
