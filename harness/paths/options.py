@@ -104,6 +104,12 @@ OPTION_SUPPORT = {
     "dense": "softmax_log (the seed article's sum(-log(softmax(x)) * t)), log_softmax_nll (-sum(log_softmax(x) * t)) "
     "and fused; other paths pick x[y] and have no dense form",
 }
+OTHER_CLASS_UNDERFLOW = "other-class underflow"  # target=dense, softmax_log: 0 * log(0) = 0 * -inf = NaN
+OTHER_CLASS_UNDERFLOW_NOTE = (
+    "sum(-log(softmax(x)) * t) is NaN once any class with t_j = 0 has a probability that rounds to 0 "
+    "(x_j - lse(x) below the dtype's exp underflow threshold), long before the target's does: "
+    "0 * -log(0) = 0 * inf"
+)
 NO_DENSE = "target=dense: {path} picks the label's entry and has no probability-target form (dense: {dense})"
 TORCH_WEIGHTED_SMOOTHING = (
     "F.cross_entropy with weight= and label_smoothing= weights the smoothing term by every class's weight, "
@@ -181,10 +187,12 @@ def composed_rows(ops: SimpleNamespace, path: str, path_fn, x, arrays: NativeArr
 
 
 def dense_rows(ops: SimpleNamespace, path: str, x, targets):
-    """-sum(log p * t) with the path's own log-probabilities: the seed article's softmax then log
-    (NaN as 0 * inf where another class's probability underflows), or the log-softmax."""
+    """sum(-log p * t), as the seed article writes it, with the path's own log-probabilities: softmax
+    then log (NaN as 0 * inf once another class's probability underflows: `OTHER_CLASS_UNDERFLOW`),
+    or the log-softmax. Written -sum(log(softmax(x)) * t) instead, TensorFlow's graph optimiser
+    (tf.function) rewrites log(softmax) into log_softmax and the NaN disappears; this form keeps it."""
     log_p = ops.log(ops.softmax(x)) if path == "softmax_log" else ops.log_softmax(x)
-    return -ops.sum_rows(log_p * targets)
+    return ops.sum_rows(-log_p * targets)
 
 
 def z_term(ops: SimpleNamespace, x, lse, options: CellOptions):

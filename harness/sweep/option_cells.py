@@ -16,6 +16,7 @@ import numpy as np
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
+from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
 from harness.paths import options as opt
 from harness.sweep import metrics
@@ -52,10 +53,22 @@ def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool):
     )
     rows = exact_row_losses(held, inputs.safe_labels, loss_options)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
+    value = _infinite_rows_kept(value, rows, inputs.kept, options.reduction)
     if value is not None and options.reduction == "none":
         value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
     grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction) if gradient else None
     return inputs, value, grad
+
+
+def _infinite_rows_kept(value, rows, kept, reduction: str):
+    """A kept row whose exact loss is +inf (a masked label; smoothing over -inf logits) makes the weighted
+    row, sum and mean +inf (weights are > 0); exact_reduced's double-double product gives NaN for it."""
+    infinite = np.isposinf(rows.hi) & kept
+    if value is None or not infinite.any():
+        return value
+    if reduction != "none":
+        return ExactValue.of(np.array([np.inf]), np.zeros(1))
+    return ExactValue(np.where(infinite, np.inf, value.hi), np.where(infinite, 0.0, value.lo), value.exponent)
 
 
 def _undefined(computed) -> dict:
@@ -130,9 +143,18 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
                     options,
                     gradient,
                 )
-                measured["cell"] = where | named(path) | measured["cell"]
+                measured["cell"] = where | named(path) | _dense_mechanism(path, options) | measured["cell"]
                 record(measured)
     return len(todo)
+
+
+def _dense_mechanism(path: str, options) -> dict:
+    """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
+    if options.target != "dense" or path != "softmax_log":
+        return {}
+    from harness.sweep.runner import named
+
+    return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
 
 
 def _measure_path(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from harness.exact.reference import exact_cross_entropy
 from harness.outputs import head_tables, plots, report, tables, timing_plots
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, head_runner, inputs, journal, metrics
+from harness.sweep import bisect, head_runner, inputs, journal, metrics, option_cells, option_inputs
 from harness.sweep.config import SweepConfig, given_draw
 from harness.timing import head as head_timing
 from harness.timing import stage as timing
@@ -110,8 +111,13 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
 
     `key` names the cell (family, scale, n_rows, n_classes, device). Each finished cell goes to
     `record({"cell": ..., ["rows": ...], ["grad": ...]})` at once; returns how many ran.
-    `want` may ask for rows=True (per-row errors) and gradient=True.
+    `want` may ask for rows=True (per-row errors) and gradient=True; options=CellOptions with
+    losses= and seed= sends a cell with loss options (or -inf logits) to harness.sweep.option_cells.
     """
+    if option_cells.needs_options(want.get("options"), key.get("family")):
+        return option_cells.measure_options(logits, labels, dtype, implementations, key, record, done, **want)
+    for name in ("options", "losses", "seed"):  # the plain route takes none of them
+        want.pop(name, None)
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
     todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
@@ -182,6 +188,14 @@ def bases(sweep: SweepConfig):
                 yield family, inputs.draw(sweep.n_rows, n_classes, sweep.seed)
 
 
+def option_losses(sweep: SweepConfig, options, family: str) -> dict | None:
+    """The uncompiled losses the option layer composes around (None for a cell of the plain route)."""
+    if not option_cells.needs_options(options, family):
+        return None
+    customs = custom_paths.callables(custom_paths.parse(sweep.custom_paths))
+    return option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
+
+
 def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=None) -> None:
     """Walk the grid; every cell not in `done` is measured and its journal record passed to record()."""
     if head_runner.is_head(sweep):  # the language-model head has a stage of its own
@@ -192,6 +206,9 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
             for scale in sweep.scales:
                 logits = inputs.make_logits(family, scale, base)
                 labels = inputs.choose_labels(logits, base, sweep.label)
+                if family == "masked":
+                    fraction, seed = sweep.mask_fraction, sweep.seed
+                    logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
                 n_rows, n_classes = logits.shape
                 key = {
                     "family": family,
@@ -200,7 +217,7 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
                     "n_classes": n_classes,
                     "device": sweep.device,
                 }
-                for dtype in sweep.dtypes:
+                for options, dtype in itertools.product(sweep.option_grid, sweep.dtypes):
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                     bar.update(
                         measure_input(
@@ -208,11 +225,14 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
                             labels,
                             dtype,
                             implementations,
-                            key,
+                            key | options.columns(),
                             record,
                             done,
                             rows=sweep.row_errors,
                             gradient=sweep.gradient,
+                            options=options,
+                            losses=option_losses(sweep, options, family),
+                            seed=sweep.seed,
                         )
                     )
 
