@@ -236,3 +236,70 @@ def test_softcap_is_c_tanh():
 def test_bad_options_fail_in_one_line(options):
     with pytest.raises(ValueError, match=next(iter(options))):
         LossOptions(**options)
+
+
+def random_cells(rows=64, classes=300, seed=5):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, classes)) * 4).astype(np.float32).astype(np.float64)
+    labels = rng.integers(0, classes, rows)
+    x[:8, :] *= 60  # confident rows; two with the label at the argmax, one far beyond 700
+    labels[:2] = np.argmax(x[:2], axis=1)
+    x[2, labels[2]] = x[2].max() + 800.0
+    x[10, 5:40] = NEG_INF  # a masked vocabulary
+    labels[10] = 3
+    return x, labels
+
+
+FLOAT64_CASES = {
+    "plain": {},
+    "all": {"label_smoothing": 0.1, "z_loss": 1e-4, "softcap": 30.0},
+    "dense": {"target": "dense", "z_loss": 1e-4},
+}
+
+
+@pytest.mark.parametrize("name", FLOAT64_CASES)
+def test_float64_route_within_its_bound(name):
+    """Outputs of <= 24 bits: the float64 route agrees with the double-double one to 2**-44."""
+    x, labels = random_cells()
+    options = LossOptions(**FLOAT64_CASES[name])
+    if options.target == "dense":
+        t = np.random.default_rng(1).random(x.shape)
+        t[10, 5:40] = 0.0
+        options = LossOptions(**FLOAT64_CASES[name], dense_targets=t / t.sum(axis=1, keepdims=True))
+    exact_value = exact_row_losses(x, labels, options)
+    exact = exact_value.to_float64()
+    fast = exact_row_losses(x, labels, options, output_precision=24).to_float64()
+    assert np.all(np.isfinite(exact)) and exact_value.hi[2] > 0  # exp(-800): 0 in float64
+    np.testing.assert_allclose(fast, exact, rtol=2.0**-44, atol=0)
+    upstream = np.linspace(-1, 2, len(labels))
+    g_exact = exact_option_gradient(x, labels, options, "none", upstream).to_float64()
+    g_fast = exact_option_gradient(x, labels, options, "none", upstream, output_precision=24).to_float64()
+    largest = np.abs(g_exact).max(axis=1, keepdims=True)
+    assert np.all(np.abs(g_fast - g_exact) <= 2.0**-44 * largest)
+
+
+def exact_fraction(ev: ExactValue, i: int) -> Fraction:
+    return (Fraction(float(ev.hi[i])) + Fraction(float(ev.lo[i]))) * Fraction(2) ** int(ev.exponent[i])
+
+
+def test_sum_over_magnitudes_and_below_float64():
+    """Values spread over 2**-60..2**60 with low parts, and values below 2**-1075 (exponent < 0):
+    the sum to 2**-100 of itself, by Fractions."""
+    rng = np.random.default_rng(3)
+    hi = np.ldexp(rng.random(4000), rng.integers(-60, 60, 4000))
+    lo = hi * rng.uniform(-(2.0**-53), 2.0**-53, 4000)
+    for rows in (ExactValue.of(hi, lo), ExactValue(hi, lo, np.full(4000, -1200))):
+        total = exact_reduced(rows, None, np.ones(4000, bool), "sum")
+        exact = sum(exact_fraction(rows, i) for i in range(4000))
+        assert abs(exact_fraction(total, 0) - exact) <= Fraction(2) ** -100 * exact
+
+
+def test_infinite_and_undefined_rows_in_reductions():
+    rows = ExactValue.of(np.array([1.5, np.inf, 2.0, np.nan]), np.zeros(4))
+    weights = np.array([2.0, 0.5, 1.0, 3.0])
+    assert exact_reduced(rows, weights, np.array([1, 1, 1, 0], bool), "mean").hi[0] == np.inf
+    assert np.isnan(exact_reduced(rows, weights, np.ones(4, bool), "sum").hi[0])
+    none = exact_reduced(rows, weights, np.array([1, 1, 1, 0], bool), "none")
+    assert none.hi.tolist() == [3.0, np.inf, 2.0, 0.0]
+    mean = exact_reduced(rows, weights, np.array([1, 0, 1, 0], bool), "mean")
+    assert mean.hi[0] == 5.0 / 3.0 and exact_fraction(mean, 0) - Fraction(5, 3) < Fraction(2) ** -100

@@ -28,8 +28,8 @@ infinite loss.
 **Bounds.** Loss: 2**-75 relative (about 2**-95 measured against mpmath), except that z lse^2 has
 an absolute error of about 2**-100 z |lse| max|x'| (lse = m + L may cancel) and a soft-cap adds an
 absolute error of about 2**-100 c to x' (so c up to 2**20 keeps 2**-75). A loss below 2**-960
-keeps its relative accuracy only for the plain index target (e = z = 0). Reductions: pairwise dd
-sums of non-negative values, relative error <= ceil(log2 n) 2**-104 (2**-99 for 10**7 rows).
+keeps its relative accuracy only for the plain index target (e = z = 0). Reductions: sums of
+non-negative values in exact slices (`_sliced_sum`), relative error below 2**-100, any n.
 Gradient: p_j (A + 2 z w lse) - t_j per entry, the argmax entry as (A - t_k) - A (1 - p_k) + ...
 with 1 - p_k = T p_k; each entry to about 2**-95 of max(p_j, t_j), hence 2**-75 of the row's
 largest entry unless p matches t to 20 bits; exact to 2**-75 of itself for e = 0 index targets.
@@ -45,6 +45,8 @@ import numpy as np
 from harness.exact import dd
 from harness.exact.dd import ExactValue
 from harness.exact.head import _exact_value, _rows
+from harness.exact.options_float64 import SOFTCAP_UP_TO, float64_gradient, float64_losses
+from harness.exact.reference import FLOAT64_ROUTE_UP_TO
 
 REDUCTIONS = ("none", "mean", "sum")
 TARGETS = ("index", "dense")
@@ -243,15 +245,32 @@ def _z_term(r: _Row, z: float, scale):
 # --- the per-row loss -----------------------------------------------------------------------------
 
 
+def _off_top(r: _Row, labels, targets, e: float):
+    """sum_{j != k} t_j ((m - x'_j) + L), k the argmax: for the index target from the label's entry
+    and one sum of m - x'_j (no product per entry); for dense targets entry by entry."""
+    rows = np.arange(len(labels))
+    uh, ul = dd.add(-r.below_top[0][rows, labels], -r.below_top[1][rows, labels], r.log_h, r.log_l)
+    if targets is not None:
+        uh, ul = dd.add(-r.below_top[0], -r.below_top[1], r.log_h[:, None], r.log_l[:, None])
+        ph, pl = dd.mul(targets, np.zeros_like(targets), uh, ul)
+        ph[rows, r.top], pl[rows, r.top] = 0.0, 0.0
+        return dd.sum_rows(np.where(targets == 0, 0.0, ph), np.where(targets == 0, 0.0, pl))
+    keep = np.where(labels == r.top, 0.0, 1.0)  # the label's term, unless the label is the argmax
+    rest = dd.mul(uh, ul, *(part * keep for part in dd.two_sum(np.full(len(rows), 1.0), -e)))
+    if not e:
+        return rest
+    sh, sl = dd.sum_rows(-r.below_top[0], -r.below_top[1])  # sum_j (m - x'_j), 0 at the argmax
+    n_h, n_l = dd.two_prod(np.full(len(rows), r.below_top[0].shape[1] - 1.0), r.log_h)
+    others = dd.add(sh, sl, n_h, n_l + (r.below_top[0].shape[1] - 1.0) * r.log_l)
+    smooth = dd.mul(*others, *_div(np.float64(e), 0.0, np.float64(r.below_top[0].shape[1]), 0.0))
+    return dd.add(*rest, *smooth)
+
+
 def _block_losses(x, labels, targets, options: LossOptions) -> ExactValue:
     r = _shared(x, options.softcap)
     rows = np.arange(len(labels))
     th, tl = _targets(labels, targets, options.label_smoothing, x.shape)
-    uh, ul = dd.add(-r.below_top[0], -r.below_top[1], r.log_h[:, None], r.log_l[:, None])  # (m - x'_j) + L
-    ph, pl = dd.mul(th, tl, uh, ul)
-    ph[rows, r.top], pl[rows, r.top] = 0.0, 0.0
-    ph, pl = np.where(th == 0, 0.0, ph), np.where(th == 0, 0.0, pl)
-    rest_h, rest_l = dd.sum_rows(ph, pl)
+    rest_h, rest_l = _off_top(r, labels, targets, options.label_smoothing)
     top = _times(ExactValue.of(th[rows, r.top], tl[rows, r.top]), _log_term(r))
     total_h, total_l = dd.add(rest_h, rest_l, *_as_dd(top))
     if options.z_loss:
@@ -270,14 +289,37 @@ def _with_rows(value: ExactValue, where_a, a, where_b, b) -> ExactValue:
     return ExactValue(hi, lo, np.where((where_a | where_b).reshape(shape), 0, value.exponent))
 
 
-def exact_row_losses(logits, labels, options: LossOptions) -> ExactValue:
-    """The exact loss of each row, unweighted (see `exact_reduced` for w[y]); 0 at ignored rows."""
+def _float64_route(options: LossOptions, output_precision: int) -> bool:
+    small_cap = options.softcap is None or options.softcap <= SOFTCAP_UP_TO
+    return output_precision <= FLOAT64_ROUTE_UP_TO and small_cap
+
+
+def _routed(float64_route, dd_route, x, labels, targets, *rest) -> ExactValue:
+    """float64_route on the block, dd_route on the rows it leaves (needs_dd)."""
+    value, needs_dd = float64_route(x, labels, targets, *rest)
+    value = ExactValue.of(value, np.zeros_like(value))
+    if needs_dd.any():
+        picked = [part[needs_dd] for part in rest[1:]]  # per-row arguments (the gradient's scale)
+        targets = None if targets is None else targets[needs_dd]
+        exact = dd_route(x[needs_dd], labels[needs_dd], targets, rest[0], *picked)
+        for part, replacement in zip(value, exact, strict=True):
+            part[needs_dd] = replacement
+    return value
+
+
+def exact_row_losses(logits, labels, options: LossOptions, output_precision: int = 53) -> ExactValue:
+    """The exact loss of each row, unweighted (see `exact_reduced` for w[y]); 0 at ignored rows.
+    For outputs of at most 24 significand bits, the float64 route (2**-44, `options_float64`)."""
     x, labels, ignored, targets = _checked(logits, labels, options)
+    fast = _float64_route(options, output_precision)
     parts = []
     with np.errstate(invalid="ignore", over="ignore", under="ignore", divide="ignore"):
         for b in _blocks(*x.shape):
             block_targets = None if targets is None else targets[b]
-            parts.append(_block_losses(x[b], labels[b], block_targets, options))
+            if fast:
+                parts.append(_routed(float64_losses, _block_losses, x[b], labels[b], block_targets, options))
+            else:
+                parts.append(_block_losses(x[b], labels[b], block_targets, options))
     loss = _joined(parts)
     return ExactValue(*(np.where(ignored, 0, part) for part in loss))
 
@@ -286,41 +328,95 @@ def exact_row_losses(logits, labels, options: LossOptions) -> ExactValue:
 
 
 def _sum(value: ExactValue) -> ExactValue:
-    """The sum of non-negative ExactValues (n,), as (1,): all scaled by one power of two, pairwise dd."""
+    """The sum of non-negative ExactValues (n,), as (1,), to 2**-100 relative: each hi and lo scaled
+    by one power of two (the largest below 1), then summed exactly in slices (`_sliced_sum`)."""
     hi = value.hi
     if hi.size == 0:
         return ExactValue.of(np.zeros(1), np.zeros(1))
     if not np.all(np.isfinite(hi)):
         bad = np.nan if np.isnan(hi).any() else np.inf
         return ExactValue.of(np.array([bad]), np.zeros(1))
-    nonzero = hi != 0
-    top = int(dd.binary_exponent(value)[nonzero].max()) if nonzero.any() else 0
     with np.errstate(under="ignore"):
-        shift = value.exponent - top
-        sh, sl = dd.sum_rows(np.ldexp(hi, shift)[None, :], np.ldexp(value.lo, shift)[None, :])
-    return _exact_value(sh, sl, np.array([top]))
+        if value.exponent.any():
+            nonzero = hi != 0
+            top = int(dd.binary_exponent(value)[nonzero].max()) + 1 if nonzero.any() else 0
+            shift = value.exponent - top
+        else:  # one shift for all (the float64 route's rows, and most others)
+            top = int(np.frexp(np.abs(hi).max())[1])
+            shift = -top
+        values = np.ldexp(hi, shift)
+        if value.lo.any():
+            values = np.concatenate([values, np.ldexp(value.lo, shift)])
+        sh, sl = _sliced_sum(values)
+    return _exact_value(np.array([sh]), np.array([sl]), np.array([top]))
+
+
+def _sliced_sum(values) -> tuple[float, float]:
+    """sum(values) for |values| < 1 as a dd pair, error below 2**-101 max|values|, in a few passes.
+
+    Rump's ExtractScalar: with sigma = 2**k, k = ceil(log2 n) + 2, q = (sigma + v) - sigma is v
+    rounded to a multiple of ulp(sigma), exactly, and so is v - q; the n slices q sum exactly in
+    float64 in any order (a multiple of ulp(sigma) below sigma). Each pass takes 53 - k bits off
+    every value; after the last the n leftovers, each below 2**-102 / n, are dropped.
+    """
+    k = int(np.ceil(np.log2(len(values)))) + 2
+    parts, rest, bound = [], np.array(values, dtype=np.float64), 0  # |rest| < 2**bound
+    q = np.empty_like(rest)
+    while bound + k > -102:
+        sigma = 2.0 ** (bound + k)
+        np.add(rest, sigma, out=q)
+        q -= sigma
+        parts.append(float(q.sum()))
+        rest -= q
+        bound += k - 53
+    hi, lo = 0.0, 0.0
+    for part in parts:
+        hi, lo = dd.add(hi, lo, part, 0.0)
+    return float(hi), float(lo)
+
+
+def _weighted(value: ExactValue, w) -> ExactValue:
+    """w * value: w hi exactly by two_prod, plus w lo; rows with an exponent or a product below
+    2**-960 (where two_prod's low part may underflow) by `_times`; inf and NaN times w as they are."""
+    p, e = dd.two_prod(w, value.hi)
+    hi, lo = dd.fast_two_sum(p, e + w * value.lo)
+    exponent = np.zeros(len(hi), dtype=np.int64)
+    finite = np.isfinite(value.hi)
+    hi, lo = np.where(finite, hi, value.hi * w), np.where(finite, lo, 0.0)
+    slow = finite & ((value.exponent != 0) | ((np.abs(hi) < dd.HELD_FROM) & (hi != 0)))
+    if slow.any():
+        small = _times(ExactValue(*(part[slow] for part in value)), ExactValue.of(w[slow], np.zeros(slow.sum())))
+        hi[slow], lo[slow], exponent[slow] = small
+    return ExactValue(hi, lo, exponent)
 
 
 def exact_reduced(row_losses: ExactValue, weights, kept, reduction: str) -> ExactValue | None:
     """The exact reduced loss: w_i loss_i per kept row (none, 0 elsewhere), their sum, or that sum
     divided by sum_i w_i over the kept rows (mean; None, undefined, when that is 0). weights (rows,)
-    or None (w = 1), e.g. `row_weights`; the sum of n rows is good to ceil(log2 n) 2**-104 relative."""
+    or None (w = 1), e.g. `row_weights`; sums good to 2**-100 relative (non-negative terms)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
     kept = np.asarray(kept, bool)
-    w = np.ones(len(kept)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = np.where(kept, w, 0.0)
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        rows = _times(row_losses, ExactValue.of(w, np.zeros_like(w)))
-        rows = ExactValue(*(np.where(kept, part, 0) for part in rows))
+        rows = row_losses
+        if weights is not None:
+            w = np.where(kept, np.asarray(weights, dtype=np.float64), 0.0)
+            rows = _weighted(row_losses, w)
+        if not kept.all():
+            rows = ExactValue(*(np.where(kept, part, 0) for part in rows))
         if reduction == "none":
             return rows
-        total = _sum(ExactValue(*(part[kept] for part in rows)))
+        total = _sum(rows)
         if reduction == "sum":
             return total
-        divisor = _sum(ExactValue.of(w, np.zeros_like(w)))
+        if weights is None:
+            divisor = ExactValue.of(np.array([float(kept.sum())]), np.zeros(1))
+        else:
+            divisor = _sum(ExactValue.of(w, np.zeros_like(w)))
         if divisor.hi[0] == 0:
             return None
+        if not np.isfinite(total.hi[0]):  # inf / W = inf, NaN stays NaN
+            return total
         mantissa, binade = np.frexp(total.hi)
         qh, ql = _div(mantissa, np.ldexp(total.lo, -binade), *_as_dd(divisor))
         return _exact_value(qh, ql, total.exponent + binade)
@@ -331,6 +427,8 @@ def exact_reduced(row_losses: ExactValue, weights, kept, reduction: str) -> Exac
 
 def _block_gradient(x, labels, targets, options: LossOptions, scale) -> ExactValue:
     """d(sum_i scale_i loss_i)/dx: scale_i (p_j (A + 2 z lse) - t_j), A = sum_j t_j, times sech^2."""
+    if not isinstance(scale, tuple):  # a float64 scale, from the float64 route's leftover rows
+        scale = (scale, np.zeros_like(scale))
     r = _shared(x, options.softcap)
     rows = np.arange(len(labels))
     th, tl = _targets(labels, targets, options.label_smoothing, x.shape)
@@ -347,6 +445,7 @@ def _block_gradient(x, labels, targets, options: LossOptions, scale) -> ExactVal
     exponent = np.where(subtract, 0, g.exponent)
     # the argmax k: (A - t_k) - A (1 - p_k) + 2 z lse p_k, with 1 - p_k = T p_k
     infinite = (r.masked & (th > 0)).any(axis=1)  # the argmax is never masked
+    th, tl = th.copy(), tl.copy()
     th[rows, r.top], tl[rows, r.top] = 0.0, 0.0
     rest_h, rest_l = dd.sum_rows(th, tl)
     p_top = dd.exp(-r.log_h, -r.log_l)
@@ -363,7 +462,9 @@ def _block_gradient(x, labels, targets, options: LossOptions, scale) -> ExactVal
     return _with_rows(value, infinite | r.undefined, np.nan, np.zeros(len(rows), bool), 0.0)
 
 
-def exact_option_gradient(logits, labels, options: LossOptions, reduction: str, upstream=None) -> ExactValue | None:
+def exact_option_gradient(
+    logits, labels, options: LossOptions, reduction: str, upstream=None, output_precision: int = 53
+) -> ExactValue | None:
     """d(reduced loss)/d(logits) as an ExactValue (rows, classes), through the soft-cap; the reduced
     loss as `exact_reduced` with `row_weights`. upstream: (rows,) for none, a number for mean and sum
     (default 1). Ignored rows get 0; rows with an infinite or undefined loss NaN; None where the mean
@@ -379,10 +480,15 @@ def exact_option_gradient(logits, labels, options: LossOptions, reduction: str, 
         if divisor.hi[0] == 0:
             return None
         scale = _div(*scale, *(np.broadcast_to(part, w.shape) for part in _as_dd(divisor)))
+    fast = _float64_route(options, output_precision)
     parts = []
     with np.errstate(invalid="ignore", over="ignore", under="ignore", divide="ignore"):
         for b in _blocks(*x.shape):
             block_targets = None if targets is None else targets[b]
-            parts.append(_block_gradient(x[b], safe[b], block_targets, options, (scale[0][b], scale[1][b])))
+            if fast:
+                args = (x[b], safe[b], block_targets, options, scale[0][b] + scale[1][b])
+                parts.append(_routed(float64_gradient, _block_gradient, *args))
+            else:
+                parts.append(_block_gradient(x[b], safe[b], block_targets, options, (scale[0][b], scale[1][b])))
     g = _joined(parts)
     return ExactValue(*(np.where(ignored[:, None], 0, part) for part in g))
