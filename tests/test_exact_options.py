@@ -10,12 +10,12 @@ import pytest
 from harness.exact.dd import ExactValue
 from harness.exact.options import (
     LossOptions,
-    capped,
     exact_option_gradient,
     exact_reduced,
     exact_row_losses,
     row_weights,
 )
+from harness.exact.options_dd import capped
 from harness.exact.reference import exact_cross_entropy
 
 TOLERANCE = 2.0**-75
@@ -303,3 +303,23 @@ def test_infinite_and_undefined_rows_in_reductions():
     assert none.hi.tolist() == [3.0, np.inf, 2.0, 0.0]
     mean = exact_reduced(rows, weights, np.array([1, 0, 1, 0], bool), "mean")
     assert mean.hi[0] == 5.0 / 3.0 and exact_fraction(mean, 0) - Fraction(5, 3) < Fraction(2) ** -100
+
+
+def test_gradient_of_masked_and_dense_rows():
+    """A masked class (target 0) has gradient 0 and the rest is the unmasked row's; a -inf at the
+    label (an infinite loss) has an undefined gradient, NaN. Dense targets against mpmath."""
+    row = np.array([[2.0, NEG_INF, -1.0, 0.5]])
+    g = exact_option_gradient(row, np.array([0]), LossOptions(), "sum")
+    exact = mp_gradient([2.0, -1.0, 0.5], 0)
+    assert g.hi[0, 1] == 0.0
+    for j, entry in zip((0, 2, 3), exact, strict=True):
+        assert_close(value(g, (0, j)), entry)
+    assert np.isnan(exact_option_gradient(row, np.array([1]), LossOptions(), "sum").hi).all()
+    t = np.array([[0.25, 0.0, 0.625, 0.125]] * len(ROWS))
+    options = LossOptions(target="dense", dense_targets=t, z_loss=1e-3, softcap=20.0)
+    g = exact_option_gradient(ROWS, LABELS, options, "sum")
+    for i, row in enumerate(ROWS):
+        exact = mp_gradient(row, 0, z=1e-3, c=20.0, dense_row=t[i])
+        largest = max(abs(v) for v in exact)
+        for j, entry in enumerate(exact):
+            assert abs(value(g, (i, j)) - entry) <= TOLERANCE * largest
