@@ -59,24 +59,37 @@ def _over_cap(x, c):
     return q, ((np.where(far, 0.0, x) - p) - pe) / c, far
 
 
-def capped(x, c):
-    """c tanh(x / c) as a dd pair: sign(u) c (1 - e) / (1 + e), e = exp(-2 |u|)."""
-    qh, ql, far = _over_cap(x, c)
-    sign = np.where(far, np.sign(x), np.sign(qh))
-    arg_h = np.where(far | (np.abs(qh) > 500), -1000.0, -2.0 * np.abs(qh))
-    eh, el = dd.exp(arg_h, np.where(arg_h == -1000.0, 0.0, -2.0 * ql * np.sign(qh)))
-    th, tl = _div(*dd.add(1.0, 0.0, -eh, -el), *dd.add(1.0, 0.0, eh, el))
-    hi, lo = dd.mul(th, tl, np.full_like(th, c), np.zeros_like(th))
-    return sign * hi, sign * lo
+class _Cap(NamedTuple):
+    """What c tanh(x / c) and its slope share: e = exp(-2 |u|), 1 / (1 + e), sign(u), |u| beyond 2**39."""
+
+    e: ExactValue
+    inverse: tuple
+    sign: np.ndarray
+    far: np.ndarray
 
 
-def cap_slope(x, c) -> ExactValue:
-    """d(c tanh(x / c))/dx = sech^2(x / c) = 4 e / (1 + e)^2, e = exp(-2 |u|); 0 at +-inf."""
+def _cap_parts(x, c) -> _Cap:
     qh, ql, far = _over_cap(x, c)
     e = dd.scaled_exp(-2.0 * np.abs(qh), -2.0 * ql * np.sign(qh))
-    oh, ol = dd.add(1.0, 0.0, *_as_dd(e))
-    hi, lo = _div(4.0 * e.hi, 4.0 * e.lo, *dd.mul(oh, ol, oh, ol))
-    return _exact_value(np.where(far, 0.0, hi), np.where(far, 0.0, lo), e.exponent)
+    e = ExactValue(*(np.where(far, 0, part) for part in e))
+    ones = np.ones_like(qh)
+    return _Cap(e, _div(ones, 0.0 * ones, *dd.add(ones, 0.0 * ones, *_as_dd(e))), np.sign(x), far)
+
+
+def capped(x, c, cap: _Cap | None = None):
+    """c tanh(x / c) as a dd pair: sign(u) c (1 - e) / (1 + e)."""
+    cap = _cap_parts(x, c) if cap is None else cap
+    eh, el = _as_dd(cap.e)
+    th, tl = dd.mul(*dd.add(1.0, 0.0, -eh, -el), *cap.inverse)
+    hi, lo = dd.mul(th, tl, np.full_like(th, c), np.zeros_like(th))
+    return cap.sign * hi, cap.sign * lo
+
+
+def cap_slope(x, c, cap: _Cap | None = None) -> ExactValue:
+    """d(c tanh(x / c))/dx = sech^2(x / c) = 4 e / (1 + e)^2; 0 at +-inf."""
+    cap = _cap_parts(x, c) if cap is None else cap
+    hi, lo = dd.mul(*dd.mul(4.0 * cap.e.hi, 4.0 * cap.e.lo, *cap.inverse), *cap.inverse)
+    return _exact_value(hi, lo, cap.e.exponent)
 
 
 # --- what loss and gradient share -------------------------------------------------------------------
@@ -93,11 +106,14 @@ class _Row(NamedTuple):
     log_h: np.ndarray  # L = log1p(T) = lse - m
     log_l: np.ndarray
     tiny: np.ndarray
+    cap: _Cap | None  # with a soft-cap
 
 
 def _shared(x, c) -> _Row:
+    cap = None
     if c is not None:
-        zh, zl = capped(x, c)
+        cap = _cap_parts(x, c)
+        zh, zl = capped(x, c, cap)
         masked, undefined = np.zeros(x.shape, bool), np.isnan(x).any(axis=1)
     else:
         masked, finite = np.isneginf(x), np.isfinite(x)
@@ -113,7 +129,7 @@ def _shared(x, c) -> _Row:
     if masked.any():  # one finite logit: T = 0, not exp(stand_in - m)
         alone = (~masked).sum(axis=1) == 1
         t = ExactValue(*(np.where(alone, 0, part) for part in t))
-    return _Row(zh, zl, masked, undefined, r.top, r.below_top, t, r.log_h, r.log_l, r.tiny)
+    return _Row(zh, zl, masked, undefined, r.top, r.below_top, t, r.log_h, r.log_l, r.tiny, cap)
 
 
 def _targets(labels, targets, e: float, shape):
@@ -227,5 +243,5 @@ def _block_gradient(x, labels, targets, options, scale) -> ExactValue:
     exponent[rows, r.top] = np.where(just_gone, gone.exponent, 0)
     value = _times(ExactValue(hi, lo, exponent), ExactValue.of(scale[0][:, None], scale[1][:, None]))
     if options.softcap is not None:
-        value = _times(value, cap_slope(x, options.softcap))
+        value = _times(value, cap_slope(x, options.softcap, r.cap))
     return _with_rows(value, infinite | r.undefined, np.nan, np.zeros(len(rows), bool), 0.0)
