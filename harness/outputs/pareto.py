@@ -85,7 +85,7 @@ def pareto_figure(cells: pd.DataFrame, dtype: str):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("median time per loss call (s)")
-        ax.set_ylabel("peak bytes of one call")
+        ax.set_ylabel("peak bytes of one call (0 drawn at 1)")
         ax.set_title(f"{dtype}, {n_classes} classes", fontsize=10)
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes), label=f"worst correct bits (of {precision})")

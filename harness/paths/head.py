@@ -75,8 +75,8 @@ ENTRIES = (
             + "), running max and sum in the dtype (float16 sums in float32)",
             "torch": "F.linear_cross_entropy with LinearCrossEntropyOptions() (acc_policy and chunking_method "
             "'auto': on the CPU 'accurate' for float16/bfloat16, else 'compact')",
-            "jax": "jax.lax.scan over vocabulary chunks (running max and sum in the dtype), jitted; "
-            "gradients by jax.grad through the scan",
+            "jax": "jax.lax.scan over vocabulary chunks (running max, held out of the gradient, and sum in the "
+            "dtype), jitted; gradients by jax.grad through the scan",
         },
     ),
     *(_policy(p) for p in ACC_POLICIES),

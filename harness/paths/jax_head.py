@@ -2,8 +2,12 @@
 
 `linear_chunked` is what JAX users write for a large vocabulary: jax.lax.scan over vocabulary
 chunks carrying a running max and sum, its body under jax.checkpoint so that the backward pass
-recomputes each chunk's logits rather than keeping them all. A vocabulary that is not a multiple
-of the chunk is padded with zero rows of W whose logits are masked to -inf.
+recomputes each chunk's logits rather than keeping them all. The running max is held out of the
+gradient (jax.lax.stop_gradient, as jax.nn.logsumexp does): the loss does not depend on it, and
+differentiating through it leaves a cancellation in the max's entry (measured at 64 x 64 x 4000, mean
+reduction, dL/dW's max_row_rel_err: 1.5 in bfloat16 and 2.8e-5 in float32 differentiated through the
+max, 0.016 and 1.6e-6 with it held out). A vocabulary that is not a multiple of the chunk is padded with zero rows of W whose
+logits are masked to -inf.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def chunked_loss(h, W, b, y, reduction: str, chunk_size: int):
         m, s, target, start = carry
         W_c, b_c, real_c = chunk
         z = jnp.where(real_c, logits(h, W_c, b_c), -jnp.inf)
-        new_m = jnp.maximum(m, z.max(axis=1))
+        new_m = jax.lax.stop_gradient(jnp.maximum(m, z.max(axis=1)))  # as jax.nn.logsumexp: lse needs no d/dm
         s = s * jnp.exp(m - new_m) + jnp.exp(z - new_m[:, None]).sum(axis=1)
         inside = (y >= start) & (y < start + chunk_size)
         picked = jnp.take_along_axis(z, jnp.clip(y - start, 0, chunk_size - 1)[:, None], axis=1)[:, 0]
