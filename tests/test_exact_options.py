@@ -323,3 +323,13 @@ def test_gradient_of_masked_and_dense_rows():
         largest = max(abs(v) for v in exact)
         for j, entry in enumerate(exact):
             assert abs(value(g, (i, j)) - entry) <= TOLERANCE * largest
+
+
+def test_unit_weights_are_the_count():
+    """row_weights without class weights (1 kept, 0 ignored) give the plain mean over kept rows."""
+    ignored = np.array([False, True, False, True, False])
+    options = LossOptions(label_smoothing=0.1, ignored=ignored)
+    rows = exact_row_losses(ROWS, LABELS, options)
+    mean = exact_reduced(rows, row_weights(LABELS, options), ~ignored, "mean")
+    by_hand = sum(exact_fraction(rows, i) for i in (0, 2, 4)) / 3
+    assert abs(exact_fraction(mean, 0) - by_hand) <= Fraction(2) ** -100 * by_hand

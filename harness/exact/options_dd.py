@@ -211,9 +211,9 @@ def _with_rows(value: ExactValue, where_a, a, where_b, b) -> ExactValue:
 
 
 def _block_gradient(x, labels, targets, options, scale) -> ExactValue:
-    """d(sum_i scale_i loss_i)/dx: scale_i (p_j (A + 2 z lse) - t_j), A = sum_j t_j, times sech^2."""
-    if not isinstance(scale, tuple):  # a float64 scale, from the float64 route's leftover rows
-        scale = (scale, np.zeros_like(scale))
+    """d(sum_i scale_i loss_i)/dx, scale (rows, 2) a dd per row:
+    scale_i (p_j (A + 2 z lse) - t_j), A = sum_j t_j, times sech^2."""
+    scale = (scale[:, 0], scale[:, 1])
     r = _shared(x, options.softcap)
     rows = np.arange(len(labels))
     th, tl = _targets(labels, targets, options.label_smoothing, x.shape)

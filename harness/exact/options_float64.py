@@ -103,7 +103,7 @@ def float64_gradient(x, labels, targets, options, scale):
     else:
         off_top = total - targets[rows, r.top]
     g[rows, r.top] = off_top - total * r.t * p_top + two_z_lse * p_top
-    g *= np.asarray(scale)[:, None]
+    g *= (scale[:, 0] + scale[:, 1])[:, None]  # scale (rows, 2): a dd per row
     if options.softcap is not None:
         g *= _cap_slope(x, options.softcap)
     infinite = (np.isneginf(r.xc) & (targets > 0)).any(axis=1)

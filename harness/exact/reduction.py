@@ -87,6 +87,8 @@ def exact_reduced(row_losses: ExactValue, weights, kept, reduction: str) -> Exac
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not one of {', '.join(REDUCTIONS)}")
     kept = np.asarray(kept, bool)
+    if weights is not None and np.all((np.asarray(weights) == 1) | ~kept):
+        weights = None  # unit weights (no class weights): nothing to multiply, the divisor a count
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         rows = row_losses
         if weights is not None:
