@@ -1,8 +1,9 @@
 """The double-double route of `harness.exact.options`: soft-cap, per-row loss and gradient.
 
-The soft-cap c tanh(x / c) is evaluated in double-double (tanh = (1 - e) / (1 + e), e = exp(-2|u|)
-from dd.exp, u = x / c in dd), so x' is a dd pair and the row goes through the exact head's route
-from dd logits (`harness.exact.head`): T, L = lse - m and the differences m - x'_j >= 0. Every term
+The soft-cap c tanh(x / c) is evaluated in double-double: tanh = (1 - e) / (1 + e) with
+e = exp(-2|u|) from dd.scaled_exp and u = x / c in dd, its slope 4 e / (1 + e)^2 from the same e.
+So x' is a dd pair and the row goes through the exact head's route from dd logits
+(`harness.exact.head`): T, L = lse - m and the differences m - x'_j >= 0. Every term
 t_j ((m - x'_j) + L) is non-negative, as are e (lse - mean) >= e log C and z lse^2: the sum has no
 cancellation. The label at the argmax keeps L (= T when T < 2**-80) with its exponent, so a
 confident row's tiny loss keeps its digits. Masked logits (-inf, no soft-cap) are replaced by a
@@ -156,11 +157,10 @@ def _log_term(r: _Row) -> ExactValue:
     )
 
 
-def _z_term(r: _Row, z: float, scale):
-    """z lse^2 (times scale per row), dd."""
+def _z_term(r: _Row, z: float):
+    """z lse^2, dd."""
     lh, ll = _lse(r)
-    zh, zl = dd.two_prod(np.full(len(lh), z), scale)
-    return dd.mul(*dd.mul(lh, ll, lh, ll), zh, zl)
+    return dd.mul(*dd.mul(lh, ll, lh, ll), np.full(len(lh), z), np.zeros(len(lh)))
 
 
 # --- the per-row loss -----------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _block_losses(x, labels, targets, options) -> ExactValue:
     top = _times(ExactValue.of(th[rows, r.top], tl[rows, r.top]), _log_term(r))
     total_h, total_l = dd.add(rest_h, rest_l, *_as_dd(top))
     if options.z_loss:
-        total_h, total_l = dd.add(total_h, total_l, *_z_term(r, options.z_loss, np.ones(len(rows))))
+        total_h, total_l = dd.add(total_h, total_l, *_z_term(r, options.z_loss))
     just_top = (rest_h == 0) & (options.z_loss == 0)
     loss = ExactValue(*(np.where(just_top, a, b) for a, b in zip(top, ExactValue.of(total_h, total_l), strict=True)))
     infinite = (r.masked & (th > 0)).any(axis=1)
@@ -244,4 +244,5 @@ def _block_gradient(x, labels, targets, options, scale) -> ExactValue:
     value = _times(ExactValue(hi, lo, exponent), ExactValue.of(scale[0][:, None], scale[1][:, None]))
     if options.softcap is not None:
         value = _times(value, cap_slope(x, options.softcap, r.cap))
-    return _with_rows(value, infinite | r.undefined, np.nan, np.zeros(len(rows), bool), 0.0)
+    undefined = infinite | r.undefined  # the gradient of an infinite loss, or of an undefined one
+    return _with_rows(value, undefined, np.nan, np.zeros(len(rows), bool), 0.0)
