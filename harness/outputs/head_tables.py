@@ -15,8 +15,10 @@ from harness.outputs import pareto, tables
 from harness.sweep import metrics
 from harness.sweep.head_inputs import HEAD_COLUMNS
 
-ERROR_COLUMNS = tables.ERROR_COLUMNS[:-1] + HEAD_COLUMNS + ("message",)
-GRAD_COLUMNS = tables.GRAD_COLUMNS[:-1] + HEAD_COLUMNS + ("wrt", "message")
+ERROR_COLUMNS = tables.ERROR_COLUMNS[:-1] + tuple(c for c in HEAD_COLUMNS if c not in tables.ERROR_COLUMNS)
+ERROR_COLUMNS += ("message",)
+GRAD_COLUMNS = tables.GRAD_COLUMNS[:-1] + tuple(c for c in HEAD_COLUMNS if c not in tables.GRAD_COLUMNS)
+GRAD_COLUMNS += ("wrt", "message")
 
 
 def errors_frame(records: list[dict], names: dict) -> pd.DataFrame:

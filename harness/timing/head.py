@@ -52,9 +52,10 @@ def timings_frame(records: list[dict]) -> pd.DataFrame:
             row |= {"gb_per_s": row["bytes_min"] / row["median_s"] / 1e9}
             row |= {"status": row.get("status", metrics.OK), "message": row.get("message", "")}
         rows.append(row)
+    extra = tuple(c for c in HEAD_COLUMNS if c not in stage.COLUMNS)
     if not rows:
-        return pd.DataFrame(columns=stage.COLUMNS + HEAD_COLUMNS)
+        return pd.DataFrame(columns=stage.COLUMNS + extra)
     frame = stage.timings_frame(rows)
-    for column in HEAD_COLUMNS:
+    for column in extra:
         frame[column] = [row.get(column) for row in rows]
     return frame
