@@ -2,7 +2,7 @@
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from harness.outputs.tables import ERROR_COLUMNS
 
@@ -76,7 +76,7 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
 def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
     out, _ = two_runs[0]
     timings = pd.read_parquet(out / "timings.parquet")
-    assert len(timings) == 3 * 4 * 4  # frameworks x paths x dtypes at n_rows x n_classes
+    assert len(timings) == 4 * 4 * 4  # frameworks x paths x dtypes at n_rows x n_classes
     assert set(zip(timings["n_rows"], timings["n_classes"], strict=True)) == {(4, 20)}
     assert (timings["status"] == "ok").all() and (timings["median_s"] > 0).all()
     assert (timings["threads"] == 1).all()
@@ -91,8 +91,8 @@ def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
     [
         (
             ["experiment=nope"],
-            "error: unknown experiment 'nope'; valid choices: blanchard2021_mnist, gradient_sweep, precision_sweep, "
-            "seed_article, timing_sweep, vocab_sweep",
+            "error: unknown experiment 'nope'; valid choices: "
+            + ", ".join(sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))),
         ),
         (["n_row=4"], "error: unknown setting 'n_row'; valid settings: frameworks, paths, dtypes, families, scales,"),
         (["+n_row=4"], "error: unknown setting 'n_row'; valid settings: frameworks, paths, dtypes, families, scales,"),

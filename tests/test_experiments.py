@@ -19,12 +19,12 @@ def test_seed_article_prints_the_per_label_table(tmp_path):
     assert "| float64 | numpy/naive | 19.100000005069617 | 36.600000005069617 | 5.0696199589136649e-09 |" in table
     assert "| float64 | **exact** | 19.100000005069617 | 36.600000005069617 | 5.0696199767698928e-09 |" in table
     rows = pd.read_parquet(tmp_path / "row_errors.parquet")
-    assert len(rows) == 3 * 4 * 4 * 3  # frameworks x paths x dtypes x labels
+    assert len(rows) == 4 * 4 * 4 * 3  # frameworks x paths x dtypes x labels
     float32 = rows[(rows["dtype"] == "float32") & (rows["label"] == 2)].set_index(["framework", "path"])
     assert (float32["computed"] == 0).all()
     # x[y] - lse(x) rounds to -0 (as PyTorch prints, tensor([19.1000, 36.6000, -0.0000])), except where
-    # the loss is formed as logsumexp(x) - x[y] = 31.4 - 31.4 = +0: SciPy's and optax's fused losses
-    positive = {("numpy", "fused"), ("jax", "fused")}
+    # the loss is formed as logsumexp(x) - x[y] = 31.4 - 31.4 = +0: SciPy's, optax's and MLX's fused losses
+    positive = {("numpy", "fused"), ("jax", "fused"), ("mlx", "fused")}
     assert {fp for fp, v in float32["computed"].items() if not np.signbit(v)} == positive
     assert "| float32 | torch/fused | 19.099998474121094 | 36.599998474121094 | -0 |" in table
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import REPO, run_cli, small_sweep
 
 from harness.outputs import tables
-from harness.sweep import runner
+from harness.sweep import metrics, runner
 
 PLUGINS = REPO / "tests" / "plugins"
 
@@ -36,7 +36,7 @@ def test_grad_errors_has_one_documented_row_per_cell(grad_errors):
 
 def test_stable_gradients_are_accurate_relative_to_the_row(grad_errors):
     stable = grad_errors[grad_errors["path"].isin(["log_softmax_nll", "fused", "log1p_lse"])]
-    assert (stable["status"] == "ok").all()
+    assert stable["status"].isin(metrics.GOOD).all()  # a correctly rounded 0 entry (exact_underflow) is no failure
     # at scale 1000 a confident row's whole gradient is below 1e-300 and comes out 0: 100% of the row
     stable = stable[stable["scale"] <= 10]
     u = stable["dtype"].map({"float32": 2.0**-24, "float64": 2.0**-53})
