@@ -6,8 +6,8 @@
         assert_accurate(my_cross_entropy, "torch", max_ulp=4, dtypes=["float32"], scales=[1, 100, 1e4])
 
 The callable is measured by harness.measure against the exact loss of the dtype-rounded logits; a
-cell fails when its status is not ok (inf, nan, error, unsupported) or its max_ulp_err exceeds
-max_ulp. Cells whose rounded logits overflow the dtype (status input_inf) are not the callable's
+cell fails when its status is a failure (inf, nan, error, unsupported; a correctly rounded inf or
+0 is not) or its max_ulp_err exceeds max_ulp. Cells whose rounded logits overflow the dtype (status input_inf) are not the callable's
 fault and are skipped.
 """
 
@@ -18,20 +18,22 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from harness.api import measure
+from harness.sweep import metrics
 
 SHOWN = ("dtype", "family", "scale", "n_classes", "status", "max_ulp_err")
 
 
 def failing_cells(errors: pd.DataFrame, max_ulp: float) -> pd.DataFrame:
-    """The cells of an errors table that are not ok, or ok with max_ulp_err > max_ulp; input_inf is skipped."""
-    judged = errors[errors["status"] != "input_inf"]
-    bad = (judged["status"] != "ok") | (judged["max_ulp_err"] > max_ulp)
+    """The cells of an errors table that failed (a correctly rounded inf or 0 is no failure), or whose
+    max_ulp_err exceeds max_ulp; input_inf is skipped."""
+    judged = errors[errors["status"] != metrics.INPUT_INF]
+    bad = ~judged["status"].isin(metrics.GOOD) | (judged["max_ulp_err"] > max_ulp)
     return judged[bad]
 
 
 def describe(cell) -> str:
     text = f"{cell.dtype} {cell.family} scale={cell.scale:g} n_classes={cell.n_classes}: "
-    if cell.status != "ok":
+    if cell.status not in metrics.GOOD:
         return text + cell.status + (f" ({cell.message})" if cell.message else "")
     return text + f"{cell.max_ulp_err:.3g} ulp"
 
