@@ -7,8 +7,8 @@
 
 The callable is measured by harness.measure against the exact loss of the dtype-rounded logits; a
 cell fails when its status is a failure (inf, nan, error, unsupported; a correctly rounded inf or
-0 is not) or its max_ulp_err exceeds max_ulp. Cells whose rounded logits overflow the dtype (status input_inf) are not the callable's
-fault and are skipped.
+0 is not) or its max_ulp_err exceeds max_ulp. Cells whose rounded logits overflow the dtype
+(status input_inf) are not the callable's fault and are skipped.
 """
 
 from __future__ import annotations
