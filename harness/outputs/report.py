@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.cli import OneLineParser, non_negative
 from harness.dtypes import DTYPES
-from harness.outputs import breakdown, pareto, tables
+from harness.outputs import breakdown, option_findings, pareto, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
@@ -223,6 +223,7 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         *[f"- {sentence}" for sentence in key_findings(table, errors)],
         "",
         *pareto.front_section(run_dir),
+        *option_findings.option_sections(errors),
     ]
     for path in sorted(run_dir.glob("*.md")):
         if path.name not in OWN_FILES:

@@ -143,5 +143,9 @@ def grad_errors_frame(records: list[dict], names: dict | None = None) -> pd.Data
 
 def row_errors_frame(records: list[dict], names: dict | None = None) -> pd.DataFrame:
     """One row per (cell, logit row) from the journal's records that carry per-row errors."""
-    frames = [pd.DataFrame({k: r["cell"][k] for k in KEY_COLUMNS} | r["rows"]) for r in records if "rows" in r]
+    frames = [
+        pd.DataFrame({k: r["cell"][k] for k in KEY_COLUMNS} | {k: r["cell"].get(k) for k in OPTION_COLUMNS} | r["rows"])
+        for r in records
+        if "rows" in r
+    ]
     return canonical_order(pd.concat(frames, ignore_index=True), names) if frames else pd.DataFrame()

@@ -17,6 +17,7 @@ import pandas as pd
 from harness.dtypes import DTYPES
 from harness.mechanisms import THEORY_QUANTITIES, failure_mechanisms, threshold
 from harness.sweep import metrics
+from harness.sweep.journal import OPTION_COLUMNS
 
 NO_BREAK = "none"
 TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
@@ -30,7 +31,8 @@ FLUSHES_SUBNORMALS: frozenset[tuple[str, str, str]] = frozenset(
     {("jax", "bfloat16", "cpu"), ("jax", "float32", "cpu"), ("jax", "float64", "cpu")}
 )
 
-GROUP_COLUMNS = ("framework", "path", "dtype", "family", "device", "n_rows", "n_classes")  # those present
+# those present; a run from before the loss options has none of OPTION_COLUMNS
+GROUP_COLUMNS = ("framework", "path", "dtype", "family", "device", "n_rows", "n_classes") + OPTION_COLUMNS
 NOT_THE_PATHS_FAILURE = (metrics.INPUT_INF, metrics.UNSUPPORTED)
 
 

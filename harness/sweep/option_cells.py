@@ -12,15 +12,18 @@ framework returned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import scipy.special
 
 from harness import backends, paths
-from harness.dtypes import DTYPES, round_to
+from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
 from harness.paths import options as opt
 from harness.sweep import metrics
-from harness.sweep.option_inputs import native_arrays, option_inputs
+from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
 
 
 def raw_losses(frameworks, path_names, customs: dict, chunk_size=None, block_size=None) -> dict:
@@ -71,23 +74,99 @@ def _infinite_rows_kept(value, rows, kept, reduction: str):
     return ExactValue(np.where(infinite, np.inf, value.hi), np.where(infinite, 0.0, value.lo), value.exponent)
 
 
+def _theory_quantities(held, exact) -> dict:
+    """max_exact_loss (of the cell's exact values; NaN where undefined) and max_lse of the logits as
+    given (before any soft-cap), in float64: what theory's thresholds are read against."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lse = scipy.special.logsumexp(held, axis=1)
+        loss = np.ldexp(exact.hi, exact.exponent) if exact is not None else np.array([])
+    return {
+        "max_exact_loss": float(loss.max()) if loss.size else float("nan"),
+        "max_lse": float(lse.max()),
+    }
+
+
 def _undefined(computed) -> dict:
     shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
     return {"status": metrics.UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
 
 
-def _measure(fn, native, backend, exact, fmt, kept, gradient: bool) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """What every path of one framework shares on one input, dtype and set of options."""
+
+    framework: str
+    backend: object
+    native: tuple
+    arrays: opt.NativeArrays
+    inputs: OptionInputs
+    options: opt.CellOptions
+    fmt: FloatFormat
+    exact: ExactValue | None  # per kept row, or one value; None where undefined
+    exact_grad: ExactValue | None
+
+
+def _loss_record(run: Run, fn, rows: bool) -> dict:
+    """The loss metrics of one cell (and its per-row errors for reduction none, if asked)."""
+    from harness.sweep.runner import compute, per_row
+
+    computed, note = compute(fn, run.native, run.backend, run.fmt.name)
+    computed = np.atleast_1d(computed)
+    if run.exact is None:
+        return {"cell": _undefined(computed)}
+    if computed.shape != np.shape(run.exact.hi):
+        computed = computed[run.inputs.kept]  # reduction none: the kept rows
+    hi, lo, exponent = run.exact
+    record = {"cell": metrics.cell_metrics(computed, hi, lo, run.fmt, None, exponent) | {"message": note}}
+    if rows and run.options.reduction == "none":
+        kept = run.inputs.kept
+        record["rows"] = per_row(run.inputs.labels[kept], computed, hi, lo, run.fmt, exponent)
+        record["rows"]["row"] = np.flatnonzero(kept).tolist()
+    return record
+
+
+def _gradient_record(run: Run, fn) -> dict:
+    """The gradient metrics: autodiff of the composed loss (NumPy has none with options)."""
     from harness.sweep.runner import compute
 
-    computed, note = compute(fn, native, backend, fmt.name)
-    computed = np.atleast_1d(computed)
-    if exact is None:
+    if run.backend.autodiff_gradient is None:
+        return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
+    try:
+        gradient = run.backend.compile_gradient(run.backend.autodiff_gradient(fn))
+        computed, note = compute(gradient, run.native, run.backend, run.fmt.name)
+    except Exception as exc:
+        return metrics.failure(exc)
+    if run.exact_grad is None:
         return _undefined(computed)
-    if not gradient and computed.shape != np.shape(exact.hi):
-        computed = computed[kept]
+    hi, lo, exponent = run.exact_grad
+    return metrics.gradient_metrics(computed, hi, lo, run.fmt, exponent) | {"message": note}
+
+
+def measure_path(run: Run, path: str, impl, path_fn, rows: bool = False, gradient: bool = False) -> dict:
+    """One cell's journal record: loss metrics, per-row errors and gradient metrics as asked."""
+    try:
+        if impl.unsupported:
+            raise paths.Unsupported(impl.unsupported)
+        fn = opt.option_function(run.framework, path, path_fn, run.arrays, run.options)
+    except Exception as exc:
+        failed = metrics.failure(exc)
+        return {"cell": failed} | ({"grad": failed} if gradient else {})
+    try:
+        record = _loss_record(run, run.backend.compile(fn), rows)
+    except Exception as exc:  # a framework that breaks is a row, never a crash
+        record = {"cell": metrics.failure(exc)}
     if gradient:
-        return metrics.gradient_metrics(computed, exact.hi, exact.lo, fmt, exact.exponent) | {"message": note}
-    return metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, None, exact.exponent) | {"message": note}
+        record["grad"] = _gradient_record(run, fn)
+    return record
+
+
+def _dense_mechanism(path: str, options) -> dict:
+    """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
+    if options.target != "dense" or path != "softmax_log":
+        return {}
+    from harness.sweep.runner import named
+
+    return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
 
 
 def measure_options(logits, labels, dtype, implementations, key, record, done, options, losses, seed, **want) -> int:
@@ -112,9 +191,7 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
             record({"cell": where | status} | ({"grad": status} if gradient else {}))
         return len(todo)
     inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient)
-    if exact is not None:
-        loss = np.ldexp(exact.hi, exact.exponent)
-        cell["max_exact_loss"] = float(loss.max()) if loss.size else float("nan")
+    cell |= _theory_quantities(held, exact)
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
@@ -127,61 +204,11 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
         with backend.dtype_scope(dtype):
             native = backend.to_native(rounded, labels, on)
             arrays = native_arrays(backend, inputs, options, dtype, on)
+            run = Run(framework, backend, native, arrays, inputs, options, fmt, exact, exact_grad)
             for path, impl in by_path.items():
-                measured = _measure_path(
-                    framework,
-                    path,
-                    impl,
-                    losses,
-                    arrays,
-                    native,
-                    backend,
-                    exact,
-                    exact_grad,
-                    fmt,
-                    inputs,
-                    options,
-                    gradient,
+                measured = measure_path(
+                    run, path, impl, losses.get((framework, path)), want.get("rows", False), gradient
                 )
                 measured["cell"] = where | named(path) | _dense_mechanism(path, options) | measured["cell"]
                 record(measured)
     return len(todo)
-
-
-def _dense_mechanism(path: str, options) -> dict:
-    """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
-    if options.target != "dense" or path != "softmax_log":
-        return {}
-    from harness.sweep.runner import named
-
-    return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
-
-
-def _measure_path(
-    framework, path, impl, losses, arrays, native, backend, exact, exact_grad, fmt, inputs, options, gradient
-):
-    """One cell's record: loss metrics, and gradient metrics by autodiff of the composed loss."""
-    try:
-        if impl.unsupported:
-            raise paths.Unsupported(impl.unsupported)
-        fn = opt.option_function(framework, path, losses[(framework, path)], arrays, options)
-    except Exception as exc:
-        failed = metrics.failure(exc)
-        return {"cell": failed} | ({"grad": failed} if gradient else {})
-    try:
-        record = {"cell": _measure(backend.compile(fn), native, backend, exact, fmt, inputs.kept, False)}
-    except Exception as exc:  # a framework that breaks is a row, never a crash
-        record = {"cell": metrics.failure(exc)}
-    if gradient:
-        record["grad"] = _measure_gradient(framework, fn, native, backend, exact_grad, exact, fmt, inputs)
-    return record
-
-
-def _measure_gradient(framework, fn, native, backend, exact_grad, exact, fmt, inputs) -> dict:
-    if framework == "numpy" or backend.autodiff_gradient is None:
-        return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
-    try:
-        g = backend.compile_gradient(backend.autodiff_gradient(fn))
-        return _measure(g, native, backend, exact_grad, fmt, inputs.kept, True)
-    except Exception as exc:
-        return metrics.failure(exc)
