@@ -43,7 +43,7 @@ def needs_options(options: opt.CellOptions | None, family: str) -> bool:
     return options is not None and (not options.is_default or family == "masked")
 
 
-def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool):
+def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool, precision: int = 53):
     """The option inputs and the exact loss (per kept row or reduced; None if undefined) and gradient."""
     inputs = option_inputs(labels, held.shape[1], options, seed)
     loss_options = LossOptions(
@@ -54,12 +54,14 @@ def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool):
         target=options.target,
         ignored=~inputs.kept,
     )
-    rows = exact_row_losses(held, inputs.safe_labels, loss_options)
+    rows = exact_row_losses(held, inputs.safe_labels, loss_options, precision)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
     value = _infinite_rows_kept(value, rows, inputs.kept, options.reduction)
     if value is not None and options.reduction == "none":
         value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
-    grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction) if gradient else None
+    grad = None
+    if gradient:
+        grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction, None, precision)
     return inputs, value, grad
 
 
@@ -77,12 +79,13 @@ def _infinite_rows_kept(value, rows, kept, reduction: str):
 def _theory_quantities(held, exact) -> dict:
     """max_exact_loss (of the cell's exact values; NaN where undefined) and max_lse of the logits as
     given (before any soft-cap), in float64: what theory's thresholds are read against."""
+    rows = max(1, 2**18 // held.shape[1])  # blocks of rows: bounded temporaries for 10**7 rows
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lse = scipy.special.logsumexp(held, axis=1)
+        lse = max(scipy.special.logsumexp(held[i : i + rows], axis=1).max() for i in range(0, len(held), rows))
         loss = np.ldexp(exact.hi, exact.exponent) if exact is not None else np.array([])
     return {
         "max_exact_loss": float(loss.max()) if loss.size else float("nan"),
-        "max_lse": float(lse.max()),
+        "max_lse": float(lse),
     }
 
 
@@ -190,7 +193,7 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
             where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
             record({"cell": where | status} | ({"grad": status} if gradient else {}))
         return len(todo)
-    inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient)
+    inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient, fmt.precision)
     cell |= _theory_quantities(held, exact)
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
