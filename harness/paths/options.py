@@ -89,11 +89,12 @@ class NativeArrays:
 _LIBRARY = {
     "numpy": "scipy.special.logsumexp(x') - x'[y], every option composed by hand (SciPy has no loss options)",
     "torch": "F.cross_entropy(weight=, ignore_index=-100, label_smoothing=, reduction=); probability targets "
-    "for dense; soft-cap and z-loss by hand",
+    "for dense (their mean divides by N: with ignored rows or weights, reduced by hand); soft-cap and z-loss by "
+    "hand (then the reduction too); weight= with label_smoothing= unsupported (another loss)",
     "jax": "optax.softmax_cross_entropy_with_integer_labels; optax.smooth_labels + optax.softmax_cross_entropy "
     "for smoothing and dense; ignored rows, weights, reduction, soft-cap and z-loss by hand",
-    "mlx": "nn.losses.cross_entropy(weights=w[y] * kept, label_smoothing=, reduction=sum); mean = sum / sum(w[y]) "
-    "by hand (its mean divides by N); soft-cap and z-loss by hand",
+    "mlx": "nn.losses.cross_entropy(weights=w[y], label_smoothing=) per row (its weights are per target; its mean "
+    "divides by N); dense: probability targets smoothed beforehand; mask, reduction, soft-cap and z-loss by hand",
     "tensorflow": "Keras SparseCategoricalCrossentropy(from_logits=True, ignore_class=-100); "
     "CategoricalCrossentropy(from_logits=True, label_smoothing=) on one-hot targets for smoothing and dense; "
     "weights, reduction, soft-cap and z-loss by hand",
@@ -226,3 +227,15 @@ def reduced(ops: SimpleNamespace, rows, arrays: NativeArrays, options: CellOptio
 def compose(ops: SimpleNamespace, path: str, path_fn, x, arrays: NativeArrays, options: CellOptions, own=()):
     """The whole loss of a path composed by hand."""
     return reduced(ops, composed_rows(ops, path, path_fn, x, arrays, options, own), arrays, options)
+
+
+def option_table(frameworks) -> str:
+    """Markdown: how each framework's paths take the options (for the README; a test keeps it current)."""
+    header = "| framework | `fused` | other paths | gradient |\n|---|---|---|---|"
+    rows = [
+        f"| {f} | {_LIBRARY[f]} | composed by hand around the per-row loss | "
+        + ("none: " + NUMPY_NO_GRADIENT if f == "numpy" else "autodiff of the composed loss")
+        + " |"
+        for f in frameworks
+    ]
+    return "\n".join([header, *rows])
