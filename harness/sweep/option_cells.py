@@ -56,24 +56,12 @@ def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool, pr
     )
     rows = exact_row_losses(held, inputs.safe_labels, loss_options, precision)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
-    value = _infinite_rows_kept(value, rows, inputs.kept, options.reduction)
     if value is not None and options.reduction == "none":
         value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
     grad = None
     if gradient:
         grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction, None, precision)
     return inputs, value, grad
-
-
-def _infinite_rows_kept(value, rows, kept, reduction: str):
-    """A kept row whose exact loss is +inf (a masked label; smoothing over -inf logits) makes the weighted
-    row, sum and mean +inf (weights are > 0); exact_reduced's double-double product gives NaN for it."""
-    infinite = np.isposinf(rows.hi) & kept
-    if value is None or not infinite.any():
-        return value
-    if reduction != "none":
-        return ExactValue.of(np.array([np.inf]), np.zeros(1))
-    return ExactValue(np.where(infinite, np.inf, value.hi), np.where(infinite, 0.0, value.lo), value.exponent)
 
 
 def _theory_quantities(held, exact) -> dict:
