@@ -1,35 +1,29 @@
-"""The runner: walks the grid, measures each cell, and writes the run's results.
+"""The runner: walks the grid and measures each cell, one journal record per cell.
 
-It is the only place that loops over the grid and the only place that writes results. Each
-input is made once per (family, size, scale), rounded once per dtype, and its exact reference is
-computed once, before any framework sees it.
+It is the only place that loops over the accuracy grid. Each input is made once per (family,
+size, scale), rounded once per dtype, and its exact reference is computed once, before any
+framework sees it. Writing the run's results is harness.pipeline's job (this layer never
+imports outputs).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
-from harness import backends, paths
+from harness import backends, mechanisms, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.gradient import exact_gradient
 from harness.exact.reference import exact_cross_entropy
-from harness.outputs import head_tables, plots, report, tables, timing_plots
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, head_runner, inputs, journal, metrics, option_cells, option_inputs
+from harness.sweep import head_runner, inputs, journal, metrics, option_cells, option_inputs
 from harness.sweep.config import SweepConfig, given_draw
-from harness.timing import head as head_timing
-from harness.timing import stage as timing
 
 log = logging.getLogger(__name__)
 NAME_ORDER = {"framework": list(backends.FRAMEWORKS), "path": list(paths.PATH_NAMES)}  # table row order
@@ -130,7 +124,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     if not np.isfinite(held).all():
         status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
         for framework, path in todo:
-            where = cell | {"framework": framework, "path": path, "device": backends.row_device(framework, device)}
+            where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
             record({"cell": where | status} | ({"grad": status} if want.get("gradient") else {}))
         return len(todo)
     exact = exact_values(held, labels, fmt, want.get("gradient", False))
@@ -151,14 +145,21 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
                 native = backend.to_native(rounded, labels, on)
             except Exception as exc:
                 for path in by_path:
-                    failed = where | {"path": path} | metrics.failure(exc)
+                    failed = where | named(path) | metrics.failure(exc)
                     record({"cell": failed} | ({"grad": metrics.failure(exc)} if exact.gradient is not None else {}))
                 continue
             for path, impl in by_path.items():
                 measured = measure_cell(impl, native, backend, exact, labels, fmt, want.get("rows", False))
-                measured["cell"] = where | {"path": path} | measured["cell"]
+                measured["cell"] = where | named(path) | measured["cell"]
                 record(measured)
     return len(todo)
+
+
+def named(path: str) -> dict:
+    """A row's path and the failure mechanisms its entry declares (None for a custom path: no theory),
+    so that the breakdown and the plots read theory from the table, never from the path entries."""
+    entry = paths.ENTRIES_BY_NAME.get(path)
+    return {"path": path, "mechanisms": None if entry is None else mechanisms.joined(entry.mechanisms)}
 
 
 def cell_key(cell: dict, framework: str, path: str) -> tuple:
@@ -235,101 +236,3 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
                             seed=sweep.seed,
                         )
                     )
-
-
-def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
-    """The errors table of a sweep, in memory: one row per cell."""
-    cells = []
-    sweep_cells(sweep, lambda record: cells.append(record["cell"]))
-    return tables.errors_frame(cells, names=NAME_ORDER)
-
-
-def grad_errors_frame(records: list[dict]) -> pd.DataFrame:
-    """The gradient table: the cell keys of each record with its gradient metrics."""
-    keys = [c for c in tables.GRAD_COLUMNS if c not in metrics.GRAD_METRIC_COLUMNS + ("status", "message")]
-    rows = [{k: r["cell"].get(k) for k in keys} | r["grad"] for r in records if "grad" in r]
-    return tables.errors_frame(rows, tables.GRAD_COLUMNS, NAME_ORDER)
-
-
-def row_errors_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per (cell, logit row) from the journal's records that carry per-row errors."""
-    frames = [pd.DataFrame({k: r["cell"][k] for k in tables.KEY_COLUMNS} | r["rows"]) for r in records if "rows" in r]
-    return tables.canonical_order(pd.concat(frames, ignore_index=True), NAME_ORDER) if frames else pd.DataFrame()
-
-
-def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
-    """Text from experiments/<experiment>.py's `summarize(run_dir)`, for studies that have one."""
-    name = f"experiments.{sweep.experiment}"
-    if importlib.util.find_spec("experiments") is None or importlib.util.find_spec(name) is None:
-        return ""
-    return importlib.import_module(name).summarize(run_dir)
-
-
-def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
-    """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
-    versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
-    log.info("sweep %s: %d cells (%s)", sweep.experiment, sweep.n_cells, versions)
-    if head_runner.is_head(sweep):
-        records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
-        timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
-        return head_tables.write_results(sweep, run_dir, records, timings, head_runner.NAMES)
-    cells = journal.Journal(run_dir)
-    try:
-        if cells.done:
-            log.info("resuming: %d of %d cells already done", len(cells.done), sweep.n_cells)
-        implementations = compile_implementations(sweep)  # once: the bisection reuses JAX's compiled paths
-        sweep_cells(sweep, cells.append, frozenset(cells.done), implementations)
-    finally:
-        cells.close()
-    breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
-    tables.write_table(breaks, run_dir / "breaks")
-    return write_results(sweep, run_dir, cells.records, time_paths(sweep) if sweep.timing.enabled else None)
-
-
-def time_paths(sweep: SweepConfig) -> pd.DataFrame:
-    """The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits."""
-    settings = sweep.timing
-    log.info("timing %d sizes, %d threads", len(sweep.timing_sizes), settings.threads)
-    return timing.time_sweep(
-        sweep.frameworks,
-        sweep.paths,
-        sweep.dtypes,
-        sweep.timing_sizes,
-        sweep.seed,
-        settings.threads,
-        settings.budget_s,
-        settings.rel_iqr_target,
-        sweep.progress,
-        min_blocks=settings.min_blocks,
-        device=sweep.device,
-        custom_callables=custom_paths.callables(custom_paths.parse(sweep.custom_paths)),
-        chunk_size=sweep.chunk_size,
-        block_size=sweep.block_size,
-    )
-
-
-def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
-    """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
-    errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
-    tables.write_table(errors, run_dir / "errors")
-    if timings is not None:
-        tables.write_table(timings, run_dir / "timings")
-        for dtype in timings["dtype"].unique():
-            timing_plots.timing_bars(timings, dtype, run_dir / "plots" / f"timing_{dtype}.png")
-        timing_plots.accuracy_vs_time(errors, timings, run_dir / "plots" / "accuracy_vs_time.png")
-    if sweep.gradient:
-        grad_errors = grad_errors_frame(records)
-        tables.write_table(grad_errors, run_dir / "grad_errors")
-        plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
-    if sweep.row_errors:
-        tables.write_table(row_errors_frame(records), run_dir / "row_errors")
-    summary = tables.summary_markdown(errors, sweep)
-    tables.write_text(summary, run_dir / "summary.md")
-    plots.write_error_plots(errors, run_dir / "plots")
-    print(summary)
-    study = study_summary(sweep, run_dir)
-    if study:
-        print(study)
-    _, html = report.build_report(run_dir, sweep.bits_lost_limit)
-    log.info("results in %s (report: %s)", run_dir, html.name)
-    return errors
