@@ -268,9 +268,16 @@ def theory_columns(
 
 
 def _breaks_by_group(breaks: pd.DataFrame | None, keys: list[str]) -> dict:
+    """The breaks table's rows by the group keys (option columns included where the table has them:
+    the bisection covers the cells without loss options only)."""
     if breaks is None or breaks.empty or not set(keys) <= set(breaks):
         return {}
-    return {tuple(row[k] for k in keys): row for _, row in breaks.iterrows()}
+    return {tuple(_key_value(row[k]) for k in keys): row for _, row in breaks.iterrows()}
+
+
+def _key_value(value):
+    """None and NaN alike (an option that is off reads either way after a parquet round trip)."""
+    return None if value is None or (isinstance(value, float) and value != value) else value
 
 
 def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, breaks=None) -> pd.DataFrame:
@@ -283,7 +290,11 @@ def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, 
     bisected = _breaks_by_group(breaks, keys)
     groups = errors.groupby(keys, sort=False, dropna=False)
     rows = [
-        breakdown_row(cells, bits_lost_limit, bisected.get(key if isinstance(key, tuple) else (key,)))
+        breakdown_row(
+            cells,
+            bits_lost_limit,
+            bisected.get(tuple(_key_value(k) for k in (key if isinstance(key, tuple) else (key,)))),
+        )
         for key, cells in groups
     ]
     frame = pd.DataFrame(rows, columns=[c for c in BREAKDOWN_COLUMNS if c in keys or c not in GROUP_COLUMNS])

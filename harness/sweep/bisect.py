@@ -30,6 +30,7 @@ import pandas as pd
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
+from harness.paths.options import CellOptions
 from harness.sweep import inputs, metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ BREAK_COLUMNS = (
     + ("bisection", "n_bisection_steps", "n_bisection_runs", "break_scale_lo", "break_scale_hi", "break_status")
     + tuple(f"{q}_{end}" for q in QUANTITIES for end in ("lo", "hi"))
     + ("accumulation",)
+    + tuple(CellOptions().columns())
 )
 NEVER_FAILS = "not needed: never fails within the grid"
 FAILS_FIRST = "not needed: fails at the first scale"
@@ -157,7 +159,7 @@ def predicted_thresholds(framework: str, path: str, dtype: str, device: str) -> 
     entry = paths.ENTRIES_BY_NAME.get(path)
     if entry is None or not entry.mechanisms:
         return []
-    fmt = DTYPES[dtype]
+    fmt = DTYPES[backends.exp_dtype(framework, dtype, device)]  # MLX's float64 exp is float32's
     flushes = backends.load(framework).flushes_subnormals(dtype, device)
     underflow = fmt.exp_flush_threshold if flushes else fmt.exp_underflow_threshold
     found = {
@@ -260,13 +262,28 @@ def break_row(cells: pd.DataFrame, impl, stream: Inputs) -> dict:
     )
 
 
+PLAIN = CellOptions().columns()  # the option values of the cells bisected: none (the bare per-row loss)
+
+
+def plain_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells without loss options (the bisection reruns the bare paths, so it covers only those);
+    its rows carry those option values, so the breakdown matches them to the right groups."""
+    if cells.empty:
+        return cells
+    plain = np.ones(len(cells), dtype=bool)
+    for column, value in PLAIN.items():
+        if column in cells:
+            plain &= cells[column].isna().to_numpy() if value is None else (cells[column] == value).to_numpy()
+    return cells[plain]
+
+
 def breaks_frame(sweep, records: list[dict], implementations: dict) -> pd.DataFrame:
     """The breaks table of a sweep from its journal records (their loss cells) and the sweep's
     implementations (runner.compile_implementations); the runner writes it as breaks.parquet/csv."""
     from harness.sweep.runner import bases  # the runner calls this module: imported when used
 
     started, cpu = time.perf_counter(), time.process_time()
-    cells = pd.DataFrame([r["cell"] for r in records])
+    cells = plain_cells(pd.DataFrame([r["cell"] for r in records]))
     if cells.empty:
         return pd.DataFrame(columns=list(BREAK_COLUMNS))
     draws = {(family, base.z.shape[1]): base for family, base in bases(sweep)}
@@ -276,7 +293,7 @@ def breaks_frame(sweep, records: list[dict], implementations: dict) -> pd.DataFr
         for (framework, path), group in of_input.groupby(["framework", "path"], sort=False):
             for _, combination in group.groupby(["device", "n_rows"], sort=False):
                 combination = combination.sort_values("scale", kind="stable").reset_index(drop=True)
-                rows.append(break_row(combination, implementations[(framework, path)], stream))
+                rows.append(break_row(combination, implementations[(framework, path)], stream) | PLAIN)
     frame = pd.DataFrame(rows, columns=list(BREAK_COLUMNS))
     log.info(
         "bisection: %d of %d combinations, %d runs, %.1f s (%.1f s of CPU)",
