@@ -170,3 +170,11 @@ def test_theory_marks_sit_where_the_thresholds_are_passed(four_dtypes):
     assert theory_lines(panels["float32"]) == {overflow: 30.0, underflow: 100.0, flushed: 50.0}
     legend_texts = [t.get_text() for t in four_dtypes.legends[0].get_texts()]
     assert {overflow, underflow, flushed} <= set(legend_texts)
+
+
+def test_a_panel_whose_cells_all_failed_still_draws(tmp_path):
+    """Every cell unsupported (e.g. a NumPy gradient with loss options): no line to draw, a log axis all the same."""
+    errors = synthetic_errors(dtypes=["float32"]).assign(status="unsupported", max_ulp_err=np.nan)
+    out = tmp_path / "all_unsupported.png"
+    plots.error_vs(errors, "scale", "all unsupported", out)
+    assert out.stat().st_size > 5_000

@@ -179,6 +179,10 @@ def _panel(
     top = 10.0 ** np.ceil(np.log10(max(shown) * 3))
     bottom = max(10.0 ** np.floor(np.log10(min(shown) / 3)), measure.floor / 2)
     ax.set(xscale="log", yscale="log", xlabel=axis, ylim=(bottom, top))
+    xs = of_dtype[axis].to_numpy(dtype=float)
+    xs = xs[np.isfinite(xs) & (xs > 0)]
+    if len(xs):  # the grid's span, so a panel whose cells all failed or are unsupported still has a log axis
+        ax.set_xlim(xs.min() / 1.3, xs.max() * 1.3)
     if top / bottom > 1e7:  # minor ticks would crowd a tall range (and cost seconds to lay out)
         ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)
