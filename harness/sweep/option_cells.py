@@ -162,7 +162,7 @@ def _dense_mechanism(path: str, options) -> dict:
 
 def measure_options(logits, labels, dtype, implementations, key, record, done, options, losses, seed, **want) -> int:
     """Measure every (framework, path) not yet done on one input, one dtype, one set of options."""
-    from harness.sweep.runner import _group_by_framework, cell_key, named
+    from harness.sweep.runner import _group_by_framework, cell_key, measured_facts, named, record_input_inf
 
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
@@ -176,22 +176,13 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
     cell["max_logit"] = float(held[finite].max()) if finite.any() else float("nan")
     gradient = want.get("gradient", False)
     if not (finite | np.isneginf(logits)).all():  # -inf only where the input masks a class
-        status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
-        for framework, path in todo:
-            where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
-            record({"cell": where | status} | ({"grad": status} if gradient else {}))
-        return len(todo)
+        return record_input_inf(cell, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient, fmt.precision)
     cell |= _theory_quantities(held, exact)
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
-        where = cell | {
-            "framework": framework,
-            "device": on,
-            "flushes_subnormals": backend.flushes_subnormals(dtype, on),
-            "exp_dtype": backends.exp_dtype(framework, dtype, on),
-        }
+        where = cell | measured_facts(framework, dtype, on)
         with backend.dtype_scope(dtype):
             native = backend.to_native(rounded, labels, on)
             arrays = native_arrays(backend, inputs, options, dtype, on)

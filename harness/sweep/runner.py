@@ -122,11 +122,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     held = rounded.astype(np.float64)  # exact: what the reference sees
     cell["max_logit"] = float(held.max())
     if not np.isfinite(held).all():
-        status = {"status": metrics.INPUT_INF, "message": f"logits overflow {dtype} (|x| > {fmt.max_finite:.6g})"}
-        for framework, path in todo:
-            where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
-            record({"cell": where | status} | ({"grad": status} if want.get("gradient") else {}))
-        return len(todo)
+        return record_input_inf(cell, todo, fmt, device, record, want.get("gradient", False))
     exact = exact_values(held, labels, fmt, want.get("gradient", False))
     loss = np.ldexp(exact.hi, exact.exponent)
     cell["max_exact_loss"] = float(loss.max())
@@ -134,12 +130,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
-        where = cell | {
-            "framework": framework,
-            "device": on,
-            "flushes_subnormals": backend.flushes_subnormals(dtype, on),
-            "exp_dtype": backends.exp_dtype(framework, dtype, on),
-        }
+        where = cell | measured_facts(framework, dtype, on)
         with backend.dtype_scope(dtype):
             try:
                 native = backend.to_native(rounded, labels, on)
@@ -153,6 +144,26 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
                 measured["cell"] = where | named(path) | measured["cell"]
                 record(measured)
     return len(todo)
+
+
+def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gradient: bool) -> int:
+    """Journal every (framework, path) of an input whose rounded logits overflow the dtype: status
+    input_inf, not the path's failure. Returns how many cells that was."""
+    status = {"status": metrics.INPUT_INF, "message": f"logits overflow {fmt.name} (|x| > {fmt.max_finite:.6g})"}
+    for framework, path in todo:
+        where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
+        record({"cell": where | status} | ({"grad": status} if gradient else {}))
+    return len(todo)
+
+
+def measured_facts(framework: str, dtype: str, device: str) -> dict:
+    """The row's framework, device and what its backend measured there (flush-to-zero, exp's dtype)."""
+    return {
+        "framework": framework,
+        "device": device,
+        "flushes_subnormals": backends.load(framework).flushes_subnormals(dtype, device),
+        "exp_dtype": backends.exp_dtype(framework, dtype, device),
+    }
 
 
 def named(path: str) -> dict:
