@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness import backends
-from harness.outputs import head_tables, plots, report, tables, timing_plots
+from harness.outputs import edge_tables, head_tables, plots, report, tables, timing_plots
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, head_runner, journal
+from harness.sweep import bisect, edge_runner, head_runner, journal
 from harness.sweep.config import SweepConfig
 from harness.sweep.runner import (
     NAME_ORDER,
@@ -47,6 +47,8 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
 
 def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
+    if sweep.edge_cases:  # a stage of its own: what each framework returns on edge cases
+        return edge_tables.write_results(sweep, run_dir, edge_runner.measure(sweep), edge_runner.NAMES)
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
     where = ", ".join(f"{f} on {backends.row_device(f, sweep.device)}" for f in sweep.frameworks)
     log.info("sweep %s: %d cells; %s (%s)", sweep.experiment, sweep.n_cells, where, versions)

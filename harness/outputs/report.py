@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.cli import OneLineParser, non_negative
 from harness.dtypes import DTYPES
-from harness.outputs import breakdown, option_findings, pareto, tables
+from harness.outputs import breakdown, edge_tables, option_findings, pareto, tables
 from harness.outputs.findings import _g, key_findings, with_where
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
@@ -252,6 +252,9 @@ def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, P
     run_dir from its errors table; k of "more than k bits lost" is bits_lost_limit, else the
     run's config key `bits_lost_limit`, else half each dtype's significand bits."""
     run_dir = Path(run_dir)
+    if edge_tables.is_edge_run(run_dir):  # experiment edge_cases: no errors table, a section of its own
+        lines = [f"# Report: {experiment_name(run_dir)}", "", *edge_tables.edge_section(run_dir)]
+        return write_report(run_dir, "\n".join(lines + provenance_section(run_dir, OWN_FILES)))
     errors = read_errors(run_dir)
     if bits_lost_limit is None:
         bits_lost_limit = configured_bits_lost_limit(run_config(run_dir)[0])
@@ -260,7 +263,11 @@ def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, P
         grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
         breakdown.write_breakdown(grad_errors, run_dir, bits_lost_limit, stem="grad_breakdown")
     write_heatmaps(errors, run_dir)
-    markdown = report_markdown(run_dir, errors, table)
+    return write_report(run_dir, report_markdown(run_dir, errors, table))
+
+
+def write_report(run_dir: Path, markdown: str) -> tuple[Path, Path]:
+    """report.md and its self-contained report.html."""
     md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
     tables.write_text(markdown, md_path)
     tables.write_text(markdown_to_html(markdown, run_dir, f"Report: {experiment_name(run_dir)}"), html_path)

@@ -20,6 +20,7 @@ from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.sweep import inputs
+from harness.sweep.edge_cases import check_settings as check_edge_settings
 from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
 from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
 
@@ -89,6 +90,7 @@ class SweepConfig:
     target: tuple[str, ...] = ("index",)
     mask_fraction: float = 0.1  # family `masked`: the fraction of each row's logits set to -inf
     mask_label: bool = False  # family `masked`: also mask the label (exact loss +inf)
+    edge_cases: bool = False  # the edge-case stage instead of the grid (harness.sweep.edge_runner)
 
     def __post_init__(self):
         if isinstance(self.n_classes, int):
@@ -315,9 +317,11 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         mode=_choices(cfg, "mode", "mode", MODES),
         reduction=_choices(cfg, "reduction", "reduction", REDUCTIONS),
         head=_head(cfg),
+        edge_cases=_flag(cfg, None, "edge_cases"),
         **_loss_options(cfg),
     )
     _check_head_families(sweep)
+    check_edge_settings(sweep)
     check_installed(sweep.frameworks)
     check_device(sweep.device, sweep.frameworks)
     custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks)

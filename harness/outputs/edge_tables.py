@@ -1,0 +1,188 @@
+"""The edge_cases stage's outputs: edge_cases.{parquet,csv}, the matrix edge_cases.md, the report section.
+
+The matrix has a row per case and a column per framework/path; each cell is `loss outcome / gradient
+outcome`, that of most dtypes, then the dtypes that differ. The report section reads the table back
+from the run folder (this layer never runs a framework).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.dtypes import DTYPES
+from harness.outputs import tables
+from harness.sweep.edge_cases import EDGE_CASES, NUMBER, WRONG
+from harness.sweep.metrics import ERROR, INF, NAN
+
+EDGE_TABLE = "edge_cases"
+EDGE_COLUMNS = (
+    "case",
+    "framework",
+    "path",
+    "dtype",
+    "device",
+    "reduction",
+    "label",
+    "exact_loss",
+    "why_undefined",
+    "loss",
+    "loss_returned",
+    "loss_outcome",
+    "loss_ulp_err",
+    "status",
+    "grad_returned",
+    "grad_outcome",
+    "grad_max_row_rel_err",
+    "grad_status",
+    "other_rows_loss",
+    "other_rows_grad",
+    "message",
+)
+OUTCOME_NOTE = (
+    "Outcomes: `exact` (within half the dtype's significand bits of the exact value, or the infinity it "
+    "rounds to; a gradient row within 2^-(p/2) of its largest exact entry), `wrong` (a value that is not), "
+    "`number` (a finite number where no exact value exists: returned silently), `inf`, `nan`, `error` "
+    "(raised), `unsupported` (not called, or no gradient)."
+)
+SAID = {  # outcome -> what the findings say of it
+    ERROR: "raise an error",
+    NAN: "return NaN",
+    NUMBER: "silently return a number where none is defined",
+    WRONG: "return a value that is not the exact one",
+    INF: "return inf where the exact value is not that infinity",
+}
+SHORT = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
+
+
+def _ranked(frame: pd.DataFrame, names: dict) -> pd.DataFrame:
+    """Rows in case, framework, path, dtype order (names in registry order, then as they came)."""
+    order = {"case": [c.name for c in EDGE_CASES], "dtype": list(DTYPES)} | names
+    ranks = {c: {n: i for i, n in enumerate(dict.fromkeys(list(known) + list(frame[c])))} for c, known in order.items()}
+    keys = pd.DataFrame({c: frame[c].map(rank) for c, rank in ranks.items()})
+    by = [c for c in ("case", "framework", "path", "dtype") if c in keys]
+    return frame.loc[keys.sort_values(by, kind="stable").index].reset_index(drop=True)
+
+
+def edge_frame(rows: list[dict], names: dict) -> pd.DataFrame:
+    """The stage's rows as the edge_cases table: documented columns, in registry order."""
+    frame = pd.DataFrame(rows).reindex(columns=list(EDGE_COLUMNS))
+    frame = _ranked(frame, {k: v for k, v in names.items() if k in ("framework", "path")})
+    for column in EDGE_COLUMNS:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].fillna("").astype(str)
+    return frame
+
+
+def exact_text(value: float) -> str:
+    if np.isnan(value):
+        return "undefined"
+    return "+inf" if value == np.inf else f"{value:.4g}"
+
+
+def _cell(rows: pd.DataFrame) -> str:
+    """`loss / gradient` outcome of most dtypes, then those that differ: `exact / exact (f64: wrong / exact)`."""
+    by_dtype = {r["dtype"]: f"{r['loss_outcome']} / {r['grad_outcome']}" for r in rows.to_dict("records")}
+    values = list(by_dtype.values())
+    usual = max(dict.fromkeys(values), key=values.count)  # the most common, the first of equals
+    others = "; ".join(f"{SHORT.get(d, d)}: {v}" for d, v in by_dtype.items() if v != usual)
+    return f"{usual} ({others})" if others else usual
+
+
+def edge_matrix(frame: pd.DataFrame) -> str:
+    """Markdown: a row per case (with its exact loss), a column per framework/path."""
+    columns = list(dict.fromkeys(frame["framework"] + "/" + frame["path"]))
+    rows = []
+    for case, of_case in frame.groupby("case", sort=False):
+        widest = of_case[of_case["dtype"] == of_case["dtype"].iloc[-1]]
+        cells = {f"{f}/{p}": _cell(r) for (f, p), r in of_case.groupby(["framework", "path"], sort=False)}
+        exact = exact_text(float(widest["exact_loss"].iloc[0]))
+        rows.append([f"`{case}`", exact] + [cells.get(c, "") for c in columns])
+    return tables.markdown_table(["case", "exact loss", *columns], rows)
+
+
+def _who(hits: pd.DataFrame, of_case: pd.DataFrame) -> str:
+    """Frameworks whose every path and dtype is in `hits`, else their paths (with dtypes where not all)."""
+    named = []
+    for framework, mine in hits.groupby("framework", sort=False):
+        if len(mine) == (of_case["framework"] == framework).sum():
+            named.append(framework)
+            continue
+        for path, of_path in mine.groupby("path", sort=False):
+            everywhere = len(of_path) == ((of_case["framework"] == framework) & (of_case["path"] == path)).sum()
+            dtypes = "" if everywhere else f" ({', '.join(of_path['dtype'])})"
+            named.append(f"{framework}/{path}{dtypes}")
+    return ", ".join(named)
+
+
+def findings(frame: pd.DataFrame, column: str = "loss_outcome") -> list[str]:
+    """One sentence per outcome that is not `exact`: which frameworks (paths, dtypes) on which cases."""
+    sentences = []
+    for outcome, said in SAID.items():
+        parts = []
+        for case, of_case in frame.groupby("case", sort=False):
+            hits = of_case[of_case[column] == outcome]
+            if not hits.empty:
+                shows_value = outcome == NUMBER and column == "loss_outcome"
+                example = f" (e.g. {hits['loss_returned'].iloc[0]})" if shows_value else ""
+                parts.append(f"`{case}`: {_who(hits, of_case)}{example}")
+        if parts:
+            sentences.append(f"{said[0].upper()}{said[1:]}: " + "; ".join(parts) + ".")
+    return sentences
+
+
+def cases_list() -> list[str]:
+    return [f"- `{c.name}`: {c.change}" + (f"; undefined: {c.undefined}" if c.undefined else "") for c in EDGE_CASES]
+
+
+def edge_markdown(frame: pd.DataFrame, experiment: str) -> str:
+    """edge_cases.md: the matrix, the legend and the cases."""
+    device = ", ".join(dict.fromkeys(frame["device"]))
+    dtypes = ", ".join(dict.fromkeys(frame["dtype"]))
+    lines = [
+        f"# {experiment}: what each framework returns on edge cases",
+        "",
+        f"Each cell: loss outcome / gradient outcome of the edge row in most dtypes ({dtypes}), then "
+        f"in parentheses the dtypes that differ; on {device}. {OUTCOME_NOTE}",
+        "",
+        edge_matrix(frame),
+        "",
+        "Cases (the first row of the input; the other rows stay finite):",
+        "",
+        *cases_list(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def is_edge_run(run_dir: Path) -> bool:
+    """A folder of the edge_cases stage: its table, and no errors table."""
+    return (run_dir / f"{EDGE_TABLE}.parquet").is_file() and not (run_dir / "errors.parquet").is_file()
+
+
+def edge_section(run_dir: Path) -> list[str]:
+    """The report's section: findings on the loss and the gradient, then the matrix and the cases."""
+    path = run_dir / f"{EDGE_TABLE}.parquet"
+    if not path.is_file():
+        return []
+    frame = pd.read_parquet(path)
+    lines = ["## Edge cases", "", OUTCOME_NOTE, "", "### Loss", ""]
+    lines += [f"- {s}" for s in findings(frame)] or ["- Every loss is exact."]
+    lines += ["", "### Gradient", ""]
+    lines += [f"- {s}" for s in findings(frame, "grad_outcome")] or ["- Every gradient is exact."]
+    lines += ["", "### The matrix", "", edge_matrix(frame), "", *cases_list(), ""]
+    return lines + [f"{EDGE_TABLE}.csv / .parquet has a row per case, framework, path and dtype.", ""]
+
+
+def write_results(sweep, run_dir: Path, rows: list[dict], names: dict) -> pd.DataFrame:
+    """edge_cases.{parquet,csv}, edge_cases.md (printed) and the report."""
+    from harness.outputs import report
+
+    frame = edge_frame(rows, names)
+    tables.write_table(frame, run_dir / EDGE_TABLE)
+    markdown = edge_markdown(frame, sweep.experiment)
+    tables.write_text(markdown, run_dir / f"{EDGE_TABLE}.md")
+    print(markdown)
+    report.build_report(run_dir)
+    return frame
