@@ -244,3 +244,90 @@ def test_bad_labels_and_upstream_fail_in_one_line():
         exact_head_loss(h, W, None, np.array([0, 1, 2, 10]))
     with pytest.raises(ValueError, match=r"upstream \(5,\)"):
         exact_head_gradients(h, W, None, np.zeros(4, dtype=int), np.ones(5))
+
+
+# --- the gradients for outputs of at most 24 bits ------------------------------------------------
+
+
+def mp_g(h, W, b, labels, upstream):
+    """G = upstream (softmax - onehot) of the exact logits, as mpmath rows."""
+    g = []
+    for i, label in enumerate(labels):
+        z = [mp_logit(h[i], W[j], 0.0 if b is None else b[j])[0] for j in range(W.shape[0])]
+        top = max(z)
+        e = [mpmath.exp(v - top) for v in z]
+        row = [v / mpmath.fsum(e) for v in e]
+        row[label] = -mpmath.fsum(v for j, v in enumerate(row) if j != label)
+        g.append([mp(upstream[i]) * v for v in row])
+    return g
+
+
+def assert_within_coarse_bound(value, exact, g_abs_other, scale):
+    """|computed - exact| <= 2**-46 (|G| @ |other|) + 2**-48 scale per entry (module docstring: G to
+    2**-46 of each entry, products to 2**-52 2**(a + c) <= 2**-50 4 max|G| max|other|)."""
+    worst = mpmath.mpf(0)
+    for i, row in enumerate(exact):
+        for t, v in enumerate(row):
+            computed = (mp(value.hi[i, t]) + mp(value.lo[i, t])) * mpmath.mpf(2) ** int(value.exponent[i, t])
+            bound = mpmath.mpf(2) ** -46 * g_abs_other[i][t] + mpmath.mpf(2) ** -48 * scale[i][t]
+            assert abs(computed - v) <= bound, (i, t, computed, v, bound)
+            worst = max(worst, abs(computed - v) / scale[i][t])
+    return worst
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_gradients_for_24_bit_outputs_within_their_bound(rng, dtype, scale):
+    """The float64 G and the 52-bit floor: within the bound against mpmath, and coarser than the
+    double-double route's 2**-75 somewhere (so it is the route being measured)."""
+    h, W, b, labels = loss_case(rng, dtype, scale)
+    h, W = np.tile(h, (1, 8)), np.tile(W, (1, 8))  # d = 192: slices and tails on both sides
+    upstream = np.array([1.0, 0.5, -3.0, 1e-3, 2.0**-200, 7.0])
+    grads = exact_head_gradients(h, W, b, labels, upstream, output_precision=24)
+    with mpmath.workprec(PREC):
+        g = mp_g(h, W, b, labels, upstream)
+        rows, classes, d = h.shape[0], W.shape[0], h.shape[1]
+        w_abs, h_abs = [[mp(abs(v)) for v in row] for row in W], [[mp(abs(v)) for v in row] for row in h]
+        d_h = [[mpmath.fsum(g[i][j] * mp(W[j, t]) for j in range(classes)) for t in range(d)] for i in range(rows)]
+        d_W = [[mpmath.fsum(g[i][j] * mp(h[i, t]) for i in range(rows)) for t in range(d)] for j in range(classes)]
+        gw = [[mpmath.fsum(abs(g[i][j]) * w_abs[j][t] for j in range(classes)) for t in range(d)] for i in range(rows)]
+        gh = [[mpmath.fsum(abs(g[i][j]) * h_abs[i][t] for i in range(rows)) for t in range(d)] for j in range(classes)]
+        g_row = [max(abs(v) for v in row) for row in g]
+        g_col = [max(abs(g[i][j]) for i in range(rows)) for j in range(classes)]
+        w_col = [max(w_abs[j][t] for j in range(classes)) for t in range(d)]
+        h_col = [max(h_abs[i][t] for i in range(rows)) for t in range(d)]
+        worst_h = assert_within_coarse_bound(grads.h, d_h, gw, [[gi * wt for wt in w_col] for gi in g_row])
+        worst_w = assert_within_coarse_bound(grads.W, d_W, gh, [[gj * ht for ht in h_col] for gj in g_col])
+        assert max(worst_h, worst_w) > mpmath.mpf(2) ** -75
+        for j in range(classes):
+            exact = mpmath.fsum(g[i][j] for i in range(rows))
+            computed = (mp(grads.b.hi[j]) + mp(grads.b.lo[j])) * mpmath.mpf(2) ** int(grads.b.exponent[j])
+            assert abs(computed - exact) <= mpmath.mpf(2) ** -45 * mpmath.fsum(abs(g[i][j]) for i in range(rows))
+
+
+def test_gradients_for_24_bit_outputs_of_confident_rows(rng):
+    """A label at the argmax with the other logits 700-800 below (T < 2**-900): that row's G is
+    the double-double one, each entry near 2**-1010 and below, to 2**-75 of the row's largest."""
+    h = np.array([[1.0, 0.0], [0.5, 0.25]])
+    W = np.array([[800.0, 0.0], [0.0, 1.0], [0.0, -1.0], [100.0, 3.0]])
+    labels = np.array([0, 2])
+    coarse = exact_head_gradients(h, W, None, labels, output_precision=24)
+    fine = exact_head_gradients(h, W, None, labels)
+    np.testing.assert_array_equal(coarse.h.exponent[0], fine.h.exponent[0])
+    assert coarse.h.exponent[0].max() < -900
+    with mpmath.workprec(PREC):
+        d_h, d_W, _ = mp_gradients(h, W, None, labels, np.ones(2))
+        assert_rows_within(tuple(part[:1] for part in coarse.h), d_h[:1])
+
+
+@pytest.mark.parametrize("output_precision", [24, 53])
+def test_shared_logits_give_the_same_values(rng, output_precision):
+    h, W, b, labels = loss_case(rng, "bfloat16", 1.0)
+    logits = exact_logits(h, W, b)
+    loss = exact_head_loss(h, W, b, labels, output_precision, logits=logits)
+    pairs = [(loss, exact_head_loss(h, W, b, labels, output_precision))]
+    shared = exact_head_gradients(h, W, b, labels, None, output_precision, logits=logits)
+    pairs += zip(shared, exact_head_gradients(h, W, b, labels, None, output_precision), strict=True)
+    for ours, theirs in pairs:
+        for a, c in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, c)

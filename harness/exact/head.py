@@ -1,27 +1,15 @@
 """The exact language-model head: logits h @ W.T + b, their loss and gradients, in double-double.
 
 Like the other references it is given dtype-rounded inputs held exactly in float64 and knows
-nothing of frameworks.
+nothing of frameworks. The logits are computed once (`exact_logits`) and may be handed to both
+the loss and the gradients (`logits=`).
 
-**Products (Ozaki scheme).** A product A @ B.T (inner size n) is split without error into BLAS
-float64 products: each row of A (and of B) is scaled by its own power of two 2**a (2**c) above
-its largest entry, then cut into slices of beta bits (integers below 2**beta held in float64;
-slice k is worth 2**(a - k beta) times its integers). beta is the largest with
-4 n (2**beta - 1)**2 <= 2**53, so one slice product, and a sum of up to four of them, is an
-integer below 2**53: exact in float64 whatever order BLAS adds in. Slicing stops when a side has
-no bits left, or after K slices, K beta >= floor_bits + 4 - 53 + 2 log2 n; what is left of a side
-(its tail, with a double-double operand's low parts) goes through one plain float64 product with
-the other side, whose error gamma_n n 2**-(K beta) is below 2**-(floor_bits + 4). Slice pairs
-wholly below 2**-(floor_bits + log2 n + 4) are skipped. Products of equal weight are summed
-exactly, then all terms with Ogita-Rump-Oishi's Sum2. Proved bound, per entry, with
-S = sum_t |A_it B_jt| and at most 16 terms in Sum2 (its error is below gamma_15**2 S < 2**-98 S):
-
-    |computed - exact| <= 2**-98 S + 2**-floor_bits 2**(a_i + c_j),   2**a_i <= 2 max_t |A_it|.
-
-The second term is zero when the splitting is error-free: no tail and no slice pair skipped,
-e.g. for logits with d = 512 (beta = 21, K = 4) when the slices of h and of W number at most
-four each and seven together, as for float32 rows whose entries span less than 2**38 (the tests
-check it). Logits take floor_bits = 104, i.e. at most 2**-102 max|h_i| max|W_j|; gradients 90.
+**Products.** `harness.exact.head_products` (Ozaki slicing into BLAS float64 products) gives
+A @ B.T to 2**-98 S + 2**-floor_bits 2**(a_i + c_j) per entry (S = sum_t |A_it B_jt|,
+2**a_i <= 2 max_t |A_it|), the second term zero when the splitting is error-free, e.g. for logits
+with d = 512 (beta = 21) of float16 or bfloat16 rows (at most two slices a side) or float32 rows
+whose entries span less than 2**38 (the tests check it). Logits take floor_bits = 104, i.e. at
+most 2**-102 max|h_i| max|W_j|.
 
 **Loss.** Rounding the logits to float64 would cost up to 2**-52 max|z| of the loss, far above
 2**-75, so the double-double logits feed the reference's formula directly: every difference
@@ -32,29 +20,44 @@ bits, rows whose rounding bound allows it take `exact_cross_entropy`'s float64 r
 float64-rounded differences x = fl(z - m): its 2**-48 plus the rounding's first-order
 2**-51 mean_j(|x_j|) (weights exp(x_j), argmax left out), kept below 2**-46, so <= 2**-45 in all.
 
-**Gradients.** G = upstream * (softmax - onehot) from the double-double logits as in
-`harness.exact.gradient` (each entry to about 2**-75 of itself); dL/dh = G @ W, dL/dW = G.T @ h
-by the products above (floor 2**-90 of 2**(a + c), G's low parts in the tail), dL/db = G.sum(0)
-by pairwise double-double sums.
-All three come back as `ExactValue`s, so nothing underflows.
+**Gradients.** G = upstream * (softmax - onehot) from the double-double logits; dL/dh = G @ W and
+dL/dW = G.T @ h by the products above, dL/db = G.sum(0) by pairwise double-double sums; all three
+come back as `ExactValue`s, so nothing underflows. Two routes, by the output's precision:
+
+- float64 outputs: G as `harness.exact.gradient` does it (each entry to about 2**-75 of itself),
+  products with floor_bits = 90 (2**-88 max|G_i| max|W_t|).
+- outputs of at most 24 bits: G in float64, p_j = exp(x_j) (1 + x_lo_j) / (1 + T) from the
+  double-double differences x = z - m, T = sum_{j != argmax} exp(x_j) (pairwise, relative error
+  below (log2 n + 3) 2**-53), the label's entry p_y - 1 (p_y <= 1/2) or, at the argmax,
+  -T / (1 + T): each entry within 2**-47 of itself for n <= 2**17 classes. Rows whose T is below
+  2**-900 (label at the argmax), where entries would be subnormal, take the float64 outputs' G.
+  Products with floor_bits = 52 (2**-50 max|G_i| max|W_t|): at most two slices of G a side
+  (d = 512, n = 32000), so 3 to 6 BLAS products per gradient instead of 9 to 18. Error of
+  dL/dh[i, t] below 2**-47 (|G| @ |W|)[i, t] + 2**-50 max_j |G_ij| max_j |W_jt|, and as
+  (|G| @ |W|)[i, t] <= 2 max_j |G_ij| max_j |W_jt| (a row of |G| sums to 2 (1 - p_y) u_i), below
+  2**-45 of that scale: 2**-21 of a float32 ulp at the row's largest entry. dL/dW likewise, with
+  (|G|.T @ |h|)[j, t] and the class's max_i |G_ij| max_i |h_it|.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 
 from harness.exact import dd
 from harness.exact.dd import ExactValue
+from harness.exact.head_products import Operand, _exact_value, _row_exponents, exact_product, slice_bits
 from harness.exact.reference import FLOAT64_ROUTE_UP_TO, LOG1P_IS_T_BELOW, by_row_blocks, exact_cross_entropy
+
+__all__ = ["HeadGradients", "exact_head_gradients", "exact_head_loss", "exact_logits", "slice_bits"]
 
 LOGIT_FLOOR_BITS = 104  # logits: skipped bits below 2**-104 of 2**(a + c)
 GRADIENT_FLOOR_BITS = 90  # dL/dh, dL/dW: below 2**-90 of 2**(a + c), 15 bits under the 2**-75 target
+GRADIENT_FLOOR_BITS_UP_TO_24 = 52  # outputs of at most 24 bits: 2**-50 max|G_i| max|W_t|, under G's 2**-46
+SCALED_EXP_BELOW = -700.0  # exp(x) below 2**-1009: held as (hi + lo) 2**k in G
+FLOAT64_G_FROM_T = 2.0**-900  # float64 G for rows with T at least this (no subnormal entries near the row's scale)
 ROUNDING_MEAN_UP_TO = 32.0  # float64 route when 2**-51 mean|x| <= 2**-46
-_BLOCK_ENTRIES = 2**21  # rows of B per block: at most this many entries
-_LEVEL_PAIRS = 4  # slice products of one weight summed exactly in float64, at most this many at once
 
 
 class HeadGradients(NamedTuple):
@@ -93,118 +96,6 @@ def _checked(h, W, b=None, labels=None, upstream=None):
     return h, W, b, labels, upstream
 
 
-# --- error-free products ------------------------------------------------------------------------
-
-
-def slice_bits(n: int) -> int:
-    """The largest beta with 4 n (2**beta - 1)**2 <= 2**53: four slice products sum exactly."""
-    beta = 26
-    while _LEVEL_PAIRS * n * (2**beta - 1) ** 2 > 2**53:
-        beta -= 1
-    return beta
-
-
-def _row_exponents(hi, exponent):
-    """Per row the smallest a with every |entry| < 2**a (0 for a zero row)."""
-    binade = np.where(hi != 0, np.frexp(hi)[1] + exponent, np.iinfo(np.int64).min)
-    top = binade.max(axis=1)
-    return np.where(top == np.iinfo(np.int64).min, 0, top)
-
-
-class _Split(NamedTuple):
-    """Entries in (-1, 1) = sum_k parts[k-1] 2**(-k beta) (integer-valued parts) + tail."""
-
-    parts: list[np.ndarray]
-    head: np.ndarray  # the parts' sum, exact: the entries with their bits below the parts cut off
-    tail: np.ndarray | None  # what is left, plus a double-double operand's low parts; None if 0
-
-
-def _split(hi, lo, beta: int, most: int) -> _Split:
-    """Slices of beta bits, at most `most` of them, of scaled entries hi (+ lo) in (-1, 1)."""
-    rest, parts = hi.copy(), []
-    while len(parts) < most and rest.any():
-        rest *= 2.0**beta
-        part = np.trunc(rest)
-        rest -= part  # exact: the fraction of a float64
-        parts.append(part)
-    np.ldexp(rest, -beta * len(parts), out=rest)
-    head = hi - rest
-    if lo is not None:
-        rest += lo
-    return _Split(parts, head, rest if rest.any() else None)
-
-
-class _Operand(NamedTuple):
-    """(hi + lo) 2**exponent, (rows, n); lo None for float64-held inputs, exponent 0 or per entry."""
-
-    hi: np.ndarray
-    lo: np.ndarray | None = None
-    exponent: np.ndarray | int = 0
-
-    def rows(self, start: int, stop: int) -> _Operand:
-        return _Operand(*(part if np.ndim(part) == 0 else part[start:stop] for part in self))
-
-    def scaled(self, row_exponent):
-        """hi and lo times 2**-row_exponent: entries in (-1, 1)."""
-        shift = self.exponent - row_exponent[:, None]
-        return np.ldexp(self.hi, shift), None if self.lo is None else np.ldexp(self.lo, shift)
-
-
-def _exact_product(a: _Operand, b: _Operand, floor_bits: int) -> ExactValue:
-    """A @ B.T as an ExactValue: A split once, B in blocks of rows (memory)."""
-    n = a.hi.shape[1]
-    beta = slice_bits(n)
-    floor = floor_bits + math.ceil(math.log2(max(n, 1))) + 4
-    most = max(1, math.ceil((floor_bits + 4 - 53 + 2 * math.log2(max(n, 1))) / beta))  # then the tail
-    a_row = _row_exponents(a.hi, a.exponent)
-    a_split = _split(*a.scaled(a_row), beta, most)
-    shape = (a.hi.shape[0], b.hi.shape[0])
-    hi, lo, exponent = np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.int64)
-    step = max(1, _BLOCK_ENTRIES // max(n, 1))
-    for start in range(0, shape[1], step):
-        block = b.rows(start, start + step)
-        b_row = _row_exponents(block.hi, block.exponent)
-        b_hi, b_lo = block.scaled(b_row)
-        b_split = _split(b_hi, b_lo, beta, most)
-        weighted = _level_sums(a_split.parts, b_split.parts, beta, floor)
-        if a_split.tail is not None:  # A B.T = heads' product + A's tail B.T + A's head B's tail.T
-            weighted.append(a_split.tail @ b_hi.T)
-        if b_split.tail is not None:
-            weighted.append(a_split.head @ b_split.tail.T)
-        value = _exact_value(*_sum2(weighted, (shape[0], b_hi.shape[0])), a_row[:, None] + b_row[None, :])
-        hi[:, start : start + step], lo[:, start : start + step], exponent[:, start : start + step] = value
-    return ExactValue(hi, lo, exponent)
-
-
-def _level_sums(a_parts, b_parts, beta: int, floor: int) -> list[np.ndarray]:
-    """Exact float64 terms of A @ B.T in units of 2**(a + c): slice products of one weight
-    2**(-beta level), up to four at a time, for the levels above the floor."""
-    weighted = []
-    for level in range(2, len(a_parts) + len(b_parts) + 1):
-        if (level - 2) * beta >= floor:
-            break
-        pairs = [(k, level - k) for k in range(1, level) if k <= len(a_parts) and level - k <= len(b_parts)]
-        for start in range(0, len(pairs), _LEVEL_PAIRS):
-            total = sum(a_parts[k - 1] @ b_parts[m - 1].T for k, m in pairs[start : start + _LEVEL_PAIRS])
-            weighted.append(np.ldexp(total, -beta * level))
-    return weighted
-
-
-def _sum2(terms, shape):
-    """Ogita-Rump-Oishi Sum2: hi + lo = the sum of float64 arrays as if in twice the precision."""
-    hi, lo = np.zeros(shape), np.zeros(shape)
-    for term in terms:
-        hi, error = dd.two_sum(hi, term)
-        lo += error
-    return dd.fast_two_sum(hi, lo)
-
-
-def _exact_value(hi, lo, exponent) -> ExactValue:
-    """(hi + lo) 2**exponent in the ExactValue convention: exponent 0 from 2**-960 up."""
-    mantissa, binade = np.frexp(hi)
-    return dd.normalized(mantissa, np.ldexp(lo, -binade), exponent + binade)
-
-
 def exact_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None = None):
     """h @ W.T (+ b) of float64-held arrays as a double-double pair (hi, lo), (rows, classes).
 
@@ -214,11 +105,10 @@ def exact_logits(h: np.ndarray, W: np.ndarray, b: np.ndarray | None = None):
     """
     h, W, b, _, _ = _checked(h, W, b)
     with np.errstate(under="ignore"):
-        hi, lo, exponent = _exact_product(_Operand(h), _Operand(W), LOGIT_FLOOR_BITS)
-        hi, lo = np.ldexp(hi, exponent), np.ldexp(lo, exponent)  # exponent 0 from 2**-960 up
-    if b is None:
-        return hi, lo
-    return dd.add(hi, lo, np.broadcast_to(b, hi.shape), np.zeros_like(hi))
+        hi, lo, exponent = exact_product(Operand(h), Operand(W), LOGIT_FLOOR_BITS, addend=b)
+        if exponent.any():  # exponent 0 from 2**-960 up
+            hi, lo = np.ldexp(hi, exponent), np.ldexp(lo, exponent)
+    return hi, lo
 
 
 # --- the loss and softmax - onehot of double-double logits ----------------------------------------
@@ -310,14 +200,15 @@ def _softmax_minus_onehot(zh, zl, labels) -> ExactValue:
 # --- the public references ----------------------------------------------------------------------
 
 
-def exact_head_loss(h, W, b, labels, output_precision: int = 53) -> ExactValue:
+def exact_head_loss(h, W, b, labels, output_precision: int = 53, logits=None) -> ExactValue:
     """Exact cross-entropy per row of the logits h @ W.T + b, as an ExactValue.
 
     To 2**-75 relative (double-double route); for outputs of at most 24 significand bits, rows
-    whose rounding bound allows take the float64 route, to 2**-45 (module docstring).
+    whose rounding bound allows take the float64 route, to 2**-45 (module docstring). `logits`:
+    `exact_logits(h, W, b)` when already computed.
     """
     h, W, b, labels, _ = _checked(h, W, b, labels)
-    zh, zl = exact_logits(h, W, b)
+    zh, zl = exact_logits(h, W, b) if logits is None else logits
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         if output_precision > FLOAT64_ROUTE_UP_TO:
             return _in_row_blocks(_dd_loss, zh, zl, labels)
@@ -331,32 +222,78 @@ def exact_head_loss(h, W, b, labels, output_precision: int = 53) -> ExactValue:
         return loss
 
 
-def exact_head_gradients(h, W, b, labels, upstream=None) -> HeadGradients:
+def exact_head_gradients(h, W, b, labels, upstream=None, output_precision: int = 53, logits=None) -> HeadGradients:
     """dL/dh = G @ W, dL/dW = G.T @ h, dL/db = G.sum(0) for L = sum_i upstream_i loss_i.
 
-    G = upstream[:, None] (softmax - onehot) of the exact logits, each entry to about 2**-75 of
-    itself. Error of dL/dh[i, t]: about 2**-75 (|G| @ |W|)[i, t] from G, plus the products'
-    2**-90 2**(a_i + c_t) <= 2**-88 max_j |G_ij| max_j |W_jt| (and likewise for dL/dW).
+    G = upstream[:, None] (softmax - onehot) of the exact logits. float64 outputs: G to about
+    2**-75 of each entry, products to 2**-88 max_j |G_ij| max_j |W_jt| (and likewise for dL/dW).
+    Outputs of at most 24 significand bits: G to 2**-46 of each entry, products to
+    2**-50 of that scale, in all below 2**-44 of it (module docstring). `logits`: as for the loss.
     """
     h, W, b, labels, upstream = _checked(h, W, b, labels, upstream)
-    zh, zl = exact_logits(h, W, b)
+    zh, zl = exact_logits(h, W, b) if logits is None else logits
+    coarse = output_precision <= FLOAT64_ROUTE_UP_TO
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        g = _in_row_blocks(_softmax_minus_onehot, zh, zl, labels)
+        g = _float64_g(zh, zl, labels) if coarse else _in_row_blocks(_softmax_minus_onehot, zh, zl, labels)
         del zh, zl  # memory: 65 MB each at 256 x 32000
         if upstream is not None:
-            mantissa, binade = np.frexp(upstream)
-            g_h, g_l = dd.mul(g.hi, g.lo, mantissa[:, None], np.zeros_like(g.lo))
-            g = _exact_value(g_h, g_l, g.exponent + binade[:, None])
-        d_h = _exact_product(_Operand(*g), _Operand(W.T), GRADIENT_FLOOR_BITS)
-        d_W = _exact_product(_Operand(h.T), _Operand(g.hi.T, g.lo.T, g.exponent.T), GRADIENT_FLOOR_BITS)
+            g = _times_upstream(g, upstream, coarse)
+        floor_bits = GRADIENT_FLOOR_BITS_UP_TO_24 if coarse else GRADIENT_FLOOR_BITS
+        g_lo = g.lo if g.lo.any() else None  # float64 G: no low parts, no pass over them
+        d_h = exact_product(Operand(g.hi, g_lo, g.exponent), Operand(W.T), floor_bits)
+        g_t = Operand(g.hi.T, None if g_lo is None else g_lo.T, g.exponent.T)
+        d_W = exact_product(Operand(h.T), g_t, floor_bits)
         d_W = ExactValue(*(part.T for part in d_W))  # computed as h.T @ G: the large G.T is taken in blocks
-        d_b = None if b is None else _column_sums(g)
+        d_b = None if b is None else _column_sums(g, coarse)
     return HeadGradients(d_h, d_W, d_b)
 
 
-def _column_sums(g: ExactValue) -> ExactValue:
-    """G.sum(0) by pairwise double-double sums, each column scaled by its own power of two."""
+def _times_upstream(g: ExactValue, upstream, coarse: bool) -> ExactValue:
+    """u_i G_ij with u_i's binade in the exponent; its mantissa times G in double-double, or in
+    float64 for outputs of at most 24 bits (one more rounding, 2**-53 of each entry)."""
+    mantissa, binade = np.frexp(upstream)
+    exponent = g.exponent + binade[:, None]
+    if coarse:
+        return ExactValue(g.hi * mantissa[:, None], g.lo * mantissa[:, None], exponent)
+    g_h, g_l = dd.mul(g.hi, g.lo, mantissa[:, None], np.zeros_like(g.lo))
+    return _exact_value(g_h, g_l, exponent)
+
+
+def _float64_g(zh, zl, labels) -> ExactValue:
+    """G for outputs of at most 24 bits: float64 entries (lo = 0), those of x = z - m below -700
+    held with an exponent; the double-double route for rows whose T is below 2**-900."""
+    rows = np.arange(zh.shape[0])
+    top = _argmax(zh, zl)
+    x_h, x_l = _minus(zh, zl, rows, top)
+    e = np.exp(x_h)
+    e *= 1.0 + x_l
+    e[rows, top] = 0.0
+    t = e.sum(axis=1)  # T, pairwise; entries below 2**-1009 add nothing that counts to T >= 2**-900
+    e[rows, top] = 1.0
+    g = ExactValue.of(e, np.zeros_like(e))
+    deep = x_h < SCALED_EXP_BELOW
+    if deep.any():  # exp(x) as (hi + lo) 2**k: nothing underflows
+        g.hi[deep], _, g.exponent[deep] = dd.scaled_exp(x_h[deep], x_l[deep])
+    g.hi[...] /= (1.0 + t)[:, None]
+    p_y = np.ldexp(g.hi[rows, labels], g.exponent[rows, labels])
+    g.hi[rows, labels] = np.where(labels == top, -t / (1.0 + t), p_y - 1.0)
+    g.exponent[rows, labels] = 0
+    fallback = ~(t >= FLOAT64_G_FROM_T)
+    if fallback.any():
+        exact = _in_row_blocks(_softmax_minus_onehot, zh[fallback], zl[fallback], labels[fallback])
+        for part, values in zip(g, exact, strict=True):
+            part[fallback] = values
+    return g
+
+
+def _column_sums(g: ExactValue, coarse: bool = False) -> ExactValue:
+    """G.sum(0), each column scaled by its own power of two: by pairwise double-double sums, or
+    for outputs of at most 24 bits by float64 pairwise sums (error (log2 rows + 1) 2**-53 of
+    sum_i |G_ij|, under G's own 2**-46 of it)."""
     column = _row_exponents(g.hi.T, g.exponent.T)
     shift = g.exponent - column[None, :]
+    if coarse:
+        total = np.ascontiguousarray(np.ldexp(g.hi, shift).T).sum(axis=1)
+        return _exact_value(total, np.zeros_like(total), column)
     total_h, total_l = dd.sum_rows(np.ldexp(g.hi, shift).T, np.ldexp(g.lo, shift).T)
     return _exact_value(total_h, total_l, column)

@@ -24,7 +24,7 @@ from harness import backends
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact import dd
 from harness.exact.dd import ExactValue
-from harness.exact.head import exact_head_gradients, exact_head_loss
+from harness.exact.head import exact_head_gradients, exact_head_loss, exact_logits
 from harness.paths import head as head_paths
 from harness.sweep import head_inputs, journal, metrics
 
@@ -66,12 +66,19 @@ class ExactHead:
 
     def __init__(self, h, W, b, labels, fmt: FloatFormat):
         self.args, self.fmt = (h, W, b, labels), fmt
+        self._logits = None
         self._loss = None
         self._grads: dict = {}
 
+    def logits(self):
+        """The exact logits (double-double), shared by the loss and the gradients."""
+        if self._logits is None:
+            self._logits = exact_logits(*self.args[:3])
+        return self._logits
+
     def loss(self, reduction: str) -> ExactValue:
         if self._loss is None:
-            self._loss = exact_head_loss(*self.args, output_precision=self.fmt.precision)
+            self._loss = exact_head_loss(*self.args, output_precision=self.fmt.precision, logits=self.logits())
         return reduced_loss(self._loss, reduction)
 
     def gradients(self, reduction: str):
@@ -80,7 +87,9 @@ class ExactHead:
         if key not in self._grads:
             n = len(self.args[3])
             upstream = {"none": upstream_none(n), "sum": None, "mean": np.full(n, 1.0 / n)}[key]
-            self._grads[key] = exact_head_gradients(*self.args, upstream=upstream)
+            self._grads[key] = exact_head_gradients(
+                *self.args, upstream=upstream, output_precision=self.fmt.precision, logits=self.logits()
+            )
         grads = self._grads[key]
         if key == reduction:
             return grads
