@@ -22,7 +22,7 @@ def composed(*overrides: str):
 def test_lm_head_experiment_sets_the_head_grid():
     sweep = sweep_config(composed("experiment=lm_head"), "lm_head")
     assert sweep.families == ("head",) and sweep.dtypes == ("float16", "bfloat16", "float32")
-    assert (sweep.n_rows, sweep.n_classes, sweep.head["d"]) == (256, (32000,), 512)
+    assert (sweep.n_rows, sweep.n_classes, sweep.head["d"]) == ((256,), (32000,), 512)
     assert sweep.mode == ("eager", "compiled") and sweep.gradient and sweep.timing.enabled
     assert sweep.head["large_n_classes"] == 128256
 

@@ -116,7 +116,7 @@ def summary_markdown(errors: pd.DataFrame, sweep) -> str:
     lines = [
         f"# {sweep.experiment}: cross-entropy error against the exact reference",
         "",
-        f"{sweep.n_rows} rows x {sizes} classes per cell (given data keep their own shape), "
+        f"{', '.join(str(n) for n in sweep.n_rows)} rows x {sizes} classes per cell (given data keep their own shape), "
         f"label={sweep.label}, seed={sweep.seed}, {len(sweep.scales)} scales from {_fmt(min(sweep.scales))} "
         f"to {_fmt(max(sweep.scales))}.",
         "Each entry: worst max_ulp_err over the cells with status ok; then the first scale (or class count)",

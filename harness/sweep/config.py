@@ -19,7 +19,8 @@ from harness.errors import ConfigError
 from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
-from harness.sweep import inputs
+from harness.paths.options import OPTION_NAMES
+from harness.sweep import inputs, option_settings
 from harness.sweep.edge_cases import check_settings as check_edge_settings
 from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
 from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
@@ -64,8 +65,8 @@ class SweepConfig:
     dtypes: tuple[str, ...]
     families: tuple[str, ...]
     scales: tuple[float, ...]
-    n_rows: int
-    n_classes: tuple[int, ...]  # one sweep may cover several class counts
+    n_rows: tuple[int, ...]  # one sweep may cover several row counts (token_sweep) ...
+    n_classes: tuple[int, ...]  # ... and several class counts
     seed: int
     label: str
     device: str = "cpu"  # cpu, or cuda for PyTorch and JAX (see harness.backends)
@@ -88,23 +89,29 @@ class SweepConfig:
     z_loss: tuple[float, ...] = (0.0,)
     softcap: tuple = (None,)
     target: tuple[str, ...] = ("index",)
+    option_sets: tuple | None = None  # named combinations of the options (harness.sweep.option_settings)
     mask_fraction: float = 0.1  # family `masked`: the fraction of each row's logits set to -inf
     mask_label: bool = False  # family `masked`: also mask the label (exact loss +inf)
     edge_cases: bool = False  # the edge-case stage instead of the grid (harness.sweep.edge_runner)
 
     def __post_init__(self):
-        if isinstance(self.n_classes, int):
-            object.__setattr__(self, "n_classes", (self.n_classes,))
+        for key in ("n_rows", "n_classes"):
+            if isinstance(getattr(self, key), int):
+                object.__setattr__(self, key, (getattr(self, key),))
+            else:  # a list as read back from sweep.json
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         if isinstance(self.timing, dict):  # as read back from sweep.json
             object.__setattr__(self, "timing", TimingConfig(**self.timing))
 
     @property
     def timing_sizes(self) -> tuple[tuple[int, int], ...]:
-        return self.timing.sizes or ((self.n_rows, self.n_classes[0]),)
+        return self.timing.sizes or ((self.n_rows[0], self.n_classes[0]),)
 
-    def sizes(self, family: str) -> tuple[int | None, ...]:
-        """Class counts swept for a family; None where the data fixes the shape."""
-        return (None,) if family in GIVEN_FAMILIES else self.n_classes
+    def sizes(self, family: str) -> tuple[tuple[int, int] | None, ...]:
+        """(n_rows, n_classes) pairs swept for a family; None where the data fixes the shape."""
+        if family in GIVEN_FAMILIES:
+            return (None,)
+        return tuple(itertools.product(self.n_rows, self.n_classes))
 
     @property
     def n_cells(self) -> int:
@@ -113,12 +120,9 @@ class SweepConfig:
 
     @property
     def option_grid(self) -> tuple:
-        """Every combination of the loss options (harness.paths.options.CellOptions), reduction outermost."""
-        from harness.paths.options import CellOptions
-
-        names = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
-        combos = itertools.product(*(getattr(self, name) for name in names))
-        return tuple(CellOptions(**dict(zip(names, combo, strict=True))) for combo in combos)
+        """The loss options of the cells (harness.paths.options.CellOptions), reduction outermost."""
+        lists = {name: getattr(self, name) for name in OPTION_NAMES}
+        return option_settings.option_grid(lists, self.option_sets)
 
 
 def _choices(cfg: DictConfig, key: str, singular: str, valid) -> tuple[str, ...]:
@@ -143,14 +147,15 @@ def _integer(cfg: DictConfig, key: str, minimum: int) -> int:
     return _whole(cfg.get(key), key, minimum)
 
 
-def _class_counts(cfg: DictConfig) -> tuple[int, ...]:
-    value = cfg.get("n_classes")
+def _counts(cfg: DictConfig, key: str, minimum: int) -> tuple[int, ...]:
+    """An integer setting, or a list of them, each >= minimum: sorted, without repeats."""
+    value = cfg.get(key)
     items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
     if not items:
-        raise ConfigError("n_classes is empty; give an integer >= 2 or a list of them")
+        raise ConfigError(f"{key} is empty; give an integer >= {minimum} or a list of them")
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 2:
-            raise ConfigError(f"n_classes must be an integer >= 2 (or a list of them), got {item!r}")
+        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
+            raise ConfigError(f"{key} must be an integer >= {minimum} (or a list of them), got {item!r}")
     return tuple(sorted(set(items)))
 
 
@@ -299,8 +304,8 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         dtypes=_choices(cfg, "dtypes", "dtype", tuple(DTYPES)),
         families=_choices(cfg, "families", "family", tuple(FAMILIES) + HEAD_FAMILIES),
         scales=_scales(cfg),
-        n_rows=_integer(cfg, "n_rows", 1),
-        n_classes=_class_counts(cfg),
+        n_rows=_counts(cfg, "n_rows", 1),
+        n_classes=_counts(cfg, "n_classes", 2),
         seed=seed,
         label=label,
         device=str(cfg.get("device", "cpu")),
@@ -318,7 +323,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         reduction=_choices(cfg, "reduction", "reduction", REDUCTIONS),
         head=_head(cfg),
         edge_cases=_flag(cfg, None, "edge_cases"),
-        **_loss_options(cfg),
+        **option_settings.loss_options(cfg),
     )
     _check_head_families(sweep)
     check_edge_settings(sweep)
@@ -329,47 +334,6 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work
     return sweep
-
-
-def _option_values(cfg: DictConfig, key: str, valid, rule: str) -> tuple:
-    """A list setting (or one value) whose every item passes `valid`, else one line naming it and `rule`."""
-    value = cfg.get(key)
-    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
-    if not items:
-        raise ConfigError(f"{key} is empty; give one or more values, each {rule}")
-    for item in items:
-        if not valid(item):
-            raise ConfigError(f"bad {key} {item!r}; each {key} must be {rule}")
-    return tuple(dict.fromkeys(float(v) if isinstance(v, (int, float)) and v is not None else v for v in items))
-
-
-def _number(low: float, high: float, closed_high: bool):
-    def valid(v) -> bool:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return False
-        return low <= v <= high if closed_high else low <= v < high
-
-    return valid
-
-
-def _loss_options(cfg: DictConfig) -> dict:
-    """The loss options (harness.paths.options) and the `masked` family's settings, checked."""
-    from harness.paths.options import CLASS_WEIGHTS, TARGETS
-
-    positive = lambda v: v is None or _number(0.0, math.inf, False)(v) and v > 0  # noqa: E731
-    mask_fraction = cfg.get("mask_fraction", 0.1)
-    if not _number(0.0, 1.0, False)(mask_fraction):
-        raise ConfigError(f"bad mask_fraction {mask_fraction!r}; it must be a number in [0, 1)")
-    return {
-        "ignore_fraction": _option_values(cfg, "ignore_fraction", _number(0.0, 1.0, True), "a number in [0, 1]"),
-        "class_weights": _option_values(cfg, "class_weights", lambda v: v in CLASS_WEIGHTS, "null or random"),
-        "label_smoothing": _option_values(cfg, "label_smoothing", _number(0.0, 1.0, False), "a number in [0, 1)"),
-        "z_loss": _option_values(cfg, "z_loss", _number(0.0, math.inf, False), "a finite number >= 0"),
-        "softcap": _option_values(cfg, "softcap", positive, "null or a finite number > 0"),
-        "target": _option_values(cfg, "target", lambda v: v in TARGETS, "one of: " + ", ".join(TARGETS)),
-        "mask_fraction": float(mask_fraction),
-        "mask_label": _flag(cfg, None, "mask_label"),
-    }
 
 
 def _head(cfg: DictConfig) -> dict:
@@ -403,6 +367,8 @@ def _check_head_families(sweep: SweepConfig) -> None:
             f"families {heads} (the language-model head) and {others} (logits) cannot share a run; "
             f"run them separately, e.g. families=[{','.join(heads)}]"
         )
+    if heads and len(sweep.n_rows) > 1:
+        raise ConfigError(f"n_rows {list(sweep.n_rows)}: the head families take one n_rows; run one at a time")
     if "head_file" in heads:
         read_head_file(sweep.file.get("path"))
 

@@ -194,7 +194,7 @@ def inputs_of(sweep):
             bases = [
                 (
                     sweep,
-                    head_inputs.draw_head(sweep.n_rows, c, settings["d"], settings["bias"], sweep.seed),
+                    head_inputs.draw_head(sweep.n_rows[0], c, settings["d"], settings["bias"], sweep.seed),
                     sweep.dtypes,
                     settings["paths"],
                 )
@@ -202,7 +202,7 @@ def inputs_of(sweep):
             ]
             if large:
                 chunked = [p for p in settings["paths"] if p not in ("linear_fused", "linear_ce_reference")]
-                draw = head_inputs.draw_head(sweep.n_rows, large, settings["d"], settings["bias"], sweep.seed)
+                draw = head_inputs.draw_head(sweep.n_rows[0], large, settings["d"], settings["bias"], sweep.seed)
                 loss_only = dataclasses.replace(sweep, gradient=False, mode=("eager",))
                 bases.append((loss_only, draw, (settings["large_dtype"],), chunked))
         for of_input, base, dtypes, paths in bases:

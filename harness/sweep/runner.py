@@ -193,11 +193,11 @@ def compile_implementations(sweep: SweepConfig) -> dict:
 def bases(sweep: SweepConfig):
     """(family, base draw) for every family and size of the sweep."""
     for family in sweep.families:
-        for n_classes in sweep.sizes(family):
-            if n_classes is None:
+        for size in sweep.sizes(family):
+            if size is None:
                 yield family, given_draw(sweep, family)
             else:
-                yield family, inputs.draw(sweep.n_rows, n_classes, sweep.seed)
+                yield family, inputs.draw(*size, sweep.seed)
 
 
 def option_losses(sweep: SweepConfig, options, family: str) -> dict | None:
