@@ -83,6 +83,12 @@ class NativeArrays:
     targets: object = None
     any_ignored: bool = False
 
+    def packed(self) -> dict:
+        """The arrays alone (those not None), to hand a compiled loss as its argument: a jitted
+        function folds the arrays it closes over into constants, which costs XLA seconds a cell."""
+        names = ("kept", "safe_labels", "ignore_labels", "weights", "targets")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
 
 # --- which paths support which options, per framework ------------------------------------------
 
@@ -145,8 +151,9 @@ def own_options(fn) -> tuple[str, ...]:
 
 
 def option_function(framework: str, path: str, path_fn, arrays: NativeArrays, options: CellOptions):
-    """(x, y) -> the loss with `options`, for the backend to compile and differentiate; the labels
-    it is given are ignored in favour of `arrays` (the same labels with the ignored rows marked)."""
+    """(x, y) -> the loss with `options`, for the backend to compile and differentiate. Give it
+    y = arrays.packed() (the labels with the ignored rows marked, weights, targets), so a compiler
+    takes them as arguments; any other y is ignored in favour of `arrays` themselves."""
     check_supported(framework, path, options)
     module = framework_module(framework)
     own = own_options(path_fn) if path not in module.BUILTIN_PATHS else ()
@@ -155,7 +162,8 @@ def option_function(framework: str, path: str, path_fn, arrays: NativeArrays, op
             raise Unsupported(f"custom path {path} implements {', '.join(own)} itself; it does not take {name}")
 
     def loss(x, y):
-        return module.loss_with_options(path, path_fn, x, y, arrays, options, own=own)
+        given = NativeArrays(**y, any_ignored=arrays.any_ignored) if isinstance(y, dict) else arrays
+        return module.loss_with_options(path, path_fn, x, y, given, options, own=own)
 
     return loss
 

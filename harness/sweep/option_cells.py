@@ -96,12 +96,17 @@ class Run:
     exact: ExactValue | None  # per kept row, or one value; None where undefined
     exact_grad: ExactValue | None
 
+    @property
+    def arguments(self) -> tuple:
+        """(x, the option arrays): what the composed loss is called with (see opt.option_function)."""
+        return self.native[0], self.arrays.packed()
+
 
 def _loss_record(run: Run, fn, rows: bool) -> dict:
     """The loss metrics of one cell (and its per-row errors for reduction none, if asked)."""
     from harness.sweep.runner import compute, per_row
 
-    computed, note = compute(fn, run.native, run.backend, run.fmt.name)
+    computed, note = compute(fn, run.arguments, run.backend, run.fmt.name)
     computed = np.atleast_1d(computed)
     if run.exact is None:
         return {"cell": _undefined(computed)}
@@ -124,7 +129,7 @@ def _gradient_record(run: Run, fn) -> dict:
         return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
     try:
         gradient = run.backend.compile_gradient(run.backend.autodiff_gradient(fn))
-        computed, note = compute(gradient, run.native, run.backend, run.fmt.name)
+        computed, note = compute(gradient, run.arguments, run.backend, run.fmt.name)
     except Exception as exc:
         return metrics.failure(exc)
     if run.exact_grad is None:
