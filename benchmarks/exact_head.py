@@ -7,8 +7,10 @@ Draws the `head` family's input (as the head runner does, seed 0, with a bias), 
 dtype and times, with BLAS limited to --threads: the exact logits once, then the loss and the
 gradients of the mean (upstream 1/rows) from those logits, for the dtype's own output precision,
 as the head runner asks for them. Prints wall seconds per part and their sum, the reference's cost
-for one dtype, for each of --rounds rounds over the dtypes: the first round of a process pays for
-fresh memory (page faults on about a gigabyte of temporaries, 1-3 s more), later ones do not.
+for one dtype, and the CPU seconds of all threads (on a shared machine, wall time above CPU time
+/ threads is time spent waiting for cores), for each of --rounds rounds over the dtypes: the first
+round of a process pays for fresh memory (page faults on about a gigabyte of temporaries), later
+ones do not.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def timed(function, *args, **kwargs):
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return result, time.perf_counter() - start
+
+
+def cpu_seconds(function, *args) -> tuple[dict, float]:
+    """function(*args) and the process's CPU seconds (all threads) while it ran."""
+    start = time.process_time()
+    result = function(*args)
+    return result, time.process_time() - start
 
 
 def time_reference(draw, dtype: str) -> dict[str, float]:
@@ -56,10 +65,11 @@ def main() -> None:
     with threadpool_limits(limits=args.threads):
         for round_number in range(1, args.rounds + 1):
             for dtype in args.dtypes:
-                parts = time_reference(draw, dtype)
+                parts, cpu_s = cpu_seconds(time_reference, draw, dtype)
                 total = sum(parts.values())
                 figures = "  ".join(f"{name} {seconds:5.2f}" for name, seconds in parts.items())
-                print(f"round {round_number} {dtype:>9}: {figures}  total {total:5.2f} s", flush=True)
+                line = f"round {round_number} {dtype:>9}: {figures}  total {total:5.2f} s (cpu {cpu_s:5.2f} s)"
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ whatever order BLAS adds in. Slicing stops when a side has no bits left (counted
 rows of float16 or bfloat16 entries need one or two slices), or after K slices,
 K beta >= floor_bits + 4 - 53 + 2 log2 n; what is left of a side (its tail, with a double-double
 operand's low parts) goes through one plain float64 product with the other side, whose error
-gamma_n n 2**-(K beta) is below 2**-(floor_bits + 4). Slice pairs wholly below
+gamma_n n 2**-(K beta) is below 2**-(floor_bits + 4), as is the rounding of the two tail products'
+float64 sum (at most 2 n 2**-(K beta) 2**-53), one term of Sum2. Slice pairs wholly below
 2**-(floor_bits + log2 n + 4) are skipped. Products of equal weight are summed exactly, then all
 terms with Ogita-Rump-Oishi's Sum2. Proved bound, per entry, with S = sum_t |A_it B_jt| and at
 most 16 terms in Sum2 (its error is below gamma_15**2 S < 2**-98 S):
@@ -16,7 +17,8 @@ most 16 terms in Sum2 (its error is below gamma_15**2 S < 2**-98 S):
     |computed - exact| <= 2**-98 S + 2**-floor_bits 2**(a_i + c_j),   2**a_i <= 2 max_t |A_it|.
 
 The second term is zero when the splitting is error-free: no tail and no slice pair skipped.
-Each slice pair costs one BLAS float64 product (dgemm) of the full size.
+Each slice pair and each tail costs one BLAS float64 product (dgemm) of the full size; the sums
+of the terms run a few rows at a time (in cache), and an `addend` (a bias) is one more term.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from harness.exact import dd
 from harness.exact.dd import ExactValue
 
 _BLOCK_ENTRIES = 2**21  # rows of B per block: at most this many entries
+_CACHE_ENTRIES = 2**15  # the sums of the products' terms, rows of about this many entries at a time
 _LEVEL_PAIRS = 4  # slice products of one weight summed exactly in float64, at most this many at once
 
 
@@ -108,15 +111,31 @@ def exact_product(a: Operand, b: Operand, floor_bits: int, addend=None) -> Exact
         b_hi, b_lo = block.scaled(b_row)
         b_split = _split(b_hi, b_lo, beta, most)
         weighted = _level_sums(a_split.parts, b_split.parts, beta, floor)
-        if addend is not None:  # in units of 2**(a + c): exact, or below 2**-1074 of them
-            weighted.append(np.ldexp(addend[None, start : start + step], -(a_row[:, None] + b_row[None, :])))
-        if a_split.tail is not None:  # A B.T = heads' product + A's tail B.T + A's head B's tail.T
-            weighted.append(a_split.tail @ b_hi.T)
+        tails = []  # A B.T = heads' product + A's tail B.T + A's head B's tail.T
+        if a_split.tail is not None:
+            tails.append(a_split.tail @ b_hi.T)
         if b_split.tail is not None:
-            weighted.append(a_split.head @ b_split.tail.T)
-        value = _exact_value(*_sum2(weighted, (shape[0], b_hi.shape[0])), a_row[:, None] + b_row[None, :])
-        hi[:, start : start + step], lo[:, start : start + step], exponent[:, start : start + step] = value
+            tails.append(a_split.head @ b_split.tail.T)
+        if tails:  # one Sum2 term: their float64 sum's rounding is below 2**-(floor_bits + 4) too
+            weighted.append(sum(tails[1:], tails[0]))
+        more = None if addend is None else addend[None, start : start + step]
+        out = tuple(part[:, start : start + step] for part in (hi, lo, exponent))
+        _summed_into(out, weighted, a_row, b_row, more)
     return ExactValue(hi, lo, exponent)
+
+
+def _summed_into(out, weighted, a_row, b_row, addend) -> None:
+    """Sum2 of the terms (plus addend, in units of 2**(a + c): exact, or below 2**-1074 of them)
+    as ExactValues into out, a few rows at a time: the elementwise passes stay in cache."""
+    rows = max(1, _CACHE_ENTRIES // max(len(b_row), 1))
+    for start in range(0, len(a_row), rows):
+        units = a_row[start : start + rows, None] + b_row[None, :]
+        terms = [term[start : start + rows] for term in weighted]
+        if addend is not None:
+            terms.append(np.ldexp(addend, -units))
+        value = _exact_value(*_sum2(terms, units.shape), units)
+        for part, values in zip(out, value, strict=True):
+            part[start : start + rows] = values
 
 
 def _level_sums(a_parts, b_parts, beta: int, floor: int) -> list[np.ndarray]:
