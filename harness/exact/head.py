@@ -267,6 +267,10 @@ def _times_upstream(g: ExactValue, upstream, coarse: bool) -> ExactValue:
 def _float64_g(zh, zl, labels) -> ExactValue:
     """G for outputs of at most 24 bits: float64 entries (lo = 0), those of x = z - m below -700
     held with an exponent; the double-double route for rows whose T is below 2**-900."""
+    return _in_row_blocks(_float64_g_rows, zh, zl, labels)
+
+
+def _float64_g_rows(zh, zl, labels) -> ExactValue:
     rows = np.arange(zh.shape[0])
     top = _argmax(zh, zl)
     x_h, x_l = _minus(zh, zl, rows, top)
@@ -285,7 +289,7 @@ def _float64_g(zh, zl, labels) -> ExactValue:
     g.exponent[rows, labels] = 0
     fallback = ~(t >= FLOAT64_G_FROM_T)
     if fallback.any():
-        exact = _in_row_blocks(_softmax_minus_onehot, zh[fallback], zl[fallback], labels[fallback])
+        exact = _softmax_minus_onehot(zh[fallback], zl[fallback], labels[fallback])
         for part, values in zip(g, exact, strict=True):
             part[fallback] = values
     return g
