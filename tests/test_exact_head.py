@@ -263,13 +263,15 @@ def mp_g(h, W, b, labels, upstream):
 
 
 def assert_within_coarse_bound(value, exact, g_abs_other, scale):
-    """|computed - exact| <= 2**-46 (|G| @ |other|) + 2**-48 scale per entry (module docstring: G to
-    2**-46 of each entry, products to 2**-52 2**(a + c) <= 2**-50 4 max|G| max|other|)."""
+    """|computed - exact| <= (2**-46 + 2**-98) (|G| @ |other|) + 2**-50 scale per entry (module
+    docstring: G to 2**-46 of each entry; products to 2**-98 S + 2**-52 2**(a + c), and
+    2**(a + c) <= 4 max|G| max|other| = 4 scale)."""
     worst = mpmath.mpf(0)
     for i, row in enumerate(exact):
         for t, v in enumerate(row):
             computed = (mp(value.hi[i, t]) + mp(value.lo[i, t])) * mpmath.mpf(2) ** int(value.exponent[i, t])
-            bound = mpmath.mpf(2) ** -46 * g_abs_other[i][t] + mpmath.mpf(2) ** -48 * scale[i][t]
+            two = mpmath.mpf(2)
+            bound = (two**-46 + two**-98) * g_abs_other[i][t] + two**-50 * scale[i][t]
             assert abs(computed - v) <= bound, (i, t, computed, v, bound)
             worst = max(worst, abs(computed - v) / scale[i][t])
     return worst

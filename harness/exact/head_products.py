@@ -58,12 +58,13 @@ class _Split(NamedTuple):
     """Entries in (-1, 1) = sum_k parts[k-1] 2**(-k beta) (integer-valued parts) + tail."""
 
     parts: list[np.ndarray]
-    head: np.ndarray  # the parts' sum, exact: the entries with their bits below the parts cut off
+    head: np.ndarray | None  # the parts' sum, exact: the entries with their bits below the parts cut off
     tail: np.ndarray | None  # what is left, plus a double-double operand's low parts; None if 0
 
 
-def _split(hi, lo, beta: int, most: int) -> _Split:
-    """Slices of beta bits, at most `most` of them, of scaled entries hi (+ lo) in (-1, 1)."""
+def _split(hi, lo, beta: int, most: int, keep_head: bool = True) -> _Split:
+    """Slices of beta bits, at most `most` of them, of scaled entries hi (+ lo) in (-1, 1); the
+    head only where asked (B's is never used)."""
     rest, parts = hi.copy(), []
     while len(parts) < most and rest.any():
         rest *= 2.0**beta
@@ -71,7 +72,7 @@ def _split(hi, lo, beta: int, most: int) -> _Split:
         rest -= part  # exact: the fraction of a float64
         parts.append(part)
     np.ldexp(rest, -beta * len(parts), out=rest)
-    head = hi - rest
+    head = hi - rest if keep_head else None
     if lo is not None:
         rest += lo
     return _Split(parts, head, rest if rest.any() else None)
@@ -109,7 +110,7 @@ def exact_product(a: Operand, b: Operand, floor_bits: int, addend=None) -> Exact
         block = b.rows(start, start + step)
         b_row = _row_exponents(block.hi, block.exponent)
         b_hi, b_lo = block.scaled(b_row)
-        b_split = _split(b_hi, b_lo, beta, most)
+        b_split = _split(b_hi, b_lo, beta, most, keep_head=False)
         weighted = _level_sums(a_split.parts, b_split.parts, beta, floor)
         tails = []  # A B.T = heads' product + A's tail B.T + A's head B's tail.T
         if a_split.tail is not None:
