@@ -117,4 +117,15 @@ def fitted_legend(fig: Figure, handles: list, fontsize: float = 8, loc: str = "o
 
 
 def save(fig: Figure, out: Path) -> None:
+    """Write the figure as PNG at DPI: laid out once, then drawn once.
+
+    savefig with a layout engine first draws the whole figure with drawing disabled, only to lay
+    it out, then draws it again; running the engine directly gives the same layout without that
+    pass (about a third of a figure's cost)."""
+    fig.set_dpi(DPI)
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        fig.canvas.get_renderer()  # the engine measures text at the saved size
+        engine.execute(fig)
+        fig.set_layout_engine(None)  # laid out: savefig now draws once
     atomic_write(Path(out), lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))

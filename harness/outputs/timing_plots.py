@@ -123,6 +123,9 @@ def accuracy_vs_time_figure(errors: pd.DataFrame, timings: pd.DataFrame) -> Figu
     ]
     same_size = errors[(errors["n_rows"] == n_rows) & (errors["n_classes"] == n_classes)]
     errors = same_size if not same_size.empty else errors
+    line_key = ["framework", "path", "dtype"]
+    lines = dict(list(errors[[*line_key, "status", "max_ulp_err"]].groupby(line_key, sort=False)))
+    no_cells = errors.iloc[:0]
     dtypes = [d for d in dtype_order(timed["dtype"]) if d in set(errors["dtype"])]
     colors, marks = path_colors(timed["path"]), framework_marks(timed["framework"])
     fig = new_figure(max(6.4, 4.0 * max(len(dtypes), 1)), 5.4)
@@ -130,8 +133,7 @@ def accuracy_vs_time_figure(errors: pd.DataFrame, timings: pd.DataFrame) -> Figu
     for ax, dtype in zip(axes[0], dtypes, strict=False):
         precision = DTYPES[dtype].precision
         for row in timed[timed["dtype"] == dtype].itertuples(index=False):
-            cells = errors[(errors["framework"] == row.framework) & (errors["path"] == row.path)]
-            cells = cells[cells["dtype"] == dtype]
+            cells = lines.get((row.framework, row.path, dtype), no_cells)
             bits = worst_correct_bits(cells, precision)
             if np.isnan(bits):
                 continue
