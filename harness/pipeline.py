@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import backends
-from harness.outputs import edge_tables, head_tables, plots, report, tables, timing_plots
+from harness.outputs import edge_tables, figures, head_tables, heatmaps, report, tables, timing_plots
 from harness.paths import custom as custom_paths
 from harness.sweep import bisect, edge_runner, head_runner, journal
 from harness.sweep.config import SweepConfig
@@ -64,9 +64,12 @@ def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
         sweep_cells(sweep, cells.append, frozenset(cells.done), implementations)
     finally:
         cells.close()
-    breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
-    tables.write_table(breaks, run_dir / "breaks")
-    return write_results(sweep, run_dir, cells.records, time_paths(sweep) if sweep.timing.enabled else None)
+    errors = write_error_tables(sweep, run_dir, cells.records)
+    with figures.drawn_beside(run_dir):  # the error plots, on the core the bisection and heatmaps leave idle
+        breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
+        tables.write_table(breaks, run_dir / "breaks")
+        heatmaps.write_heatmaps(errors, run_dir)
+    return write_timings_and_report(sweep, run_dir, errors, time_paths(sweep) if sweep.timing.enabled else None)
 
 
 def time_paths(sweep: SweepConfig) -> pd.DataFrame:
@@ -93,26 +96,37 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
 
 def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
     """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
+    errors = write_error_tables(sweep, run_dir, records)
+    figures.draw(run_dir)
+    heatmaps.write_heatmaps(errors, run_dir)
+    return write_timings_and_report(sweep, run_dir, errors, timings)
+
+
+def write_error_tables(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
+    """errors (and grad_errors, row_errors where the sweep asks) from the journal's records."""
     errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
     tables.write_table(errors, run_dir / "errors")
+    if sweep.gradient:
+        tables.write_table(tables.grad_errors_frame(records, NAME_ORDER), run_dir / "grad_errors")
+    if sweep.row_errors:
+        tables.write_table(tables.row_errors_frame(records, NAME_ORDER), run_dir / "row_errors")
+    return errors
+
+
+def write_timings_and_report(sweep: SweepConfig, run_dir: Path, errors: pd.DataFrame, timings) -> pd.DataFrame:
+    """Timing tables and plots, summary, the study's summary and the report, once the error tables,
+    their plots (harness.outputs.figures) and the heatmaps are in run_dir."""
     if timings is not None:
         tables.write_table(timings, run_dir / "timings")
         for dtype in timings["dtype"].unique():
             timing_plots.timing_bars(timings, dtype, run_dir / "plots" / f"timing_{dtype}.png")
         timing_plots.accuracy_vs_time(errors, timings, run_dir / "plots" / "accuracy_vs_time.png")
-    if sweep.gradient:
-        grad_errors = tables.grad_errors_frame(records, NAME_ORDER)
-        tables.write_table(grad_errors, run_dir / "grad_errors")
-        plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
-    if sweep.row_errors:
-        tables.write_table(tables.row_errors_frame(records, NAME_ORDER), run_dir / "row_errors")
     summary = tables.summary_markdown(errors, sweep)
     tables.write_text(summary, run_dir / "summary.md")
-    plots.write_error_plots(errors, run_dir / "plots")
     print(summary)
     study = study_summary(sweep, run_dir)
     if study:
         print(study)
-    _, html = report.build_report(run_dir, sweep.bits_lost_limit)
+    _, html = report.build_report(run_dir, sweep.bits_lost_limit, draw_heatmaps=False)
     log.info("results in %s (report: %s)", run_dir, html.name)
     return errors

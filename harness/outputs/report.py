@@ -247,10 +247,11 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
 # --- entry points ---------------------------------------------------------------------------
 
 
-def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, Path]:
+def build_report(run_dir, bits_lost_limit: float | None = None, draw_heatmaps: bool = True) -> tuple[Path, Path]:
     """Rebuild breakdown.{csv,parquet}, plots/heatmap_<dtype>.png, report.md and report.html in
     run_dir from its errors table; k of "more than k bits lost" is bits_lost_limit, else the
-    run's config key `bits_lost_limit`, else half each dtype's significand bits."""
+    run's config key `bits_lost_limit`, else half each dtype's significand bits. draw_heatmaps=False
+    keeps the heatmaps already in the folder (the pipeline draws them with the other figures)."""
     run_dir = Path(run_dir)
     if edge_tables.is_edge_run(run_dir):  # experiment edge_cases: no errors table, a section of its own
         lines = [f"# Report: {experiment_name(run_dir)}", "", *edge_tables.edge_section(run_dir)]
@@ -262,7 +263,8 @@ def build_report(run_dir, bits_lost_limit: float | None = None) -> tuple[Path, P
     if (run_dir / "grad_errors.parquet").is_file():  # the backward pass breaks where its forward does
         grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
         breakdown.write_breakdown(grad_errors, run_dir, bits_lost_limit, stem="grad_breakdown")
-    write_heatmaps(errors, run_dir)
+    if draw_heatmaps:
+        write_heatmaps(errors, run_dir)
     return write_report(run_dir, report_markdown(run_dir, errors, table))
 
 

@@ -1,0 +1,72 @@
+"""The error plots of a run (loss, and gradient where measured), drawn from its error tables alone.
+
+`python -m harness.outputs.figures RUN_DIR` draws them from errors.parquet (and grad_errors.parquet).
+The pipeline runs that command as a second process while the bisection runs and the heatmaps are
+drawn (`drawn_beside`): those leave the second core idle, and the plots are done before the timing
+stage, which needs a quiet machine. On one core they are drawn in this process instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness.outputs import plots
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so the second process imports this harness
+
+
+def draw(run_dir: Path) -> list[Path]:
+    """Draw plots/error_vs_*.png, and plots/grad_error_vs_*.png given grad_errors.parquet."""
+    run_dir = Path(run_dir)
+    errors = pd.read_parquet(run_dir / "errors.parquet")
+    written = plots.write_error_plots(errors, run_dir / "plots")
+    if (run_dir / "grad_errors.parquet").is_file():
+        grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
+        written += plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
+    return written
+
+
+def _environment() -> dict[str, str]:
+    paths = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(paths)}
+
+
+@contextlib.contextmanager
+def drawn_beside(run_dir: Path, cores: int | None = None):
+    """Draw the error plots of run_dir in a second process while the `with` block runs; at its end
+    wait for them, and raise with the process's error output if drawing failed. With one core, draw
+    them here first."""
+    if (cores or os.cpu_count() or 1) < 2:
+        draw(run_dir)
+        yield
+        return
+    command = [sys.executable, "-m", "harness.outputs.figures", str(Path(run_dir).resolve())]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_environment())
+    try:
+        yield
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    _, error_output = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"drawing the figures of {run_dir} failed (exit {child.returncode}):\n{error_output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.outputs.figures RUN_DIR", file=sys.stderr)
+        return 2
+    draw(Path(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
