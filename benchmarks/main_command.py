@@ -5,7 +5,8 @@ Run by hand from the repository root (never a test):
     python benchmarks/main_command.py [--runs 3] [extra overrides ...]
 
 Each run is a fresh process writing to a temporary folder; prints every run's wall time and peak
-memory (from the operating system's accounting of the finished child), then the median.
+memory (from the operating system's accounting of the finished child), the split into stages (read
+from when each stage's last file was written), then the median.
 """
 
 from __future__ import annotations
@@ -23,17 +24,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_run(overrides: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MiB) of one run of the main command."""
+# Each stage ends when the last of its files is written (the timing stage starts once the figures
+# drawn beside the bisection are done, and ends with timings.parquet).
+STAGES = (
+    ("imports and environment", ("environment.json",)),
+    ("accuracy", ("errors.parquet",)),
+    ("bisection and figures", ("breaks.parquet", "plots/error_vs_*.png", "plots/heatmap_*.png")),
+    ("timing", ("timings.parquet",)),
+    ("timing plots and report", ("report.html",)),
+)
+
+
+def stage_split(run_dir: Path, start: float) -> list[tuple[str, float]]:
+    """(stage, seconds) from the modification times of each stage's files (wall clock, like `start`)."""
+    split, last = [], start
+    for name, patterns in STAGES:
+        times = [p.stat().st_mtime for pattern in patterns for p in run_dir.glob(pattern)]
+        if times:
+            split.append((name, max(times) - last))
+            last = max(times)
+    return split
+
+
+def one_run(overrides: list[str]) -> tuple[float, float, list[tuple[str, float]]]:
+    """(wall seconds, peak resident MiB, stage split) of one run of the main command."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "harness", "experiment=precision_sweep", "progress=false"]
         command += [f"hydra.run.dir={out}", *overrides]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        start = time.perf_counter()
+        start, started = time.perf_counter(), time.time()
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
         wall = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024
+        split = stage_split(Path(out), started)
+    return wall, max(peak, before) / 1024, split
 
 
 def main() -> None:
@@ -43,9 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     walls = []
     for i in range(args.runs):
-        wall, peak = one_run(args.overrides)
+        wall, peak, split = one_run(args.overrides)
         walls.append(wall)
         print(f"run {i + 1}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB (largest child so far)")
+        print("  " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in split))
     print(f"median of {args.runs}: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f})")
 
 
