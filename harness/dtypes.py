@@ -100,6 +100,12 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
     """
     fmt = DTYPES[dtype]
     values = np.asarray(values, dtype=np.float64)
+    if values.size > _BLOCK_ENTRIES and dtype not in NUMPY_ROUNDS_ONCE:  # bounded temporaries
+        flat = np.ascontiguousarray(values).reshape(-1)
+        out = np.empty(flat.shape, dtype=fmt.numpy_type)
+        for start in range(0, flat.size, _BLOCK_ENTRIES):
+            out[start : start + _BLOCK_ENTRIES] = round_to(flat[start : start + _BLOCK_ENTRIES], dtype)
+        return out.reshape(values.shape)
     if dtype in NUMPY_ROUNDS_ONCE:
         with np.errstate(over="ignore"):
             return values.astype(fmt.numpy_type)
@@ -109,6 +115,9 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
         if subnormal.any():
             rounded[subnormal] = round_by_quantum(values[subnormal], fmt)
         return rounded.astype(fmt.numpy_type)  # exact now: inf past the largest finite
+
+
+_BLOCK_ENTRIES = 2**20  # bfloat16 rounds on the bits: 4 uint64 temporaries per entry, a block at a time
 
 
 def _round_significand(values: np.ndarray, precision: int) -> np.ndarray:

@@ -12,10 +12,10 @@ framework returned.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.special
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
@@ -43,10 +43,8 @@ def needs_options(options: opt.CellOptions | None, family: str) -> bool:
     return options is not None and (not options.is_default or family == "masked")
 
 
-def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool, precision: int = 53):
-    """The option inputs and the exact loss (per kept row or reduced; None if undefined) and gradient."""
-    inputs = option_inputs(labels, held.shape[1], options, seed)
-    loss_options = LossOptions(
+def _loss_options(inputs: OptionInputs, options: opt.CellOptions) -> LossOptions:
+    return LossOptions(
         label_smoothing=options.label_smoothing,
         z_loss=options.z_loss,
         softcap=options.softcap,
@@ -54,27 +52,70 @@ def _exact(held, labels, options: opt.CellOptions, seed: int, gradient: bool, pr
         target=options.target,
         ignored=~inputs.kept,
     )
-    rows = exact_row_losses(held, inputs.safe_labels, loss_options, precision)
+
+
+def _row_blocks(n_rows: int, n_classes: int):
+    """Slices of rows of about 2**20 entries: float64 copies of a 10**7-row input stay small."""
+    step = max(1, _BLOCK_ENTRIES // n_classes)
+    return [slice(i, i + step) for i in range(0, n_rows, step)]
+
+
+_BLOCK_ENTRIES = 2**20
+
+
+def _exact_rows(rounded, labels, inputs: OptionInputs, options: opt.CellOptions, precision: int) -> ExactValue:
+    """The exact per-row losses, a block of rows at a time (each block held in float64 only while used)."""
+    loss_options = _loss_options(inputs, options)
+    parts = []
+    for rows in _row_blocks(*rounded.shape):
+        block = dataclasses.replace(loss_options, ignored=loss_options.ignored[rows])
+        value = exact_row_losses(rounded[rows].astype(np.float64), inputs.safe_labels[rows], block, precision)
+        parts.append([np.broadcast_to(part, value.hi.shape) for part in value])
+    return ExactValue(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def _exact(rounded, labels, options: opt.CellOptions, seed: int, gradient: bool, precision: int = 53, shared=None):
+    """The option inputs and the exact loss (per kept row or reduced; None if undefined) and gradient.
+    `shared` (a dict per input and dtype) keeps the per-row losses for the next reduction."""
+    shared = {} if shared is None else shared
+    key = ("rows", dataclasses.replace(options, reduction="none"))
+    if key not in shared:
+        inputs = option_inputs(labels, rounded.shape[1], options, seed)
+        shared[key] = inputs, _exact_rows(rounded, labels, inputs, options, precision)
+    inputs, rows = shared[key]
+    loss_options = _loss_options(inputs, options)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
     if value is not None and options.reduction == "none":
         value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
     grad = None
     if gradient:
+        held = rounded.astype(np.float64)
         grad = exact_option_gradient(held, inputs.safe_labels, loss_options, options.reduction, None, precision)
     return inputs, value, grad
 
 
-def _theory_quantities(held, exact) -> dict:
-    """max_exact_loss (of the cell's exact values; NaN where undefined) and max_lse of the logits as
-    given (before any soft-cap), in float64: what theory's thresholds are read against."""
-    rows = max(1, 2**18 // held.shape[1])  # blocks of rows: bounded temporaries for 10**7 rows
+def _input_facts(rounded, logits) -> dict:
+    """max_logit and max_lse of the logits as given (before any soft-cap), in float64, a block of
+    rows at a time; and whether every entry is finite or -inf where the input masks a class."""
+    max_logit, max_lse, valid = -np.inf, -np.inf, True
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lse = max(scipy.special.logsumexp(held[i : i + rows], axis=1).max() for i in range(0, len(held), rows))
+        for rows in _row_blocks(*rounded.shape):
+            held = rounded[rows].astype(np.float64)
+            finite = np.isfinite(held)
+            valid = valid and (bool(finite.all()) or bool((finite | np.isneginf(logits[rows])).all()))
+            if finite.any():
+                max_logit = max(max_logit, float(held.max(where=finite, initial=-np.inf)))
+            top = held.max(axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)  # a row of -inf: its lse is -inf below
+            max_lse = max(max_lse, float((top[:, 0] + np.log(np.exp(held - top).sum(axis=1))).max()))
+    return {"max_logit": max_logit if np.isfinite(max_logit) else float("nan"), "max_lse": max_lse, "valid": valid}
+
+
+def _max_exact_loss(exact) -> float:
+    """The largest of the cell's exact values (NaN where undefined): what theory's thresholds read."""
+    with np.errstate(over="ignore"):
         loss = np.ldexp(exact.hi, exact.exponent) if exact is not None else np.array([])
-    return {
-        "max_exact_loss": float(loss.max()) if loss.size else float("nan"),
-        "max_lse": float(lse),
-    }
+    return float(loss.max()) if loss.size else float("nan")
 
 
 def _undefined(computed) -> dict:
@@ -165,8 +206,12 @@ def _dense_mechanism(path: str, options) -> dict:
     return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
 
 
-def measure_options(logits, labels, dtype, implementations, key, record, done, options, losses, seed, **want) -> int:
-    """Measure every (framework, path) not yet done on one input, one dtype, one set of options."""
+def measure_options(
+    logits, labels, dtype, implementations, key, record, done, options, losses, seed, shared=None, **want
+) -> int:
+    """Measure every (framework, path) not yet done on one input, one dtype, one set of options.
+    `shared`: a dict the caller keeps per input, in which one dtype's rounded logits and exact
+    per-row losses wait for the next set of options (a mean and a sum share their rows)."""
     from harness.sweep.runner import _group_by_framework, cell_key, measured_facts, named, record_input_inf
 
     device = key.get("device", "cpu")
@@ -175,15 +220,18 @@ def measure_options(logits, labels, dtype, implementations, key, record, done, o
     if not todo:
         return 0
     fmt = DTYPES[dtype]
-    rounded = round_to(logits, dtype)
-    held = rounded.astype(np.float64)
-    finite = np.isfinite(held)
-    cell["max_logit"] = float(held[finite].max()) if finite.any() else float("nan")
+    shared = {} if shared is None else shared
+    if shared.get("dtype") != dtype:  # one dtype's rounding and exact rows at a time
+        shared.clear()
+        shared |= {"dtype": dtype, "rounded": round_to(logits, dtype)}
+        shared["facts"] = _input_facts(shared["rounded"], logits)
+    rounded, facts = shared["rounded"], shared["facts"]
+    cell["max_logit"] = facts["max_logit"]
     gradient = want.get("gradient", False)
-    if not (finite | np.isneginf(logits)).all():  # -inf only where the input masks a class
+    if not facts["valid"]:  # -inf only where the input masks a class
         return record_input_inf(cell, todo, fmt, device, record, gradient)
-    inputs, exact, exact_grad = _exact(held, labels, options, seed, gradient, fmt.precision)
-    cell |= _theory_quantities(held, exact)
+    inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
+    cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
     for framework, by_path in _group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)

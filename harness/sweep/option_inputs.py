@@ -7,6 +7,7 @@ draw. Class weights are multiples of 1/8 in [1/2, 2]: exact in every dtype, bflo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 def ignored_rows(n_rows: int, fraction: float, seed: int) -> np.ndarray:
     """round(fraction * n_rows) rows chosen at random (bool mask, True = ignored)."""
     ignored = np.zeros(n_rows, dtype=bool)
+    if round(fraction * n_rows) == 0:
+        return ignored
     ignored[_rng(seed, _IGNORED).permutation(n_rows)[: round(fraction * n_rows)]] = True
     return ignored
 
@@ -57,7 +60,7 @@ def mask_logits(logits: np.ndarray, labels: np.ndarray, fraction: float, seed: i
     return masked
 
 
-@dataclass(frozen=True)
+@dataclass
 class OptionInputs:
     """One input's option arrays in NumPy: the rows kept, the labels, the weights (or None)."""
 
@@ -66,12 +69,12 @@ class OptionInputs:
     weights: np.ndarray | None
     n_classes: int
 
-    @property
+    @functools.cached_property
     def ignore_labels(self) -> np.ndarray:
         """Labels with the ignored rows set to -100 (the ignore index)."""
         return np.where(self.kept, self.labels, IGNORE_INDEX)
 
-    @property
+    @functools.cached_property
     def safe_labels(self) -> np.ndarray:
         """Labels with the ignored rows set to 0, so that x[y] can be picked on every row."""
         return np.where(self.kept, self.labels, 0)

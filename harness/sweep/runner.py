@@ -110,7 +110,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     """
     if option_cells.needs_options(want.get("options"), key.get("family")):
         return option_cells.measure_options(logits, labels, dtype, implementations, key, record, done, **want)
-    for name in ("options", "losses", "seed"):  # the plain route takes none of them
+    for name in ("options", "losses", "seed", "shared"):  # the plain route takes none of them
         want.pop(name, None)
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
@@ -229,7 +229,8 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
                     "n_classes": n_classes,
                     "device": sweep.device,
                 }
-                for options, dtype in itertools.product(sweep.option_grid, sweep.dtypes):
+                shared = {}  # one dtype's rounding and exact rows, kept across its option cells
+                for dtype, options in itertools.product(sweep.dtypes, sweep.option_grid):
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                     bar.update(
                         measure_input(
@@ -245,5 +246,6 @@ def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=No
                             options=options,
                             losses=option_losses(sweep, options, family),
                             seed=sweep.seed,
+                            shared=shared,
                         )
                     )
