@@ -170,3 +170,14 @@ def test_gradient_row_relative_error_of_a_row_of_tiny_entries():
     grad = metrics.gradient_metrics(np.zeros((1, 3)), hi, np.zeros((1, 3)), F64, np.full((1, 3), -1100))
     assert grad["max_row_rel_err"] == 1.0 and grad["max_abs_err"] == 0.0
     assert grad["max_ulp_err"] == 2.0**-26
+
+
+def test_a_row_whose_exact_gradient_is_zero_reads_zero_when_hit_and_inf_when_missed():
+    """An ignored row's exact gradient is all zeros: 0/0 must not turn the cell's max into NaN."""
+    fmt = DTYPES["float32"]
+    hi = np.array([[0.25, -0.5, 0.25], [0.0, 0.0, 0.0]])
+    lo = np.zeros_like(hi)
+    hit = metrics.gradient_metrics(np.array([[0.25, -0.5, 0.25 + 2**-20], [0.0, 0.0, 0.0]]), hi, lo, fmt)
+    assert hit["max_row_rel_err"] == 2**-20 / 0.5  # row 0: its error over its largest exact entry
+    missed = metrics.gradient_metrics(np.array([[0.25, -0.5, 0.25], [0.0, 1e-30, 0.0]]), hi, lo, fmt)
+    assert missed["max_row_rel_err"] == np.inf

@@ -129,7 +129,8 @@ def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, exponent=0) 
 
 def _row_relative_error(computed, hi, lo, exponent, error=None, binade=None) -> np.ndarray:
     """Each entry's error over its row's largest exact entry, the scale taken in powers of two
-    (`error` and `binade`: the _scaled_error and exponent_of already at hand, if any)."""
+    (`error` and `binade`: the _scaled_error and exponent_of already at hand, if any). A row whose
+    exact entries are all zero (an ignored row) reads 0 where it is hit, inf where it is not."""
     binade = exponent_of(hi, lo, exponent) if binade is None else binade
     top = binade.max(axis=1, keepdims=True)  # floor(log2) of the row's largest entry
     top = np.where(np.isfinite(top), top, 0.0).astype(np.int64)
@@ -138,8 +139,11 @@ def _row_relative_error(computed, hi, lo, exponent, error=None, binade=None) -> 
     else:
         largest = np.ldexp(np.abs(hi), exponent - top).max(axis=1, keepdims=True)
     error = _scaled_error(computed, hi, lo, exponent) if error is None else error
+    in_units = _in_units(error, computed, exponent, top)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _in_units(error, computed, exponent, top) / largest
+        relative = in_units / largest
+    # a row whose exact entries are all 0 (an ignored row): 0 if hit, else inf; never 0/0 = NaN
+    return np.where(largest == 0, np.where(in_units == 0, 0.0, np.inf), relative)
 
 
 def lse_bound(logits: np.ndarray, labels: np.ndarray, loss: np.ndarray, fmt: FloatFormat) -> np.ndarray:
