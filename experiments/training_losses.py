@@ -1,0 +1,69 @@
+"""The loss as trained at 256 x 32000: each option alone on the mean, and the usual combination,
+per framework and dtype, loss and gradient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.files import write_text
+from harness.outputs.tables import markdown_table
+from harness.sweep import metrics
+
+OPTIONS = {  # the option columns and their defaults; a set is named by what it changes
+    "ignore_fraction": 0.0,
+    "class_weights": None,
+    "label_smoothing": 0.0,
+    "z_loss": 0.0,
+    "softcap": None,
+    "target": "index",
+}
+KEYS = ["reduction", *OPTIONS]
+
+
+def option_set(row) -> str:
+    """`mean`, `mean, label_smoothing=0.1`, ...: the reduction and each option off its default."""
+    changed = [
+        f"{name}={row[name]:g}" if isinstance(row[name], float) else f"{name}={row[name]}"
+        for name, default in OPTIONS.items()
+        if not (pd.isna(row[name]) if default is None else row[name] == default)
+    ]
+    return ", ".join([row["reduction"], *changed])
+
+
+def _entry(row, error_column: str) -> str:
+    if row["status"] in (metrics.OK, metrics.EXACT_UNDERFLOW):
+        return f"{row[error_column]:.3g}"
+    return row["status"]
+
+
+def option_table(cells: pd.DataFrame, error_column: str) -> str:
+    """Rows: option sets in run order; columns: framework/path; entries: the error or the status."""
+    cells = cells.assign(option_set=cells.apply(option_set, axis=1))
+    columns = list(dict.fromkeys(cells["framework"] + "/" + cells["path"]))
+    rows = []
+    for name, of_set in cells.groupby("option_set", sort=False):
+        by_path = {f"{r['framework']}/{r['path']}": _entry(r, error_column) for _, r in of_set.iterrows()}
+        rows.append([name, *(by_path.get(c, "") for c in columns)])
+    return markdown_table(["options", *columns], rows)
+
+
+def summarize(run_dir: Path) -> str:
+    run_dir = Path(run_dir)
+    errors = pd.read_parquet(run_dir / "errors.parquet")
+    grad_path = run_dir / "grad_errors.parquet"
+    grads = pd.read_parquet(grad_path) if grad_path.exists() else None
+    parts = [
+        "# Training losses: each option alone and the usual combination, against the exact loss\n",
+        "Loss: the error of the one reduced value in ulps of the dtype. Gradient: the largest error "
+        "of an entry over its row's largest exact entry (max_row_rel_err). Otherwise the status.\n",
+    ]
+    for dtype, cells in errors.groupby("dtype", sort=False):
+        parts += [f"## {dtype}: loss (ulps)\n", option_table(cells, "max_ulp_err"), ""]
+        if grads is not None:
+            of_dtype = grads[grads["dtype"] == dtype]
+            parts += [f"## {dtype}: gradient (max_row_rel_err)\n", option_table(of_dtype, "max_row_rel_err"), ""]
+    text = "\n".join(parts)
+    write_text(text, run_dir / "training_losses.md")
+    return text
