@@ -60,8 +60,16 @@ def summarize(run_dir: Path) -> str:
         "(`exact_overflow`: inf where the exact sum is past the dtype's largest finite, a correct answer; "
         "`nan`: what a mean returns when its sum and its count overflow).\n",
     ]
-    for (dtype, reduction), cells in errors.groupby(["dtype", "reduction"], sort=False):
-        parts += [f"## {dtype}, reduction={reduction}\n", error_table(cells), "", *first_failures(cells), ""]
+    inputs = [c for c in ("family", "scale", "n_classes") if errors[c].nunique() > 1]  # named when swept too
+    for key, cells in errors.groupby(["dtype", "reduction", *inputs], sort=False):
+        title = ", ".join(
+            [
+                key[0],
+                f"reduction={key[1]}",
+                *(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}" for c, v in zip(inputs, key[2:], strict=True)),
+            ]
+        )
+        parts += [f"## {title}\n", error_table(cells), "", *first_failures(cells), ""]
     text = "\n".join(parts)
     write_text(text, Path(run_dir) / "token_sweep.md")
     return text

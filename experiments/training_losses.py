@@ -59,11 +59,16 @@ def summarize(run_dir: Path) -> str:
         "Loss: the error of the one reduced value in ulps of the dtype. Gradient: the largest error "
         "of an entry over its row's largest exact entry (max_row_rel_err). Otherwise the status.\n",
     ]
-    for dtype, cells in errors.groupby("dtype", sort=False):
-        parts += [f"## {dtype}: loss (ulps)\n", option_table(cells, "max_ulp_err"), ""]
+    inputs = [c for c in ("family", "scale", "n_rows", "n_classes") if errors[c].nunique() > 1]  # named when swept
+    for key, cells in errors.groupby(["dtype", *inputs], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        title = ", ".join([key[0], *(f"{c}={v:g}" for c, v in zip(inputs, key[1:], strict=True) if c != "family")])
+        if "family" in inputs:
+            title += f" ({key[1 + inputs.index('family')]})"
+        parts += [f"## {title}: loss (ulps)\n", option_table(cells, "max_ulp_err"), ""]
         if grads is not None:
-            of_dtype = grads[grads["dtype"] == dtype]
-            parts += [f"## {dtype}: gradient (max_row_rel_err)\n", option_table(of_dtype, "max_row_rel_err"), ""]
+            same = (grads[["dtype", *inputs]] == pd.Series(dict(zip(["dtype", *inputs], key, strict=True)))).all(axis=1)
+            parts += [f"## {title}: gradient (max_row_rel_err)\n", option_table(grads[same], "max_row_rel_err"), ""]
     text = "\n".join(parts)
     write_text(text, run_dir / "training_losses.md")
     return text
