@@ -36,10 +36,11 @@ class Run:
     """A finished run: its folder and its tables (None where the run did not make one)."""
 
     dir: Path
-    errors: pd.DataFrame
+    errors: pd.DataFrame | None  # None only for an edge-case run, whose table is edge_cases
     timings: pd.DataFrame | None = None
     breakdown: pd.DataFrame | None = None
     grad_errors: pd.DataFrame | None = None
+    edge_cases: pd.DataFrame | None = None
 
 
 def hydra_error_line(exc: Exception) -> str:
@@ -167,10 +168,11 @@ def _table(run_dir: Path, name: str) -> pd.DataFrame | None:
 def load(run_dir: str | Path) -> Run:
     """The tables of a finished run folder."""
     folder = Path(run_dir)
-    errors = _table(folder, "errors")
-    if errors is None:
+    errors, edge_cases = _table(folder, "errors"), _table(folder, "edge_cases")
+    if errors is None and edge_cases is None:
         raise ConfigError(f"{folder} holds no errors.parquet (not a run folder, or the run did not finish)")
-    return Run(folder, errors, _table(folder, "timings"), _table(folder, "breakdown"), _table(folder, "grad_errors"))
+    tables = (_table(folder, name) for name in ("timings", "breakdown", "grad_errors"))
+    return Run(folder, errors, *tables, edge_cases=edge_cases)
 
 
 def _list(values) -> str:

@@ -88,3 +88,12 @@ def test_assert_accurate_passes_a_stable_loss_and_lists_the_cells_of_an_unstable
     # float16 overflows at offset 100 (logits near 100 > 11.09); float64 does not (ln(largest) = 709.78)
     assert message.startswith("1 of 4 cells of numpy/textbook exceed 4 ulp or fail:\n")
     assert "float16 offset scale=100 n_classes=8: nan" in message
+
+
+def test_an_edge_case_run_loads_with_its_table(tmp_path):
+    run = harness.run(
+        "edge_cases", ["frameworks=[numpy]", "dtypes=[float32]", "progress=false"], run_dir=tmp_path / "e"
+    )
+    assert run.errors is None and run.edge_cases is not None
+    label_inf = run.edge_cases[(run.edge_cases["case"] == "neg_inf_label") & (run.edge_cases["path"] == "fused")]
+    assert len(label_inf) == 1 and label_inf["exact_loss"].iloc[0] == np.inf
