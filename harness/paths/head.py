@@ -4,13 +4,15 @@ A head path takes hidden states h (rows, d), a weight W (classes, d), an optiona
 and labels y, and returns the loss under a `reduction` (none: per row; mean; sum). Its entry
 (`HeadEntry`) holds its name, formula and source, a note per framework on where it rounds, and the
 reason a framework has no implementation. The implementations live beside this file, one module
-per framework (`numpy_head`, `torch_head`, `jax_head`), as `LOSSES[path](h, W, b, y, reduction,
-chunk_size)`; their gradients with respect to h, W and b come from `gradients(...)` in the same
-module (by hand in NumPy, by autodiff elsewhere).
+per framework (`numpy_head`, `torch_head`, `jax_head`, `mlx_head`, `tensorflow_head`), as
+`LOSSES[path](h, W, b, y, reduction, chunk_size)`; their gradients with respect to h, W and b come
+from `gradients(...)` in the same module (by hand in NumPy, by autodiff elsewhere).
 
-`mode` says how a path is run: `eager`, or `compiled` (torch.compile for PyTorch). NumPy has no
-compiled mode (its `compiled` rows are `unsupported`); JAX is always jitted, so its `eager` rows run
-jitted too and say so. MLX and TensorFlow have no head paths yet.
+`mode` says how a path is run: `eager`, or `compiled` (torch.compile for PyTorch, mx.compile for
+MLX, tf.function(jit_compile=True), i.e. XLA, for TensorFlow). NumPy has no compiled mode (its
+`compiled` rows are `unsupported`); JAX is always jitted, so its `eager` rows run jitted too and say
+so. TensorFlow's `eager` is op by op; tf.function without XLA is not a mode of its own, since it gave
+eager's bits on every logit path (harness.backends.tensorflow).
 """
 
 from __future__ import annotations
@@ -19,15 +21,22 @@ import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
-HEAD_FRAMEWORKS = ("numpy", "torch", "jax")
+HEAD_FRAMEWORKS = ("numpy", "torch", "jax", "mlx", "tensorflow")
+_NOT_TORCH = tuple(f for f in HEAD_FRAMEWORKS if f != "torch")
 MODES = ("eager", "compiled")
 REDUCTIONS = ("none", "mean", "sum")
 ACC_POLICIES = ("accurate", "balanced", "compact")  # torch.nn.LinearCrossEntropyOptions(acc_policy=...)
 
-# Checked at 64 x 512 x 1000 (torch 2.13, jax 0.10.2, CPU): 99.8% (float16) and 99.99% (bfloat16) of
-# the entries equal a float32 product rounded once to the dtype; the rest differ by the sum's order.
+# Checked at 64 x 512 x 1000 (torch 2.13, jax 0.10.2, mlx 0.32.4, tensorflow 2.21, CPU): 99.8% (float16) and
+# 99.99% (bfloat16) of the entries equal a float32 product rounded once to the dtype; the rest differ by the
+# sum's order.
 _HALF_MATMUL = "float16/bfloat16 products accumulate in float32 and round once to the dtype"
 _TORCH_ONLY = "PyTorch only: F.linear_cross_entropy's LinearCrossEntropyOptions"
+_BY_HAND = "by hand: a Python loop over vocabulary chunks, each chunk's logits as in linear_fused, running max "
+
+
+def _torch_only(reason: str) -> dict[str, str]:
+    return dict.fromkeys(_NOT_TORCH, reason)
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ def _policy(policy: str) -> HeadEntry:
         f"F.linear_cross_entropy(h, W, y, options=LinearCrossEntropyOptions(acc_policy='{policy}'))",
         source="PyTorch 2.13 torch.nn.functional.linear_cross_entropy",
         notes={"torch": f"batch-chunked (chunking_method='auto'), acc_policy='{policy}'"},
-        unsupported={"numpy": _TORCH_ONLY, "jax": _TORCH_ONLY},
+        unsupported=_torch_only(_TORCH_ONLY),
     )
 
 
@@ -61,6 +70,12 @@ ENTRIES = (
             "dtype, then scipy.special.logsumexp(x) - x[y] (float64 inside for bfloat16)",
             "torch": "F.linear (CPU: " + _HALF_MATMUL + "), then F.cross_entropy",
             "jax": "h @ W.T (XLA CPU: " + _HALF_MATMUL + "), then optax.softmax_cross_entropy_with_integer_labels",
+            "mlx": "h @ W.T (MLX CPU: " + _HALF_MATMUL + "), then nn.losses.cross_entropy (x - max, then "
+            "mx.logsumexp: float16/bfloat16 sums in float32; mx.exp is a float32 polynomial, so float64 "
+            "exponentials have float32's accuracy)",
+            "tensorflow": "tf.matmul (CPU: " + _HALF_MATMUL + "; float32 as NumPy's BLAS), then "
+            "tf.nn.sparse_softmax_cross_entropy_with_logits (float16/bfloat16 in float32 inside); subnormal "
+            "float32/float64/bfloat16 results flushed to zero",
         },
     ),
     HeadEntry(
@@ -77,6 +92,10 @@ ENTRIES = (
             "'auto': on the CPU 'accurate' for float16/bfloat16, else 'compact')",
             "jax": "jax.lax.scan over vocabulary chunks (running max, held out of the gradient, and sum in the "
             "dtype), jitted; gradients by jax.grad through the scan",
+            "mlx": _BY_HAND + "(held out of the gradient) and sum in the dtype (mx.sum of float16/bfloat16 in "
+            "float32, rounded once); exponentials as in linear_fused; gradients by mx.grad",
+            "tensorflow": _BY_HAND + "(held out of the gradient) and sum in the dtype (float16/bfloat16 ops "
+            "computed in float32, each rounded once); gradients by tf.GradientTape",
         },
     ),
     *(_policy(p) for p in ACC_POLICIES),
@@ -85,14 +104,14 @@ ENTRIES = (
         "F.linear_cross_entropy(h, W, y, options=None): PyTorch's reference (unchunked) path",
         source="PyTorch 2.13 torch.nn.functional.linear_cross_entropy",
         notes={"torch": "options=None: linear, then cross_entropy, as PyTorch's reference"},
-        unsupported={"numpy": "PyTorch only: F.linear_cross_entropy", "jax": "PyTorch only: F.linear_cross_entropy"},
+        unsupported=_torch_only("PyTorch only: F.linear_cross_entropy"),
     ),
     HeadEntry(
         "cce_torch_compile",
         "Cut Cross-Entropy's linear_cross_entropy(e, c, targets, impl='torch_compile')",
         source="Apple ml-cross-entropy (Wijmans et al. 2025), package cut-cross-entropy",
         notes={"torch": "the package's torch.compile implementation (logits in float32 inside)"},
-        unsupported={"numpy": "PyTorch only: Cut Cross-Entropy", "jax": "PyTorch only: Cut Cross-Entropy"},
+        unsupported=_torch_only("PyTorch only: Cut Cross-Entropy"),
     ),
 )
 ENTRIES_BY_NAME = {entry.name: entry for entry in ENTRIES}
@@ -104,6 +123,8 @@ MODE_NOTE = {
     ("jax", "eager"): "JAX is always jitted: eager runs jax.jit too",
     ("jax", "compiled"): "jax.jit",
     ("torch", "compiled"): "torch.compile (Inductor, CPU)",
+    ("mlx", "compiled"): "mx.compile (CPU: fused kernels built by the C++ compiler at first call)",
+    ("tensorflow", "compiled"): "tf.function(jit_compile=True): XLA, as Keras 3's jit_compile='auto'",
 }
 
 
