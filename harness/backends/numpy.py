@@ -57,6 +57,11 @@ def clear_compile_cache() -> None:
     return None
 
 
+def release_memory() -> None:
+    """Hand back memory the framework keeps after its cells (peak memory of long sweeps)."""
+    return None
+
+
 autodiff_gradient = None  # NumPy paths carry hand-written backward passes; a custom NumPy path has none
 
 

@@ -88,6 +88,11 @@ def clear_compile_cache() -> None:
     return None  # a traced graph lives in its tf.function; a new `compile` traces afresh
 
 
+def release_memory() -> None:
+    """Hand back memory the framework keeps after its cells (peak memory of long sweeps)."""
+    return None
+
+
 @functools.cache
 def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
     """Whether a subnormal result comes back as zero, measured: smallest_normal * 0.25 by a multiply

@@ -70,6 +70,11 @@ def clear_compile_cache() -> None:
     return None
 
 
+def release_memory() -> None:
+    """Hand back memory the framework keeps after its cells (peak memory of long sweeps)."""
+    return None
+
+
 def autodiff_gradient(path):
     """(x, y) -> d(sum of path(x, y))/dx by torch.autograd, in x's dtype (never under inference mode)."""
 

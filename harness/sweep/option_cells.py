@@ -246,4 +246,6 @@ def measure_options(
                 )
                 measured["cell"] = where | named(path) | _dense_mechanism(path, options) | measured["cell"]
                 record(measured)
+            del native, arrays, run
+        backend.release_memory()
     return len(todo)
