@@ -12,6 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -47,16 +48,17 @@ def drawn_beside(run_dir: Path, cores: int | None = None):
         yield
         return
     command = [sys.executable, "-m", "harness.outputs.figures", str(Path(run_dir).resolve())]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_environment())
-    try:
-        yield
-    except BaseException:
-        child.kill()
-        child.wait()
-        raise
-    _, error_output = child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"drawing the figures of {run_dir} failed (exit {child.returncode}):\n{error_output}")
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: warnings never stall the process
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=_environment())
+        try:
+            yield
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        if child.wait() != 0:
+            errors.seek(0)
+            raise RuntimeError(f"drawing the figures of {run_dir} failed (exit {child.returncode}):\n{errors.read()}")
 
 
 def main(argv: list[str] | None = None) -> int:
