@@ -8,18 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.files import write_text
+from harness.outputs.option_findings import DEFAULTS
 from harness.outputs.tables import markdown_table
 from harness.sweep import metrics
 
-OPTIONS = {  # the option columns and their defaults; a set is named by what it changes
-    "ignore_fraction": 0.0,
-    "class_weights": None,
-    "label_smoothing": 0.0,
-    "z_loss": 0.0,
-    "softcap": None,
-    "target": "index",
-}
-KEYS = ["reduction", *OPTIONS]
+OPTIONS = {k: v for k, v in DEFAULTS.items() if k != "reduction"}  # a set is named by what it changes
 
 
 def option_set(row) -> str:
