@@ -142,3 +142,15 @@ def test_resume_under_other_software_is_refused(tmp_path):
     assert result.returncode == 2
     assert "resume refused: the software differs from the stored run (numpy: stored 1.0.0, now" in result.stderr
     assert json.loads((run_dir / "environment.json").read_text())["packages"]["numpy"] == "1.0.0"  # kept
+
+
+def test_a_run_recorded_before_n_rows_took_lists_still_matches():
+    """sweep.json of older runs holds n_rows as one number and lacks settings added since."""
+    from harness.sweep.run_dir import differing_keys
+
+    defaults = {"edge_cases": False, "option_sets": None}
+    stored = {"n_rows": 64, "seed": 0}
+    current = {"n_rows": [64], "seed": 0, "edge_cases": False, "option_sets": None}
+    assert differing_keys(stored, current, defaults) == []
+    assert differing_keys(stored, current | {"n_rows": [64, 128]}, defaults) == ["n_rows"]
+    assert differing_keys(stored, current | {"edge_cases": True}, defaults) == ["edge_cases"]

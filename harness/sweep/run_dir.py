@@ -27,8 +27,24 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / SWEEP).exists() or (run_dir / JOURNAL).exists()
 
 
-def differing_keys(stored: dict, current: dict) -> list[str]:
-    return sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+def _normal(value):
+    """A one-item list as its item: n_rows was one number before it took lists (sweep.json of older runs)."""
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def differing_keys(stored: dict, current: dict, defaults: dict | None = None) -> list[str]:
+    """Keys whose values differ; a key the stored run lacks (a setting added since) matches its default."""
+    defaults = defaults or {}
+    keys = stored.keys() | current.keys()
+    return sorted(k for k in keys if _normal(stored.get(k, defaults.get(k))) != _normal(current.get(k)))
+
+
+def _defaults(sweep) -> dict:
+    return {
+        f.name: json.loads(json.dumps(f.default))
+        for f in dataclasses.fields(sweep)
+        if f.default is not dataclasses.MISSING and isinstance(f.default, (bool, int, float, str, type(None)))
+    }
 
 
 def check_resume(sweep, run_dir: Path, resume: bool) -> None:
@@ -42,9 +58,9 @@ def check_resume(sweep, run_dir: Path, resume: bool) -> None:
     if not (run_dir / SWEEP).exists():
         raise ConfigError(f"resume=true but {run_dir} holds no run (no {SWEEP}); give hydra.run.dir=<the run folder>")
     stored, current = json.loads((run_dir / SWEEP).read_text()), sweep_record(sweep)
-    keys = differing_keys(stored, current)
+    keys = differing_keys(stored, current, _defaults(sweep))
     if keys:
-        changes = "; ".join(f"{k}: stored {stored.get(k)!r}, now {current.get(k)!r}" for k in keys)
+        changes = "; ".join(f"{k}: stored {_normal(stored.get(k))!r}, now {_normal(current.get(k))!r}" for k in keys)
         raise ConfigError(f"resume refused: the config differs from the stored run in {', '.join(keys)} ({changes})")
     check_same_software(run_dir)
 
