@@ -18,8 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from harness.paths.options import IGNORE_INDEX
 
-def reduce(loss, reduction: str):
+
+def reduce(loss, reduction: str, kept=None):
+    """none, mean or sum; with `kept`, 0 at the other rows and the mean over the kept count."""
+    if kept is not None:
+        loss = jnp.where(kept, loss, 0)
+        if reduction == "mean":
+            return loss.sum() / kept.sum()
     if reduction == "none":
         return loss
     return loss.mean() if reduction == "mean" else loss.sum()
@@ -63,13 +70,18 @@ LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
 
 
 @functools.cache
-def build(path: str, reduction: str, mode: str, chunk_size: int):
+def build(path: str, reduction: str, mode: str, chunk_size: int, ignore: bool = False):
     """(loss(h, W, b, y), gradients(h, W, b, y, u)), both jitted whatever the mode; kept per
-    path, reduction and chunk for the process, so later cells of a shape reuse the compilation."""
+    path, reduction and chunk for the process, so later cells of a shape reuse the compilation.
+    With `ignore`, rows labelled -100 are masked as JAX users write it: jnp.where(kept, loss, 0),
+    the mean over kept.sum()."""
     fn = LOSSES[path]
 
     def loss(h, W, b, y):
-        return fn(h, W, b, y, reduction, chunk_size)
+        if not ignore:
+            return fn(h, W, b, y, reduction, chunk_size)
+        kept = y != IGNORE_INDEX
+        return reduce(fn(h, W, b, jnp.where(kept, y, 0), "none", chunk_size), reduction, kept)
 
     def objective(h, W, b, y, u):
         out = loss(h, W, b, y)

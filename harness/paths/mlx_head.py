@@ -23,8 +23,15 @@ import functools
 import mlx.core as mx
 import mlx.nn as nn
 
+from harness.paths.options import IGNORE_INDEX
 
-def reduce(loss, reduction: str):
+
+def reduce(loss, reduction: str, kept=None):
+    """none, mean or sum; with `kept`, 0 at the other rows and the mean over the kept count."""
+    if kept is not None:
+        loss = mx.where(kept, loss, mx.array(0, dtype=loss.dtype))
+        if reduction == "mean":
+            return loss.sum() / kept.sum()
     if reduction == "none":
         return loss
     return loss.mean() if reduction == "mean" else loss.sum()
@@ -60,14 +67,18 @@ LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
 
 
 @functools.cache
-def build(path: str, reduction: str, mode: str, chunk_size: int):
+def build(path: str, reduction: str, mode: str, chunk_size: int, ignore: bool = False):
     """(loss(h, W, b, y), gradients(h, W, b, y, u)): the gradients of sum(u * loss) (reduction none)
     or of the reduced loss with respect to h, W and b by mx.grad; both mx.compile'd in compiled mode
-    (kept per path, reduction, mode and chunk for the process; a missing bias is a None argument)."""
+    (kept per path, reduction, mode and chunk for the process; a missing bias is a None argument).
+    With `ignore`, rows labelled -100 are masked: mx.where(kept, loss, 0), the mean over kept.sum()."""
     fn = LOSSES[path]
 
     def loss(h, W, b, y):
-        return fn(h, W, b, y, reduction, chunk_size)
+        if not ignore:
+            return fn(h, W, b, y, reduction, chunk_size)
+        kept = y != IGNORE_INDEX
+        return reduce(fn(h, W, b, mx.where(kept, y, 0), "none", chunk_size), reduction, kept)
 
     def gradients(h, W, b, y, u):
         def objective(*wrt):

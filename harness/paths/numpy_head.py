@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness.paths import numpy_paths
+from harness.paths.options import IGNORE_INDEX
 
 _HALVES = ("float16", "bfloat16")
 
@@ -27,18 +28,33 @@ def logits(h, W, b, start: int = 0, stop: int | None = None) -> np.ndarray:
     return z if b is None else z + b[start:stop]
 
 
-def reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
+def reduce(loss: np.ndarray, reduction: str, kept: np.ndarray | None = None) -> np.ndarray:
+    """none, mean or sum; with `kept`, 0 at the other rows and the mean over the kept count."""
+    if kept is not None:
+        loss = np.where(kept, loss, loss.dtype.type(0))
     if reduction == "none":
         return loss
     total = loss.sum()
-    return np.asarray(total / loss.dtype.type(len(loss)) if reduction == "mean" else total)
+    count = len(loss) if kept is None else np.count_nonzero(kept)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a mean over no kept rows: NaN
+        return np.asarray(total / loss.dtype.type(count) if reduction == "mean" else total)
 
 
-def upstream(reduction: str, u, n: int, dtype) -> np.ndarray:
-    """Per-row weight of each loss in what is differentiated: u for none, 1/n for mean, 1 for sum."""
+def upstream(reduction: str, u, n: int, dtype, kept: np.ndarray | None = None) -> np.ndarray:
+    """Per-row weight of each loss in what is differentiated: u for none, 1/n for mean, 1 for sum;
+    with `kept`, 0 at the other rows and 1/(kept count) for mean."""
     if reduction == "none":
-        return np.asarray(u, dtype=dtype)
-    return np.full(n, 1.0 / n if reduction == "mean" else 1.0).astype(dtype)
+        weight = np.asarray(u, dtype=np.float64)
+    else:
+        count = n if kept is None else np.count_nonzero(kept)
+        weight = np.full(n, 1.0 / max(count, 1) if reduction == "mean" else 1.0)
+    return (weight if kept is None else np.where(kept, weight, 0.0)).astype(dtype)
+
+
+def without_ignored(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels with 0 at the ignore index, so that z[y] can be picked on every row; the kept rows)."""
+    kept = y != IGNORE_INDEX
+    return np.where(kept, y, 0), kept
 
 
 def fused_loss(h, W, b, y, reduction: str, chunk_size: int) -> np.ndarray:
@@ -89,30 +105,42 @@ def _gradients(h, W, b, y, u, chunk_size: int, lse) -> tuple:
     return dh.astype(h.dtype), dW, db
 
 
-def fused_gradients(h, W, b, y, reduction: str, u, chunk_size: int) -> tuple:
+def fused_gradients(h, W, b, y, reduction: str, u, chunk_size: int, kept=None) -> tuple:
     """The fused path's backward: SciPy logsumexp's (harness.paths.numpy_paths, as the logit stage
     differentiates `fused`) on the materialised logits, times the upstream, then one product each."""
     g = numpy_paths.GRADIENTS["fused"](logits(h, W, b), y)
-    g = g * upstream(reduction, u, len(y), h.dtype)[:, None]
+    g = g * upstream(reduction, u, len(y), h.dtype, kept)[:, None]
     dh = matmul(g, W)
     return dh, matmul(g.T, h), None if b is None else g.sum(axis=0)
 
 
-def chunked_gradients(h, W, b, y, reduction: str, u, chunk_size: int) -> tuple:
+def chunked_gradients(h, W, b, y, reduction: str, u, chunk_size: int, kept=None) -> tuple:
     """As written by hand: the forward's lse, then a second pass over the chunks (dh summed in
     float32 for float16/bfloat16)."""
     lse, _ = chunk_lse(h, W, b, y, chunk_size)
-    return _gradients(h, W, b, y, upstream(reduction, u, len(y), h.dtype), chunk_size, lse)
+    return _gradients(h, W, b, y, upstream(reduction, u, len(y), h.dtype, kept), chunk_size, lse)
 
 
 LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
 GRADIENTS = {"linear_fused": fused_gradients, "linear_chunked": chunked_gradients}
 
 
-def build(path: str, reduction: str, mode: str, chunk_size: int):
-    """(loss(h, W, b, y), gradients(h, W, b, y, u)) of one path; NumPy runs eagerly."""
+def build(path: str, reduction: str, mode: str, chunk_size: int, ignore: bool = False):
+    """(loss(h, W, b, y), gradients(h, W, b, y, u)) of one path; NumPy runs eagerly. With `ignore`,
+    rows labelled -100 are masked: loss 0, upstream 0, the mean over the kept count."""
     loss, grads = LOSSES[path], GRADIENTS[path]
-    return (
-        lambda h, W, b, y: loss(h, W, b, y, reduction, chunk_size),
-        lambda h, W, b, y, u: grads(h, W, b, y, reduction, u, chunk_size),
-    )
+    if not ignore:
+        return (
+            lambda h, W, b, y: loss(h, W, b, y, reduction, chunk_size),
+            lambda h, W, b, y, u: grads(h, W, b, y, reduction, u, chunk_size),
+        )
+
+    def masked_loss(h, W, b, y):
+        y, kept = without_ignored(y)
+        return reduce(loss(h, W, b, y, "none", chunk_size), reduction, kept)
+
+    def masked_gradients(h, W, b, y, u):
+        y, kept = without_ignored(y)
+        return grads(h, W, b, y, reduction, u, chunk_size, kept)
+
+    return masked_loss, masked_gradients

@@ -27,8 +27,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up notices,
 
 import tensorflow as tf  # noqa: E402
 
+from harness.paths.options import IGNORE_INDEX  # noqa: E402
 
-def reduce(loss, reduction: str):
+
+def reduce(loss, reduction: str, kept=None):
+    """none, mean or sum; with `kept`, 0 at the other rows and the mean over the kept count."""
+    if kept is not None:
+        loss = tf.where(kept, loss, tf.zeros_like(loss))
+        if reduction == "mean":
+            return tf.reduce_sum(loss) / tf.reduce_sum(tf.cast(kept, loss.dtype))
     if reduction == "none":
         return loss
     return tf.reduce_mean(loss) if reduction == "mean" else tf.reduce_sum(loss)
@@ -64,14 +71,19 @@ LOSSES = {"linear_fused": fused_loss, "linear_chunked": chunked_loss}
 
 
 @functools.cache
-def build(path: str, reduction: str, mode: str, chunk_size: int):
+def build(path: str, reduction: str, mode: str, chunk_size: int, ignore: bool = False):
     """(loss(h, W, b, y), gradients(h, W, b, y, u)): the gradients of sum(u * loss) (reduction none)
     or of the reduced loss with respect to h, W and b by tf.GradientTape; both under
-    tf.function(jit_compile=True) in compiled mode (a missing bias is a None argument)."""
+    tf.function(jit_compile=True) in compiled mode (a missing bias is a None argument). With
+    `ignore`, rows labelled -100 are masked as Keras masks: tf.where(kept, loss, 0), the mean over
+    the kept count."""
     fn = LOSSES[path]
 
     def loss(h, W, b, y):
-        return fn(h, W, b, y, reduction, chunk_size)
+        if not ignore:
+            return fn(h, W, b, y, reduction, chunk_size)
+        kept = y != IGNORE_INDEX
+        return reduce(fn(h, W, b, tf.where(kept, y, tf.zeros_like(y)), "none", chunk_size), reduction, kept)
 
     def gradients(h, W, b, y, u):
         wrt = [h, W] if b is None else [h, W, b]

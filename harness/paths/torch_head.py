@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.paths.head import ACC_POLICIES
+from harness.paths.options import IGNORE_INDEX
 
 try:  # checked once: where the package does not import, its path is a row with status unsupported
     from cut_cross_entropy import linear_cross_entropy as _cce
@@ -30,18 +31,20 @@ except Exception as exc:  # ImportError, or triton failing to find a GPU
     )
 
 
-def fused(h, W, b, y, reduction):
-    return F.cross_entropy(F.linear(h, W, b), y, reduction=reduction)
+def fused(h, W, b, y, reduction, ignore_index=IGNORE_INDEX):
+    return F.cross_entropy(F.linear(h, W, b), y, reduction=reduction, ignore_index=ignore_index)
 
 
-def linear_ce(h, W, b, y, reduction, options):
-    return F.linear_cross_entropy(h, W, y, linear_bias=b, reduction=reduction, options=options)
+def linear_ce(h, W, b, y, reduction, options, ignore_index=None):
+    return F.linear_cross_entropy(
+        h, W, y, linear_bias=b, reduction=reduction, ignore_index=ignore_index, options=options
+    )
 
 
-def cce(h, W, b, y, reduction):
+def cce(h, W, b, y, reduction, ignore_index=IGNORE_INDEX):
     if b is not None:
         raise NotImplementedError("Cut Cross-Entropy's linear_cross_entropy takes no bias")
-    return _cce(h, W, y, impl="torch_compile", reduction=reduction)
+    return _cce(h, W, y, impl="torch_compile", reduction=reduction, ignore_index=ignore_index)
 
 
 def _options(policy: str | None):
@@ -50,39 +53,45 @@ def _options(policy: str | None):
     return options() if policy is None else options(acc_policy=policy)
 
 
-def _with_policy(policy: str):
-    return lambda h, W, b, y, reduction: linear_ce(h, W, b, y, reduction, _options(policy))
+def _with_policy(policy: str | None):
+    return lambda h, W, b, y, reduction, ignore_index=None: linear_ce(
+        h, W, b, y, reduction, _options(policy), ignore_index
+    )
 
 
 LOSSES = {
     "linear_fused": fused,
-    "linear_chunked": lambda h, W, b, y, reduction: linear_ce(h, W, b, y, reduction, _options(None)),
+    "linear_chunked": _with_policy(None),
     **{f"linear_chunked_{p}": _with_policy(p) for p in ACC_POLICIES},
-    "linear_ce_reference": lambda h, W, b, y, reduction: linear_ce(h, W, b, y, reduction, None),
+    "linear_ce_reference": lambda h, W, b, y, reduction, ignore_index=None: linear_ce(
+        h, W, b, y, reduction, None, ignore_index
+    ),
     "cce_torch_compile": cce,
 }
 
 RECOMPILE_LIMIT = 64
-_COMPILED: dict = {}  # (path, reduction) -> torch.compile'd loss, for the whole process
+_COMPILED: dict = {}  # (path, reduction, ignore) -> torch.compile'd loss, for the whole process
 
 
-def loss_function(path: str, reduction: str, mode: str):
-    """(h, W, b, y) -> loss; torch.compile'd (and kept) in compiled mode."""
+def loss_function(path: str, reduction: str, mode: str, ignore: bool = False):
+    """(h, W, b, y) -> loss; torch.compile'd (and kept) in compiled mode. With `ignore`, labels -100
+    are ignored as users ask for it: ignore_index=-100 (F.cross_entropy's and CCE's default; given
+    to F.linear_cross_entropy, whose default is None)."""
     if path == "cce_torch_compile" and CCE_UNSUPPORTED:
         raise NotImplementedError(CCE_UNSUPPORTED)
-    fn = functools.partial(LOSSES[path], reduction=reduction)
+    fn = functools.partial(LOSSES[path], reduction=reduction, **({"ignore_index": IGNORE_INDEX} if ignore else {}))
     if mode != "compiled":
         return fn
-    if (path, reduction) not in _COMPILED:
+    if (path, reduction, ignore) not in _COMPILED:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        _COMPILED[(path, reduction)] = torch.compile(fn, dynamic=False)
-    return _COMPILED[(path, reduction)]
+        _COMPILED[(path, reduction, ignore)] = torch.compile(fn, dynamic=False)
+    return _COMPILED[(path, reduction, ignore)]
 
 
-def build(path: str, reduction: str, mode: str, chunk_size: int):
+def build(path: str, reduction: str, mode: str, chunk_size: int, ignore: bool = False):
     """(loss(h, W, b, y), gradients(h, W, b, y, u)): the loss of inputs that require grad, detached;
     the gradients of sum(u * loss) (reduction none) or of the loss wrt h, W and b, by autograd."""
-    fn = loss_function(path, reduction, mode)
+    fn = loss_function(path, reduction, mode, ignore)
 
     def forward(h, W, b, y):
         inputs = [t.detach().requires_grad_(True) for t in (h, W, b) if t is not None]

@@ -4,10 +4,15 @@ It walks family x class count x scale x dtype x framework x path x mode x reduct
 (h, W, b, labels) is made once in float64, rounded once per dtype; the exact head values (the
 per-row loss, and the gradients with respect to h, W and b for each upstream gradient needed) are
 computed once per rounded input, before any framework runs. Each cell is one journal record with
-the logit cells' keys plus `mode`, `d` and `reduction`: its loss metrics ("cell"), gradient
+the logit cells' keys plus `mode`, `d`, `reduction` and `ignore_fraction`: its loss metrics ("cell"), gradient
 metrics per input ("head_grad": h, W, b) and, with timing on, its loss timing ("timing", at the
-first reduction of the sweep only). The upstream gradient of reduction `none` is not uniform:
-u_i = 1 + (i mod 4) / 4, exact in every dtype.
+first reduction and ignore_fraction of the sweep only). The upstream gradient of reduction `none`
+is not uniform: u_i = 1 + (i mod 4) / 4, exact in every dtype.
+
+`ignore_fraction` is swept like reduction: round(f * rows) rows, drawn as the option cells draw
+them (harness.sweep.option_inputs.ignored_rows, the sweep's seed), get the ignore index -100 as
+their label; the exact head gives them loss 0 and upstream 0, and the mean divides by the kept
+count. A mean over no kept rows is `undefined`, as in the option cells.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from harness import backends
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact import dd
 from harness.exact.dd import ExactValue
-from harness.exact.head import exact_head_gradients, exact_head_loss, exact_logits
+from harness.exact.head import divided, exact_head_gradients, exact_head_loss, exact_logits
 from harness.paths import head as head_paths
+from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_inputs, journal, metrics
+from harness.sweep.option_cells import _undefined
+from harness.sweep.option_inputs import ignored_rows
 
 log = logging.getLogger(__name__)
 WRT = ("h", "W", "b")
@@ -41,16 +49,23 @@ def upstream_none(n_rows: int) -> np.ndarray:
 # --- exact values -------------------------------------------------------------------------------
 
 
-def reduced_loss(loss: ExactValue, reduction: str) -> ExactValue:
-    """The exact loss under a reduction: per row, or the sum (mean: sum / n) in double-double."""
+def reduced_loss(loss: ExactValue, reduction: str, kept: np.ndarray | None = None) -> ExactValue:
+    """The exact loss under a reduction: per row (0 at ignored rows), or the sum of the kept rows
+    (mean: that sum / the kept count) in double-double."""
+    if kept is not None:
+        loss = ExactValue(np.where(kept, loss.hi, 0.0), np.where(kept, loss.lo, 0.0), loss.exponent)
     if reduction == "none":
         return loss
     with np.errstate(under="ignore"):
         hi, lo = np.ldexp(loss.hi, loss.exponent), np.ldexp(loss.lo, loss.exponent)
         total_h, total_l = dd.sum_rows(hi[None, :], lo[None, :])
         if reduction == "mean":
-            total_h, total_l = _divide(total_h, total_l, len(loss.hi))
+            total_h, total_l = _divide(total_h, total_l, n_kept(len(loss.hi), kept))
     return ExactValue(total_h, total_l, np.zeros(1, dtype=np.int64))
+
+
+def n_kept(n_rows: int, kept: np.ndarray | None) -> int:
+    return n_rows if kept is None else int(np.count_nonzero(kept))
 
 
 def _divide(hi, lo, n: int):
@@ -62,7 +77,8 @@ def _divide(hi, lo, n: int):
 
 
 class ExactHead:
-    """The exact values of one rounded input, each computed once on first use."""
+    """The exact values of one rounded input, each computed once on first use. `kept` (bool per
+    row, None: every row) marks the rows whose label is not the ignore index."""
 
     def __init__(self, h, W, b, labels, fmt: FloatFormat):
         self.args, self.fmt = (h, W, b, labels), fmt
@@ -76,29 +92,29 @@ class ExactHead:
             self._logits = exact_logits(*self.args[:3])
         return self._logits
 
-    def loss(self, reduction: str) -> ExactValue:
+    def loss(self, reduction: str, kept: np.ndarray | None = None) -> ExactValue:
         if self._loss is None:
             self._loss = exact_head_loss(*self.args, output_precision=self.fmt.precision, logits=self.logits())
-        return reduced_loss(self._loss, reduction)
+        return reduced_loss(self._loss, reduction, kept)
 
-    def gradients(self, reduction: str):
-        """dL/dh, dL/dW, dL/db of sum(u * loss) (none), of the sum, or of the mean."""
-        key = "sum" if reduction == "mean" and _power_of_two(len(self.args[3])) else reduction
+    def gradients(self, reduction: str, kept: np.ndarray | None = None):
+        """dL/dh, dL/dW, dL/db of sum(u * loss) (none), of the sum, or of the mean (the sum's over
+        the kept count, `divided` in double-double); ignored rows have upstream 0."""
+        n = len(self.args[3])
+        kept = None if kept is None or kept.all() else kept
+        key = ("none" if reduction == "none" else "sum", None if kept is None else kept.tobytes())
         if key not in self._grads:
-            n = len(self.args[3])
-            upstream = {"none": upstream_none(n), "sum": None, "mean": np.full(n, 1.0 / n)}[key]
+            upstream = upstream_none(n) if reduction == "none" else None
+            if kept is not None:
+                upstream = np.where(kept, 1.0 if upstream is None else upstream, 0.0)
             self._grads[key] = exact_head_gradients(
                 *self.args, upstream=upstream, output_precision=self.fmt.precision, logits=self.logits()
             )
         grads = self._grads[key]
-        if key == reduction:
+        if reduction != "mean":
             return grads
-        shift = -int(np.log2(len(self.args[3])))  # mean = sum * 2**-k, exact
-        return type(grads)(*(None if g is None else g._replace(exponent=g.exponent + shift) for g in grads))
-
-
-def _power_of_two(n: int) -> bool:
-    return n & (n - 1) == 0
+        count = n_kept(n, kept)
+        return type(grads)(*(None if g is None else divided(g, count) for g in grads))
 
 
 # --- one cell -----------------------------------------------------------------------------------
@@ -123,43 +139,54 @@ def measure_loss(loss_fn, native, backend, exact: ExactValue, fmt: FloatFormat) 
     result = backend.sync(loss_fn(*native))
     first_call_s = time.perf_counter() - start
     computed, note = _computed(backend, result, fmt.name)
+    if exact is None:
+        return _undefined(computed), first_call_s
     hi, lo, exponent = (np.atleast_1d(np.asarray(p)) for p in exact)
     cell = metrics.cell_metrics(computed, hi, lo, fmt, None, np.broadcast_to(exponent, hi.shape))
     return cell | {"message": note}, first_call_s
 
 
 def measure_gradients(grad_fn, native, u, backend, exact, fmt: FloatFormat) -> dict:
-    """Gradient metrics with respect to h, W and b (b only with a bias)."""
+    """Gradient metrics with respect to h, W and b (b only with a bias); `exact` None: the mean
+    over no kept rows, status undefined."""
+    with_respect_to = [w for w in WRT if w != "b" or native[2] is not None]
     try:
         grads = grad_fn(*native, u)
     except Exception as exc:
-        return {wrt: metrics.failure(exc) for wrt in WRT if wrt != "b" or exact.b is not None}
+        return {wrt: metrics.failure(exc) for wrt in with_respect_to}
     record = {}
-    for wrt, computed, value in zip(WRT, grads, exact, strict=True):
-        if value is None:
+    for wrt, computed in zip(WRT, grads, strict=True):
+        if wrt not in with_respect_to:
             continue
         values, note = _computed(backend, computed, fmt.name)
+        if exact is None:
+            record[wrt] = _undefined(values)
+            continue
         values = values.reshape(1, -1) if values.ndim == 1 else values
-        hi, lo, exponent = _as_exact(value)
+        hi, lo, exponent = _as_exact(getattr(exact, wrt))
         record[wrt] = metrics.gradient_metrics(values, hi, lo, fmt, exponent) | {"message": note}
     return record
 
 
-def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, sweep, time_loss=None) -> dict:
+def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, sweep, time_loss=None, kept=None) -> dict:
     """The journal record of one cell (its key is added by the caller); `time_loss` (the timing
-    layer's, harness.timing.head.time_loss) times it, where given."""
+    layer's, harness.timing.head.time_loss) times it, where given. `kept`: the rows whose label in
+    `native` is not the ignore index (None: every row); a mean over none is `undefined`."""
     backend = backends.load(framework)
     fmt = exact.fmt
     reason = head_paths.unsupported_reason(framework, path, mode)
     note = head_paths.MODE_NOTE.get((framework, mode), "")
     record: dict = {}
+    ignore = kept is not None and not kept.all()
+    undefined = reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0
     try:
         if reason:
             raise NotImplementedError(reason)
-        loss_fn, grad_fn = head_paths.implementations_module(framework).build(
-            path, reduction, mode, sweep.head["chunk_size"]
-        )
-        cell, first_call_s = measure_loss(loss_fn, native, backend, exact.loss(reduction), fmt)
+        build = head_paths.implementations_module(framework).build
+        with_ignore = {"ignore": True} if ignore else {}  # older build()s take no ignore
+        loss_fn, grad_fn = build(path, reduction, mode, sweep.head["chunk_size"], **with_ignore)
+        exact_loss = None if undefined else exact.loss(reduction, kept)
+        cell, first_call_s = measure_loss(loss_fn, native, backend, exact_loss, fmt)
         cell["message"] = "; ".join(m for m in (note, cell["message"]) if m)
         record["cell"] = cell
         if time_loss is not None:
@@ -175,7 +202,8 @@ def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, swee
             failed = record["cell"] if record["cell"]["status"] in (metrics.ERROR, metrics.UNSUPPORTED) else {}
             record["head_grad"] = {w: failed for w in WRT if w != "b" or exact.args[2] is not None}
         else:
-            record["head_grad"] = measure_gradients(grad_fn, native, u, backend, exact.gradients(reduction), fmt)
+            exact_grads = None if undefined else exact.gradients(reduction, kept)
+            record["head_grad"] = measure_gradients(grad_fn, native, u, backend, exact_grads, fmt)
     return record
 
 
@@ -233,13 +261,14 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     rounded = [None if a is None else round_to(a, dtype) for a in (draw.hidden, draw.weight, draw.bias)]
     held = [None if a is None else a.astype(np.float64) for a in rounded]
     todo = [
-        (f, p, m, r)
+        (f, p, m, r, i)
         for f in sweep.frameworks
         if f in head_paths.HEAD_FRAMEWORKS
         for p in path_names
         for m in modes_of(sweep, p)
         for r in sweep.reduction
-        if journal.cell_key(key | {"dtype": dtype, "framework": f, "path": p, "mode": m, "reduction": r}) not in done
+        for i in sweep.ignore_fraction
+        if journal.cell_key(key | {"dtype": dtype} | _names(f, p, m, r, i)) not in done
     ]
     if not todo:
         return
@@ -247,32 +276,45 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     logits_held = held[0] @ held[1].T + (0 if held[2] is None else held[2])
     cell_key = key | {"dtype": dtype, "max_logit": float(logits_held.max())}
     if not all(np.isfinite(a).all() for a in held if a is not None):
-        for f, p, m, r in todo:
+        for cell in todo:
             status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {dtype}"}
-            record(
-                {"cell": cell_key | {"framework": f, "path": p, "mode": m, "reduction": r, "device": "cpu"} | status}
-            )
+            record({"cell": cell_key | _names(*cell) | {"device": "cpu"} | status})
         return
     loss = exact.loss("none").to_float64()
     cell_key["max_exact_loss"] = float(loss.max())
     cell_key["max_lse"] = float((loss + logits_held[np.arange(len(labels)), labels]).max())
     u = upstream_none(len(labels))
+    kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
     for framework in dict.fromkeys(f for f, *_ in todo):
         backend = backends.load(framework)
         on = backends.row_device(framework, sweep.device)
         with backend.dtype_scope(dtype):
             native = [None if a is None else backend.to_native(a, labels, on)[0] for a in rounded]
-            native = (*native, backend.to_native(rounded[0], labels, on)[1])
+            labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
             u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
-            for f, path, mode, reduction in todo:
+            for f, path, mode, reduction, i in todo:
                 if f != framework:
                     continue
-                timed = time_loss if sweep.timing.enabled and reduction == sweep.reduction[0] else None
-                measured = run_cell(framework, path, mode, reduction, native, u_native, exact, sweep, timed)
-                where = cell_key | {"framework": framework, "path": path, "mode": mode, "reduction": reduction}
+                first = reduction == sweep.reduction[0] and i == sweep.ignore_fraction[0]
+                timed = time_loss if sweep.timing.enabled and first else None
+                measured = run_cell(
+                    framework, path, mode, reduction, (*native, labelled[i]), u_native, exact, sweep, timed, kept[i]
+                )
+                where = cell_key | _names(framework, path, mode, reduction, i)
                 where |= {"device": on, "flushes_subnormals": backend.flushes_subnormals(dtype, on)}
                 measured["cell"] = where | measured["cell"]
                 record(measured)
+
+
+def _names(framework, path, mode, reduction, ignore_fraction) -> dict:
+    return {"framework": framework, "path": path, "mode": mode, "reduction": reduction} | {
+        "ignore_fraction": ignore_fraction
+    }
+
+
+def ignore_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The labels as a user hands them over: the ignore index (-100) at the ignored rows."""
+    return np.where(kept, labels, IGNORE_INDEX)
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -283,10 +325,12 @@ def is_head(sweep) -> bool:
 
 
 def measure(sweep, run_dir: Path, time_loss=None) -> list[dict]:
-    """Measure the head sweep's cells that its journal lacks; all its records."""
+    """Measure the head sweep's cells that its journal lacks; all its records (a cell recorded
+    before the head took ignore_fraction is its ignore_fraction 0)."""
     cells = journal.Journal(run_dir)
+    done = frozenset(journal.cell_key({"ignore_fraction": 0.0} | r["cell"]) for r in cells.records)
     try:
-        sweep_head(sweep, cells.append, frozenset(cells.done), time_loss)
+        sweep_head(sweep, cells.append, done, time_loss)
     finally:
         cells.close()
     return cells.records
