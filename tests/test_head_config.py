@@ -36,6 +36,11 @@ def test_lm_head_experiment_sets_the_head_grid():
         ("head.paths=[linear]", "unknown head path 'linear' in head.paths; valid choices: linear_fused"),
         ("families=[head,spread]", "cannot share a run"),
         ("file.path=nowhere.npz", "head file not found: nowhere.npz"),
+        (
+            "label_smoothing=[0,0.1]",
+            "take reduction and ignore_fraction of the loss options, not label_smoothing=[0.0, 0.1]",
+        ),
+        ("option_sets=[{z_loss: 1e-4}]", "not option_sets; leave those at their defaults"),
     ],
 )
 def test_bad_head_settings_fail_in_one_line(override, message):

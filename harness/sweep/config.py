@@ -367,6 +367,22 @@ def _check_head_families(sweep: SweepConfig) -> None:
             f"families {heads} (the language-model head) and {others} (logits) cannot share a run; "
             f"run them separately, e.g. families=[{','.join(heads)}]"
         )
+    unsupported = [
+        f"{name}={list(getattr(sweep, name))}"
+        for name, default in (
+            ("class_weights", (None,)),
+            ("label_smoothing", (0.0,)),
+            ("z_loss", (0.0,)),
+            ("softcap", (None,)),
+            ("target", ("index",)),
+        )
+        if getattr(sweep, name) != default
+    ] + (["option_sets"] if sweep.option_sets is not None else [])
+    if heads and unsupported:
+        raise ConfigError(
+            f"the head families take reduction and ignore_fraction of the loss options, not {', '.join(unsupported)}; "
+            "leave those at their defaults"
+        )
     if heads and len(sweep.n_rows) > 1:
         raise ConfigError(f"n_rows {list(sweep.n_rows)}: the head families take one n_rows; run one at a time")
     if "head_file" in heads:
