@@ -223,6 +223,10 @@ def test_sweep_has_exactly_the_documented_columns_and_one_row_per_cell(sweep):
     assert tuple(sweep.columns) == stage.COLUMNS
     assert len(sweep) == len(FRAMEWORKS) * len(COMMON_PATHS) * len(SWEEP_DTYPES) * len(SWEEP_SIZES)
     assert not sweep.duplicated(["framework", "path", "dtype", "n_rows", "n_classes"]).any()
+    # the loss options of what was timed: the bare per-row loss
+    assert (sweep["reduction"] == "none").all() and (sweep["target"] == "index").all()
+    assert (sweep[["ignore_fraction", "label_smoothing", "z_loss"]] == 0.0).all().all()
+    assert sweep["class_weights"].isna().all() and sweep["softcap"].isna().all()
 
 
 def test_sweep_rows_have_positive_finite_times(sweep):

@@ -20,7 +20,9 @@ from tqdm import tqdm
 from harness import backends
 from harness.dtypes import DTYPES, round_to
 from harness.paths import build
+from harness.paths.options import CellOptions
 from harness.sweep import inputs, metrics
+from harness.sweep.journal import OPTION_COLUMNS
 from harness.timing import memory
 from harness.timing.memory import available_memory_bytes, measure_bandwidth, memory_shortfall
 from harness.timing.timer import MIN_BLOCKS, Timing, blocked_autorange
@@ -39,6 +41,7 @@ COLUMNS = (
     "dtype",
     "n_rows",
     "n_classes",
+    *OPTION_COLUMNS,  # the loss options of what was timed: the bare per-row loss (option cells are not timed)
     "device",
     "threads",
     "n_samples",
@@ -161,6 +164,10 @@ def time_framework(
 def timings_frame(rows: list[dict]) -> pd.DataFrame:
     """Rows -> the timings table, columns in documented order; rows not timed have n_samples 0."""
     frame = pd.DataFrame(rows).reindex(columns=list(COLUMNS))
+    for name, default in CellOptions().columns().items():  # rows that name no option timed the bare loss
+        if default is not None:
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), default)
+            frame[name] = frame[name].astype(type(default) if isinstance(default, float) else str)
     for column in ("n_rows", "n_classes", "threads", "bytes_min"):
         frame[column] = frame[column].astype("int64")
     frame["n_samples"] = frame["n_samples"].fillna(0).astype("int64")
