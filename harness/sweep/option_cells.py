@@ -21,6 +21,7 @@ from harness import backends, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
+from harness.exact.reference import by_row_blocks
 from harness.paths import options as opt
 from harness.sweep import metrics
 from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
@@ -63,15 +64,15 @@ def _row_blocks(n_rows: int, n_classes: int):
 _BLOCK_ENTRIES = 2**20
 
 
-def _exact_rows(rounded, labels, inputs: OptionInputs, options: opt.CellOptions, precision: int) -> ExactValue:
+def _exact_rows(rounded, inputs: OptionInputs, options: opt.CellOptions, precision: int) -> ExactValue:
     """The exact per-row losses, a block of rows at a time (each block held in float64 only while used)."""
     loss_options = _loss_options(inputs, options)
-    parts = []
-    for rows in _row_blocks(*rounded.shape):
-        block = dataclasses.replace(loss_options, ignored=loss_options.ignored[rows])
-        value = exact_row_losses(rounded[rows].astype(np.float64), inputs.safe_labels[rows], block, precision)
-        parts.append([np.broadcast_to(part, value.hi.shape) for part in value])
-    return ExactValue(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+    def block(x, rows):  # rows: the block's row numbers, in place of its labels
+        ignored = dataclasses.replace(loss_options, ignored=loss_options.ignored[rows])
+        return exact_row_losses(x.astype(np.float64), inputs.safe_labels[rows], ignored, precision)
+
+    return by_row_blocks(block, rounded, np.arange(len(rounded)))
 
 
 def _exact(rounded, labels, options: opt.CellOptions, seed: int, gradient: bool, precision: int = 53, shared=None):
@@ -81,7 +82,7 @@ def _exact(rounded, labels, options: opt.CellOptions, seed: int, gradient: bool,
     key = ("rows", dataclasses.replace(options, reduction="none"))
     if key not in shared:
         inputs = option_inputs(labels, rounded.shape[1], options, seed)
-        shared[key] = inputs, _exact_rows(rounded, labels, inputs, options, precision)
+        shared[key] = inputs, _exact_rows(rounded, inputs, options, precision)
     inputs, rows = shared[key]
     loss_options = _loss_options(inputs, options)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
