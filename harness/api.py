@@ -132,16 +132,19 @@ def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) ->
     """Record the run (sweep.json, environment.json) unless resuming, then measure and write everything."""
     from harness import pipeline  # frameworks load only once the settings are known good
     from harness.files import write_text
-    from harness.sweep import environment
+    from harness.sweep import environment, journal, workers
     from harness.timing import stage
 
+    stage.quiet_idle_threads(sweep.timing.threads if sweep.timing.enabled else None)  # before PyTorch loads
     if sweep.timing.enabled and "jax" in sweep.frameworks:  # before any JAX computation: XLA reads them once
         stage.request_jax_threads(sweep.timing.threads)
-    if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
-        record_sweep(sweep, run_dir)
-        record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
-        write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
-    return pipeline.run(sweep, run_dir)
+    done = journal.done_cells(run_dir) if resume else frozenset()
+    with workers.started(sweep, done) as running:  # they start measuring while the environment is recorded
+        if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
+            record_sweep(sweep, run_dir)
+            record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
+            write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
+        return pipeline.run(sweep, run_dir, running)
 
 
 def _with_experiment(experiment: str | None, overrides: Sequence[str]) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness import backends
-from harness.outputs import edge_tables, figures, head_tables, heatmaps, report, tables, timing_plots
+from harness.outputs import edge_tables, figures, head_tables, heatmaps, report, tables
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, edge_runner, head_runner, journal
+from harness.sweep import bisect, edge_runner, head_runner, journal, workers
 from harness.sweep.config import SweepConfig
 from harness.sweep.runner import (
     NAME_ORDER,
@@ -45,8 +45,9 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
     return importlib.import_module(name).summarize(run_dir)
 
 
-def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
-    """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir."""
+def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.DataFrame:
+    """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir.
+    `running`: the accuracy workers already started for it (harness.sweep.workers.start)."""
     if sweep.edge_cases:  # a stage of its own: what each framework returns on edge cases
         return edge_tables.write_results(sweep, run_dir, edge_runner.measure(sweep), edge_runner.NAMES)
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
@@ -61,15 +62,18 @@ def run(sweep: SweepConfig, run_dir: Path) -> pd.DataFrame:
         if cells.done:
             log.info("resuming: %d of %d cells already done", len(cells.done), sweep.n_cells)
         implementations = compile_implementations(sweep)  # once: the bisection reuses JAX's compiled paths
-        sweep_cells(sweep, cells.append, frozenset(cells.done), implementations)
+        workers.measure_grid(sweep, cells.append, frozenset(cells.done), implementations, running)
     finally:
         cells.close()
     errors = write_error_tables(sweep, run_dir, cells.records)
-    with figures.drawn_beside(run_dir):  # the error plots, on the core the bisection and heatmaps leave idle
+    timings = time_paths(sweep) if sweep.timing.enabled else None  # on a quiet machine: nothing drawn yet
+    if timings is not None:
+        tables.write_table(timings, run_dir / "timings")
+    with figures.drawn_beside(run_dir):  # error and timing plots, on the core the bisection and heatmaps leave idle
         breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
         tables.write_table(breaks, run_dir / "breaks")
         heatmaps.write_heatmaps(errors, run_dir)
-    return write_timings_and_report(sweep, run_dir, errors, time_paths(sweep) if sweep.timing.enabled else None)
+    return write_summary_and_report(sweep, run_dir, errors)
 
 
 def time_paths(sweep: SweepConfig) -> pd.DataFrame:
@@ -97,9 +101,11 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
 def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
     """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
     errors = write_error_tables(sweep, run_dir, records)
+    if timings is not None:
+        tables.write_table(timings, run_dir / "timings")
     figures.draw(run_dir)
     heatmaps.write_heatmaps(errors, run_dir)
-    return write_timings_and_report(sweep, run_dir, errors, timings)
+    return write_summary_and_report(sweep, run_dir, errors)
 
 
 def write_error_tables(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
@@ -113,14 +119,9 @@ def write_error_tables(sweep: SweepConfig, run_dir: Path, records: list[dict]) -
     return errors
 
 
-def write_timings_and_report(sweep: SweepConfig, run_dir: Path, errors: pd.DataFrame, timings) -> pd.DataFrame:
-    """Timing tables and plots, summary, the study's summary and the report, once the error tables,
-    their plots (harness.outputs.figures) and the heatmaps are in run_dir."""
-    if timings is not None:
-        tables.write_table(timings, run_dir / "timings")
-        for dtype in timings["dtype"].unique():
-            timing_plots.timing_bars(timings, dtype, run_dir / "plots" / f"timing_{dtype}.png")
-        timing_plots.accuracy_vs_time(errors, timings, run_dir / "plots" / "accuracy_vs_time.png")
+def write_summary_and_report(sweep: SweepConfig, run_dir: Path, errors: pd.DataFrame) -> pd.DataFrame:
+    """Summary, the study's summary and the report, once every table, the plots
+    (harness.outputs.figures) and the heatmaps are in run_dir."""
     summary = tables.summary_markdown(errors, sweep)
     tables.write_text(summary, run_dir / "summary.md")
     print(summary)

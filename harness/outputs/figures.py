@@ -17,19 +17,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.outputs import plots
+from harness.outputs import plots, timing_plots
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so the second process imports this harness
 
 
 def draw(run_dir: Path) -> list[Path]:
-    """Draw plots/error_vs_*.png, and plots/grad_error_vs_*.png given grad_errors.parquet."""
+    """Draw plots/error_vs_*.png, plots/grad_error_vs_*.png given grad_errors.parquet, and the
+    timing plots (timing_<dtype>.png, accuracy_vs_time.png) given timings.parquet."""
     run_dir = Path(run_dir)
     errors = pd.read_parquet(run_dir / "errors.parquet")
     written = plots.write_error_plots(errors, run_dir / "plots")
     if (run_dir / "grad_errors.parquet").is_file():
         grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
         written += plots.write_error_plots(grad_errors, run_dir / "plots", gradient=True)
+    if (run_dir / "timings.parquet").is_file():
+        written += timing_plots.write_timing_plots(
+            errors, pd.read_parquet(run_dir / "timings.parquet"), run_dir / "plots"
+        )
     return written
 
 

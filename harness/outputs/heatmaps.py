@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from harness.dtypes import DTYPES
 from harness.outputs.plots import dtype_order
@@ -51,16 +52,22 @@ def correct_bits_figure(errors: pd.DataFrame, dtype: str) -> Figure:
     for ax, (key, panel) in zip(axes[0], panels, strict=True):
         scales = np.sort(panel["scale"].unique())
         grid = np.full((len(lines), len(scales)), np.nan)
+        marked = np.zeros((len(lines), len(scales), 4))  # the status cells' colours over the image (alpha 0 elsewhere)
+        marks: dict[str, list[tuple[int, int]]] = {}
         for line, row in zip(panel[line_keys].itertuples(index=False, name=None), panel.itertuples(), strict=True):
             i, j = lines.index(line), int(np.searchsorted(scales, row.scale))
             if row.status in metrics.GOOD:  # correctly rounded inf or 0 rows aside, its errors are real
                 grid[i, j] = metrics.correct_bits(row.max_ulp_err, fmt.precision)
             elif row.status in STATUS_MARKS:
-                colour, mark, _ = STATUS_MARKS[row.status]
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=colour, edgecolor="none", zorder=2))
-                text_colour = "white" if colour == "black" else "black"
-                ax.text(j, i, mark, ha="center", va="center", fontsize=7, color=text_colour, zorder=3)
+                marked[i, j] = to_rgba(STATUS_MARKS[row.status][0])
+                marks.setdefault(row.status, []).append((j, i))
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=fmt.precision, interpolation="nearest")
+        ax.imshow(marked, aspect="auto", interpolation="nearest", zorder=2)
+        for status, where in marks.items():  # one collection per status: thousands of texts take seconds to lay out
+            colour, mark, _ = STATUS_MARKS[status]
+            xs, ys = zip(*where, strict=True)
+            text_colour = "white" if colour == "black" else "black"
+            ax.scatter(xs, ys, marker=rf"$\mathrm{{{mark}}}$", s=22, color=text_colour, linewidths=0, zorder=3)
         step = max(1, len(scales) // 8)
         ax.set_xticks(range(0, len(scales), step), [f"{s:.3g}" for s in scales[::step]], rotation=45, fontsize=7)
         ax.set_yticks(range(len(lines)), ["/".join(map(str, line)) for line in lines], fontsize=7)

@@ -187,6 +187,8 @@ def _panel(
     xs = xs[np.isfinite(xs) & (xs > 0)]
     if len(xs):  # the grid's span, so a panel whose cells all failed or are unsupported still has a log axis
         ax.set_xlim(xs.min() / 1.3, xs.max() * 1.3)
+        if xs.max() / xs.min() > 1e3:  # as for y below: a wide range needs no minor ticks (shared by the band)
+            ax.xaxis.set_minor_locator(NullLocator())
     if top / bottom > 1e7:  # minor ticks would crowd a tall range (and cost seconds to lay out)
         ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)

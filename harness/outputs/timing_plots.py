@@ -170,3 +170,14 @@ def accuracy_vs_time_figure(errors: pd.DataFrame, timings: pd.DataFrame) -> Figu
 
 def accuracy_vs_time(errors: pd.DataFrame, timings: pd.DataFrame, out_path: Path) -> None:
     save(accuracy_vs_time_figure(errors, timings), out_path)
+
+
+def write_timing_plots(errors: pd.DataFrame, timings: pd.DataFrame, plots_dir: Path) -> list[Path]:
+    """timing_<dtype>.png for every dtype timed, and accuracy_vs_time.png."""
+    written = []
+    for dtype in timings["dtype"].unique():
+        written.append(plots_dir / f"timing_{dtype}.png")
+        timing_bars(timings, dtype, written[-1])
+    written.append(plots_dir / "accuracy_vs_time.png")
+    accuracy_vs_time(errors, timings, written[-1])
+    return written

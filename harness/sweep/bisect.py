@@ -277,6 +277,31 @@ def plain_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[plain]
 
 
+def grid_order(cells: pd.DataFrame, sweep, implementations: dict) -> pd.DataFrame:
+    """The cells in the order one uninterrupted process measures them (family, class count, dtype,
+    framework/path, rows, scale), whatever order the journal holds them in (a resumed run, workers)."""
+    ranks = {
+        "family": {f: i for i, f in enumerate(sweep.families)},
+        "dtype": {d: i for i, d in enumerate(sweep.dtypes)},
+        "framework_path": {fp: i for i, fp in enumerate(implementations)},
+    }
+    keys = pd.DataFrame(
+        {
+            "family": cells["family"].map(ranks["family"]),
+            "n_classes": cells["n_classes"],
+            "dtype": cells["dtype"].map(ranks["dtype"]),
+            "framework_path": [
+                ranks["framework_path"].get(fp) for fp in zip(cells["framework"], cells["path"], strict=True)
+            ],
+            "n_rows": cells["n_rows"],
+            "scale": cells["scale"],
+        },
+        index=cells.index,
+    )
+    order = keys.sort_values(list(keys.columns), kind="stable", na_position="last").index
+    return cells.loc[order]
+
+
 def breaks_frame(sweep, records: list[dict], implementations: dict) -> pd.DataFrame:
     """The breaks table of a sweep from its journal records (their loss cells) and the sweep's
     implementations (runner.compile_implementations); the runner writes it as breaks.parquet/csv."""
@@ -286,6 +311,7 @@ def breaks_frame(sweep, records: list[dict], implementations: dict) -> pd.DataFr
     cells = plain_cells(pd.DataFrame([r["cell"] for r in records]))
     if cells.empty:
         return pd.DataFrame(columns=list(BREAK_COLUMNS))
+    cells = grid_order(cells, sweep, implementations)
     draws = {(family, base.z.shape[1]): base for family, base in bases(sweep)}
     rows = []
     for (family, n_classes, dtype), of_input in cells.groupby(["family", "n_classes", "dtype"], sort=False):

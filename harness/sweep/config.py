@@ -93,6 +93,7 @@ class SweepConfig:
     mask_fraction: float = 0.1  # family `masked`: the fraction of each row's logits set to -inf
     mask_label: bool = False  # family `masked`: also mask the label (exact loss +inf)
     edge_cases: bool = False  # the edge-case stage instead of the grid (harness.sweep.edge_runner)
+    workers: int | str = "auto"  # processes measuring the grid (harness.sweep.workers): auto or >= 1
 
     def __post_init__(self):
         for key in ("n_rows", "n_classes"):
@@ -205,6 +206,14 @@ def _group(cfg: DictConfig, key: str) -> DictConfig | None:
     if node is not None and not isinstance(node, DictConfig):
         raise ConfigError(f"{key} is a group of settings, not a value: set {key}.<name>=..., got {key}={node!r}")
     return node
+
+
+def _workers(value) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"workers must be auto or an integer >= 1, got {value!r}")
+    return value
 
 
 def _bits_lost_limit(cfg: DictConfig) -> float | None:
@@ -323,6 +332,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         reduction=_choices(cfg, "reduction", "reduction", REDUCTIONS),
         head=_head(cfg),
         edge_cases=_flag(cfg, None, "edge_cases"),
+        workers=_workers(cfg.get("workers", "auto")),
         **option_settings.loss_options(cfg),
     )
     _check_head_families(sweep)

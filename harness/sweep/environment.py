@@ -58,7 +58,7 @@ def thread_settings() -> dict:
     settings = {"threadpools": pools}
     if "torch" in sys.modules:
         settings["torch_num_threads"] = sys.modules["torch"].get_num_threads()
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")
     settings["env"] = {name: os.environ.get(name) for name in names if name in os.environ}
     return settings
 

@@ -35,6 +35,11 @@ def read(path: Path) -> list[dict]:
     return records
 
 
+def done_cells(run_dir: Path) -> frozenset:
+    """The keys of the cells a run folder's journal holds."""
+    return frozenset(cell_key(r["cell"]) for r in read(Path(run_dir) / JOURNAL))
+
+
 def _drop_torn_tail(path: Path) -> None:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1

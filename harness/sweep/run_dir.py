@@ -12,7 +12,7 @@ from harness.files import write_text
 from harness.sweep.journal import JOURNAL
 
 SWEEP = "sweep.json"
-NOT_COMPARED = ("progress",)  # settings a resumed run may change
+NOT_COMPARED = ("progress", "workers")  # settings a resumed run may change (they change no number)
 
 
 def sweep_record(sweep) -> dict:

@@ -208,44 +208,74 @@ def option_losses(sweep: SweepConfig, options, family: str) -> dict | None:
     return option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
 
 
+def grid_inputs(sweep: SweepConfig):
+    """(family, scale, base draw) of every input of the grid, in grid order."""
+    for family, base in bases(sweep):
+        for scale in sweep.scales:
+            yield family, scale, base
+
+
+def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=None, units=None, describe=None):
+    """Measure the grid's units of work that `units` yields (an increasing iterator of unit numbers;
+    all of them when None): unit i * len(dtypes) + j is the i-th input of the grid rounded to its
+    j-th dtype, with every loss option. Every cell not in `done` is measured and its journal record
+    passed to record(); `describe(text)` is told which unit is being measured (the progress bar)."""
+    implementations = implementations or compile_implementations(sweep)
+    units = iter(units) if units is not None else itertools.count()
+    wanted, per_input = next(units, None), len(sweep.dtypes)
+    for index, (family, scale, base) in enumerate(grid_inputs(sweep)):
+        if wanted is None:
+            return
+        if wanted >= (index + 1) * per_input:
+            continue  # none of this input's units
+        logits = inputs.make_logits(family, scale, base)
+        labels = inputs.choose_labels(logits, base, sweep.label)
+        if family == "masked":
+            fraction, seed = sweep.mask_fraction, sweep.seed
+            logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
+        n_rows, n_classes = logits.shape
+        key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "device": sweep.device}
+        shared = {}  # one dtype's rounding and exact rows, kept across its option cells
+        for j, dtype in enumerate(sweep.dtypes):
+            if wanted != index * per_input + j:
+                continue
+            if describe is not None:
+                describe(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
+            for options in sweep.option_grid:
+                measure_input(
+                    logits,
+                    labels,
+                    dtype,
+                    implementations,
+                    key | options.columns(),
+                    record,
+                    done,
+                    rows=sweep.row_errors,
+                    gradient=sweep.gradient,
+                    options=options,
+                    losses=option_losses(sweep, options, family),
+                    seed=sweep.seed,
+                    shared=shared,
+                )
+            wanted = next(units, None)
+            if wanted is None:
+                return
+
+
+def n_units(sweep: SweepConfig) -> int:
+    """How many units of work (input x dtype) the grid has."""
+    return sum(len(sweep.sizes(f)) for f in sweep.families) * len(sweep.scales) * len(sweep.dtypes)
+
+
 def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=None) -> None:
-    """Walk the grid; every cell not in `done` is measured and its journal record passed to record()."""
+    """Walk the grid in this process; every cell not in `done` is measured and its journal record
+    passed to record(). (harness.sweep.workers spreads the grid over several processes.)"""
     if head_runner.is_head(sweep):  # the language-model head has a stage of its own
         return head_runner.sweep_head(sweep, record, done)
-    implementations = implementations or compile_implementations(sweep)
     with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
-        for family, base in bases(sweep):
-            for scale in sweep.scales:
-                logits = inputs.make_logits(family, scale, base)
-                labels = inputs.choose_labels(logits, base, sweep.label)
-                if family == "masked":
-                    fraction, seed = sweep.mask_fraction, sweep.seed
-                    logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
-                n_rows, n_classes = logits.shape
-                key = {
-                    "family": family,
-                    "scale": scale,
-                    "n_rows": n_rows,
-                    "n_classes": n_classes,
-                    "device": sweep.device,
-                }
-                shared = {}  # one dtype's rounding and exact rows, kept across its option cells
-                for dtype, options in itertools.product(sweep.dtypes, sweep.option_grid):
-                    bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
-                    bar.update(
-                        measure_input(
-                            logits,
-                            labels,
-                            dtype,
-                            implementations,
-                            key | options.columns(),
-                            record,
-                            done,
-                            rows=sweep.row_errors,
-                            gradient=sweep.gradient,
-                            options=options,
-                            losses=option_losses(sweep, options, family),
-                            seed=sweep.seed,
-                            shared=shared,
-                        )
-                    )
+
+        def counted(measured: dict) -> None:
+            record(measured)
+            bar.update(1)
+
+        measure_units(sweep, counted, done, implementations, describe=bar.set_postfix_str)
