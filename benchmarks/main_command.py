@@ -5,15 +5,14 @@ Run by hand from the repository root (never a test):
     python benchmarks/main_command.py [--runs 3] [extra overrides ...]
 
 Each run is a fresh process writing to a temporary folder; prints every run's wall time and peak
-memory (from the operating system's accounting of the finished child), the split into stages (read
-from when each stage's last file was written), then the median.
+memory (summed over the command and the processes it starts: benchmarks/process_tree.py), the
+split into stages (read from when each stage's last file was written), then the median.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -21,17 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from process_tree import run_measured
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-# Each stage ends when the last of its files is written (the timing stage starts once the figures
-# drawn beside the bisection are done, and ends with timings.parquet).
+# Each stage ends when the last of its files is written (the figures are drawn beside the
+# bisection, after the timing stage, which needs a quiet machine).
 STAGES = (
     ("imports and environment", ("environment.json",)),
     ("accuracy", ("errors.parquet",)),
-    ("bisection and figures", ("breaks.parquet", "plots/error_vs_*.png", "plots/heatmap_*.png")),
     ("timing", ("timings.parquet",)),
-    ("timing plots and report", ("report.html",)),
+    ("bisection and figures", ("breaks.parquet", "plots/*.png")),
+    ("report", ("report.html",)),
 )
 
 
@@ -47,17 +48,16 @@ def stage_split(run_dir: Path, start: float) -> list[tuple[str, float]]:
 
 
 def one_run(overrides: list[str]) -> tuple[float, float, list[tuple[str, float]]]:
-    """(wall seconds, peak resident MiB, stage split) of one run of the main command."""
+    """(wall seconds, peak resident MiB summed over its processes, stage split) of one run."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "harness", "experiment=precision_sweep", "progress=false"]
         command += [f"hydra.run.dir={out}", *overrides]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        start, started = time.perf_counter(), time.time()
-        subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=dict(os.environ))
-        wall = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        started = time.time()
+        wall, peak, code = run_measured(command, cwd=REPO, stdout=subprocess.DEVNULL, env=dict(os.environ))
+        if code != 0:
+            raise SystemExit(f"the main command failed (exit {code})")
         split = stage_split(Path(out), started)
-    return wall, max(peak, before) / 1024, split
+    return wall, peak / 2**20, split
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
     for i in range(args.runs):
         wall, peak, split = one_run(args.overrides)
         walls.append(wall)
-        print(f"run {i + 1}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB (largest child so far)")
+        print(f"run {i + 1}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB (summed over its processes)")
         print("  " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in split))
     print(f"median of {args.runs}: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f})")
 

@@ -95,3 +95,18 @@ def test_stable_paths_stay_within_the_lse_error_bound(errors):
     stable = errors[errors["path"].isin(["log_softmax_nll", "fused"]) & (errors["status"] == "ok")]
     assert (stable["frac_within_bound"] == 1.0).all()
     assert (stable["bound_ulp"] > 0).all()
+
+
+@pytest.mark.parametrize("reduction", [("none",), ("mean", "sum")])
+def test_an_input_rounded_ahead_and_its_draw_let_go_gives_the_same_cells(monkeypatch, reduction):
+    # token_sweep's 10**7-row input is rounded to every dtype at once and its float64 draw freed;
+    # here every input counts as that large, on both routes (plain cells and loss options), with
+    # float16 overflowing at the last scale (input_inf)
+    from harness.sweep import runner
+
+    sweep = small_sweep(frameworks=("numpy", "torch"), scales=(1.0, 1e5), reduction=reduction)
+    expected = pipeline.sweep_errors(sweep)
+    monkeypatch.setattr(runner, "RELEASE_ELEMENTS", 0)
+    got = pipeline.sweep_errors(sweep)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert (got["status"] == "input_inf").sum() == (got["dtype"] == "float16").sum() // 2

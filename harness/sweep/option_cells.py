@@ -103,7 +103,8 @@ def _input_facts(rounded, logits) -> dict:
         for rows in _row_blocks(*rounded.shape):
             held = rounded[rows].astype(np.float64)
             finite = np.isfinite(held)
-            valid = valid and (bool(finite.all()) or bool((finite | np.isneginf(logits[rows])).all()))
+            masked = np.zeros_like(finite) if logits is None else np.isneginf(logits[rows])
+            valid = valid and (bool(finite.all()) or bool((finite | masked).all()))
             if finite.any():
                 max_logit = max(max_logit, float(held.max(where=finite, initial=-np.inf)))
             top = held.max(axis=1, keepdims=True)
@@ -225,6 +226,7 @@ def measure_options(
     if shared.get("dtype") != dtype:  # one dtype's rounding and exact rows at a time
         shared.clear()
         shared |= {"dtype": dtype, "rounded": round_to(logits, dtype)}
+    if "facts" not in shared:  # logits is None where the runner rounded ahead: none masked (-inf) there
         shared["facts"] = _input_facts(shared["rounded"], logits)
     rounded, facts = shared["rounded"], shared["facts"]
     cell["max_logit"] = facts["max_logit"]

@@ -110,7 +110,8 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     """
     if option_cells.needs_options(want.get("options"), key.get("family")):
         return option_cells.measure_options(logits, labels, dtype, implementations, key, record, done, **want)
-    for name in ("options", "losses", "seed", "shared"):  # the plain route takes none of them
+    shared = want.pop("shared", None) or {}
+    for name in ("options", "losses", "seed"):  # the plain route takes none of them
         want.pop(name, None)
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
@@ -118,7 +119,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     if not todo:
         return 0
     fmt = DTYPES[dtype]
-    rounded = round_to(logits, dtype)
+    rounded = shared["rounded"] if shared.get("dtype") == dtype else round_to(logits, dtype)
     held = rounded.astype(np.float64)  # exact: what the reference sees
     cell["max_logit"] = float(held.max())
     if not np.isfinite(held).all():
@@ -208,58 +209,68 @@ def option_losses(sweep: SweepConfig, options, family: str) -> dict | None:
     return option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
 
 
-def grid_inputs(sweep: SweepConfig):
-    """(family, scale, base draw) of every input of the grid, in grid order."""
-    for family, base in bases(sweep):
-        for scale in sweep.scales:
-            yield family, scale, base
+RELEASE_ELEMENTS = 2**24  # an input this large is rounded to all its dtypes at once, then its draw let go
 
 
 def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=None, units=None, describe=None):
     """Measure the grid's units of work that `units` yields (an increasing iterator of unit numbers;
     all of them when None): unit i * len(dtypes) + j is the i-th input of the grid rounded to its
     j-th dtype, with every loss option. Every cell not in `done` is measured and its journal record
-    passed to record(); `describe(text)` is told which unit is being measured (the progress bar)."""
+    passed to record(); `describe(text)` is told which unit is being measured (the progress bar).
+
+    At the last scale of a draw of more than RELEASE_ELEMENTS logits (token_sweep's 10**7 rows),
+    the input is rounded to its remaining dtypes at once and the float64 draw let go before any
+    framework runs: the rounded copies together are no larger than the draw, and each goes when
+    its dtype is done (same bits: rounding is elementwise)."""
     implementations = implementations or compile_implementations(sweep)
     units = iter(units) if units is not None else itertools.count()
-    wanted, per_input = next(units, None), len(sweep.dtypes)
-    for index, (family, scale, base) in enumerate(grid_inputs(sweep)):
-        if wanted is None:
-            return
-        if wanted >= (index + 1) * per_input:
-            continue  # none of this input's units
-        logits = inputs.make_logits(family, scale, base)
-        labels = inputs.choose_labels(logits, base, sweep.label)
-        if family == "masked":
-            fraction, seed = sweep.mask_fraction, sweep.seed
-            logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
-        n_rows, n_classes = logits.shape
-        key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "device": sweep.device}
-        shared = {}  # one dtype's rounding and exact rows, kept across its option cells
-        for j, dtype in enumerate(sweep.dtypes):
-            if wanted != index * per_input + j:
-                continue
-            if describe is not None:
-                describe(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
-            for options in sweep.option_grid:
-                measure_input(
-                    logits,
-                    labels,
-                    dtype,
-                    implementations,
-                    key | options.columns(),
-                    record,
-                    done,
-                    rows=sweep.row_errors,
-                    gradient=sweep.gradient,
-                    options=options,
-                    losses=option_losses(sweep, options, family),
-                    seed=sweep.seed,
-                    shared=shared,
-                )
-            wanted = next(units, None)
+    wanted, per_input, index = next(units, None), len(sweep.dtypes), -1
+    for family, base in bases(sweep):
+        for k, scale in enumerate(sweep.scales):
+            index += 1
             if wanted is None:
                 return
+            if wanted >= (index + 1) * per_input:
+                continue  # none of this input's units
+            logits = inputs.make_logits(family, scale, base)
+            labels = inputs.choose_labels(logits, base, sweep.label)
+            if family == "masked":
+                fraction, seed = sweep.mask_fraction, sweep.seed
+                logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
+            n_rows, n_classes = logits.shape
+            key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "device": sweep.device}
+            ahead = {}
+            last_use = k == len(sweep.scales) - 1 and family != "masked"
+            if logits.size > RELEASE_ELEMENTS and last_use and not np.isneginf(logits).any():
+                first = wanted - index * per_input
+                ahead = {dtype: {"dtype": dtype, "rounded": round_to(logits, dtype)} for dtype in sweep.dtypes[first:]}
+                logits = base = None  # the draw's last use: only the rounded copies remain
+            for j, dtype in enumerate(sweep.dtypes):
+                if wanted != index * per_input + j:
+                    continue
+                if describe is not None:
+                    describe(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
+                shared = ahead.pop(dtype, {})  # one dtype's rounding and exact rows, kept across its option cells
+                for options in sweep.option_grid:
+                    measure_input(
+                        logits,
+                        labels,
+                        dtype,
+                        implementations,
+                        key | options.columns(),
+                        record,
+                        done,
+                        rows=sweep.row_errors,
+                        gradient=sweep.gradient,
+                        options=options,
+                        losses=option_losses(sweep, options, family),
+                        seed=sweep.seed,
+                        shared=shared,
+                    )
+                del shared
+                wanted = next(units, None)
+                if wanted is None:
+                    return
 
 
 def n_units(sweep: SweepConfig) -> int:
