@@ -1,9 +1,10 @@
-"""The error plots of a run (loss, and gradient where measured), drawn from its error tables alone.
+"""The error plots of a run (loss, and gradient where measured) and its timing plots, drawn from its
+tables alone.
 
-`python -m harness.outputs.figures RUN_DIR` draws them from errors.parquet (and grad_errors.parquet).
-The pipeline runs that command as a second process while the bisection runs and the heatmaps are
-drawn (`drawn_beside`): those leave the second core idle, and the plots are done before the timing
-stage, which needs a quiet machine. On one core they are drawn in this process instead.
+`python -m harness.outputs.figures RUN_DIR` draws them from errors.parquet (grad_errors.parquet,
+timings.parquet). The pipeline runs that command as a second process once the timing stage, which
+needs a quiet machine, is over, while the bisection runs and the heatmaps are drawn
+(`drawn_beside`): those leave the second core idle. On one core they are drawn in this process.
 """
 
 from __future__ import annotations
