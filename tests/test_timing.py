@@ -118,6 +118,24 @@ def test_min_blocks_wins_over_an_exhausted_budget():
     assert (t.n_samples, t.calls_per_block) == (MIN_BLOCKS, 1)
 
 
+def test_after_a_long_warm_up_only_the_samples_run():
+    # the language-model head: its accuracy call compiled, its memory call was the warm-up
+    calls = []
+
+    def call(seconds):
+        calls.append(seconds)
+        time.sleep(seconds)
+
+    t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2, warm_call_s=1.0)
+    assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (2, 2, 1, 0.0)
+    calls.clear()
+    timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2)
+    assert len(calls) == 4  # first call, calibration block, two samples
+    calls.clear()
+    t = timing.blocked_autorange(call, (0.001,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=1, warm_call_s=0.5)
+    assert t.calls_per_block > 1 and len(calls) > t.calls_per_block  # a shorter warm-up: still calibrated
+
+
 def test_min_blocks_must_be_positive():
     with pytest.raises(ValueError, match="min_blocks must be an integer >= 1"):
         timing.blocked_autorange(lambda: None, min_blocks=0)

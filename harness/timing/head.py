@@ -3,6 +3,8 @@ loss, the memory one call needs, and the timings table with `mode`, `d` and `red
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 
@@ -14,8 +16,14 @@ from harness.timing.timer import blocked_autorange
 
 
 def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: bool) -> dict:
-    """Per-call time of the (already warm) loss and the memory one call needs; compile_s is its first call."""
+    """Per-call time of the loss, already called once (its accuracy call: compile_s where it
+    compiles), and the memory one call needs. The memory call is the warm-up the timer would make
+    and tells it whether one call fills a block: a PyTorch chunked head of seconds a call is
+    called three times in all (accuracy, memory, one sample) where it was five."""
     with backend.threads(timing.threads):
+        start = time.perf_counter()
+        peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
+        warm_call_s = time.perf_counter() - start
         measured = blocked_autorange(
             loss_fn,
             native,
@@ -23,8 +31,8 @@ def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: b
             budget_s=timing.budget_s,
             rel_iqr_target=timing.rel_iqr_target,
             min_blocks=timing.min_blocks,
+            warm_call_s=warm_call_s,
         )
-        peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
     return {
         "threads": timing.threads,
         "n_samples": measured.n_samples,
