@@ -10,7 +10,6 @@ needs a quiet machine, is over, while the bisection runs and the heatmaps are dr
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import processes
 from harness.outputs import plots, timing_plots
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so the second process imports this harness
 
 
 def draw(run_dir: Path) -> list[Path]:
@@ -39,23 +37,18 @@ def draw(run_dir: Path) -> list[Path]:
     return written
 
 
-def _environment() -> dict[str, str]:
-    paths = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return os.environ | {"PYTHONPATH": os.pathsep.join(paths)}
-
-
 @contextlib.contextmanager
 def drawn_beside(run_dir: Path, cores: int | None = None):
     """Draw the error plots of run_dir in a second process while the `with` block runs; at its end
     wait for them, and raise with the process's error output if drawing failed. With one core, draw
     them here first."""
-    if (cores or os.cpu_count() or 1) < 2:
+    if (cores or processes.cores()) < 2:
         draw(run_dir)
         yield
         return
     command = [sys.executable, "-m", "harness.outputs.figures", str(Path(run_dir).resolve())]
     with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: warnings never stall the process
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=_environment())
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, env=processes.python_environment())
         try:
             yield
         except BaseException:

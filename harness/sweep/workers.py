@@ -28,24 +28,16 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
+from harness.processes import cores, python_environment
 from harness.sweep import head_runner, runner
 from harness.sweep.config import SweepConfig
 
 AUTO_MIN_LOGITS = 10**8  # the main sweep measures 8.2e8 (3200 cells of 256 x 1000), training_losses 9.8e8
 AUTO_MAX_ELEMENTS = 2**24  # 256 x 32000 logits (8.2e6) still split; token_sweep's 1e7 x 16 does not
 log = logging.getLogger(__name__)
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # so a worker imports this harness
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def largest_input(sweep: SweepConfig) -> int:
@@ -66,12 +58,6 @@ def worker_count(sweep: SweepConfig, available: int | None = None) -> int:
     if runner.n_units(sweep) < 2:
         return 1
     return 2
-
-
-def python_environment() -> dict[str, str]:
-    """os.environ with this harness first on PYTHONPATH, for a child `python -m harness...`."""
-    paths = [str(PACKAGE_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    return os.environ | {"PYTHONPATH": os.pathsep.join(paths)}
 
 
 class Units:
