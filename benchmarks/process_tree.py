@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -75,8 +76,6 @@ def run_measured(command: list[str], interval: float = 0.05, **popen) -> tuple[f
 
 def main() -> None:
     """`python benchmarks/process_tree.py COMMAND ...`: wall time and summed peak memory of COMMAND."""
-    import sys
-
     if len(sys.argv) < 2:
         raise SystemExit("usage: python benchmarks/process_tree.py COMMAND [ARGS ...]")
     wall, peak, code = run_measured(sys.argv[1:], env=dict(os.environ))

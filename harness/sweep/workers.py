@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 def largest_input(sweep: SweepConfig) -> int:
     """Logits in the sweep's largest input (0 where a file or inline data fixes the shape)."""
-    return max((r * c for f in sweep.families for size in sweep.sizes(f) if size for r, c in [size]), default=0)
+    return max((size[0] * size[1] for f in sweep.families for size in sweep.sizes(f) if size), default=0)
 
 
 def worker_count(sweep: SweepConfig, available: int | None = None) -> int:
