@@ -96,9 +96,10 @@ def path_outcome(cells: pd.DataFrame, axis: str = "scale") -> str:
 def outcome_table(cells: pd.DataFrame, axis: str) -> str:
     """framework/path x dtype table of path_outcome, in the order the cells came."""
     dtypes = list(dict.fromkeys(cells["dtype"]))
-    rows = []
-    for (framework, path), of_path in cells.groupby(["framework", "path"], sort=False):
-        rows.append([f"{framework}/{path}"] + [path_outcome(of_path[of_path["dtype"] == d], axis) for d in dtypes])
+    grouped = cells.groupby(["framework", "path", "dtype"], sort=False)  # one pass, not a filter per dtype
+    outcomes = {key: path_outcome(of_cell, axis) for key, of_cell in grouped}
+    paths = dict.fromkeys(zip(cells["framework"], cells["path"], strict=True))
+    rows = [[f"{f}/{p}"] + [outcomes.get((f, p, d), "") for d in dtypes] for f, p in paths]
     return markdown_table(["framework/path", *dtypes], rows)
 
 
