@@ -127,7 +127,11 @@ def test_after_a_long_warm_up_only_the_samples_run():
         time.sleep(seconds)
 
     t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2, warm_call_s=1.0)
-    assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (2, 2, 1, 0.0)
+    assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (1, 2, 1, 0.0)  # the warm-up is a sample
+    assert t.min_s == pytest.approx(0.012, abs=0.01) and t.median_s == pytest.approx((1.0 + t.min_s) / 2)
+    calls.clear()
+    t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=1, warm_call_s=2.5)
+    assert (len(calls), t.n_samples, t.median_s) == (0, 1, 2.5)  # one sample, the warm-up: no call here
     calls.clear()
     timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2)
     assert len(calls) == 4  # first call, calibration block, two samples

@@ -17,9 +17,10 @@ from harness.timing.timer import blocked_autorange
 
 def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: bool) -> dict:
     """Per-call time of the loss, already called once (its accuracy call: compile_s where it
-    compiles), and the memory one call needs. The memory call is the warm-up the timer would make
-    and tells it whether one call fills a block: a PyTorch chunked head of seconds a call is
-    called three times in all (accuracy, memory, one sample) where it was five."""
+    compiles), and the memory one call needs. The memory call is the warm-up the timer would make,
+    tells it whether one call fills a block, and for a call of a second or more is its first
+    sample: a PyTorch chunked head of seconds a call runs its loss twice in all (accuracy; memory
+    and the sample) where it ran it five times."""
     with backend.threads(timing.threads):
         start = time.perf_counter()
         peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
