@@ -60,7 +60,8 @@ def test_command_line_overrides_replace_the_grid():
         ("n_classes=1", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
         ("n_classes=[64,1]", ["n_classes must be an integer >= 2 (or a list of them), got 1"]),
         ("device=tpu", ["unknown device 'tpu'", "cpu, cuda"]),
-        ("timing.threads=0", ["timing.threads must be an integer >= 1, got 0"]),
+        ("timing.threads=0", ["timing.threads must be an integer >= 1 or all, got 0"]),
+        ("timing.threads=some", ["timing.threads must be an integer >= 1 or all, got 'some'"]),
         ("timing.budget_s=-1", ["timing.budget_s must be a number > 0, got -1"]),
         ("timing.sizes=[[64]]", ["timing.sizes must be [n_rows, n_classes] pairs", "[64]"]),
         ("grad.enabled=maybe", ["grad.enabled must be true or false, got 'maybe'"]),
@@ -102,6 +103,13 @@ def test_cuda_without_a_gpu_fails_clearly():
     # NumPy alone never needs a GPU: its rows say cpu
     sweep = sweep_config(composed("experiment=precision_sweep", "device=cuda", "frameworks=[numpy]"), "x")
     assert sweep.device == "cuda"
+
+
+def test_timing_threads_all_is_every_core():
+    from harness.processes import cores
+
+    sweep = sweep_config(composed("experiment=precision_sweep", "timing.threads=all"), "precision_sweep")
+    assert sweep.timing.threads == cores() >= 1
 
 
 def test_resume_must_be_true_or_false():

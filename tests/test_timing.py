@@ -6,10 +6,12 @@ median, a tiny sweep has the documented columns and positive finite numbers, and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -21,7 +23,7 @@ from harness.dtypes import DTYPES, round_to
 from harness.outputs import timing_plots
 from harness.paths import PATH_NAMES, paths_of
 from harness.sweep import inputs, metrics
-from harness.timing import memory, stage
+from harness.timing import head, memory, stage
 from harness.timing import timer as timing
 
 FRAMEWORKS = ("numpy", "torch", "jax")
@@ -127,10 +129,16 @@ def test_after_a_long_warm_up_only_the_samples_run():
         time.sleep(seconds)
 
     t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2, warm_call_s=1.0)
-    assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (1, 2, 1, 0.0)  # the warm-up is a sample
+    assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (2, 2, 1, 0.0)  # a warm-up only
+    assert t.median_s < 0.5
+    calls.clear()
+    # the caller's warm-up ran what the samples run (nothing compiled): it is the first sample
+    sample = {"budget_s": 0.0, "rel_iqr_target": 0.0, "warm_call_is_sample": True}
+    t = timing.blocked_autorange(call, (0.012,), min_blocks=2, warm_call_s=1.0, **sample)
+    assert (len(calls), t.n_samples, t.calls_per_block) == (1, 2, 1)
     assert t.min_s == pytest.approx(0.012, abs=0.01) and t.median_s == pytest.approx((1.0 + t.min_s) / 2)
     calls.clear()
-    t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=1, warm_call_s=2.5)
+    t = timing.blocked_autorange(call, (0.012,), min_blocks=1, warm_call_s=2.5, **sample)
     assert (len(calls), t.n_samples, t.median_s) == (0, 1, 2.5)  # one sample, the warm-up: no call here
     calls.clear()
     timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2)
@@ -332,3 +340,37 @@ def test_plots_are_written(sweep, tmp_path):
     timing_plots.accuracy_vs_time(errors, sweep, tmp_path / "plots" / "accuracy_vs_time.png")
     for name in ("timing_float32.png", "accuracy_vs_time.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Backend:
+    """The part of a backend head timing uses: a thread scope and sync."""
+
+    @staticmethod
+    @contextlib.contextmanager
+    def threads(n):
+        yield
+
+    @staticmethod
+    def sync(result):
+        return result
+
+
+def test_head_timing_counts_the_memory_call_only_where_nothing_compiles():
+    settings = SimpleNamespace(threads=1, budget_s=0.0, rel_iqr_target=0.0, min_blocks=1)
+    calls = []
+
+    def recompiles_first(*_):  # a compiled loss meeting the timing's thread count: compiles again once
+        calls.append(None)
+        time.sleep(1.1 if len(calls) == 1 else 0.01)
+
+    row = head.time_loss(recompiles_first, (), _Backend, settings, first_call_s=5.0, compiles=True)
+    assert len(calls) == 2 and row["n_samples"] == 1 and row["median_s"] < 0.5 and row["compile_s"] == 5.0
+
+    calls.clear()
+
+    def long_call(*_):  # eager: every call alike
+        calls.append(None)
+        time.sleep(1.05)
+
+    row = head.time_loss(long_call, (), _Backend, settings, first_call_s=1.05, compiles=False)
+    assert len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] >= 1.05 and row["compile_s"] == 0.0

@@ -20,6 +20,7 @@ from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.paths.options import OPTION_NAMES
+from harness.processes import cores
 from harness.sweep import inputs, option_settings
 from harness.sweep.edge_cases import check_settings as check_edge_settings
 from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
@@ -179,7 +180,7 @@ def _timing(cfg: DictConfig) -> TimingConfig:
         ):
             raise ConfigError(f"timing.sizes must be [n_rows, n_classes] pairs (rows >= 1, classes >= 2), got {size!r}")
         sizes.append(tuple(size))
-    threads = _whole(node.get("threads", 1), "timing.threads", 1)
+    threads = _timing_threads(node.get("threads", 1))
     min_blocks = _whole(node.get("min_blocks", 5), "timing.min_blocks", 1)
     return TimingConfig(
         enabled=_flag(cfg, "timing", "enabled"),
@@ -189,6 +190,16 @@ def _timing(cfg: DictConfig) -> TimingConfig:
         min_blocks=min_blocks,
         sizes=tuple(sizes),
     )
+
+
+def _timing_threads(value) -> int:
+    """timing.threads: a whole number >= 1, or `all`, every core this process may run on (what
+    PyTorch uses by default where each core is a physical one, as on these 2-core machines)."""
+    if value == "all":
+        return cores()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"timing.threads must be an integer >= 1 or all, got {value!r}")
+    return value
 
 
 def _flag(cfg: DictConfig, group: str | None, key: str, default: bool = False) -> bool:

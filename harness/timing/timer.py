@@ -98,18 +98,21 @@ def blocked_autorange(
     min_blocks: int = MIN_BLOCKS,
     min_block_s: float = MIN_BLOCK_S,
     warm_call_s: float | None = None,
+    warm_call_is_sample: bool = False,
 ) -> Timing:
     """Time `fn(*args)` per call (see the module docstring for the method).
 
     `warm_call_s`: the caller has already made the first call and a warm-up call after it, which
     took this long (the language-model head: its accuracy call compiles, its memory call, which
     hands freed memory back first, warms up). Then no first call is made here (compile_s is 0: the
-    caller has it). A warm-up of at least LONG_CALL_S is a block of one call, as every block of so
-    long a call is (no calibration), and counts as the first sample: handing memory back costs such
-    a call only page faults, about 0.3 s per GB here, and PyTorch's chunked head (1.2-4 s a call at
-    32000 classes, 296 MB) ran as fast after it as without it. That head at 128256 classes, 47 s a
-    call on one thread, is then called twice in all (accuracy, memory and sample) instead of five
-    times."""
+    caller has it), and a warm-up of at least LONG_CALL_S fixes one call per block without a
+    calibration block (no call that long runs under MIN_BLOCK_S). With `warm_call_is_sample`, such
+    a warm-up is also the first sample: the caller says it ran what the samples run. Handing memory
+    back costs a long call only page faults, about 0.3 s per GB here (PyTorch's chunked head, 1.2-4
+    s a call at 32000 classes and 296 MB, ran as fast after it as without), so PyTorch's eager
+    chunked head at 128256 classes, 49 s a call on one thread, runs twice in all instead of three
+    times. Never for a compiled function: torch.compile compiled again on the thread count the
+    timing sets (a 2.4 s warm-up for a 0.08 s call when its cache was cold)."""
     if isinstance(min_blocks, bool) or not isinstance(min_blocks, int) or min_blocks < 1:
         raise ValueError(f"min_blocks must be an integer >= 1, got {min_blocks!r}")
     first_call_s = 0.0
@@ -121,8 +124,9 @@ def blocked_autorange(
     spent = 0.0
     if warm_call_s is not None and warm_call_s >= max(LONG_CALL_S, min_block_s):
         number = 1
-        samples.append(warm_call_s)
-        spent = warm_call_s
+        if warm_call_is_sample:
+            samples.append(warm_call_s)
+            spent = warm_call_s
     else:
         number = calls_per_block(fn, args, sync, min_block_s)
     while not enough_samples(samples, spent, budget_s, rel_iqr_target, min_blocks):
