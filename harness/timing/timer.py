@@ -110,7 +110,7 @@ def blocked_autorange(
     a warm-up is also the first sample: the caller says it ran what the samples run. Handing memory
     back costs a long call only page faults, about 0.3 s per GB here (PyTorch's chunked head, 1.2-4
     s a call at 32000 classes and 296 MB, ran as fast after it as without), so PyTorch's eager
-    chunked head at 128256 classes, 49 s a call on one thread, runs twice in all instead of three
+    chunked head at 128256 classes, 32 s a call on 2 cores, runs twice in all instead of three
     times. Never for a compiled function: torch.compile compiled again on the thread count the
     timing sets (a 2.4 s warm-up for a 0.08 s call when its cache was cold)."""
     if isinstance(min_blocks, bool) or not isinstance(min_blocks, int) or min_blocks < 1:
