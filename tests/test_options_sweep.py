@@ -114,3 +114,44 @@ def test_dense_targets_on_a_picking_path_are_unsupported_rows():
     assert naive["message"].str.contains("no probability-target form").all()
     assert set(errors.loc[errors["path"] == "fused", "status"]) == {"ok"}
     assert np.isfinite(errors.loc[errors["path"] == "fused", "max_ulp_err"]).all()
+
+
+def plain_facts(held: np.ndarray) -> tuple[float, float]:
+    """max_logit and max_lse of finite logits, every row's lse computed (float64)."""
+    top = held.max(axis=1, keepdims=True)
+    return float(held.max()), float((top[:, 0] + np.log(np.exp(held - top).sum(axis=1))).max())
+
+
+@pytest.mark.parametrize("n_classes", [2, 16, 1000])
+def test_input_facts_find_the_largest_lse_of_any_row(n_classes):
+    """The largest lse is often not in the row of the largest logit: a row of many near-maximal logits
+    outweighs one large logit (4.5 + ln 16 = 7.27 > 5). The facts computed block by block (2**20
+    logits each; here the largest logit is in the first, the largest lse in the last), on the rows
+    that can reach it, are those of every row, bit for bit."""
+    from harness.sweep.option_cells import _input_facts
+
+    rng = np.random.default_rng(n_classes)
+    held = rng.standard_normal((3 * 2**20 // n_classes - 5, n_classes))
+    held[7] = -30.0
+    held[7, 0] = 5.0 + held.max()  # the largest logit, alone in its row
+    held[-2] = held[7, 0] - 0.5  # every logit just below it: the largest lse
+    facts = _input_facts(held, None)
+    assert (facts["max_logit"], facts["max_lse"]) == plain_facts(held)
+    assert facts["valid"]
+
+
+def test_input_facts_keep_nan_inf_and_masked_rows():
+    from harness.sweep.option_cells import _input_facts
+
+    held = np.random.default_rng(0).standard_normal((50, 16))
+    masked = held.copy()
+    masked[3, :5] = -np.inf
+    facts = _input_facts(masked, masked)  # -inf where the input masks a class: valid
+    assert facts["valid"] and (facts["max_logit"], facts["max_lse"]) == plain_facts(masked)
+    assert not _input_facts(masked, None)["valid"]  # -inf where nothing masks it
+    with_nan = held.copy()
+    with_nan[9, 4] = np.nan
+    assert not _input_facts(with_nan, None)["valid"]
+    with_inf = held.copy()
+    with_inf[9, 4] = np.inf
+    assert _input_facts(with_inf, None)["max_lse"] == np.inf and not _input_facts(with_inf, None)["valid"]

@@ -60,8 +60,8 @@ def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
     """Same bits on `device`. Call inside `dtype_scope(dtype)`: without x64, float64 would become float32."""
     if logits.dtype == np.float64 and not jax.config.jax_enable_x64:
         raise RuntimeError("float64 logits reach JAX outside dtype_scope('float64'): they would be cast to float32")
-    where = _device(device)
-    return jax.device_put(jnp.asarray(logits), where), jax.device_put(jnp.asarray(labels, dtype=jnp.int32), where)
+    where = _device(device)  # NumPy arrays straight to the device: jnp.asarray would compile a copy per shape
+    return jax.device_put(np.asarray(logits), where), jax.device_put(np.asarray(labels, dtype=np.int32), where)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:
