@@ -82,3 +82,33 @@ def test_auto_uses_two_processes_only_where_they_pay():
 def test_a_bad_workers_setting_fails_in_one_line(value):
     with pytest.raises(ConfigError, match=r"workers must be auto or an integer >= 1, got"):
         sweep_of("experiment=precision_sweep", f"workers={value}")
+
+
+EXITING = """
+import atexit, sys, threading, time
+from pathlib import Path
+from harness.processes import exit_now
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+print("no newline yet", end="")
+if sys.argv[2] == "thread":  # a non-daemon thread still running: the interpreter waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("done"))).start()
+exit_now(3)
+"""
+
+
+@pytest.mark.parametrize("other", ["none", "thread"])
+def test_exit_now_runs_atexit_flushes_and_keeps_its_status(tmp_path, other):
+    """exit_now ends the process without the interpreter's teardown, yet what a normal exit writes
+    is written: atexit callbacks, buffered stdout, the status; a running thread is waited for."""
+    import subprocess
+    import sys
+
+    from harness.processes import python_environment
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING, str(tmp_path), other], capture_output=True, text=True, env=python_environment()
+    )
+    assert (done.returncode, done.stdout) == (3, "no newline yet"), done.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").exists() == (other == "thread")

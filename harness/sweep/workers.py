@@ -31,7 +31,7 @@ import time
 
 from tqdm import tqdm
 
-from harness.processes import cores, python_environment
+from harness.processes import cores, exit_now, python_environment
 from harness.sweep import head_runner, runner
 from harness.sweep.config import SweepConfig
 
@@ -228,4 +228,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())  # its parent waits for the exit: skip tearing the frameworks down (about a second)
