@@ -130,8 +130,7 @@ def prepare(cfg: DictConfig, experiment: str, run_dir: Path | None = None) -> tu
 
 def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) -> pd.DataFrame:
     """Record the run (sweep.json, environment.json) unless resuming, then measure and write everything."""
-    from harness import pipeline  # frameworks load only once the settings are known good
-    from harness.files import write_text
+    from harness.files import write_text  # frameworks load only once the settings are known good
     from harness.sweep import environment, journal, workers
     from harness.timing import stage
 
@@ -139,7 +138,9 @@ def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) ->
     if sweep.timing.enabled and "jax" in sweep.frameworks:  # before any JAX computation: XLA reads them once
         stage.request_jax_threads(sweep.timing.threads)
     done = journal.done_cells(run_dir) if resume else frozenset()
-    with workers.started(sweep, done) as running:  # they start measuring while the environment is recorded
+    with workers.started(sweep, done) as running:  # they start while this process imports and records
+        from harness import pipeline  # the outputs (matplotlib): half a second the workers need not wait
+
         if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
             record_sweep(sweep, run_dir)
             record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
