@@ -33,9 +33,10 @@ def exit_now(status: int = 0) -> NoReturn:
     flushed, then os._exit. The teardown skipped writes nothing and took about a second once
     PyTorch and JAX were loaded (0.45 s and 0.3 s of it measured alone), which a run's command, and
     a parent waiting for its worker, would spend idle. Where a thread or a child process of this one
-    still runs (a multirun launcher's pool, torch.compile's compile workers), the interpreter ends
-    them as usual: sys.exit. Call it only when every file the process writes is closed."""
-    if _others_running():
+    still runs (a multirun launcher's pool, torch.compile's compile workers), or a profiler or
+    tracer watches (`python -m cProfile` writes its file after the program returns), it exits as
+    usual: sys.exit. Call it only when every file the process writes is closed."""
+    if sys.getprofile() is not None or sys.gettrace() is not None or _others_running():
         sys.exit(status)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -112,3 +112,23 @@ def test_exit_now_runs_atexit_flushes_and_keeps_its_status(tmp_path, other):
     assert (done.returncode, done.stdout) == (3, "no newline yet"), done.stderr
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").exists() == (other == "thread")
+
+
+def test_exit_now_leaves_a_profiler_its_file(tmp_path):
+    """Under `python -m cProfile` the program returns to the profiler, which then writes its stats."""
+    import subprocess
+    import sys
+
+    from harness.processes import python_environment
+
+    script = tmp_path / "ends.py"
+    script.write_text("from harness.processes import exit_now\nexit_now(0)\n")
+    profile = tmp_path / "out.prof"
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), str(script)],
+        capture_output=True,
+        text=True,
+        env=python_environment(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert profile.stat().st_size > 0
