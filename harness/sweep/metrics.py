@@ -98,11 +98,21 @@ def _in_units(error, computed, exponent, unit) -> np.ndarray:
         shift = np.subtract(exponent, unit)
         if not np.issubdtype(shift.dtype, np.integer):  # a unit from float exponents: inf stays unscaled
             shift = np.where(np.isfinite(shift), shift, 0).astype(np.int64)
-        in_units = np.ldexp(scaled, shift)
+        in_units = _times_power_of_two(scaled, shift)
         if beyond is None or not beyond.any():
             return in_units
         computed = np.asarray(computed, dtype=np.float64)
         return np.where(beyond, np.ldexp(np.abs(computed), -np.asarray(unit, dtype=np.int64)), in_units)
+
+
+def _times_power_of_two(x: np.ndarray, shift) -> np.ndarray:
+    """ldexp(x, shift), the same bits: where every shift is a normal float64's exponent (the usual
+    case), x times 2**shift made from its bits, about four times faster than ldexp with an array
+    of int64 exponents. Both round the exact product once (only underflow or overflow rounds)."""
+    shift = np.asarray(shift)
+    if shift.size and shift.dtype.kind == "i" and -1022 <= shift.min() and shift.max() <= 1023:
+        return x * ((shift.astype(np.int64) + 1023) << 52).view(np.float64)
+    return np.ldexp(x, shift)
 
 
 def _error_in_units(computed, hi, lo, exponent, unit) -> np.ndarray:
@@ -254,7 +264,7 @@ def gradient_metrics(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, fmt: 
         "max_abs_err": float(worst[0]),
         "max_row_rel_err": float(worst[1]),
         "max_ulp_err": float(ulp_err.max()),
-        "median_ulp_err": float(np.median(ulp_err)),
+        "median_ulp_err": float(np.median(ulp_err, overwrite_input=True)),  # ours: no copy
     }
 
 
