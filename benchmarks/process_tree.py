@@ -16,19 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
-        tree.setdefault(parent, []).append(int(entry.name))
-    return tree
+from harness.processes import children
 
 
 def _rss_bytes(pid: int) -> int:
@@ -43,7 +31,7 @@ def _rss_bytes(pid: int) -> int:
 
 def tree_rss_bytes(root: int) -> int:
     """The summed resident set of `root` and its descendants now."""
-    tree, total, todo = _children(), 0, [root]
+    tree, total, todo = children(), 0, [root]
     while todo:
         pid = todo.pop()
         total += _rss_bytes(pid)

@@ -52,16 +52,22 @@ def _others_running() -> bool:
     /proc; without it, assume one is)."""
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return True
-    proc, me = Path("/proc"), str(os.getpid())
-    if not (proc / "self" / "stat").is_file():
+    if not Path("/proc/self/stat").is_file():
         return True
-    for entry in proc.iterdir():
+    return bool(children().get(os.getpid()))
+
+
+def children() -> dict[int, list[int]]:
+    """Every running process's children, by parent id, from /proc (Linux; empty without it)."""
+    tree: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    for entry in proc.iterdir() if proc.is_dir() else ():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[1] == me:  # the field after the state letter: its parent
-            return True
-    return False
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
+        tree.setdefault(parent, []).append(int(entry.name))
+    return tree
