@@ -129,8 +129,9 @@ def _rows_reaching(held: np.ndarray, floor: float) -> np.ndarray:
 
     A row's lse is at most its largest logit m plus ln C, so a row whose every logit lies more than
     ln C (and a margin far above float64's rounding of `_row_lse`) below the floor cannot hold the
-    maximum. On ordinary logits that leaves a few rows in a hundred, each computed by the same
-    formula as before: the same largest lse for about a tenth of the exponentials."""
+    maximum. On 10**6 rows of 16 N(0, 1) logits that leaves one row in eleven (token_sweep's
+    inputs), each computed by the same formula as before: the same largest lse for about a tenth
+    of the exponentials. Where C is large (256 x 32000 at scale 3) every row may reach it."""
     n_classes = held.shape[1]
     threshold = floor - np.log(n_classes) * (1 + 1e-9) - 1e-9 * (abs(floor) + 1)
     rows = np.unique(np.flatnonzero(held.ravel() >= threshold) // n_classes)
