@@ -46,3 +46,14 @@ def test_bad_custom_paths_fail_before_any_work(tmp_path, setting, words):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], lines
     assert not out.exists()
+
+
+def test_a_custom_path_is_timed_like_the_built_in_ones(tmp_path):
+    timed = [*GRID[:-1], "dtypes=[float32]", "timing.enabled=true", "timing.budget_s=0.01", "timing.min_blocks=1"]
+    result = run_cli(*timed, custom("plugin_losses:upcast_cross_entropy"), f"hydra.run.dir={tmp_path}", path=[PLUGINS])
+    assert result.returncode == 0, result.stderr
+    timings = pd.read_parquet(tmp_path / "timings.parquet")
+    rows = timings.set_index(["framework", "path"])
+    assert {("torch", "mine"), ("torch", "fused"), ("numpy", "fused")} <= set(rows.index)
+    mine = rows.loc[("torch", "mine")]
+    assert mine["status"] == "ok" and mine["median_s"] > 0 and mine["n_samples"] >= 1
