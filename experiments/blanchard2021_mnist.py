@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.outputs.styles import line_styles, new_figure
-from harness.outputs.tables import atomic_write, markdown_table, write_table, write_text
+from harness.outputs.styles import fitted_legend, line_styles, new_figure, save, wrap
+from harness.outputs.tables import markdown_table, write_table, write_text
 
 REQUIRES = {"row_errors": True}  # the quantiles are taken over per-row errors; checked before any work
 QUANTILES = (0.5, 0.9, 0.99)
@@ -28,11 +28,12 @@ def error_distribution(row_errors: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="n_finite")
 
 
-def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None:
-    """Empirical CDF of the ulp error over the 2,500 rows, a panel per dtype, a line per framework/path."""
+def distribution_figure(row_errors: pd.DataFrame, scale: float):
+    """Empirical CDF of the ulp error over the rows, a panel per dtype, a line per framework/path;
+    the legend below the panels, as many columns as fit, its room made by constrained layout."""
     cells = row_errors[row_errors["scale"] == scale]
     dtypes = list(dict.fromkeys(cells["dtype"]))
-    fig = new_figure(4.2 * len(dtypes), 4, layout=None)  # no pyplot: no backend to set, no global state
+    fig = new_figure(4.2 * len(dtypes), 4 + 0.04 * cells.groupby(["framework", "path"]).ngroups)
     axes = fig.subplots(1, len(dtypes), sharey=True, squeeze=False)
     styles = line_styles(cells)  # colour by path, line style by framework: no two lines alike
     for ax, dtype in zip(axes[0], dtypes, strict=True):
@@ -48,11 +49,13 @@ def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None
             )
         ax.set(xscale="log", title=dtype, xlabel="ulp error (non-finite at the right edge)")
     axes[0][0].set_ylabel("fraction of rows")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle(f"Blanchard et al. (2021) MNIST logits x {scale:g}: distribution of the per-row error")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    fitted_legend(fig, axes[0][0].get_legend_handles_labels()[0])
+    fig.suptitle(wrap(f"Blanchard et al. (2021) MNIST logits x {scale:g}: distribution of the per-row error", fig, 12))
+    return fig
+
+
+def plot_distribution(row_errors: pd.DataFrame, scale: float, out: Path) -> None:
+    save(distribution_figure(row_errors, scale), out)
 
 
 def summarize(run_dir: Path) -> str:

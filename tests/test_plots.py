@@ -106,6 +106,30 @@ def test_heatmap_and_timing_text_lie_inside_the_figure(dtypes):
         assert outside_the_figure(timing_plots.timing_bars_figure(timings, dtypes[0])) == []
 
 
+def synthetic_row_errors(frameworks, paths) -> pd.DataFrame:
+    """Per-row errors of the MNIST study's shape: 50 rows per cell, one non-finite row per cell."""
+    rng = np.random.default_rng(0)
+    rows = [
+        dict(framework=f, path=p, dtype=d, scale=1.0, row=r, computed=np.inf if r == 0 else 1.0,
+             ulp_err=float(rng.lognormal(0, 2)))
+        for d in ALL_DTYPES for f in frameworks for p in paths for r in range(50)
+    ]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("frameworks", "paths"),
+    [(("numpy", "torch", "jax", "mlx"), PATHS[:4]), (("numpy", "torch", "jax", "mlx", "tensorflow"), PATHS)],
+    ids=["default 16 lines", "40 lines"],
+)
+def test_error_distribution_text_and_legend_lie_inside_the_figure(frameworks, paths):
+    from experiments.blanchard2021_mnist import distribution_figure
+
+    fig = distribution_figure(synthetic_row_errors(frameworks, paths), 1.0)
+    assert outside_the_figure(fig) == []
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == len(frameworks) * len(paths)
+
+
 def data_lines(ax):
     return [line for line in ax.get_lines() if line.get_label().startswith("_") and line.get_marker() != "None"]
 
