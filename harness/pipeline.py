@@ -49,7 +49,9 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir.
     `running`: the accuracy workers already started for it (harness.sweep.workers.start)."""
     if sweep.edge_cases:  # a stage of its own: what each framework returns on edge cases
-        return edge_tables.write_results(sweep, run_dir, edge_runner.measure(sweep), edge_runner.NAMES)
+        frame = edge_tables.write_results(sweep, run_dir, edge_runner.measure(sweep), edge_runner.NAMES)
+        report.build_report(run_dir)
+        return frame
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
     where = ", ".join(f"{f} on {backends.row_device(f, sweep.device)}" for f in sweep.frameworks)
     log.info("sweep %s: %d cells; %s (%s)", sweep.experiment, sweep.n_cells, where, versions)

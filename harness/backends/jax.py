@@ -42,6 +42,11 @@ def versions() -> dict[str, str]:
     return {"jax": jax.__version__, "jaxlib": jax.lib.__version__, "optax": optax.__version__}
 
 
+def device_names() -> list[str]:
+    """The devices the framework sees, by name (environment.json's `devices`)."""
+    return [str(d) for d in jax.devices()]
+
+
 def check_device(device: str) -> None:
     if device == "cuda":
         try:

@@ -42,6 +42,11 @@ def versions() -> dict[str, str]:
     return {"mlx": mx.__version__}
 
 
+def device_names() -> list[str]:
+    """The devices the framework sees, by name (environment.json's `devices`)."""
+    return [str(mx.default_device())]
+
+
 def check_device(device: str) -> None:
     if device != "cpu":
         raise ConfigError(f"device={device} but MLX runs on the CPU only here (the mlx-cpu build); use device=cpu")

@@ -27,6 +27,11 @@ def versions() -> dict[str, str]:
     return {"numpy": np.__version__, "scipy": scipy.__version__, "ml_dtypes": ml_dtypes.__version__}
 
 
+def device_names() -> list[str]:
+    """The devices the framework sees, by name (environment.json's `devices`)."""
+    return ["cpu"]  # NumPy runs on the CPU only
+
+
 def check_device(device: str) -> None:
     if device != "cpu":
         raise ConfigError(f"NumPy runs on the CPU only, not {device!r}")

@@ -48,6 +48,11 @@ def versions() -> dict[str, str]:
     return {"tensorflow": tf.__version__, "keras": keras.__version__}
 
 
+def device_names() -> list[str]:
+    """The devices the framework sees, by name (environment.json's `devices`)."""
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
 def check_device(device: str) -> None:
     if device != "cpu":
         raise ConfigError(f"device={device} but TensorFlow runs on the CPU only here (tensorflow-cpu); use device=cpu")

@@ -25,6 +25,11 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__}
 
 
+def device_names() -> list[str]:
+    """The devices the framework sees, by name (environment.json's `devices`)."""
+    return ["cpu"] + [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
 def check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.dtypes import DTYPES
 from harness.outputs import tables
-from harness.sweep.edge_cases import EDGE_CASES, NUMBER, WRONG
+from harness.sweep.edge_catalogue import EDGE_CASES, NUMBER, WRONG
 from harness.sweep.metrics import ERROR, INF, NAN
 
 EDGE_TABLE = "edge_cases"
@@ -176,13 +176,10 @@ def edge_section(run_dir: Path) -> list[str]:
 
 
 def write_results(sweep, run_dir: Path, rows: list[dict], names: dict) -> pd.DataFrame:
-    """edge_cases.{parquet,csv}, edge_cases.md (printed) and the report."""
-    from harness.outputs import report
-
+    """edge_cases.{parquet,csv} and edge_cases.md (printed); harness.pipeline then builds the report."""
     frame = edge_frame(rows, names)
     tables.write_table(frame, run_dir / EDGE_TABLE)
     markdown = edge_markdown(frame, sweep.experiment)
     tables.write_text(markdown, run_dir / f"{EDGE_TABLE}.md")
     print(markdown)
-    report.build_report(run_dir)
     return frame

@@ -13,7 +13,7 @@ import pandas as pd
 
 from harness.outputs import pareto, tables
 from harness.sweep import metrics
-from harness.sweep.head_inputs import HEAD_COLUMNS
+from harness.sweep.journal import HEAD_COLUMNS
 
 ERROR_COLUMNS = tables.ERROR_COLUMNS[:-1] + tuple(c for c in HEAD_COLUMNS if c not in tables.ERROR_COLUMNS)
 ERROR_COLUMNS += ("message",)

@@ -16,7 +16,8 @@ import shlex
 from pathlib import Path
 
 from harness.outputs import tables
-from harness.sweep.environment import cpu_model, package_versions
+from harness.sweep import resolvers  # noqa: F401  registers the resolvers the configs use (logspace, ...)
+from harness.sweep.machine import HARNESS_PACKAGES, cpu_model, package_versions
 
 ENVIRONMENT, SETTINGS = "environment.json", "sweep.json"
 MAX_RECORD_CHARS = 20_000  # a JSON record longer than this is cut in the report
@@ -36,8 +37,6 @@ def _yaml(path: Path):
 def run_config(run_dir: Path) -> tuple[dict | None, str]:
     """The resolved config of the run (.hydra/config.yaml) and a note on how it was read."""
     from omegaconf import OmegaConf
-
-    import harness.sweep.config  # noqa: F401  registers the resolvers the configs use (logspace, ...)
 
     cfg = _yaml(run_dir / ".hydra" / "config.yaml")
     if cfg is None:
@@ -101,8 +100,17 @@ def flatten(value, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix.rstrip("."), str(value))]
 
 
+def run_frameworks(run_dir: Path) -> list[str]:
+    """The frameworks sweep.json names (each is also its package's name); none where unreadable."""
+    try:
+        return [str(name) for name in json.loads((run_dir / SETTINGS).read_text())["frameworks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def environment(run_dir: Path) -> tuple[list[tuple[str, str]], str]:
-    """(key, value) pairs of environment.json; where absent, what this machine has now."""
+    """(key, value) pairs of environment.json; where absent, what this machine has now (the harness's
+    packages and those of the frameworks sweep.json names)."""
     path = run_dir / ENVIRONMENT
     if path.is_file():
         try:
@@ -112,7 +120,8 @@ def environment(run_dir: Path) -> tuple[list[tuple[str, str]], str]:
     else:
         note = "the run recorded no environment.json; "
     pairs = [("python", platform.python_version())]
-    pairs += [(name, version or "not installed") for name, version in package_versions().items()]
+    packages = package_versions(HARNESS_PACKAGES + tuple(run_frameworks(run_dir)))
+    pairs += [(name, version or "not installed") for name, version in packages.items()]
     pairs += [("platform", platform.platform()), ("cpu", cpu_model()), ("logical cpus", str(os.cpu_count()))]
     if hasattr(os, "sched_getaffinity"):
         pairs.append(("cpus available to the process", str(len(os.sched_getaffinity(0)))))

@@ -41,7 +41,7 @@ def canonical_order(frame: pd.DataFrame, names: dict[str, list[str]] | None = No
     the sweep layer passes it (this module imports neither backends nor paths). Names not listed
     follow in sorted order, so the order never depends on how the rows arrived."""
     from harness.dtypes import DTYPES
-    from harness.sweep.inputs import FAMILIES
+    from harness.sweep.families import FAMILIES
 
     known = {"family": list(FAMILIES), "dtype": list(DTYPES)} | {
         column: list((names or {}).get(column, []))

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,29 +20,10 @@ from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.paths.options import OPTION_NAMES
 from harness.processes import cores
-from harness.sweep import inputs, option_settings
+from harness.sweep import inputs, option_settings, resolvers  # noqa: F401  resolvers: registers logspace, or_default
 from harness.sweep.edge_cases import check_settings as check_edge_settings
 from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
 from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
-
-
-def _logspace(start, stop, num) -> list[float]:
-    """`${logspace:-2,4,25}`: num log-spaced values from 10**start to 10**stop."""
-    try:
-        return [float(v) for v in np.logspace(float(start), float(stop), int(num))]
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"logspace needs numbers: ${{logspace:start,stop,num}}, got {start!r}, {stop!r}, {num!r}"
-        ) from None
-
-
-def _or_default(value, default):
-    """`${or_default:${hydra:runtime.choices.experiment},default}`: a name for the run folder."""
-    return default if value in (None, "None", "null", "") else value
-
-
-OmegaConf.register_new_resolver("logspace", _logspace, replace=True)
-OmegaConf.register_new_resolver("or_default", _or_default, replace=True)
 
 
 @dataclass(frozen=True)

@@ -27,48 +27,13 @@ from harness.exact.options import LossOptions, exact_option_gradient, exact_redu
 from harness.paths.edge_cases import EDGE_ROW
 from harness.paths.options import IGNORE_INDEX, CellOptions
 from harness.sweep import metrics
+from harness.sweep.edge_catalogue import CASES_BY_NAME, EDGE_CASES, EXACT, NUMBER, OUTCOMES, WRONG, EdgeCase  # noqa: F401 (edge_runner and tests import them from here)
 from harness.sweep.option_inputs import option_inputs
 
-EXACT, WRONG, NUMBER = "exact", "wrong", "number"
-OUTCOMES = (EXACT, NUMBER, WRONG, metrics.INF, metrics.NAN, metrics.ERROR, metrics.UNSUPPORTED)  # mildest first
 
-
-@dataclass(frozen=True)
-class EdgeCase:
-    """One edge case: its name (the `case` column), what it does to the edge row, and why its exact
-    loss is undefined ('' where it is defined)."""
-
-    name: str
-    change: str
-    undefined: str = ""
-    reduction: str = "none"
-
-    @property
-    def options(self) -> CellOptions | None:
-        """The loss options the case runs with (through the option layer), or None: the bare loss."""
-        return CellOptions(reduction="mean", ignore_fraction=1.0) if self.reduction == "mean" else None
-
-
-EDGE_CASES = (
-    EdgeCase("finite", "nothing: every logit finite, the label in range (the control)"),
-    EdgeCase("neg_inf_other", "-inf at a class other than the label (a masked class): its gradient entry is 0"),
-    EdgeCase(
-        "neg_inf_label",
-        "-inf at the label, the other logits finite: the exact loss is +inf, its gradient undefined "
-        "(the limit as x[y] -> -inf, softmax - onehot with -1 at the label, is what a number there is)",
-    ),
-    EdgeCase("all_neg_inf", "every logit -inf", "lse(x) - x[y] = -inf + inf"),
-    EdgeCase("nan_logit", "NaN at a class other than the label", "a NaN logit"),
-    EdgeCase("label_n_classes", "label = n_classes, one past the last class", "label outside [0, n_classes)"),
-    EdgeCase("label_minus_one", "label = -1, which is not the ignore index -100", "label outside [0, n_classes)"),
-    EdgeCase(
-        "ignore_all_mean",
-        "ignore_fraction=1 (every row's label the ignore index) with reduction mean, on every row",
-        "mean over no kept rows: 0 / 0",
-        reduction="mean",
-    ),
-)
-CASES_BY_NAME = {case.name: case for case in EDGE_CASES}
+def case_options(case: EdgeCase) -> CellOptions | None:
+    """The loss options the case runs with (through the option layer), or None: the bare loss."""
+    return CellOptions(reduction="mean", ignore_fraction=1.0) if case.reduction == "mean" else None
 
 
 EDGE_LABEL, OTHER_CLASS = 0, 1  # the edge row's label, and the class other than it that a case changes
@@ -98,7 +63,7 @@ def edge_input(case: EdgeCase, z: np.ndarray, labels: np.ndarray) -> tuple[np.nd
 
 def shown_label(case: EdgeCase, labels: np.ndarray) -> int:
     """The edge row's label as the framework is asked to read it (the ignore index where ignored)."""
-    return IGNORE_INDEX if case.options is not None else int(labels[EDGE_ROW])
+    return IGNORE_INDEX if case_options(case) is not None else int(labels[EDGE_ROW])
 
 
 @dataclass(frozen=True)
@@ -117,8 +82,8 @@ def _undefined_like(shape) -> ExactValue:
 def exact_values(case: EdgeCase, held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, seed: int) -> EdgeExact:
     """The references on the rounded logits `held`: rows whose label is out of range have none (NaN)."""
     n_rows, n_classes = held.shape
-    if case.options is not None:
-        kept = option_inputs(labels, n_classes, case.options, seed).kept
+    if case_options(case) is not None:
+        kept = option_inputs(labels, n_classes, case_options(case), seed).kept
         options = LossOptions(ignored=~kept)
         safe = np.where(kept, labels, 0)
         rows = exact_row_losses(held, safe, options, fmt.precision)

@@ -24,10 +24,12 @@ from harness.paths import edge_cases as edge_paths
 from harness.paths import options as opt
 from harness.paths.edge_cases import EDGE_ROW
 from harness.sweep import inputs, metrics, option_cells
+from harness.sweep.cells import compute, group_by_framework
 from harness.sweep.edge_cases import (
     EDGE_CASES,
     EdgeCase,
     EdgeExact,
+    case_options,
     edge_input,
     edge_shape,
     exact_values,
@@ -38,7 +40,6 @@ from harness.sweep.edge_cases import (
     worst,
 )
 from harness.sweep.option_inputs import native_arrays, option_inputs
-from harness.sweep.runner import _group_by_framework, compute
 
 log = logging.getLogger(__name__)
 NAMES = {
@@ -95,7 +96,7 @@ def bare_calls(impl: build.Implementation, native, backend, dtype: str, shape) -
 def mean_calls(framework: str, path: str, path_fn, case: EdgeCase, arrays, native, backend, dtype, shape):
     """The loss with the case's options through the option layer (one value), and its autodiff gradient."""
     try:
-        fn = opt.option_function(framework, path, path_fn, arrays, case.options)
+        fn = opt.option_function(framework, path, path_fn, arrays, case_options(case))
     except Exception as exc:
         return failed(exc), failed(exc)
     loss = run_call(lambda: backend.compile(fn), native, backend, dtype, 1)
@@ -116,7 +117,7 @@ def _shown(values) -> str:
 
 def loss_columns(case: EdgeCase, exact: EdgeExact, fmt: FloatFormat, call: Call) -> dict:
     """exact_loss, why_undefined, loss, loss_returned, loss_outcome, loss_ulp_err, status, other_rows_loss."""
-    i = 0 if case.options is not None else EDGE_ROW
+    i = 0 if case_options(case) is not None else EDGE_ROW
     hi, lo, e = (float(exact.loss.hi[i]), float(exact.loss.lo[i]), int(exact.loss.exponent[i]))
     columns = {
         "exact_loss": float(np.ldexp(hi, e)),
@@ -130,14 +131,14 @@ def loss_columns(case: EdgeCase, exact: EdgeExact, fmt: FloatFormat, call: Call)
             "loss_outcome": status,
             "loss_ulp_err": np.nan,
             "status": status,
-            "other_rows_loss": status if case.options is None else "",
+            "other_rows_loss": status if case_options(case) is None else "",
         }
     v = float(call.values[i])
     value, exact_hi, exact_lo = np.array([v]), np.array([hi]), np.array([lo])
     both_finite = np.isfinite(v) and np.isfinite(hi)
     ulp_err = metrics.ulp_error(value, exact_hi, exact_lo, fmt, e)[0] if both_finite else np.nan
     status = metrics.UNDEFINED if np.isnan(hi) else metrics.output_status(value, exact_hi, exact_lo, fmt, e)
-    others = [j for j in range(len(call.values)) if j != i] if case.options is None else []
+    others = [j for j in range(len(call.values)) if j != i] if case_options(case) is None else []
     hi_all, lo_all, e_all = exact.loss
     return columns | {
         "loss": v,
@@ -205,9 +206,9 @@ def framework_rows(case, framework, by_path, rounded, labels, exact, sweep, raw_
         try:
             native = backend.to_native(rounded, labels, on)
             arrays = None
-            if case.options is not None:
-                made = option_inputs(labels, shape[1], case.options, sweep.seed)
-                arrays = native_arrays(backend, made, case.options, dtype, on)
+            if case_options(case) is not None:
+                made = option_inputs(labels, shape[1], case_options(case), sweep.seed)
+                arrays = native_arrays(backend, made, case_options(case), dtype, on)
         except Exception as exc:
             reason, native = "", exc
         for path, impl in by_path.items():
@@ -215,7 +216,7 @@ def framework_rows(case, framework, by_path, rounded, labels, exact, sweep, raw_
                 calls = (Call(status=metrics.UNSUPPORTED, message=reason),) * 2
             elif isinstance(native, Exception):
                 calls = (failed(native), failed(native))
-            elif case.options is not None:
+            elif case_options(case) is not None:
                 fn = raw_losses.get((framework, path))
                 calls = mean_calls(framework, path, fn, case, arrays, native, backend, dtype, shape)
             else:
@@ -230,7 +231,7 @@ def measure(sweep) -> list[dict]:
     base = inputs.draw(n_rows, n_classes, sweep.seed)
     implementations = build.implementations(sweep.frameworks, sweep.paths, None, sweep.chunk_size, sweep.block_size)
     raw_losses = option_cells.raw_losses(sweep.frameworks, sweep.paths, {}, sweep.chunk_size, sweep.block_size)
-    grouped = _group_by_framework(implementations)
+    grouped = group_by_framework(implementations)
     log.info(
         "edge cases: %d cases x %d paths, %d x %d logits", len(EDGE_CASES), len(implementations), n_rows, n_classes
     )

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import ConfigError
+from harness.sweep.journal import HEAD_COLUMNS  # noqa: F401 (timing.head imports it from here)
 
 HEAD_FAMILIES = ("head", "head_file")
 HEAD_FILE_SUFFIXES = (".npz", ".pt", ".pth")
 HEAD_ARRAYS = ("hidden", "weight", "labels")  # required in a head file; `bias` optional
-HEAD_COLUMNS = ("mode", "d", "reduction")  # the columns a head cell adds to the logit cells' keys
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import ConfigError
-
-FAMILIES = {
-    "spread": lambda z, scale: scale * z,  # logits spread wider: exp overflows, p underflows
-    "offset": lambda z, scale: z + scale,  # common shift: the exact loss is unchanged
-    "masked": lambda z, scale: scale * z,  # spread, then -inf at mask_fraction of each row (option_inputs)
-    "file": lambda data, scale: scale * data,  # logits read from a file (settings under `file`)
-    "inline": lambda data, scale: scale * data,  # logits written in the config (settings under `inline`)
-}
-GIVEN_FAMILIES = ("file", "inline")  # their shape comes from the data, not from n_rows/n_classes
+from harness.sweep.families import FAMILIES, GIVEN_FAMILIES  # noqa: F401 (config imports them from here)
 
 LABEL_CHOICES = ("random", "adversarial")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
 # the loss options of a cell (harness.paths.options), in every table; a cell without them is a bare loss
 OPTION_COLUMNS = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
+HEAD_COLUMNS = ("mode", "d", "reduction")  # the columns a head cell adds to the logit cells' keys
 
 
 JOURNAL = "cells.jsonl"

@@ -24,6 +24,7 @@ from harness.exact.options import LossOptions, exact_option_gradient, exact_redu
 from harness.exact.reference import by_row_blocks
 from harness.paths import options as opt
 from harness.sweep import metrics
+from harness.sweep.cells import cell_key, compute, group_by_framework, measured_facts, named, per_row, record_input_inf
 from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
 
 
@@ -172,8 +173,6 @@ class Run:
 
 def _loss_record(run: Run, fn, rows: bool) -> dict:
     """The loss metrics of one cell (and its per-row errors for reduction none, if asked)."""
-    from harness.sweep.runner import compute, per_row
-
     computed, note = compute(fn, run.arguments, run.backend, run.fmt.name)
     computed = np.atleast_1d(computed)
     if run.exact is None:
@@ -191,8 +190,6 @@ def _loss_record(run: Run, fn, rows: bool) -> dict:
 
 def _gradient_record(run: Run, fn) -> dict:
     """The gradient metrics: autodiff of the composed loss (NumPy has none with options)."""
-    from harness.sweep.runner import compute
-
     if run.backend.autodiff_gradient is None:
         return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
     try:
@@ -228,8 +225,6 @@ def _dense_mechanism(path: str, options) -> dict:
     """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
     if options.target != "dense" or path != "softmax_log":
         return {}
-    from harness.sweep.runner import named
-
     return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
 
 
@@ -239,8 +234,6 @@ def measure_options(
     """Measure every (framework, path) not yet done on one input, one dtype, one set of options.
     `shared`: a dict the caller keeps per input, in which one dtype's rounded logits and exact
     per-row losses wait for the next set of options (a mean and a sum share their rows)."""
-    from harness.sweep.runner import _group_by_framework, cell_key, measured_facts, named, record_input_inf
-
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
     todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
@@ -260,7 +253,7 @@ def measure_options(
         return record_input_inf(cell, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
     cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
-    for framework, by_path in _group_by_framework(todo).items():
+    for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
         where = cell | measured_facts(framework, dtype, on)

@@ -67,13 +67,13 @@ def check_resume(sweep, run_dir: Path, resume: bool) -> None:
 
 def check_same_software(run_dir: Path) -> None:
     """A resumed run must use the Python and package versions that made its first cells."""
-    from harness.sweep.environment import package_versions
+    from harness.sweep.environment import PACKAGES, package_versions
 
     path = run_dir / "environment.json"
     if not path.is_file():
         return
     stored = json.loads(path.read_text())
-    now = {"python": sys.version} | package_versions()
+    now = {"python": sys.version} | package_versions(PACKAGES)
     then = {"python": stored.get("python")} | stored.get("packages", {})
     changed = [f"{k}: stored {then.get(k)}, now {now.get(k)}" for k in now if k in then and then[k] != now[k]]
     if changed:

@@ -15,38 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from harness import backends, mechanisms, paths
+from harness import backends, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.gradient import exact_gradient
 from harness.exact.reference import exact_cross_entropy
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import head_runner, inputs, journal, metrics, option_cells, option_inputs
+from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
+from harness.sweep.cells import cell_key, compute, group_by_framework, measured_facts, named, per_row, record_input_inf
 from harness.sweep.config import SweepConfig, given_draw
 
 log = logging.getLogger(__name__)
 NAME_ORDER = {"framework": list(backends.FRAMEWORKS), "path": list(paths.PATH_NAMES)}  # table row order
-
-
-def compute(fn, native, backend, dtype: str) -> tuple[np.ndarray, str]:
-    """Run a loss or gradient; the result as float64 in `dtype`, and a note if it came back in another."""
-    values, returned = backend.to_numpy(fn(*native))
-    if returned == dtype:
-        return values, ""
-    return round_to(values, dtype).astype(np.float64), f"returned {returned}; rounded to {dtype}"
-
-
-def per_row(labels, computed, hi, lo, fmt: FloatFormat, exponent=0) -> dict:
-    """The per-row errors of one cell, as lists (for the journal and row_errors)."""
-    return {
-        "row": list(range(len(hi))),
-        "label": [int(v) for v in labels],
-        "exact_loss": np.ldexp(hi, exponent).tolist(),
-        "computed": computed.tolist(),
-        "abs_err": metrics.abs_error(computed, hi, lo, exponent).tolist(),
-        "ulp_err": metrics.ulp_error(computed, hi, lo, fmt, exponent).tolist(),
-    }
 
 
 @dataclass(frozen=True)
@@ -128,7 +109,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     loss = np.ldexp(exact.hi, exact.exponent)
     cell["max_exact_loss"] = float(loss.max())
     cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
-    for framework, by_path in _group_by_framework(todo).items():
+    for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
         where = cell | measured_facts(framework, dtype, on)
@@ -145,44 +126,6 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
                 measured["cell"] = where | named(path) | measured["cell"]
                 record(measured)
     return len(todo)
-
-
-def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gradient: bool) -> int:
-    """Journal every (framework, path) of an input whose rounded logits overflow the dtype: status
-    input_inf, not the path's failure. Returns how many cells that was."""
-    status = {"status": metrics.INPUT_INF, "message": f"logits overflow {fmt.name} (|x| > {fmt.max_finite:.6g})"}
-    for framework, path in todo:
-        where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
-        record({"cell": where | status} | ({"grad": status} if gradient else {}))
-    return len(todo)
-
-
-def measured_facts(framework: str, dtype: str, device: str) -> dict:
-    """The row's framework, device and what its backend measured there (flush-to-zero, exp's dtype)."""
-    return {
-        "framework": framework,
-        "device": device,
-        "flushes_subnormals": backends.load(framework).flushes_subnormals(dtype, device),
-        "exp_dtype": backends.exp_dtype(framework, dtype, device),
-    }
-
-
-def named(path: str) -> dict:
-    """A row's path and the failure mechanisms its entry declares (None for a custom path: no theory),
-    so that the breakdown and the plots read theory from the table, never from the path entries."""
-    entry = paths.ENTRIES_BY_NAME.get(path)
-    return {"path": path, "mechanisms": None if entry is None else mechanisms.joined(entry.mechanisms)}
-
-
-def cell_key(cell: dict, framework: str, path: str) -> tuple:
-    return journal.cell_key(cell | {"framework": framework, "path": path})
-
-
-def _group_by_framework(implementations: dict) -> dict:
-    grouped: dict = {}
-    for (framework, path), impl in implementations.items():
-        grouped.setdefault(framework, {})[path] = impl
-    return grouped
 
 
 def compile_implementations(sweep: SweepConfig) -> dict:

@@ -1,0 +1,73 @@
+"""What measuring any cell shares, for the plain runner (harness.sweep.runner), the option layer
+(harness.sweep.option_cells), the head (harness.sweep.head_runner) and the edge cases: running a loss
+and reading it back, per-row errors, a row's names and the facts its backend measured, the journal
+key, and the input_inf rows of an input that overflows its dtype."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import backends, mechanisms, paths
+from harness.dtypes import FloatFormat, round_to
+from harness.sweep import journal, metrics
+
+
+def compute(fn, native, backend, dtype: str) -> tuple[np.ndarray, str]:
+    """Run a loss or gradient; the result as float64 in `dtype`, and a note if it came back in another."""
+    values, returned = backend.to_numpy(fn(*native))
+    if returned == dtype:
+        return values, ""
+    return round_to(values, dtype).astype(np.float64), f"returned {returned}; rounded to {dtype}"
+
+
+def per_row(labels, computed, hi, lo, fmt: FloatFormat, exponent=0) -> dict:
+    """The per-row errors of one cell, as lists (for the journal and row_errors)."""
+    return {
+        "row": list(range(len(hi))),
+        "label": [int(v) for v in labels],
+        "exact_loss": np.ldexp(hi, exponent).tolist(),
+        "computed": computed.tolist(),
+        "abs_err": metrics.abs_error(computed, hi, lo, exponent).tolist(),
+        "ulp_err": metrics.ulp_error(computed, hi, lo, fmt, exponent).tolist(),
+    }
+
+
+def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gradient: bool) -> int:
+    """Journal every (framework, path) of an input whose rounded logits overflow the dtype: status
+    input_inf, not the path's failure. Returns how many cells that was."""
+    status = {"status": metrics.INPUT_INF, "message": f"logits overflow {fmt.name} (|x| > {fmt.max_finite:.6g})"}
+    for framework, path in todo:
+        where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
+        record({"cell": where | status} | ({"grad": status} if gradient else {}))
+    return len(todo)
+
+
+def measured_facts(framework: str, dtype: str, device: str) -> dict:
+    """The row's framework, device and what its backend measured there (flush-to-zero, exp's dtype)."""
+    return {
+        "framework": framework,
+        "device": device,
+        "flushes_subnormals": backends.load(framework).flushes_subnormals(dtype, device),
+        "exp_dtype": backends.exp_dtype(framework, dtype, device),
+        "exp_overflow": backends.exp_overflow(framework, dtype, device),
+        "exp_underflow": backends.exp_underflow(framework, dtype, device),
+        "quotient_flushes": backends.quotient_flushes(framework, dtype, device),
+    }
+
+
+def named(path: str) -> dict:
+    """A row's path and the failure mechanisms its entry declares (None for a custom path: no theory),
+    so that the breakdown and the plots read theory from the table, never from the path entries."""
+    entry = paths.ENTRIES_BY_NAME.get(path)
+    return {"path": path, "mechanisms": None if entry is None else mechanisms.joined(entry.mechanisms)}
+
+
+def cell_key(cell: dict, framework: str, path: str) -> tuple:
+    return journal.cell_key(cell | {"framework": framework, "path": path})
+
+
+def group_by_framework(implementations: dict) -> dict:
+    grouped: dict = {}
+    for (framework, path), impl in implementations.items():
+        grouped.setdefault(framework, {})[path] = impl
+    return grouped
