@@ -2,7 +2,8 @@
 
 ``loss_with_options(path, path_fn, x, y, arrays, options)``: see harness.paths.options. `fused`
 is scipy.special.logsumexp(x') - x'[y] with the options around it, like every other path.
-Gradients: none with options (NumPy's backward passes are hand-written for the bare loss).
+Gradients: by hand, the reverse sweep of the composition around each path's own backward pass
+(`harness.paths.numpy_option_grads`); a custom NumPy path has none.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import numpy as np
 import scipy.special
 
 from harness.paths import options as opt
+from harness.paths.numpy_option_grads import gradient_with_options
 from harness.paths.numpy_paths import PATHS
 
 BUILTIN_PATHS = tuple(PATHS)
+__all__ = ["BUILTIN_PATHS", "OPS", "gradient_with_options", "loss_with_options"]
 
 
 def _softmax(x):

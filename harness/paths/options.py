@@ -122,9 +122,8 @@ TORCH_WEIGHTED_SMOOTHING = (
     "F.cross_entropy with weight= and label_smoothing= weights the smoothing term by every class's weight, "
     "e sum_j w_j (lse - x_j) / C, not by the label's weight: a different loss"
 )
-NUMPY_NO_GRADIENT = (
-    "NumPy's backward passes are written by hand for the bare per-row loss; the options have no hand-written chain rule"
-)
+NUMPY_NO_GRADIENT = "NumPy's backward passes are written by hand for the built-in paths; a custom NumPy path has none"
+NUMPY_GRADIENT = "by hand: the reverse sweep of the composition around the path's own backward pass"
 
 
 def framework_module(framework: str):
@@ -153,7 +152,9 @@ def own_options(fn) -> tuple[str, ...]:
 def option_function(framework: str, path: str, path_fn, arrays: NativeArrays, options: CellOptions):
     """(x, y) -> the loss with `options`, for the backend to compile and differentiate. Give it
     y = arrays.packed() (the labels with the ignored rows marked, weights, targets), so a compiler
-    takes them as arguments; any other y is ignored in favour of `arrays` themselves."""
+    takes them as arguments; any other y is ignored in favour of `arrays` themselves. Where the
+    framework's module writes the backward pass by hand (NumPy's built-in paths), the loss carries
+    it as `.gradient`, (x, y) -> d(sum of the loss)/dx."""
     check_supported(framework, path, options)
     module = framework_module(framework)
     own = own_options(path_fn) if path not in module.BUILTIN_PATHS else ()
@@ -161,10 +162,14 @@ def option_function(framework: str, path: str, path_fn, arrays: NativeArrays, op
         if own and name not in own and getattr(options, name) != getattr(CellOptions(), name):
             raise Unsupported(f"custom path {path} implements {', '.join(own)} itself; it does not take {name}")
 
-    def loss(x, y):
-        given = NativeArrays(**y, any_ignored=arrays.any_ignored) if isinstance(y, dict) else arrays
-        return module.loss_with_options(path, path_fn, x, y, given, options, own=own)
+    def given(y):
+        return NativeArrays(**y, any_ignored=arrays.any_ignored) if isinstance(y, dict) else arrays
 
+    def loss(x, y):
+        return module.loss_with_options(path, path_fn, x, y, given(y), options, own=own)
+
+    if hasattr(module, "gradient_with_options") and path in module.BUILTIN_PATHS:  # NumPy: by hand
+        loss.gradient = lambda x, y: module.gradient_with_options(path, path_fn, x, given(y), options)
     return loss
 
 
@@ -242,7 +247,7 @@ def option_table(frameworks) -> str:
     header = "| framework | `fused` | other paths | gradient |\n|---|---|---|---|"
     rows = [
         f"| {f} | {_LIBRARY[f]} | composed by hand around the per-row loss | "
-        + ("none: " + NUMPY_NO_GRADIENT if f == "numpy" else "autodiff of the composed loss")
+        + (NUMPY_GRADIENT if f == "numpy" else "autodiff of the composed loss")
         + " |"
         for f in frameworks
     ]
