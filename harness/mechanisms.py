@@ -10,24 +10,45 @@ for the thresholds, every one derived from the dtype's round-to-nearest (harness
   loss passes -ln(smallest subnormal / 2), or -ln(smallest normal) where results flush to zero.
   Stated in `max_exact_loss`.
 
-The dtype a threshold is taken in is the one the framework's exp really computes in, where it
-differs (the errors table's measured `exp_dtype`: MLX's float64 exp is float32's). Accuracy
-mechanisms that never make a path fail (a probability clip caps a loss instead) are named here too
-but have no failure threshold.
+- exp overflow: a path that declares sum overflow exponentiates unshifted logits, so it also fails
+  once the largest logit passes the largest input whose exp the framework returns finite, measured
+  at start-up (the errors table's `exp_overflow`). It comes before sum overflow only where the
+  framework's exp has a narrower range than the dtype (MLX: inf from x = 88.0 on, float64 included).
+  Stated in `max_logit`.
+- other-class underflow (target=dense, the article's sum(-log(softmax(x)) * t)): every class's
+  log-probability is taken, so once any class's probability rounds to 0 the row is 0 * -inf = NaN
+  (a class the target does not weight) or inf (one it does). Stated in `max_class_loss`, the largest
+  lse(x) - x_j over every row and class: the loss that class would have as the target.
+
+Where a probability underflows is measured, not typed (harness.backends): a probability made by the
+exp, exp(x_j - max) (paths that shift), is 0 past the exp's measured `exp_underflow`; one made as a
+quotient exp(x_y) / sum(exp(x)) (paths that do not shift, those declaring sum overflow) past
+-ln(smallest subnormal / 2), or -ln(smallest normal) where the measured `quotient_flushes` says
+division flushes. A shifted probability is also divided by a sum >= 1, so its threshold is the
+smaller of the two. Tables from before those columns take thresholds in the measured `exp_dtype`
+with `flushes_subnormals` (`legacy_threshold`). Accuracy mechanisms that never make a path fail
+(a probability clip caps a loss instead) are named here too but have no failure threshold.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from harness.dtypes import DTYPES
 
 SUM_OVERFLOW, TARGET_UNDERFLOW = "sum overflow", "target underflow"
+EXP_OVERFLOW = "exp overflow"  # implied by sum overflow (unshifted exps); never declared by a path entry
+OTHER_CLASS_UNDERFLOW = "other-class underflow"  # target=dense softmax_log (harness.paths.options)
 PROBABILITY_CLIP = "probability clip"  # Keras's from_logits=False route: losses capped at -log(1e-7)
-FAILURE_MECHANISMS = (SUM_OVERFLOW, TARGET_UNDERFLOW)  # those that end in inf or nan
+# those that end in inf or nan
+FAILURE_MECHANISMS = (SUM_OVERFLOW, TARGET_UNDERFLOW, EXP_OVERFLOW, OTHER_CLASS_UNDERFLOW)
 
 # The errors-table column each failure mechanism's threshold is compared with, then its fallback.
 THEORY_QUANTITIES: dict[str, tuple[str, ...]] = {
     SUM_OVERFLOW: ("max_lse", "max_logit"),
     TARGET_UNDERFLOW: ("max_exact_loss",),
+    EXP_OVERFLOW: ("max_logit",),
+    OTHER_CLASS_UNDERFLOW: ("max_class_loss",),
 }
 SEPARATOR = "; "  # how the errors table's `mechanisms` column joins a path's mechanisms
 
@@ -45,10 +66,43 @@ def underflow_threshold(dtype: str, flushes_subnormals: bool = False) -> float:
 
 
 def threshold(cause: str, dtype: str, flushes: bool) -> float:
-    if cause == SUM_OVERFLOW:
+    """A mechanism's threshold from the dtype's rounding alone (`flushes`: subnormal results are 0)."""
+    if cause in (SUM_OVERFLOW, EXP_OVERFLOW):
         return overflow_threshold(dtype)
-    if cause == TARGET_UNDERFLOW:
+    if cause in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
         return underflow_threshold(dtype, flushes)
+    raise ValueError(f"{cause!r} has no failure threshold; failure mechanisms: {', '.join(FAILURE_MECHANISMS)}")
+
+
+@dataclass(frozen=True)
+class ExpFacts:
+    """What the backend measured of a framework's exp and division in one dtype (harness.backends)."""
+
+    exp_overflow: float  # the largest input whose exp is finite
+    exp_underflow: float  # -x for the most negative input x whose exp is nonzero
+    quotient_flushes: bool  # a subnormal quotient comes back as 0
+
+
+def exp_overflow_applies(dtype: str, facts: ExpFacts, tolerance: float) -> bool:
+    """Whether the exp's own overflow comes measurably (by more than `tolerance`) before the sum's."""
+    return facts.exp_overflow < overflow_threshold(dtype) * (1 - tolerance)
+
+
+def measured_threshold(cause: str, dtype: str, facts: ExpFacts, shifts: bool, tolerance: float) -> tuple[float, str]:
+    """A mechanism's threshold from the measured facts, and which fact sets it: 'exp' (the exp's range),
+    'quotient' (a division's underflow) or 'dtype' (the dtype's rounding). `shifts`: the path
+    exponentiates x - max (it declares no sum overflow). The exp's underflow is taken only where it
+    comes more than `tolerance` before the quotient's (not merely the last input the dtype holds
+    before it: 92.5 for bfloat16's 92.88)."""
+    if cause == SUM_OVERFLOW:
+        return overflow_threshold(dtype), "dtype"
+    if cause == EXP_OVERFLOW:
+        return facts.exp_overflow, "exp"
+    if cause in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
+        quotient = underflow_threshold(dtype, facts.quotient_flushes)
+        if shifts and facts.exp_underflow < quotient * (1 - tolerance):
+            return facts.exp_underflow, "exp"
+        return quotient, "quotient"
     raise ValueError(f"{cause!r} has no failure threshold; failure mechanisms: {', '.join(FAILURE_MECHANISMS)}")
 
 

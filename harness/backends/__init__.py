@@ -127,6 +127,9 @@ def facts(frameworks, device: str, dtypes) -> dict:
             "compiled": backend.COMPILE_NOTE,
             "flushes_subnormals": {dtype: backend.flushes_subnormals(dtype, on) for dtype in dtypes},
             "exp_dtype": {dtype: exp_dtype(name, dtype, on) for dtype in dtypes},
+            "exp_overflow": {dtype: exp_overflow(name, dtype, on) for dtype in dtypes},
+            "exp_underflow": {dtype: exp_underflow(name, dtype, on) for dtype in dtypes},
+            "quotient_flushes": {dtype: quotient_flushes(name, dtype, on) for dtype in dtypes},
         }
     return record
 
@@ -183,3 +186,72 @@ def exp_error_ulps(framework: str, dtype: str, device: str = "cpu") -> float:
     finite = np.isfinite(values) & (exact <= fmt.max_finite)
     spacing = np.abs(np.spacing(round_to(exact[finite], fmt.name).astype(fmt.numpy_type)).astype(np.float64))
     return float((np.abs(values[finite] - exact[finite]) / spacing).max())
+
+
+def _exp_of(framework: str, dtype: str, device: str, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(points rounded to dtype, as float64; the framework's exp of them, as float64)."""
+    from harness.dtypes import round_to
+
+    rounded = round_to(np.asarray(points, dtype=np.float64), dtype)  # in the dtype's NumPy type
+    backend = load(framework)
+    with backend.dtype_scope(dtype):
+        native, _ = backend.to_native(rounded[None, :], np.zeros(1, dtype=np.int64), device)
+        with np.errstate(over="ignore", under="ignore"):  # float64 inputs reach JAX only in float64's scope
+            values, _ = backend.to_numpy(backend.exp(native))
+    return rounded.astype(np.float64), np.asarray(values[0], dtype=np.float64)
+
+
+def _edge(framework: str, dtype: str, device: str, sign: float, broken) -> float:
+    """The input of largest magnitude on the `sign` side whose exp is not `broken` (inf, or 0), found on
+    a geometric grid out to 1.05 times the dtype's own threshold, then narrowed on linear grids."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    far = 1.05 * (fmt.exp_overflow_threshold if sign > 0 else fmt.exp_underflow_threshold)
+    points = sign * np.geomspace(1.0, far, 4096)
+    for _ in range(3):
+        x, values = _exp_of(framework, dtype, device, points)
+        bad = broken(values)
+        if not bad.any():
+            return float(x[-1])  # never breaks within the dtype's range: its last point
+        first = int(np.argmax(bad))
+        if first == 0:
+            return float("nan")
+        points = np.linspace(x[first - 1], x[first], 4096)
+    return float(x[first - 1])
+
+
+@functools.cache
+def exp_overflow(framework: str, dtype: str, device: str = "cpu") -> float:
+    """The largest input (in the dtype) whose exp the framework returns finite, measured: exp(x) is inf
+    for x above it. ln(largest finite + half an ulp) rounded down where exp is correctly rounded
+    (88.7228 for float32); 88.0 for every MLX dtype wider than float16, whose exp is a float32
+    polynomial that returns inf from x = 88.0 on (float64 included)."""
+    return _edge(framework, dtype, device, 1.0, np.isinf)
+
+
+@functools.cache
+def exp_underflow(framework: str, dtype: str, device: str = "cpu") -> float:
+    """-x for the most negative input x (in the dtype) whose exp the framework returns nonzero, measured:
+    exp(-t) is 0 for t above it, so a probability exp(-loss) made by the exp is 0 past this loss.
+    -ln(smallest subnormal / 2) where exp keeps subnormals (103.97 for float32), -ln(smallest normal)
+    where it flushes them (87.34), 87.683 for MLX's float32-polynomial exp in float32 and float64."""
+    return -_edge(framework, dtype, device, -1.0, lambda v: v == 0)
+
+
+@functools.cache
+def quotient_flushes(framework: str, dtype: str, device: str = "cpu") -> bool:
+    """Whether the framework's division returns 0 for a subnormal quotient, measured: smallest normal / 4.
+    A probability made as a quotient exp(x_y) / sum(exp(x)) underflows at -ln(smallest normal) if so,
+    else at gradual underflow's -ln(smallest subnormal / 2), whatever its exp does (MLX's exp returns 0
+    below -87.683 in float32, its division keeps subnormals)."""
+    from harness.dtypes import DTYPES
+
+    fmt = DTYPES[dtype]
+    backend = load(framework)
+    with backend.dtype_scope(dtype):
+        label = np.zeros(1, dtype=np.int64)
+        normal, _ = backend.to_native(np.array([[fmt.smallest_normal]], dtype=fmt.numpy_type), label, device)
+        four, _ = backend.to_native(np.array([[4.0]], dtype=fmt.numpy_type), label, device)
+        quarter, _ = backend.to_numpy(normal / four)
+    return bool(np.asarray(quarter, dtype=np.float64).ravel()[0] == 0)

@@ -54,22 +54,27 @@ from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots an
     GROUP_COLUMNS,
     NO_BREAK,
     NOT_THE_PATHS_FAILURE,
+    OPTION_CELLS_NOTE,
     QUANTITIES,
     TOLERANCE,
     Break,
+    ExpFacts,
     Prediction,
     default_bits_lost_limit,
     earliest,
     first_index,
     fits,
     flushes_subnormals,
+    group_exp_facts,
     group_flushes,
     group_mechanisms,
     lower_bound_slack,
     measured_break,
     passed_before,
     predictions,
+    theory_causes,
     theory_dtype,
+    unbisected_note,
 )
 from harness.sweep import metrics
 
@@ -145,9 +150,11 @@ COLUMN_DOCS = {
 # --- one group: framework/path/dtype/family over the scale grid ----------------------------
 
 
-def breakdown_row(cells: pd.DataFrame, bits_lost_limit: float | None = None, bisected=None) -> dict:
+def breakdown_row(
+    cells: pd.DataFrame, bits_lost_limit: float | None = None, bisected=None, breaks_table: bool = False
+) -> dict:
     """The breakdown of one framework/path/dtype/family (one device, n_rows, n_classes) over its
-    scales; `bisected` is its row of the breaks table, if the run has one."""
+    scales; `bisected` is its row of the breaks table, if the run has one (`breaks_table`)."""
     cells = cells.sort_values("scale", kind="stable").reset_index(drop=True)
     first = cells.iloc[0]
     framework, path, dtype = first["framework"], first["path"], first["dtype"]
@@ -180,12 +187,12 @@ def breakdown_row(cells: pd.DataFrame, bits_lost_limit: float | None = None, bis
         "n_unsupported": int((status == metrics.UNSUPPORTED).sum()),
         "flushes_subnormals": flushes,
     }
-    brk = measured_break(cells, measured, bisected)
+    brk = measured_break(cells, measured, bisected, unbisected_note(first, breaks_table))
     accumulation = str(bisected.get("accumulation", "") or "") if bisected is not None else ""
     return row | theory_columns(cells, framework, path, dtype, flushes, brk, accumulation)
 
 
-def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, predicted) -> str:
+def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, predicted) -> str:
     """Why theory cannot be checked for this group; empty where it can."""
     status = cells["status"]
     if not (~status.isin(NOT_THE_PATHS_FAILURE)).any():
@@ -195,7 +202,7 @@ def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, predicted
         return f"inputs overflow {dtype} at every scale"
     if mechanisms is None:
         return f"no theory for path {path!r}"
-    unchecked = [cause for cause, p in zip(mechanisms, predicted, strict=True) if p is None]
+    unchecked = [cause for cause, p in zip(causes, predicted, strict=True) if p is None]
     return "; ".join(f"{cause} needs column {THEORY_QUANTITIES[cause][0]}" for cause in unchecked) + (
         ", absent from this table" if unchecked else ""
     )
@@ -221,9 +228,10 @@ def theory_columns(
         "matches_theory": pd.NA,
     }
     mechanisms = group_mechanisms(cells)
-    dtype = theory_dtype(cells, dtype)
-    predicted = predictions(cells, mechanisms, dtype, flushes)
-    why_not = _unchecked(cells, path, mechanisms, dtype, predicted)
+    measured = group_exp_facts(cells)
+    dtype = dtype if measured is not None else theory_dtype(cells, dtype)  # a table before the exp facts
+    predicted = predictions(cells, mechanisms, dtype, flushes, measured)
+    why_not = _unchecked(cells, path, mechanisms, dtype, theory_causes(mechanisms, dtype, measured), predicted)
     if why_not:
         return columns | {"explanation": why_not}
     chosen = earliest(predicted)
@@ -250,9 +258,9 @@ def theory_columns(
         if brk.index is not None:
             columns["grid_steps_off"] = brk.index - cause.index
     quantity_of = {p.cause: p.quantity for p in predicted}
-    known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of)
+    known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of, measured)
     if agrees:
-        explanation = explain_agreement(cells, framework, dtype, flushes, brk, cause, known)
+        explanation = explain_agreement(cells, framework, dtype, flushes, brk, cause, known, measured)
     else:
         explanation = explain_disagreement(
             cells, mechanisms, brk, shown if brk.index is not None else None, chosen, early, known
@@ -294,6 +302,7 @@ def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, 
             cells,
             bits_lost_limit,
             bisected.get(tuple(_key_value(k) for k in (key if isinstance(key, tuple) else (key,)))),
+            breaks is not None,
         )
         for key, cells in groups
     ]

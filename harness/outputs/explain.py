@@ -10,8 +10,16 @@ import numpy as np
 import pandas as pd
 
 from harness.dtypes import DTYPES
-from harness.mechanisms import SUM_OVERFLOW, TARGET_UNDERFLOW, THEORY_QUANTITIES, threshold
-from harness.outputs.theory import Break, Prediction, fits
+from harness.mechanisms import (
+    EXP_OVERFLOW,
+    OTHER_CLASS_UNDERFLOW,
+    SUM_OVERFLOW,
+    TARGET_UNDERFLOW,
+    THEORY_QUANTITIES,
+    ExpFacts,
+    threshold,
+)
+from harness.outputs.theory import MEASURABLY, Break, Prediction, fits
 from harness.sweep import metrics
 
 # --- explanations from measured facts -------------------------------------------------------
@@ -20,6 +28,7 @@ QUANTITY_WORDS = {
     "max_lse": "largest log-sum-exp",
     "max_logit": "largest logit",
     "max_exact_loss": "largest exact loss",
+    "max_class_loss": "largest lse - x_j over every class",
 }
 
 
@@ -48,30 +57,87 @@ class Fact:
     says: str
 
 
+def exp_words(framework: str, dtype: str, measured: ExpFacts, cause: str) -> str:
+    """The measured fact behind an 'exp' threshold, in words."""
+    if cause == EXP_OVERFLOW:
+        return (
+            f"{framework}'s exp returns inf above {fmt_quantity(measured.exp_overflow)} in {dtype} (measured), before "
+            f"the sum overflows at ln(largest finite + half an ulp) = "
+            f"{fmt_quantity(DTYPES[dtype].exp_overflow_threshold)}"
+        )
+    return (
+        f"{framework}'s exp returns 0 below -{fmt_quantity(measured.exp_underflow)} in {dtype} (measured), so a "
+        f"probability made by the exp, exp(x_j - max), is 0 past that loss"
+    )
+
+
+def quotient_words(framework: str, dtype: str, measured: ExpFacts) -> str:
+    """The measured fact behind a 'quotient' threshold, in words (flushing or not, as measured)."""
+    fmt = DTYPES[dtype]
+    if measured.quotient_flushes:
+        return (
+            f"{framework}'s division flushes subnormal quotients to zero in {dtype} (measured), so a probability "
+            f"exp(x_y) / sum(exp(x)) is 0 past -ln(smallest normal) = {fmt_quantity(fmt.exp_flush_threshold)}"
+        )
+    return (
+        f"{framework}'s division keeps subnormal quotients in {dtype} (measured), so a probability exp(x_y) / "
+        f"sum(exp(x)) is 0 only past gradual underflow's -ln(smallest subnormal / 2) = "
+        f"{fmt_quantity(fmt.exp_underflow_threshold)}"
+    )
+
+
+def _measured_facts(framework: str, mechanisms, dtype: str, measured: ExpFacts, quantity_of: dict) -> list[Fact]:
+    """The thresholds theory did not choose but a measured fact puts on the path: a flushing division's
+    1/sum(exp), and the other way a probability can be made (by the exp, or as a quotient)."""
+    found = []
+    fmt = DTYPES[dtype]
+    if measured.quotient_flushes and SUM_OVERFLOW in mechanisms:
+        says = (
+            f"{framework}'s division flushes subnormal quotients to zero in {dtype} (measured), so 1/sum(exp) "
+            f"becomes 0 once the log-sum-exp passes -ln(smallest normal) = {fmt_quantity(fmt.exp_flush_threshold)}"
+        )
+        found.append(Fact(quantity_of.get(SUM_OVERFLOW, "max_lse"), fmt.exp_flush_threshold, says))
+    quotient = fmt.exp_flush_threshold if measured.quotient_flushes else fmt.exp_underflow_threshold
+    for cause in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
+        if cause not in mechanisms:
+            continue
+        quantity = quantity_of.get(cause, THEORY_QUANTITIES[cause][0])
+        earlier = measured.exp_underflow < quotient * (1 - MEASURABLY)
+        if earlier and SUM_OVERFLOW not in mechanisms:  # theory chose the exp's threshold: the quotient's is the other
+            found.append(Fact(quantity, quotient, quotient_words(framework, dtype, measured)))
+        elif earlier:  # theory chose the quotient's: the exp's is the other
+            found.append(Fact(quantity, measured.exp_underflow, exp_words(framework, dtype, measured, cause)))
+    return found
+
+
 def facts(
-    framework: str, path: str, mechanisms, dtype: str, flushes: bool, accumulation: str, quantity_of: dict
+    framework: str,
+    path: str,
+    mechanisms,
+    dtype: str,
+    flushes: bool,
+    accumulation: str,
+    quantity_of: dict,
+    measured: ExpFacts | None = None,
 ) -> list[Fact]:
     """Thresholds that measured facts put on this combination, beside theory's own.
 
-    Flushing (the backend's measurement): 1/sum(exp) flushes to 0 once the sum passes
-    1/smallest normal, i.e. the log-sum-exp passes -ln(smallest normal). Accumulation (the path
-    entry, through the breaks table): a mechanism's threshold in the dtype the sums are carried in.
+    The exp and the division (the backend's measurements, `measured`): a flushing division's
+    1/sum(exp) is 0 once the log-sum-exp passes -ln(smallest normal); a probability is made either by
+    the exp or as a quotient, and theory took one of the two. In a table before those measurements,
+    flushing (`flushes`): 1/sum(exp) flushes to 0 likewise. Accumulation (the path entry, through the
+    breaks table): a mechanism's threshold in the dtype the sums are carried in.
     """
     found = []
-    if flushes and SUM_OVERFLOW in mechanisms:
+    if measured is not None:
+        found += _measured_facts(framework, mechanisms, dtype, measured, quantity_of)
+    elif flushes and SUM_OVERFLOW in mechanisms:
         limit = DTYPES[dtype].exp_flush_threshold
         says = (
             f"{framework} flushes subnormals to zero in {dtype} (measured), so 1/sum(exp) becomes 0 once the "
             f"log-sum-exp passes -ln(smallest normal) = {fmt_quantity(limit)}"
         )
         found.append(Fact(quantity_of.get(SUM_OVERFLOW, "max_lse"), limit, says))
-    if flushes and TARGET_UNDERFLOW in mechanisms:
-        limit = DTYPES[dtype].exp_underflow_threshold
-        says = (
-            f"this path keeps subnormals: the break lies at gradual underflow's -ln(smallest subnormal / 2) = "
-            f"{fmt_quantity(limit)}, though {framework} flushes them in {dtype} where measured"
-        )
-        found.append(Fact(quantity_of.get(TARGET_UNDERFLOW, "max_exact_loss"), limit, says))
     if accumulation and accumulation != dtype and accumulation in DTYPES:
         for cause in mechanisms:
             limit = threshold(cause, accumulation, False)
@@ -156,13 +222,20 @@ def explain_disagreement(cells, mechanisms, brk: Break, shown, chosen, early, kn
     )
 
 
-def explain_agreement(cells, framework: str, dtype: str, flushes: bool, brk: Break, cause, known) -> str:
-    """What is notable where theory agrees: a flushed threshold, a fact that fits closer, a lower bound."""
+def explain_agreement(
+    cells, framework: str, dtype: str, flushes: bool, brk: Break, cause, known, exp_facts: ExpFacts | None = None
+) -> str:
+    """What is notable where theory agrees: a measured exp or division fact, a flushed threshold, a fact
+    that fits closer, a lower bound."""
     if brk.index is None or cause is None:
         return ""
     lo, hi = brk.lo[cause.quantity], brk.hi[cause.quantity]
     measured = f"the measured {QUANTITY_WORDS[cause.quantity]} {fmt_span(lo, hi)}"
-    if cause.cause == TARGET_UNDERFLOW and flushes:
+    if exp_facts is not None and cause.source == "exp":
+        return f"{exp_words(framework, dtype, exp_facts, cause.cause)}: within 1% of {measured}"
+    if exp_facts is not None and cause.source == "quotient" and exp_facts.quotient_flushes:
+        return f"{quotient_words(framework, dtype, exp_facts)}: within 1% of {measured}"
+    if exp_facts is None and cause.cause == TARGET_UNDERFLOW and flushes:
         gradual = DTYPES[dtype].exp_underflow_threshold
         return (
             f"{framework} flushes subnormals to zero in {dtype} (measured): -ln(smallest normal) = "

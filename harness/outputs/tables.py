@@ -9,17 +9,21 @@ from harness.files import atomic_write, write_table, write_text  # noqa: F401 (o
 from harness.sweep import metrics
 from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
 
+# what a cell records beside its key: device, theory's mechanisms, the backend's measured facts, the
+# quantities theory's thresholds are stated in, the status
+CELL_COLUMNS = ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "exp_overflow", "exp_underflow")
+CELL_COLUMNS += ("quotient_flushes", "max_logit", "max_exact_loss", "max_lse", "max_class_loss", "status")
 ERROR_COLUMNS = (
     KEY_COLUMNS
     + OPTION_COLUMNS
-    + ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
+    + CELL_COLUMNS
     + metrics.METRIC_COLUMNS
     + ("message",)
 )
 GRAD_COLUMNS = (
     KEY_COLUMNS
     + OPTION_COLUMNS
-    + ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "max_logit", "max_exact_loss", "max_lse", "status")
+    + CELL_COLUMNS
     + metrics.GRAD_METRIC_COLUMNS
     + ("message",)
 )
@@ -64,6 +68,7 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
         frame[column] = frame[column].astype(str)
     frame["exp_dtype"] = frame["exp_dtype"].fillna("").astype(str)  # empty where the path never ran
     frame["flushes_subnormals"] = frame["flushes_subnormals"].astype("boolean")  # empty where the path never ran
+    frame["quotient_flushes"] = frame["quotient_flushes"].astype("boolean")
     return frame
 
 

@@ -1,10 +1,11 @@
 """Theory on a combination's grid of scales: which mechanisms its path entry declares, where each
 threshold is passed, and where the path was measured to break (harness.outputs.breakdown's parts).
 
-Thresholds come from harness.mechanisms in the dtype the framework's exp really computes in (the
-errors table's measured `exp_dtype`), with subnormal flushing as the errors table's measured
-`flushes_subnormals` says; the mechanisms from the table's `mechanisms` column, written from the
-path entries."""
+Thresholds come from harness.mechanisms: from the facts the backend measured of the framework's exp
+and division (the errors table's `exp_overflow`, `exp_underflow`, `quotient_flushes`); in a table
+from before those columns, in the dtype its exp really computes in (the measured `exp_dtype`) with
+the measured `flushes_subnormals`. The mechanisms come from the table's `mechanisms` column, written
+from the path entries."""
 
 from __future__ import annotations
 
@@ -15,18 +16,30 @@ import numpy as np
 import pandas as pd
 
 from harness.dtypes import DTYPES
-from harness.mechanisms import THEORY_QUANTITIES, failure_mechanisms, threshold
+from harness.mechanisms import (
+    EXP_OVERFLOW,
+    SUM_OVERFLOW,
+    THEORY_QUANTITIES,
+    ExpFacts,
+    exp_overflow_applies,
+    failure_mechanisms,
+    measured_threshold,
+    threshold,
+)
 from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS
 
 NO_BREAK = "none"
 TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
+MEASURABLY = TOLERANCE / 2  # a measured exp range this far inside the dtype's own sets a threshold of its own
 
-QUANTITIES = ("max_logit", "max_lse", "max_exact_loss")
+QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss")
+EXP_FACT_COLUMNS = ("exp_overflow", "exp_underflow", "quotient_flushes")
 
-# Fallback for errors tables without the measured `flushes_subnormals` column (runs before it):
-# (framework, dtype, device) whose computed results flush subnormals to zero, as measured on CPU
-# with JAX 0.10.2 (jitted, x64 enabled). NumPy and PyTorch keep subnormals in every dtype.
+# Only for reading errors tables written before the measured `flushes_subnormals` column (every run
+# since records it, measured by the backend): (framework, dtype, device) whose computed results flush
+# subnormals to zero, as measured on CPU with JAX 0.10.2 (jitted, x64 enabled). NumPy and PyTorch
+# keep subnormals in every dtype. Never consulted for a table that has the column.
 FLUSHES_SUBNORMALS: frozenset[tuple[str, str, str]] = frozenset(
     {("jax", "bfloat16", "cpu"), ("jax", "float32", "cpu"), ("jax", "float64", "cpu")}
 )
@@ -40,7 +53,7 @@ NOT_THE_PATHS_FAILURE = (metrics.INPUT_INF, metrics.UNSUPPORTED)
 
 
 def flushes_subnormals(framework: str, dtype: str, device: str = "cpu") -> bool:
-    """The fallback table, for errors tables without the measured column."""
+    """The fallback table: only for errors tables from before the measured `flushes_subnormals` column."""
     return (framework, dtype, device) in FLUSHES_SUBNORMALS
 
 
@@ -56,6 +69,18 @@ def theory_dtype(cells: pd.DataFrame, dtype: str) -> str:
     measured = cells["exp_dtype"].dropna() if "exp_dtype" in cells else ()
     measured = [d for d in measured if d in DTYPES]
     return measured[0] if measured else dtype
+
+
+def group_exp_facts(cells: pd.DataFrame) -> ExpFacts | None:
+    """The measured exp range and division flushing of the group's framework and dtype (the errors
+    table's columns); None in a table from before them, or where the path never ran."""
+    if not set(EXP_FACT_COLUMNS) <= set(cells):
+        return None
+    measured = cells[list(EXP_FACT_COLUMNS)].dropna()
+    if measured.empty:
+        return None
+    first = measured.iloc[0]
+    return ExpFacts(float(first["exp_overflow"]), float(first["exp_underflow"]), bool(first["quotient_flushes"]))
 
 
 def group_flushes(cells: pd.DataFrame, framework: str, dtype: str, device: str) -> bool:
@@ -84,6 +109,7 @@ class Prediction:
     threshold: float
     index: int | None
     values: np.ndarray  # the quantity per grid cell (NaN where the path did not run)
+    source: str = "dtype"  # what sets the threshold: the dtype's rounding, or a measured 'exp' or 'quotient'
 
 
 def first_index(mask) -> int | None:
@@ -91,22 +117,36 @@ def first_index(mask) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def predict(cells: pd.DataFrame, cause: str, dtype: str, flushes: bool) -> Prediction | None:
-    """The mechanism's predicted break over the cells (sorted by scale); None if no column holds
-    its quantity."""
+def predict(cells: pd.DataFrame, cause: str, limit: float, source: str = "dtype") -> Prediction | None:
+    """The mechanism's predicted break over the cells (sorted by scale) at threshold `limit`; None if
+    no column holds its quantity."""
     quantity = next((c for c in THEORY_QUANTITIES[cause] if c in cells and cells[c].notna().any()), None)
     if quantity is None:
         return None
     ran = ~cells["status"].isin(NOT_THE_PATHS_FAILURE).to_numpy()
     values = np.where(ran, cells[quantity].to_numpy(dtype=np.float64), np.nan)
-    limit = threshold(cause, dtype, flushes)
     with np.errstate(invalid="ignore"):
-        return Prediction(cause, quantity, limit, first_index(values > limit), values)
+        return Prediction(cause, quantity, limit, first_index(values > limit), values, source)
 
 
-def predictions(cells: pd.DataFrame, mechanisms, dtype: str, flushes: bool) -> list[Prediction | None]:
-    """One prediction per mechanism the path is exposed to (None where its quantity is absent)."""
-    return [predict(cells, cause, dtype, flushes) for cause in mechanisms or ()]
+def theory_causes(mechanisms, dtype: str, measured: ExpFacts | None) -> tuple[str, ...]:
+    """The mechanisms theory checks: those the path declares, and exp overflow where the path
+    exponentiates unshifted logits and the framework's exp overflows measurably before the sum."""
+    declared = tuple(mechanisms or ())
+    implied = measured is not None and SUM_OVERFLOW in declared and exp_overflow_applies(dtype, measured, MEASURABLY)
+    return declared + ((EXP_OVERFLOW,) if implied else ())
+
+
+def predictions(
+    cells: pd.DataFrame, mechanisms, dtype: str, flushes: bool, measured: ExpFacts | None = None
+) -> list[Prediction | None]:
+    """One prediction per cause of theory_causes (None where its quantity is absent): thresholds from
+    the measured exp and division facts, else (a table before them) the dtype with `flushes`."""
+    causes = theory_causes(mechanisms, dtype, measured)
+    if measured is None:
+        return [predict(cells, cause, threshold(cause, dtype, flushes)) for cause in causes]
+    shifts = SUM_OVERFLOW not in causes
+    return [predict(cells, cause, *measured_threshold(cause, dtype, measured, shifts, MEASURABLY)) for cause in causes]
 
 
 def earliest(predicted: list[Prediction]) -> Prediction | None:
@@ -135,9 +175,39 @@ def _at(cells: pd.DataFrame, index: int | None) -> dict:
     return {q: float(cells[q].iloc[index]) if index is not None and q in cells else np.nan for q in QUANTITIES}
 
 
-def measured_break(cells: pd.DataFrame, index: int | None, bisected) -> Break:
-    """The break from the breaks-table row `bisected` (None where the folder has none) or the grid."""
-    note = "grid only: no breaks table" if bisected is None else str(bisected["bisection"])
+OPTION_CELLS_NOTE = "grid only: option cells are not bisected"
+# the option values of the cells the bisection covers (harness.paths.options.CellOptions's defaults)
+PLAIN_OPTIONS = {
+    "reduction": "none",
+    "ignore_fraction": 0.0,
+    "class_weights": None,
+    "label_smoothing": 0.0,
+    "z_loss": 0.0,
+    "softcap": None,
+    "target": "index",
+}
+
+
+def has_options(first) -> bool:
+    """Whether a group's cells carry a loss option (harness.sweep.bisect.plain_cells leaves them out)."""
+    for column, plain in PLAIN_OPTIONS.items():
+        value = first.get(column, plain)
+        missing = value is None or (isinstance(value, float) and value != value)
+        if (plain is None and not missing) or (plain is not None and not missing and value != plain):
+            return True
+    return False
+
+
+def unbisected_note(first, breaks_table: bool) -> str:
+    """Why a group's break is the grid's: option cells are never bisected; a plain group lacks a row."""
+    if has_options(first):
+        return OPTION_CELLS_NOTE
+    return "grid only: no row in the breaks table" if breaks_table else "grid only: no breaks table"
+
+
+def measured_break(cells: pd.DataFrame, index: int | None, bisected, note: str = "grid only: no breaks table") -> Break:
+    """The break from the breaks-table row `bisected` (None where it has none: `note` says why) or the grid."""
+    note = note if bisected is None else str(bisected["bisection"])
     if index is None:
         return Break(None, np.nan, np.nan, _at(cells, None), _at(cells, None), note)
     if bisected is not None and np.isfinite(bisected["break_scale_lo"]) and np.isfinite(bisected["break_scale_hi"]):
@@ -160,8 +230,9 @@ def fits(limit: float, lo: float, hi: float) -> bool:
 
 
 def lower_bound_slack(cells: pd.DataFrame, p: Prediction) -> float:
-    """ln(n_classes) where the quantity is max_logit, a lower bound on the log-sum-exp by at most that."""
-    return math.log(cells["n_classes"].iloc[0]) if p.quantity == "max_logit" and "n_classes" in cells else 0.0
+    """ln(n_classes) where sum overflow is stated in max_logit, a lower bound on the log-sum-exp by at most that."""
+    lower_bound = p.cause == SUM_OVERFLOW and p.quantity == "max_logit"
+    return math.log(cells["n_classes"].iloc[0]) if lower_bound and "n_classes" in cells else 0.0
 
 
 def passed_before(limit: float, lo: float) -> bool:

@@ -222,6 +222,20 @@ def measure_path(run: Run, path: str, impl, path_fn, rows: bool = False, gradien
     return record
 
 
+def max_class_loss(rounded) -> float:
+    """The largest lse(x) - x_j over every row and finite class j of the rounded logits, in float64: the
+    loss class j would have as the target, past which its probability underflows (a block of rows at a
+    time; a masked -inf class has probability exactly 0 and is left out)."""
+    largest = -np.inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        for rows in _row_blocks(*rounded.shape):
+            held = rounded[rows].astype(np.float64)
+            least = np.where(np.isfinite(held), held, np.inf).min(axis=1)
+            gaps = _row_lse(held) - least
+            largest = max(largest, float(np.max(gaps, where=np.isfinite(gaps), initial=-np.inf)))
+    return largest if np.isfinite(largest) else float("nan")
+
+
 def _dense_mechanism(path: str, options) -> dict:
     """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
     if options.target != "dense" or path != "softmax_log":
@@ -254,6 +268,8 @@ def measure_options(
         return record_input_inf(cell, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
     cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
+    if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms)
+        cell["max_class_loss"] = max_class_loss(rounded)
     for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)

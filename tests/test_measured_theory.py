@@ -1,0 +1,125 @@
+"""Theory from measured facts: the exp's range and a division's flushing, measured by the backends,
+put the thresholds (MLX's float64 exp overflows at 88.0, not 709.78); other-class underflow for dense
+targets; explanations that agree with the measured flags; why an option cell's break is the grid's."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from test_breakdown import breaks_row, cells
+
+from harness import backends
+from harness.mechanisms import (
+    EXP_OVERFLOW,
+    OTHER_CLASS_UNDERFLOW,
+    SUM_OVERFLOW,
+    TARGET_UNDERFLOW,
+    ExpFacts,
+    measured_threshold,
+)
+from harness.outputs import theory
+from harness.outputs.breakdown import breakdown_frame
+from harness.paths.options import CellOptions
+from harness.sweep.option_cells import max_class_loss
+
+GRADUAL_32 = 150 * math.log(2)  # -ln(2**-149 / 2) = 103.972
+FLUSH_32 = 126 * math.log(2)  # -ln(2**-126) = 87.337
+MLX_FACTS = {"exp_overflow": 88.0, "exp_underflow": 87.683, "quotient_flushes": False}  # measured, MLX 0.32
+
+
+def test_the_numpy_exp_and_division_are_measured_where_the_dtype_rounds():
+    assert backends.exp_overflow("numpy", "float32") == float(np.nextafter(np.float32(88.72284), np.float32(0)))
+    assert abs(backends.exp_underflow("numpy", "float32") - GRADUAL_32) < 1e-4
+    assert abs(backends.exp_underflow("numpy", "float64") - 1075 * math.log(2)) < 1e-6  # 745.133
+    assert not backends.quotient_flushes("numpy", "float32")
+
+
+def test_measured_thresholds_by_hand():
+    kept = ExpFacts(88.0, 87.683, quotient_flushes=False)
+    flushed = ExpFacts(88.72, FLUSH_32, quotient_flushes=True)
+    assert measured_threshold(EXP_OVERFLOW, "float64", kept, False, 0.005) == (88.0, "exp")
+    assert measured_threshold(SUM_OVERFLOW, "float64", kept, False, 0.005)[0] == math.log(2**1024)  # 709.78
+    # a quotient exp(x_y) / sum keeps subnormals: gradual underflow; a shifted exp(x_j - max) is 0 past 87.683
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, False, 0.005) == (GRADUAL_32, "quotient")
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, True, 0.005) == (87.683, "exp")
+    assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == (87.683, "exp")
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", flushed, False, 0.005)[0] == FLUSH_32
+    # bfloat16's last input with a nonzero exp, 92.5, is the dtype's own gradual underflow 92.88 rounded
+    bf16 = ExpFacts(88.5, 92.5, quotient_flushes=False)
+    assert measured_threshold(TARGET_UNDERFLOW, "bfloat16", bf16, True, 0.005)[1] == "quotient"
+
+
+def test_mlx_float64_naive_breaks_where_its_exp_overflows():
+    # the sum of float64 exponentials overflows at lse 709.78; MLX's exp returns inf above x = 88.0
+    frame = cells(
+        "mlx", "naive", "float64", ["ok", "nan"], [0.6, np.nan], [80.0, 120.0], family="offset",
+        max_lse=[82.8, 122.8], max_exact_loss=[9.6, 9.6], flushes_subnormals=True, **MLX_FACTS,
+    )  # fmt: skip
+    measured = breaks_row(frame, 83.266, 83.271, max_logit_lo=87.9983, max_logit_hi=88.0025)
+    row = breakdown_frame(frame, breaks=measured).iloc[0]
+    assert row["matches_theory"] and row["theory_cause"] == EXP_OVERFLOW and row["theory_threshold"] == 88.0
+    assert row["explanation"].startswith("mlx's exp returns inf above 88 in float64 (measured)")
+
+
+def _explanations(flushes: bool, quotient_flushes: bool, loss_at_break: float) -> list[str]:
+    out = []
+    for path in ("naive", "softmax_log"):
+        frame = cells(
+            "mlx", path, "float32", ["ok", "inf"], [0.6, np.nan], [20.0, 60.0], max_lse=[20.0, 60.0],
+            max_exact_loss=[50.0, 120.0], flushes_subnormals=flushes, exp_overflow=88.0, exp_underflow=87.683,
+            quotient_flushes=quotient_flushes,
+        )  # fmt: skip
+        lo, hi = loss_at_break - 0.004, loss_at_break + 0.004
+        measured = breaks_row(frame, 24.8, 24.9, max_exact_loss_lo=lo, max_exact_loss_hi=hi)
+        out.append(breakdown_frame(frame, breaks=measured).iloc[0]["explanation"])
+    return out
+
+
+def test_explanations_agree_with_the_measured_flush_flags():
+    # MLX: flushes_subnormals is true (its exp returns 0 below -87.683) but its division keeps subnormals
+    for quotient_flushes in (False, True):
+        for loss in (FLUSH_32, 87.683, GRADUAL_32):
+            for text in _explanations(True, quotient_flushes, loss):
+                assert "though" not in text or "flushes them" not in text, text
+                assert ("division keeps" in text) <= (not quotient_flushes), text
+                assert ("division flushes" in text) <= quotient_flushes, text
+    naive, shifted = _explanations(True, False, GRADUAL_32)
+    assert naive == ""  # theory's own threshold: the quotient keeps subnormals
+    assert "mlx's division keeps subnormal quotients in float32 (measured)" in shifted
+
+
+def test_max_class_loss_by_hand():
+    # row [0, -100]: lse = ln(1 + e^-100) = 3.7e-44, so lse - x_1 = 100; a -inf (masked) class is left out
+    rounded = np.array([[0.0, -100.0], [0.0, -np.inf]], dtype=np.float32)
+    assert max_class_loss(rounded) == 100.0
+
+
+def test_dense_softmax_log_breaks_at_other_class_underflow():
+    # one-hot targets: the label's loss is 9.6, another class's probability underflows at loss 103.97: 0 * -inf
+    frame = cells(
+        "numpy", "softmax_log", "float32", ["ok", "nan"], [0.6, np.nan], [20.0, 60.0], target="dense",
+        mechanisms=f"{TARGET_UNDERFLOW}; {OTHER_CLASS_UNDERFLOW}", max_exact_loss=[9.6, 9.6],
+        max_class_loss=[100.0, 104.0], exp_overflow=88.72, exp_underflow=GRADUAL_32, quotient_flushes=False,
+    )  # fmt: skip
+    row = breakdown_frame(frame).iloc[0]
+    assert row["matches_theory"] and row["theory_cause"] == OTHER_CLASS_UNDERFLOW
+    assert row["theory_quantity"] == "max_class_loss" and abs(row["theory_threshold"] - GRADUAL_32) < 1e-12
+    assert row["bisection"] == theory.OPTION_CELLS_NOTE
+    late = frame.assign(max_class_loss=[120.0, 130.0])  # broke, though no class had passed 103.97
+    assert not breakdown_frame(late).iloc[0]["matches_theory"]
+
+
+def test_plain_options_are_the_cell_options_defaults():
+    assert theory.PLAIN_OPTIONS == CellOptions().columns()
+    assert not theory.has_options(theory.PLAIN_OPTIONS) and theory.has_options({"target": "dense"})
+    assert theory.unbisected_note({"z_loss": 1e-4}, True) == "grid only: option cells are not bisected"
+    assert theory.unbisected_note({}, False) == "grid only: no breaks table"
+
+
+def test_tables_without_the_measured_exp_columns_keep_the_exp_dtype_theory():
+    frame = cells("mlx", "naive", "float64", ["ok", "inf"], [0.6, np.nan], [80.0, 90.0], max_lse=[82.8, 92.8])
+    row = breakdown_frame(frame.assign(exp_dtype="float32", max_exact_loss=[9.6, 9.6])).iloc[0]
+    assert (
+        row["theory_cause"] == SUM_OVERFLOW and abs(row["theory_threshold"] - math.log(2**128 - 2**103)) < 1e-12
+    )  # float32 88.72
