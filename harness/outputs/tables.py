@@ -27,6 +27,7 @@ GRAD_COLUMNS = (
     + metrics.GRAD_METRIC_COLUMNS
     + ("message",)
 )
+QUANTITY_COLUMNS = ("exp_overflow", "exp_underflow", "max_logit", "max_exact_loss", "max_lse", "max_class_loss")
 SORT_COLUMNS = ("family", "n_classes", "n_rows", "scale", "dtype", "framework", "path")
 
 
@@ -69,6 +70,8 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
     frame["exp_dtype"] = frame["exp_dtype"].fillna("").astype(str)  # empty where the path never ran
     frame["flushes_subnormals"] = frame["flushes_subnormals"].astype("boolean")  # empty where the path never ran
     frame["quotient_flushes"] = frame["quotient_flushes"].astype("boolean")
+    for column in QUANTITY_COLUMNS:  # None where a cell has no such quantity (max_class_loss: dense targets only)
+        frame[column] = pd.to_numeric(frame[column]).astype("float64")
     return frame
 
 
