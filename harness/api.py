@@ -135,8 +135,8 @@ def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) ->
     from harness.timing import stage
 
     stage.quiet_idle_threads(sweep.timing.threads if sweep.timing.enabled else None)  # before PyTorch loads
-    if sweep.timing.enabled and "jax" in sweep.frameworks:  # before any JAX computation: XLA reads them once
-        stage.request_jax_threads(sweep.timing.threads)
+    if sweep.timing.enabled:  # before any computation: XLA's flags and TensorFlow's pools are read once
+        stage.request_threads(sweep.frameworks, sweep.timing.threads)
     done = journal.done_cells(run_dir) if resume else frozenset()
     with workers.started(sweep, done) as running:  # they start while this process imports and records
         from harness import pipeline  # the outputs (matplotlib): half a second the workers need not wait

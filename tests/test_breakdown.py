@@ -85,10 +85,12 @@ def _flushes_in(framework: str, dtype: str) -> bool:
         import jax
         import jax.numpy as jnp
 
-        import harness.paths.jax_paths  # noqa: F401  enables float64, as the sweep does
+        from harness.backends import jax as jax_backend
 
-        x = jnp.asarray(tiny)
-        results = [jax.jit(lambda v: v * 0.25)(x), jax.jit(lambda v: v / 4)(x)]
+        with jax_backend.dtype_scope(dtype):  # x64 in float64 cells, as the sweep runs them
+            x = jnp.asarray(tiny)
+            assert x.dtype == tiny.dtype
+            results = [jax.jit(lambda v: v * 0.25)(x), jax.jit(lambda v: v / 4)(x)]
     return all(float(np.asarray(r, dtype=np.float64)[0]) == 0.0 for r in results)
 
 

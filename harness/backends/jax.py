@@ -136,10 +136,23 @@ def request_threads(n: int) -> str:
     return wanted
 
 
+def threads_in_force() -> int:
+    """XLA's CPU threads by the XLA_FLAGS it started with (request_threads changes them only before
+    then): 1 without multi-threaded Eigen, else intra_op_parallelism_threads, else one per core."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_cpu_multi_thread_eigen=false" in flags:
+        return 1
+    found = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return int(found.group(1)) if found else cores
+
+
 @contextlib.contextmanager
 def threads(n: int):
-    """Nothing to scope at run time (see `request_threads`, called before JAX's first computation)."""
-    yield
+    """Yields (threads in force, note): nothing to scope at run time; `request_threads` (made before
+    JAX's first computation) set them, or the note says why not."""
+    flags = request_threads(n)
+    yield threads_in_force(), flags if flags.startswith("not applied") else ""
 
 
 @functools.cache

@@ -76,11 +76,12 @@ def dtype_scope(dtype: str):
 
 @contextlib.contextmanager
 def threads(n: int):
-    """The BLAS/OpenMP pools limited to n threads inside the block (elementwise ufuncs are single-threaded)."""
+    """The BLAS/OpenMP pools limited to n threads inside the block (elementwise ufuncs are
+    single-threaded); yields (n, "")."""
     import threadpoolctl
 
     with threadpoolctl.threadpool_limits(limits=n):
-        yield
+        yield n, ""
 
 
 @functools.cache

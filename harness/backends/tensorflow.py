@@ -117,10 +117,33 @@ def dtype_scope(dtype: str):
     return contextlib.nullcontext()
 
 
+def threads_in_force() -> int:
+    """The intra-op pool's size: as set, else TensorFlow's default (0), one thread per core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return tf.config.threading.get_intra_op_parallelism_threads() or cores
+
+
+def request_threads(n: int) -> str:
+    """TensorFlow fixes its intra-op and inter-op pools when its runtime starts (at the first op;
+    setting them later raises RuntimeError), so set both to n before then: "" when n is in force,
+    else why not. Thread counts 1 and 2 gave the same bits on TF's softmax, log-softmax,
+    logsumexp and cross-entropy ops (256 x 32000, every dtype)."""
+    if threads_in_force() == n:
+        return ""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:
+        return f"not applied: TensorFlow's runtime had started with {threads_in_force()} intra-op thread(s)"
+    return ""
+
+
 @contextlib.contextmanager
 def threads(n: int):
-    """TensorFlow's thread pools are fixed when its runtime starts: nothing to scope here."""
-    yield
+    """Yields (threads in force, note): n where `request_threads` came before TF's first op, else
+    the count the runtime started with and why. Pools cannot change after that: nothing to restore."""
+    note = request_threads(n)
+    yield threads_in_force(), note
 
 
 def device_peak_bytes(call) -> int | None:

@@ -99,11 +99,11 @@ def dtype_scope(dtype: str):
 
 @contextlib.contextmanager
 def threads(n: int):
-    """torch's intra-op pool at n threads inside the block, restored after."""
+    """torch's intra-op pool at n threads inside the block, restored after; yields (threads in force, "")."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        yield torch.get_num_threads(), ""
     finally:
         torch.set_num_threads(before)
 

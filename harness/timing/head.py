@@ -22,7 +22,7 @@ def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: b
     first sample of a call of a second or more: PyTorch's eager chunked head runs its loss twice in
     all (accuracy; memory and the sample) where it ran it five times. A compiled loss may compile
     again at the timing's thread count, so its memory call is a warm-up only."""
-    with backend.threads(timing.threads):
+    with backend.threads(timing.threads) as (in_force, note):
         start = time.perf_counter()
         peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
         warm_call_s = time.perf_counter() - start
@@ -37,13 +37,14 @@ def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: b
             warm_call_is_sample=not compiles,
         )
     return {
-        "threads": timing.threads,
+        "threads": in_force,
         "n_samples": measured.n_samples,
         "median_s": measured.median_s,
         "iqr_s": measured.iqr_s,
         "min_s": measured.min_s,
         "compile_s": first_call_s if compiles else 0.0,
         "peak_bytes": float("nan") if peak is None else float(peak),
+        "message": note,
     }
 
 

@@ -2,17 +2,22 @@
 
 Each framework is timed inside its backend's thread scope (`threads`: NumPy's BLAS pools and
 torch's intra-op pool are set for the timing only, so the accuracy stage runs as users run it)
-and, for float64 in JAX, its x64 scope. XLA reads its thread flags once, when JAX starts its
-backend, so JAX's thread request is made before the first JAX computation of the process
-(`request_jax_threads`) and holds for the whole run; the rows say so where it came too late.
+and, for float64 in JAX, its x64 scope. XLA reads its thread flags, and TensorFlow sizes its
+pools, once, when the framework starts, so their request is made before its first computation
+in the process (`request_threads`) and holds for the whole run. MLX has no thread setting. Each
+row's `threads` is the count in force, as its backend reports it; its message says why that is
+not the count asked for.
 Custom paths are timed like built-in ones: both come from `harness.paths.build`.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -67,11 +72,18 @@ def check_threads(threads) -> int:
     return threads
 
 
-def request_jax_threads(threads: int) -> str:
-    """Ask XLA for `threads` threads before JAX's first computation; returns the flags or why not."""
-    from harness.backends import jax as jax_backend
+def sets_threads_at_start(framework: str) -> bool:
+    """Whether the backend has `request_threads` (thread settings fixed when the framework starts),
+    read from its source: asking does not import the framework."""
+    source = Path(importlib.util.find_spec(backends.FRAMEWORKS[framework].module).origin).read_text()
+    return any(isinstance(node, ast.FunctionDef) and node.name == "request_threads" for node in ast.parse(source).body)
 
-    return jax_backend.request_threads(check_threads(threads))
+
+def request_threads(frameworks: Sequence[str], threads: int) -> dict[str, str]:
+    """Ask each framework whose thread settings are fixed at start-up (XLA's flags, TensorFlow's
+    pools) for `threads` threads, before its first computation; returns what each answered."""
+    check_threads(threads)
+    return {f: backends.load(f).request_threads(threads) for f in frameworks if sets_threads_at_start(f)}
 
 
 def quiet_idle_threads(timing_threads: int | None) -> bool:
@@ -217,11 +229,7 @@ def time_sweep(
     accuracy stage's inputs, each framework inside its thread scope. A size or dtype whose input
     would not fit in the available memory gets rows with status error and a 'not run' message.
     """
-    check_threads(threads)
-    jax_note = ""
-    if "jax" in frameworks:
-        flags = request_jax_threads(threads)
-        jax_note = flags if flags.startswith("not applied") else ""
+    request_threads(frameworks, threads)
     if bandwidth_gb_per_s is None:
         bandwidth_gb_per_s = measure_bandwidth(threads)
     log.info("timing with %d thread(s), memory read bandwidth %.1f GB/s", threads, bandwidth_gb_per_s)
@@ -253,10 +261,17 @@ def time_sweep(
                     continue
                 rounded = rounded_logits(logits, dtype)
                 for framework, implementations in by_framework.items():
-                    note = jax_note if framework == "jax" else ""
-                    with backends.load(framework).threads(threads):
+                    with backends.load(framework).threads(threads) as (in_force, note):
                         for row in time_framework(
-                            framework, implementations, rounded, labels, key, timer, bandwidth_gb_per_s, device, note
+                            framework,
+                            implementations,
+                            rounded,
+                            labels,
+                            key | {"threads": in_force},
+                            timer,
+                            bandwidth_gb_per_s,
+                            device,
+                            note,
                         ):
                             rows.append(row)
                             bar.update(1)
