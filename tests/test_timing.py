@@ -359,7 +359,7 @@ class _Backend:
         return result
 
 
-def test_head_timing_counts_the_memory_call_only_where_nothing_compiles():
+def test_head_timing_counts_the_memory_call_unless_the_loss_compiles_again_for_the_thread_count():
     settings = SimpleNamespace(threads=1, budget_s=0.0, rel_iqr_target=0.0, min_blocks=1)
     calls = []
 
@@ -367,8 +367,17 @@ def test_head_timing_counts_the_memory_call_only_where_nothing_compiles():
         calls.append(None)
         time.sleep(1.1 if len(calls) == 1 else 0.01)
 
-    row = head.time_loss(recompiles_first, (), _Backend, settings, first_call_s=5.0, compiles=True)
+    row = head.time_loss(recompiles_first, (), _Backend, settings, first_call_s=5.0, compiles=True, recompiles=True)
     assert len(calls) == 2 and row["n_samples"] == 1 and row["median_s"] < 0.5 and row["compile_s"] == 5.0
+
+    calls.clear()
+
+    def compiled_long_call(*_):  # compiled by the accuracy call (mx.compile, jax.jit): every later call alike
+        calls.append(None)
+        time.sleep(1.05)
+
+    row = head.time_loss(compiled_long_call, (), _Backend, settings, first_call_s=5.0, compiles=True)
+    assert len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] >= 1.05 and row["compile_s"] == 5.0
 
     calls.clear()
 

@@ -19,6 +19,8 @@ ORDER = 1  # place in tables and lists
 DEVICES = ("cpu", "cuda")
 COMPILES = False  # eager; `torch.compile` is not used by the accuracy or timing stages
 COMPILE_NOTE = "eager, losses under torch.inference_mode"
+# torch.compile (the head's compiled mode) builds its graph again for another thread count
+RECOMPILES_PER_THREAD_COUNT = True
 
 
 def versions() -> dict[str, str]:

@@ -191,7 +191,8 @@ def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, swee
         record["cell"] = cell
         if time_loss is not None:
             compiles = mode == "compiled" or framework == "jax"
-            record["timing"] = time_loss(loss_fn, native, backend, sweep.timing, first_call_s, compiles)
+            recompiles = mode == "compiled" and getattr(backend, "RECOMPILES_PER_THREAD_COUNT", False)
+            record["timing"] = time_loss(loss_fn, native, backend, sweep.timing, first_call_s, compiles, recompiles)
     except Exception as exc:  # a path that breaks is a row, never a crash
         record["cell"] = metrics.failure(exc)
         if time_loss is not None:

@@ -15,13 +15,14 @@ from harness.timing import memory, stage
 from harness.timing.timer import blocked_autorange
 
 
-def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: bool) -> dict:
+def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: bool, recompiles: bool = False) -> dict:
     """Per-call time of the loss, already called once (its accuracy call: compile_s where it
     compiles), and the memory one call needs. The memory call is the warm-up the timer would make,
-    tells it whether one call fills a block, and where nothing compiles (eager, not JAX) is the
-    first sample of a call of a second or more: PyTorch's eager chunked head runs its loss twice in
-    all (accuracy; memory and the sample) where it ran it five times. A compiled loss may compile
-    again at the timing's thread count, so its memory call is a warm-up only."""
+    tells it whether one call fills a block, and is the first sample of a call of a second or more
+    (it follows the accuracy call, which compiled where anything compiles): PyTorch's eager chunked
+    head runs its loss twice in all (accuracy; memory and the sample) where it ran it five times.
+    `recompiles`: the loss compiles again at the timing's thread count (torch.compile, the
+    backend's RECOMPILES_PER_THREAD_COUNT), so its memory call is a warm-up only."""
     with backend.threads(timing.threads) as (in_force, note):
         start = time.perf_counter()
         peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
@@ -34,7 +35,7 @@ def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: b
             rel_iqr_target=timing.rel_iqr_target,
             min_blocks=timing.min_blocks,
             warm_call_s=warm_call_s,
-            warm_call_is_sample=not compiles,
+            warm_call_is_sample=not recompiles,
         )
     return {
         "threads": in_force,
