@@ -6,8 +6,13 @@ device placement (`check_device`, `to_native(..., device=)`) and `sync`; how a l
 (`compile`, `compile_gradient`, `clear_compile_cache`, `COMPILES`); autodiff (`autodiff_gradient`);
 what it hands back after its cells (`release_memory`);
 the scope a dtype runs in (`dtype_scope`: JAX's x64 only for float64); thread control for timing
-(`threads`); whether results flush subnormals to zero, measured on the running device
-(`flushes_subnormals`); and its versions (`versions`).
+(`threads`, which yields the count in force and a note where it is not the one asked for;
+`request_threads` where the setting is fixed when the framework starts: JAX, TensorFlow); whether
+results flush subnormals to zero, measured on the running device (`flushes_subnormals`); its own
+`exp`, from which the facts theory uses are measured (where it overflows and underflows, whether a
+division flushes); its devices and versions (`device_names`, `versions`); and, for the head's
+compiled mode, whether a compiled loss compiles again for another thread count
+(`RECOMPILES_PER_THREAD_COUNT`, torch.compile only).
 
 This package's own module imports no framework: it only names them, so a missing framework is a
 clear one-line error before any work, never an ImportError mid-sweep. Outside the backends and the
