@@ -20,13 +20,17 @@ for the thresholds, every one derived from the dtype's round-to-nearest (harness
   (a class the target does not weight) or inf (one it does). Stated in `max_class_loss`, the largest
   lse(x) - x_j over every row and class: the loss that class would have as the target.
 
-Where a probability underflows is measured, not typed (harness.backends): a probability made by the
-exp, exp(x_j - max) (paths that shift), is 0 past the exp's measured `exp_underflow`; one made as a
-quotient exp(x_y) / sum(exp(x)) (paths that do not shift, those declaring sum overflow) past
--ln(smallest subnormal / 2), or -ln(smallest normal) where the measured `quotient_flushes` says
-division flushes. A shifted probability is also divided by a sum >= 1, so its threshold is the
-smaller of the two. Tables from before those columns take thresholds in the measured `exp_dtype`
-with `flushes_subnormals` (`legacy_threshold`). Accuracy mechanisms that never make a path fail
+Where a probability underflows is measured, not typed (harness.backends). Made as a quotient
+exp(x_y - m) / sum(exp(x - m)), it is 0 once the loss passes -ln(smallest subnormal / 2), or
+-ln(smallest normal) where the measured `quotient_flushes` says division flushes: stated in
+`max_exact_loss`. Made by the exp, it is 0 once the exp's argument passes the exp's measured
+`exp_underflow`, taken where that comes measurably before the quotient's (MLX: 87.683, its float32
+polynomial, in every dtype). The argument is not the loss: a path that shifts exponentiates
+x_y - max_j x_j, stated in `max_target_gap` (the largest max_j x_j - x_y over rows: the loss less
+lse - max, which lies in [0, ln C]); one that does not (it declares sum overflow) exponentiates x_y
+itself, stated in `max_neg_target_logit` (the largest -x_y). Other-class underflow keeps
+`max_class_loss`. Tables from before those columns take thresholds in the measured `exp_dtype` with
+`flushes_subnormals` (`legacy_threshold`). Accuracy mechanisms that never make a path fail
 (a probability clip caps a loss instead) are named here too but have no failure threshold.
 """
 
@@ -49,6 +53,13 @@ THEORY_QUANTITIES: dict[str, tuple[str, ...]] = {
     TARGET_UNDERFLOW: ("max_exact_loss",),
     EXP_OVERFLOW: ("max_logit",),
     OTHER_CLASS_UNDERFLOW: ("max_class_loss",),
+}
+# The quantity a probability made by the exp is stated in, by whether the path shifts (harness.sweep.cells):
+# the exp's argument x_y - max_j x_j, or x_y unshifted; then a fallback in a table from before them.
+MAX_TARGET_GAP, MAX_NEG_TARGET_LOGIT = "max_target_gap", "max_neg_target_logit"
+EXP_UNDERFLOW_QUANTITIES: dict[bool, tuple[str, ...]] = {
+    True: (MAX_TARGET_GAP, "max_exact_loss"),  # loss >= gap: the loss, as tables before the gap did
+    False: (MAX_NEG_TARGET_LOGIT,),
 }
 SEPARATOR = "; "  # how the errors table's `mechanisms` column joins a path's mechanisms
 
@@ -88,22 +99,37 @@ def exp_overflow_applies(dtype: str, facts: ExpFacts, tolerance: float) -> bool:
     return facts.exp_overflow < overflow_threshold(dtype) * (1 - tolerance)
 
 
-def measured_threshold(cause: str, dtype: str, facts: ExpFacts, shifts: bool, tolerance: float) -> tuple[float, str]:
-    """A mechanism's threshold from the measured facts, and which fact sets it: 'exp' (the exp's range),
-    'quotient' (a division's underflow) or 'dtype' (the dtype's rounding). `shifts`: the path
-    exponentiates x - max (it declares no sum overflow). The exp's underflow is taken only where it
-    comes more than `tolerance` before the quotient's (not merely the last input the dtype holds
-    before it: 92.5 for bfloat16's 92.88)."""
+@dataclass(frozen=True)
+class Limit:
+    """A threshold theory checks: the mechanism, the errors-table columns it is stated in (the first
+    present is taken) and what sets it: 'exp' (the exp's measured range), 'quotient' (a division's
+    underflow) or 'dtype' (the dtype's rounding)."""
+
+    cause: str
+    quantities: tuple[str, ...]
+    threshold: float
+    source: str
+
+
+def measured_limits(cause: str, dtype: str, facts: ExpFacts, shifts: bool, tolerance: float) -> tuple[Limit, ...]:
+    """A mechanism's thresholds from the measured facts. `shifts`: the path exponentiates x - max (it
+    declares no sum overflow). A target probability is 0 past the quotient's threshold on the loss, or
+    past the exp's `exp_underflow` on the exp's argument (max_target_gap shifted, max_neg_target_logit
+    not), the latter taken only where it comes more than `tolerance` before the quotient's (not merely
+    the last input the dtype holds before it: 92.5 for bfloat16's 92.88); on different quantities,
+    either may be passed first. Other-class underflow takes the smaller of the two on max_class_loss."""
     if cause == SUM_OVERFLOW:
-        return overflow_threshold(dtype), "dtype"
+        return (Limit(cause, THEORY_QUANTITIES[cause], overflow_threshold(dtype), "dtype"),)
     if cause == EXP_OVERFLOW:
-        return facts.exp_overflow, "exp"
-    if cause in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
-        quotient = underflow_threshold(dtype, facts.quotient_flushes)
-        if shifts and facts.exp_underflow < quotient * (1 - tolerance):
-            return facts.exp_underflow, "exp"
-        return quotient, "quotient"
-    raise ValueError(f"{cause!r} has no failure threshold; failure mechanisms: {', '.join(FAILURE_MECHANISMS)}")
+        return (Limit(cause, THEORY_QUANTITIES[cause], facts.exp_overflow, "exp"),)
+    if cause not in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
+        raise ValueError(f"{cause!r} has no failure threshold; failure mechanisms: {', '.join(FAILURE_MECHANISMS)}")
+    quotient = Limit(cause, THEORY_QUANTITIES[cause], underflow_threshold(dtype, facts.quotient_flushes), "quotient")
+    if facts.exp_underflow >= quotient.threshold * (1 - tolerance):
+        return (quotient,)
+    if cause == OTHER_CLASS_UNDERFLOW:
+        return (Limit(cause, THEORY_QUANTITIES[cause], facts.exp_underflow, "exp"),) if shifts else (quotient,)
+    return (Limit(cause, EXP_UNDERFLOW_QUANTITIES[shifts], facts.exp_underflow, "exp"), quotient)
 
 
 def joined(mechanisms) -> str:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import small_sweep
 
+from harness import backends
 from harness.dtypes import DTYPES
 from harness.outputs import breakdown, findings, tables
 from harness.sweep import bisect, metrics, runner
@@ -159,3 +160,24 @@ def test_the_first_guesses_come_from_the_path_entry_the_dtype_and_the_flush_meas
         ("max_exact_loss", f32.exp_flush_threshold),
         ("max_lse", f32.exp_flush_threshold),
     ]
+    # MLX's exp returns 0 past 87.683 (measured): the guess lies on the exp's argument, x_y - max where the
+    # path shifts, x_y where it does not; its exp returns inf above 88.0 in float64 too
+    mlx_zero = backends.exp_underflow("mlx", "float32")
+    assert bisect.predicted_thresholds("mlx", "softmax_log", "float32", "cpu") == [
+        ("max_target_gap", mlx_zero),
+        ("max_exact_loss", f32.exp_underflow_threshold),
+    ]
+    guesses = bisect.predicted_thresholds("mlx", "naive", "float64", "cpu")
+    assert [q for q, _ in guesses] == ["max_lse", "max_neg_target_logit", "max_exact_loss", "max_logit"]
+    assert abs(guesses[1][1] - 87.683) < 1e-3 and abs(guesses[3][1] - 88.0) < 1e-5
+
+
+def test_bisected_quantities_by_hand():
+    # row 0: lse = ln(e^2 + e^-90 + e^1) = 2.3133, loss 92.3133; row 1: lse = -86.9997, loss 13.0003
+    held = np.array([[2.0, -90.0, 1.0], [-100.0, -87.0, -95.0]])
+    found = bisect.quantities(held, np.array([1, 0]), "float64")
+    assert found["max_logit"] == 2.0 and found["max_target_gap"] == 92.0 and found["max_neg_target_logit"] == 100.0
+    assert abs(found["max_lse"] - (2 + math.log1p(math.exp(-1) + math.exp(-92)))) < 1e-12
+    assert abs(found["max_exact_loss"] - (92 + math.log1p(math.exp(-1) + math.exp(-92)))) < 1e-12
+    for quantity in ("max_logit", "max_target_gap", "max_neg_target_logit"):
+        assert bisect.estimate(held, np.array([1, 0]), quantity).max() == found[quantity]

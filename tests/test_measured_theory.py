@@ -16,12 +16,13 @@ from harness.mechanisms import (
     SUM_OVERFLOW,
     TARGET_UNDERFLOW,
     ExpFacts,
-    measured_threshold,
+    measured_limits,
 )
 from harness.outputs import theory
 from harness.outputs.breakdown import breakdown_frame
 from harness.paths.options import CellOptions
-from harness.sweep.option_cells import max_class_loss
+from harness.sweep.cells import target_quantities
+from harness.sweep.option_cells import max_class_loss, target_quantities_by_block
 
 GRADUAL_32 = 150 * math.log(2)  # -ln(2**-149 / 2) = 103.972
 FLUSH_32 = 126 * math.log(2)  # -ln(2**-126) = 87.337
@@ -35,19 +36,53 @@ def test_the_numpy_exp_and_division_are_measured_where_the_dtype_rounds():
     assert not backends.quotient_flushes("numpy", "float32")
 
 
+def measured_threshold(cause, dtype, facts, shifts, tolerance):
+    """(threshold, source, quantity) of each limit measured_limits gives, in order."""
+    return [(x.threshold, x.source, x.quantities[0]) for x in measured_limits(cause, dtype, facts, shifts, tolerance)]
+
+
 def test_measured_thresholds_by_hand():
     kept = ExpFacts(88.0, 87.683, quotient_flushes=False)
     flushed = ExpFacts(88.72, FLUSH_32, quotient_flushes=True)
-    assert measured_threshold(EXP_OVERFLOW, "float64", kept, False, 0.005) == (88.0, "exp")
-    assert measured_threshold(SUM_OVERFLOW, "float64", kept, False, 0.005)[0] == math.log(2**1024)  # 709.78
-    # a quotient exp(x_y) / sum keeps subnormals: gradual underflow; a shifted exp(x_j - max) is 0 past 87.683
-    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, False, 0.005) == (GRADUAL_32, "quotient")
-    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, True, 0.005) == (87.683, "exp")
-    assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == (87.683, "exp")
-    assert measured_threshold(TARGET_UNDERFLOW, "float32", flushed, False, 0.005)[0] == FLUSH_32
+    assert measured_threshold(EXP_OVERFLOW, "float64", kept, False, 0.005) == [(88.0, "exp", "max_logit")]
+    assert measured_threshold(SUM_OVERFLOW, "float64", kept, False, 0.005)[0][0] == math.log(2**1024)  # 709.78
+    # a quotient keeps subnormals: gradual underflow on the loss; the exp is 0 past 87.683 on its argument,
+    # max_j x_j - x_y where the path shifts, -x_y where it does not
+    quotient = (GRADUAL_32, "quotient", "max_exact_loss")
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, False, 0.005) == [
+        (87.683, "exp", "max_neg_target_logit"),
+        quotient,
+    ]
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", kept, True, 0.005) == [
+        (87.683, "exp", "max_target_gap"),
+        quotient,
+    ]
+    assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == [
+        (87.683, "exp", "max_class_loss")
+    ]
+    # a flushing division at 87.337 comes first: the exp's 87.337 is no threshold of its own
+    assert measured_threshold(TARGET_UNDERFLOW, "float32", flushed, False, 0.005) == [
+        (FLUSH_32, "quotient", "max_exact_loss")
+    ]
     # bfloat16's last input with a nonzero exp, 92.5, is the dtype's own gradual underflow 92.88 rounded
     bf16 = ExpFacts(88.5, 92.5, quotient_flushes=False)
-    assert measured_threshold(TARGET_UNDERFLOW, "bfloat16", bf16, True, 0.005)[1] == "quotient"
+    assert [t[1] for t in measured_threshold(TARGET_UNDERFLOW, "bfloat16", bf16, True, 0.005)] == ["quotient"]
+
+
+def test_target_gap_and_negated_target_logit_by_hand():
+    rows = np.array(
+        [
+            [2.0, -90.0, 1.0],  # label 1: max - x_y = 2 + 90 = 92, -x_y = 90
+            [-100.0, -87.0, -95.0],  # label 0: max - x_y = -87 + 100 = 13, -x_y = 100
+            [0.0, 0.0, 0.0],  # label 2: 0 and 0
+            [-np.inf, 5.0, 3.0],  # label 2, class 0 masked: max - x_y = 2, -x_y = -3
+            [-np.inf, 1.0, 2.0],  # label 0 masked: left out
+        ]
+    )
+    labels = np.array([1, 0, 2, 2, 0])
+    assert target_quantities(rows, labels) == {"max_target_gap": 92.0, "max_neg_target_logit": 100.0}
+    assert target_quantities_by_block(rows.astype(np.float32), labels) == target_quantities(rows, labels)
+    assert np.isnan(target_quantities(rows[4:], labels[4:])["max_target_gap"])
 
 
 def test_mlx_float64_naive_breaks_where_its_exp_overflows():
@@ -123,3 +158,48 @@ def test_tables_without_the_measured_exp_columns_keep_the_exp_dtype_theory():
     assert (
         row["theory_cause"] == SUM_OVERFLOW and abs(row["theory_threshold"] - math.log(2**128 - 2**103)) < 1e-12
     )  # float32 88.72
+
+
+def test_mlx_softmax_log_breaks_where_its_exp_argument_passes_the_measured_underflow():
+    # shifted: exp(x_y - max) is 0 once max - x_y passes 87.683; the loss exceeds it by lse - max (here 0.9)
+    frame = cells(
+        "mlx", "softmax_log", "float32", ["ok", "inf"], [0.6, np.nan], [20.0, 60.0], max_lse=[20.0, 60.0],
+        max_exact_loss=[50.9, 120.9], max_target_gap=[50.0, 120.0], max_neg_target_logit=[30.0, 60.0],
+        flushes_subnormals=True, **MLX_FACTS,
+    )  # fmt: skip
+    measured = breaks_row(
+        frame, 24.8, 24.9, max_exact_loss_lo=88.58, max_exact_loss_hi=88.59,
+        max_target_gap_lo=87.680, max_target_gap_hi=87.686,
+    )  # fmt: skip
+    row = breakdown_frame(frame, breaks=measured).iloc[0]
+    assert row["matches_theory"] and row["theory_cause"] == TARGET_UNDERFLOW
+    assert (row["theory_quantity"], row["theory_threshold"]) == ("max_target_gap", 87.683)
+    assert row["explanation"] == (
+        "mlx's exp returns 0 below -87.683 in float32 (measured), so a probability made by the exp, "
+        "exp(x_y - max_j x_j), is 0 once max_j x_j - x_y passes it: within 1% of the measured largest "
+        "max_j x_j - x_y 87.68 to 87.686"
+    )
+    # a table from before the gap column: the exp's threshold on the loss, passed before the break
+    old = breakdown_frame(frame.drop(columns=["max_target_gap"]), breaks=measured).iloc[0]
+    assert not old["matches_theory"] and old["theory_quantity"] == "max_exact_loss"
+
+
+def test_mlx_float64_naive_breaks_where_its_unshifted_exp_of_the_target_underflows():
+    # naive exponentiates x_y itself: exp(-87.69) is 0 in MLX's float32 exp though float64 holds e^-745
+    frame = cells(
+        "mlx", "naive", "float64", ["ok", "inf"], [0.6, np.nan], [40.0, 120.0], max_lse=[40.0, 120.0],
+        max_exact_loss=[80.0, 240.0], max_target_gap=[80.0, 240.0], max_neg_target_logit=[40.0, 120.0],
+        flushes_subnormals=True, **MLX_FACTS,
+    )  # fmt: skip
+    measured = breaks_row(
+        frame, 50.0, 50.01, max_logit_lo=86.54, max_logit_hi=86.55, max_lse_lo=86.54, max_lse_hi=86.55,
+        max_exact_loss_lo=174.2, max_exact_loss_hi=174.23, max_neg_target_logit_lo=87.67,
+        max_neg_target_logit_hi=87.685,
+    )  # fmt: skip
+    row = breakdown_frame(frame, breaks=measured).iloc[0]
+    assert row["matches_theory"] and row["theory_cause"] == TARGET_UNDERFLOW
+    assert (row["theory_quantity"], row["theory_threshold"]) == ("max_neg_target_logit", 87.683)
+    assert "so the unshifted exp(x_y) is 0, and so the target probability, once -x_y passes it" in row["explanation"]
+    # the loss 174.23 is far below float64's quotient underflow 745.13: without -x_y nothing puts it there
+    without = breakdown_frame(frame.drop(columns=["max_neg_target_logit"]), breaks=measured).iloc[0]
+    assert not without["matches_theory"]

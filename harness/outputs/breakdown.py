@@ -13,7 +13,10 @@ every threshold derived from the dtype's round-to-nearest (harness.dtypes):
   log_softmax_nll and fused never do, and should not break at all.
 
 Each threshold is stated in a quantity the errors table records per cell: `max_lse` (sum
-overflow; where absent, `max_logit`, a lower bound on it) and `max_exact_loss` (target underflow).
+overflow; where absent, `max_logit`, a lower bound on it) and `max_exact_loss` (target underflow);
+where the framework's exp measurably returns 0 before the dtype underflows (harness.mechanisms),
+the exp's argument too: `max_target_gap` (max_j x_j - x_y) in a path that shifts,
+`max_neg_target_logit` (-x_y) in one that does not.
 The measured break lies between the last good scale and the first failing one (status inf, nan
 or error; a correctly rounded inf or 0, exact_overflow or exact_underflow, is no failure): the
 bisection's bracket from the run's `breaks` table (harness.sweep.bisect) where there is one, else
@@ -130,7 +133,8 @@ COLUMN_DOCS = {
     "theory_cause": "mechanism theory says breaks the path: sum overflow, target underflow, or none; where the "
     "break was measured, the mechanism whose threshold lies at it, if any",
     "theory_quantity": "errors-table column its threshold is stated in: max_lse (else max_logit, a lower "
-    "bound) or max_exact_loss",
+    "bound), max_exact_loss, or the exp's argument where its measured underflow sets the threshold "
+    "(max_target_gap, max_neg_target_logit)",
     "theory_threshold": "ln(largest finite + half an ulp) for sum overflow; -ln(smallest subnormal / 2), or "
     "-ln(smallest normal) where subnormals flush, for target underflow",
     "theory_scale": "first grid scale at which the quantity passes the threshold (empty: not within the grid)",
@@ -202,7 +206,7 @@ def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, p
         return f"inputs overflow {dtype} at every scale"
     if mechanisms is None:
         return f"no theory for path {path!r}"
-    unchecked = [cause for cause, p in zip(causes, predicted, strict=True) if p is None]
+    unchecked = [cause for cause in causes if not any(p.cause == cause for p in predicted)]
     return "; ".join(f"{cause} needs column {THEORY_QUANTITIES[cause][0]}" for cause in unchecked) + (
         ", absent from this table" if unchecked else ""
     )
@@ -258,7 +262,7 @@ def theory_columns(
         if brk.index is not None:
             columns["grid_steps_off"] = brk.index - cause.index
     quantity_of = {p.cause: p.quantity for p in predicted}
-    known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of, measured)
+    known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of, measured, predicted)
     if agrees:
         explanation = explain_agreement(cells, framework, dtype, flushes, brk, cause, known, measured)
     else:

@@ -29,6 +29,13 @@ QUANTITY_WORDS = {
     "max_logit": "largest logit",
     "max_exact_loss": "largest exact loss",
     "max_class_loss": "largest lse - x_j over every class",
+    "max_target_gap": "largest max_j x_j - x_y",
+    "max_neg_target_logit": "largest -x_y",
+}
+# what a probability made by the exp is, and where its argument passes the exp's underflow, by quantity
+EXP_UNDERFLOW_WORDS = {
+    "max_target_gap": "a probability made by the exp, exp(x_y - max_j x_j), is 0 once max_j x_j - x_y passes it",
+    "max_neg_target_logit": "the unshifted exp(x_y) is 0, and so the target probability, once -x_y passes it",
 }
 
 
@@ -57,18 +64,16 @@ class Fact:
     says: str
 
 
-def exp_words(framework: str, dtype: str, measured: ExpFacts, cause: str) -> str:
-    """The measured fact behind an 'exp' threshold, in words."""
+def exp_words(framework: str, dtype: str, measured: ExpFacts, cause: str, quantity: str = "max_exact_loss") -> str:
+    """The measured fact behind an 'exp' threshold stated in `quantity`, in words."""
     if cause == EXP_OVERFLOW:
         return (
             f"{framework}'s exp returns inf above {fmt_quantity(measured.exp_overflow)} in {dtype} (measured), before "
             f"the sum overflows at ln(largest finite + half an ulp) = "
             f"{fmt_quantity(DTYPES[dtype].exp_overflow_threshold)}"
         )
-    return (
-        f"{framework}'s exp returns 0 below -{fmt_quantity(measured.exp_underflow)} in {dtype} (measured), so a "
-        f"probability made by the exp, exp(x_j - max), is 0 past that loss"
-    )
+    made = EXP_UNDERFLOW_WORDS.get(quantity, "a probability made by the exp, exp(x_j - max), is 0 past that loss")
+    return f"{framework}'s exp returns 0 below -{fmt_quantity(measured.exp_underflow)} in {dtype} (measured), so {made}"
 
 
 def quotient_words(framework: str, dtype: str, measured: ExpFacts) -> str:
@@ -88,7 +93,8 @@ def quotient_words(framework: str, dtype: str, measured: ExpFacts) -> str:
 
 def _measured_facts(framework: str, mechanisms, dtype: str, measured: ExpFacts, quantity_of: dict) -> list[Fact]:
     """The thresholds theory did not choose but a measured fact puts on the path: a flushing division's
-    1/sum(exp), and the other way a probability can be made (by the exp, or as a quotient)."""
+    1/sum(exp), and for other-class underflow the other way a probability can be made (by the exp, or
+    as a quotient). A target probability's two ways are both theory's (harness.mechanisms.measured_limits)."""
     found = []
     fmt = DTYPES[dtype]
     if measured.quotient_flushes and SUM_OVERFLOW in mechanisms:
@@ -98,16 +104,25 @@ def _measured_facts(framework: str, mechanisms, dtype: str, measured: ExpFacts, 
         )
         found.append(Fact(quantity_of.get(SUM_OVERFLOW, "max_lse"), fmt.exp_flush_threshold, says))
     quotient = fmt.exp_flush_threshold if measured.quotient_flushes else fmt.exp_underflow_threshold
-    for cause in (TARGET_UNDERFLOW, OTHER_CLASS_UNDERFLOW):
-        if cause not in mechanisms:
-            continue
-        quantity = quantity_of.get(cause, THEORY_QUANTITIES[cause][0])
-        earlier = measured.exp_underflow < quotient * (1 - MEASURABLY)
-        if earlier and SUM_OVERFLOW not in mechanisms:  # theory chose the exp's threshold: the quotient's is the other
+    if OTHER_CLASS_UNDERFLOW in mechanisms and measured.exp_underflow < quotient * (1 - MEASURABLY):
+        quantity = quantity_of.get(OTHER_CLASS_UNDERFLOW, THEORY_QUANTITIES[OTHER_CLASS_UNDERFLOW][0])
+        if SUM_OVERFLOW not in mechanisms:  # theory chose the exp's threshold: the quotient's is the other
             found.append(Fact(quantity, quotient, quotient_words(framework, dtype, measured)))
-        elif earlier:  # theory chose the quotient's: the exp's is the other
-            found.append(Fact(quantity, measured.exp_underflow, exp_words(framework, dtype, measured, cause)))
+        else:  # theory chose the quotient's: the exp's is the other
+            found.append(
+                Fact(quantity, measured.exp_underflow, exp_words(framework, dtype, measured, OTHER_CLASS_UNDERFLOW))
+            )
     return found
+
+
+def prediction_facts(framework: str, dtype: str, measured: ExpFacts, predicted) -> list[Fact]:
+    """Theory's own measured thresholds (the exp's, a division's) as facts, so that where one was passed
+    before the break (another of theory's was first), the one that fits it is named."""
+    says = {
+        "exp": lambda p: exp_words(framework, dtype, measured, p.cause, p.quantity),
+        "quotient": lambda p: quotient_words(framework, dtype, measured),
+    }
+    return [Fact(p.quantity, p.threshold, says[p.source](p)) for p in predicted if p.source in says]
 
 
 def facts(
@@ -119,6 +134,7 @@ def facts(
     accumulation: str,
     quantity_of: dict,
     measured: ExpFacts | None = None,
+    predicted=(),
 ) -> list[Fact]:
     """Thresholds that measured facts put on this combination, beside theory's own.
 
@@ -126,11 +142,13 @@ def facts(
     1/sum(exp) is 0 once the log-sum-exp passes -ln(smallest normal); a probability is made either by
     the exp or as a quotient, and theory took one of the two. In a table before those measurements,
     flushing (`flushes`): 1/sum(exp) flushes to 0 likewise. Accumulation (the path entry, through the
-    breaks table): a mechanism's threshold in the dtype the sums are carried in.
+    breaks table): a mechanism's threshold in the dtype the sums are carried in. Theory's own
+    measured thresholds (`predicted`) too, where another of them was passed first.
     """
     found = []
     if measured is not None:
         found += _measured_facts(framework, mechanisms, dtype, measured, quantity_of)
+        found += prediction_facts(framework, dtype, measured, predicted)
     elif flushes and SUM_OVERFLOW in mechanisms:
         limit = DTYPES[dtype].exp_flush_threshold
         says = (
@@ -232,7 +250,7 @@ def explain_agreement(
     lo, hi = brk.lo[cause.quantity], brk.hi[cause.quantity]
     measured = f"the measured {QUANTITY_WORDS[cause.quantity]} {fmt_span(lo, hi)}"
     if exp_facts is not None and cause.source == "exp":
-        return f"{exp_words(framework, dtype, exp_facts, cause.cause)}: within 1% of {measured}"
+        return f"{exp_words(framework, dtype, exp_facts, cause.cause, cause.quantity)}: within 1% of {measured}"
     if exp_facts is not None and cause.source == "quotient" and exp_facts.quotient_flushes:
         return f"{quotient_words(framework, dtype, exp_facts)}: within 1% of {measured}"
     if exp_facts is None and cause.cause == TARGET_UNDERFLOW and flushes:

@@ -18,12 +18,15 @@ import pandas as pd
 from harness.dtypes import DTYPES
 from harness.mechanisms import (
     EXP_OVERFLOW,
+    MAX_NEG_TARGET_LOGIT,
+    MAX_TARGET_GAP,
     SUM_OVERFLOW,
     THEORY_QUANTITIES,
     ExpFacts,
+    Limit,
     exp_overflow_applies,
     failure_mechanisms,
-    measured_threshold,
+    measured_limits,
     threshold,
 )
 from harness.sweep import metrics
@@ -33,7 +36,7 @@ NO_BREAK = "none"
 TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
 MEASURABLY = TOLERANCE / 2  # a measured exp range this far inside the dtype's own sets a threshold of its own
 
-QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss")
+QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss", MAX_TARGET_GAP, MAX_NEG_TARGET_LOGIT)
 EXP_FACT_COLUMNS = ("exp_overflow", "exp_underflow", "quotient_flushes")
 
 # Only for reading errors tables written before the measured `flushes_subnormals` column (every run
@@ -117,16 +120,16 @@ def first_index(mask) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def predict(cells: pd.DataFrame, cause: str, limit: float, source: str = "dtype") -> Prediction | None:
-    """The mechanism's predicted break over the cells (sorted by scale) at threshold `limit`; None if
-    no column holds its quantity."""
-    quantity = next((c for c in THEORY_QUANTITIES[cause] if c in cells and cells[c].notna().any()), None)
+def predict(cells: pd.DataFrame, limit: Limit) -> Prediction | None:
+    """Where the cells (sorted by scale) first pass `limit`; None if no column holds its quantity."""
+    quantity = next((c for c in limit.quantities if c in cells and cells[c].notna().any()), None)
     if quantity is None:
         return None
     ran = ~cells["status"].isin(NOT_THE_PATHS_FAILURE).to_numpy()
     values = np.where(ran, cells[quantity].to_numpy(dtype=np.float64), np.nan)
     with np.errstate(invalid="ignore"):
-        return Prediction(cause, quantity, limit, first_index(values > limit), values, source)
+        index = first_index(values > limit.threshold)
+    return Prediction(limit.cause, quantity, limit.threshold, index, values, limit.source)
 
 
 def theory_causes(mechanisms, dtype: str, measured: ExpFacts | None) -> tuple[str, ...]:
@@ -137,16 +140,24 @@ def theory_causes(mechanisms, dtype: str, measured: ExpFacts | None) -> tuple[st
     return declared + ((EXP_OVERFLOW,) if implied else ())
 
 
-def predictions(
-    cells: pd.DataFrame, mechanisms, dtype: str, flushes: bool, measured: ExpFacts | None = None
-) -> list[Prediction | None]:
-    """One prediction per cause of theory_causes (None where its quantity is absent): thresholds from
-    the measured exp and division facts, else (a table before them) the dtype with `flushes`."""
+def theory_limits(mechanisms, dtype: str, flushes: bool, measured: ExpFacts | None = None) -> list[Limit]:
+    """The thresholds theory checks, per cause of theory_causes: from the measured exp and division
+    facts (a target probability has two, the exp's and the quotient's), else (a table before them)
+    the dtype's with `flushes`."""
     causes = theory_causes(mechanisms, dtype, measured)
     if measured is None:
-        return [predict(cells, cause, threshold(cause, dtype, flushes)) for cause in causes]
+        return [Limit(c, THEORY_QUANTITIES[c], threshold(c, dtype, flushes), "dtype") for c in causes]
     shifts = SUM_OVERFLOW not in causes
-    return [predict(cells, cause, *measured_threshold(cause, dtype, measured, shifts, MEASURABLY)) for cause in causes]
+    return [limit for c in causes for limit in measured_limits(c, dtype, measured, shifts, MEASURABLY)]
+
+
+def predictions(
+    cells: pd.DataFrame, mechanisms, dtype: str, flushes: bool, measured: ExpFacts | None = None
+) -> list[Prediction]:
+    """One prediction per limit of theory_limits whose quantity the table holds (a cause none of whose
+    quantities it holds has none: harness.outputs.breakdown says so)."""
+    found = (predict(cells, limit) for limit in theory_limits(mechanisms, dtype, flushes, measured))
+    return [p for p in found if p is not None]
 
 
 def earliest(predicted: list[Prediction]) -> Prediction | None:

@@ -10,8 +10,8 @@ rounded inputs equal those of an end of the bracket has that end's outcome and i
 so the inputs stopping to change costs nothing.
 
 The result is the `breaks` table of the run folder, one row per combination: the bracket
-(break_scale_lo, break_scale_hi), the status at its top, and the largest logit, log-sum-exp and
-exact loss (the quantities theory states its thresholds in) at both ends, plus the dtype the path
+(break_scale_lo, break_scale_hi), the status at its top, and the largest logit, log-sum-exp, exact
+loss, max_j x_j - x_y and -x_y (the quantities theory states its thresholds in) at both ends, plus the dtype the path
 accumulates its sums in (from its path entry). harness.outputs.breakdown merges it in; it never
 runs anything. Only the loss is bisected: gradient breaks stay at grid resolution.
 """
@@ -27,17 +27,19 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from harness import backends, paths
+from harness import backends, mechanisms, paths
 from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
 from harness.paths.options import CellOptions
 from harness.sweep import inputs, metrics
+from harness.sweep.cells import target_quantities
 
 log = logging.getLogger(__name__)
 
 REL_TOL = 1e-4  # the bracket's relative width at which bisection stops
 GROUP_COLUMNS = ("framework", "path", "dtype", "family", "device", "n_rows", "n_classes")
-QUANTITIES = ("max_logit", "max_lse", "max_exact_loss")  # the errors-table columns theory is stated in
+# the errors-table columns theory is stated in
+QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_target_gap", "max_neg_target_logit")
 BREAK_COLUMNS = (
     GROUP_COLUMNS
     + ("bisection", "n_bisection_steps", "n_bisection_runs", "break_scale_lo", "break_scale_hi", "break_status")
@@ -122,8 +124,8 @@ def break_status(impl, framework: str, device: str, dtype: str, rounded, held, l
 
 
 def quantities(held: np.ndarray, labels: np.ndarray, dtype: str, candidates: int = 4) -> dict:
-    """max_logit, max_lse and max_exact_loss of one input, as the runner records them; the exact
-    reference runs on the few rows that float64 estimates put on top."""
+    """max_logit, max_lse, max_exact_loss, max_target_gap and max_neg_target_logit of one input, as the
+    runner records them; the exact reference runs on the few rows that float64 estimates put on top."""
     rows = np.arange(len(labels))
     top = held.max(axis=1, keepdims=True)
     with np.errstate(over="ignore", under="ignore"):
@@ -135,7 +137,7 @@ def quantities(held: np.ndarray, labels: np.ndarray, dtype: str, candidates: int
         "max_logit": float(top.max()),
         "max_lse": float((exact + held[pick, labels[pick]]).max()),
         "max_exact_loss": float(exact.max()),
-    }
+    } | target_quantities(held, labels)
 
 
 def accumulation(framework: str, path: str, dtype: str) -> str:
@@ -152,31 +154,45 @@ def _ends(cells: pd.DataFrame, lo: int | None, hi: int | None) -> dict:
     }
 
 
+MEASURABLY = 0.005  # harness.outputs.theory.MEASURABLY: the guesses are the limits theory checks
+
+
 def predicted_thresholds(framework: str, path: str, dtype: str, device: str) -> list[tuple[str, float]]:
-    """(quantity, threshold) pairs where theory (the path entry's mechanisms, the dtype's
-    thresholds) and the backend's flush measurement put this path's break. Only first guesses for
-    the search, which runs the path at both ends of every bracket it reports."""
+    """(quantity, threshold) pairs where theory (the path entry's mechanisms, the thresholds the
+    backend's measured exp and division facts put on them: harness.mechanisms.measured_limits) puts
+    this path's break, and 1/sum(exp) flushed where division flushes. Only first guesses for the
+    search, which runs the path at both ends of every bracket it reports."""
     entry = paths.ENTRIES_BY_NAME.get(path)
     if entry is None or not entry.mechanisms:
         return []
-    fmt = DTYPES[backends.exp_dtype(framework, dtype, device)]  # MLX's float64 exp is float32's
-    flushes = backends.load(framework).flushes_subnormals(dtype, device)
-    underflow = fmt.exp_flush_threshold if flushes else fmt.exp_underflow_threshold
-    found = {
-        paths.SUM_OVERFLOW: ("max_lse", fmt.exp_overflow_threshold),
-        paths.TARGET_UNDERFLOW: ("max_exact_loss", underflow),
-    }
-    return [found[m] for m in entry.mechanisms if m in found] + (
-        [("max_lse", fmt.exp_flush_threshold)] if flushes else []
+    facts = mechanisms.ExpFacts(
+        backends.exp_overflow(framework, dtype, device),
+        backends.exp_underflow(framework, dtype, device),
+        backends.quotient_flushes(framework, dtype, device),
     )
+    causes = [m for m in entry.mechanisms if m in mechanisms.FAILURE_MECHANISMS]
+    unshifted = mechanisms.SUM_OVERFLOW in causes
+    if unshifted and mechanisms.exp_overflow_applies(dtype, facts, MEASURABLY):
+        causes.append(mechanisms.EXP_OVERFLOW)
+    guesses = [
+        (limit.quantities[0], limit.threshold)
+        for cause in causes
+        for limit in mechanisms.measured_limits(cause, dtype, facts, not unshifted, MEASURABLY)
+    ]
+    return guesses + ([("max_lse", DTYPES[dtype].exp_flush_threshold)] if facts.quotient_flushes else [])
 
 
 def estimate(held: np.ndarray, labels: np.ndarray, quantity: str) -> np.ndarray:
-    """max_lse or max_exact_loss per row in float64 (to about 2**-50: a guess, not a measurement)."""
+    """One of QUANTITIES per row in float64 (max_lse and max_exact_loss to about 2**-50: a guess, not a
+    measurement)."""
     top = held.max(axis=1, keepdims=True)
+    target = held[np.arange(len(labels)), labels]
+    exact = {"max_logit": top[:, 0], "max_target_gap": top[:, 0] - target, "max_neg_target_logit": -target}
+    if quantity in exact:
+        return exact[quantity]
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):
         lse = top[:, 0] + np.log(np.exp(held - top).sum(axis=1))
-    return lse if quantity == "max_lse" else lse - held[np.arange(len(labels)), labels]
+    return lse if quantity == "max_lse" else lse - target
 
 
 def crossing(stream: Inputs, quantity: str, limit: float, good: float, bad: float, rows: int = 8):

@@ -42,6 +42,23 @@ def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gr
     return len(todo)
 
 
+def target_quantities(held: np.ndarray, labels: np.ndarray) -> dict:
+    """max_target_gap, the largest max_j x_j - x_y over rows (the argument a shifting path's exp takes,
+    negated), and max_neg_target_logit, the largest -x_y (an unshifted exp's): past the exp's measured
+    underflow, the target probability it makes is 0 (harness.mechanisms). Of the rounded logits in
+    float64 (a difference of float32 or narrower values is exact); masked -inf classes are left out;
+    NaN where no row has a finite target."""
+    target = held[np.arange(len(labels)), labels]
+    top = np.where(np.isfinite(held), held, -np.inf).max(axis=1)
+    finite = np.isfinite(target) & np.isfinite(top)
+    if not finite.any():
+        return {"max_target_gap": float("nan"), "max_neg_target_logit": float("nan")}
+    return {
+        "max_target_gap": float((top[finite] - target[finite]).max()),
+        "max_neg_target_logit": float(-target[finite].min()),
+    }
+
+
 def measured_facts(framework: str, dtype: str, device: str) -> dict:
     """The row's framework, device and what its backend measured there (flush-to-zero, exp's dtype)."""
     return {

@@ -33,6 +33,7 @@ from harness.exact.head import divided, exact_head_gradients, exact_head_loss, e
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_inputs, journal, metrics
+from harness.sweep.cells import target_quantities
 from harness.sweep.option_cells import _undefined
 from harness.sweep.option_inputs import ignored_rows
 
@@ -284,6 +285,7 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     loss = exact.loss("none").to_float64()
     cell_key["max_exact_loss"] = float(loss.max())
     cell_key["max_lse"] = float((loss + logits_held[np.arange(len(labels)), labels]).max())
+    cell_key |= target_quantities(logits_held, labels)
     u = upstream_none(len(labels))
     kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
     for framework in dict.fromkeys(f for f, *_ in todo):

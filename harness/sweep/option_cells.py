@@ -24,7 +24,16 @@ from harness.exact.options import LossOptions, exact_option_gradient, exact_redu
 from harness.exact.reference import by_row_blocks
 from harness.paths import options as opt
 from harness.sweep import metrics
-from harness.sweep.cells import cell_key, compute, group_by_framework, measured_facts, named, per_row, record_input_inf
+from harness.sweep.cells import (
+    cell_key,
+    compute,
+    group_by_framework,
+    measured_facts,
+    named,
+    per_row,
+    record_input_inf,
+    target_quantities,
+)
 from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
 
 
@@ -236,6 +245,13 @@ def max_class_loss(rounded) -> float:
     return largest if np.isfinite(largest) else float("nan")
 
 
+def target_quantities_by_block(rounded, labels) -> dict:
+    """cells.target_quantities of the logits as given (before any soft-cap), a block of rows at a time."""
+    found = [target_quantities(rounded[rows].astype(np.float64), labels[rows]) for rows in _row_blocks(*rounded.shape)]
+    names = ("max_target_gap", "max_neg_target_logit")
+    return {q: max((f[q] for f in found if np.isfinite(f[q])), default=float("nan")) for q in names}
+
+
 def _dense_mechanism(path: str, options) -> dict:
     """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
     if options.target != "dense" or path != "softmax_log":
@@ -268,6 +284,7 @@ def measure_options(
         return record_input_inf(cell, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
     cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
+    cell |= target_quantities_by_block(rounded, labels)
     if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms)
         cell["max_class_loss"] = max_class_loss(rounded)
     for framework, by_path in group_by_framework(todo).items():

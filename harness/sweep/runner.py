@@ -23,7 +23,16 @@ from harness.exact.reference import exact_cross_entropy
 from harness.paths import build
 from harness.paths import custom as custom_paths
 from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
-from harness.sweep.cells import cell_key, compute, group_by_framework, measured_facts, named, per_row, record_input_inf
+from harness.sweep.cells import (
+    cell_key,
+    compute,
+    group_by_framework,
+    measured_facts,
+    named,
+    per_row,
+    record_input_inf,
+    target_quantities,
+)
 from harness.sweep.config import SweepConfig, given_draw
 
 log = logging.getLogger(__name__)
@@ -109,6 +118,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     loss = np.ldexp(exact.hi, exact.exponent)
     cell["max_exact_loss"] = float(loss.max())
     cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
+    cell |= target_quantities(held, labels)
     for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
