@@ -24,8 +24,8 @@ Where a probability underflows is measured, not typed (harness.backends). Made a
 exp(x_y - m) / sum(exp(x - m)), it is 0 once the loss passes -ln(smallest subnormal / 2), or
 -ln(smallest normal) where the measured `quotient_flushes` says division flushes: stated in
 `max_exact_loss`. Made by the exp, it is 0 once the exp's argument passes the exp's measured
-`exp_underflow`, taken where that comes measurably before the quotient's (MLX: 87.683, its float32
-polynomial, in every dtype). The argument is not the loss: a path that shifts exponentiates
+`exp_underflow`, taken where that comes measurably before the quotient's (MLX's float32 polynomial:
+87.683 in float32 and float64, 87.5 in bfloat16). The argument is not the loss: a path that shifts exponentiates
 x_y - max_j x_j, stated in `max_target_gap` (the largest max_j x_j - x_y over rows: the loss less
 lse - max, which lies in [0, ln C]); one that does not (it declares sum overflow) exponentiates x_y
 itself, stated in `max_neg_target_logit` (the largest -x_y). Other-class underflow keeps
