@@ -22,6 +22,7 @@ from harness.outputs import theory
 from harness.outputs.breakdown import breakdown_frame
 from harness.paths.options import CellOptions
 from harness.sweep.cells import target_quantities
+from harness.sweep.journal import OPTION_DEFAULTS
 from harness.sweep.option_cells import max_class_loss, target_quantities_by_block
 
 GRADUAL_32 = 150 * math.log(2)  # -ln(2**-149 / 2) = 103.972
@@ -146,8 +147,8 @@ def test_dense_softmax_log_breaks_at_other_class_underflow():
 
 
 def test_plain_options_are_the_cell_options_defaults():
-    assert theory.PLAIN_OPTIONS == CellOptions().columns()
-    assert not theory.has_options(theory.PLAIN_OPTIONS) and theory.has_options({"target": "dense"})
+    assert OPTION_DEFAULTS == CellOptions().columns()
+    assert not theory.has_options(OPTION_DEFAULTS) and theory.has_options({"target": "dense"})
     assert theory.unbisected_note({"z_loss": 1e-4}, True) == "grid only: option cells are not bisected"
     assert theory.unbisected_note({}, False) == "grid only: no breaks table"
 

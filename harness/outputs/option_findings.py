@@ -14,17 +14,8 @@ import pandas as pd
 
 from harness.outputs.findings import _g
 from harness.sweep import metrics
-from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
+from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS, OPTION_DEFAULTS
 
-DEFAULTS = {
-    "reduction": "none",
-    "ignore_fraction": 0.0,
-    "class_weights": None,
-    "label_smoothing": 0.0,
-    "z_loss": 0.0,
-    "softcap": None,
-    "target": "index",
-}
 MAX_NAMED = 3  # cells named per sentence; the table has the rest
 
 
@@ -40,7 +31,7 @@ def _newly_broken(errors: pd.DataFrame, option: str, value) -> pd.DataFrame:
     """Cells with option=value that broke where the same cell at the option's default did not."""
     others = [c for c in KEY_COLUMNS + OPTION_COLUMNS if c in errors and c != option]
     with_it = errors[_is(errors[option], value)]
-    without = errors[_is(errors[option], DEFAULTS[option])]
+    without = errors[_is(errors[option], OPTION_DEFAULTS[option])]
     healthy = set(_keys(without[~without["status"].isin(metrics.FAILED)], others))
     broke = with_it[with_it["status"].isin(metrics.FAILED)]
     return broke[[k in healthy for k in _keys(broke, others)]]
@@ -90,7 +81,8 @@ def option_sections(errors: pd.DataFrame) -> list[str]:
     for option in OPTION_COLUMNS:
         if option not in errors:
             continue
-        values = [v for v in errors[option].drop_duplicates() if not _is(pd.Series([v]), DEFAULTS[option]).iloc[0]]
+        default = OPTION_DEFAULTS[option]
+        values = [v for v in errors[option].drop_duplicates() if not _is(pd.Series([v]), default).iloc[0]]
         sentences = [s for value in values for s in value_findings(errors, option, value)]
         if sentences:
             lines += [f"## Option {option}", "", *[f"- {sentence}" for sentence in sentences], ""]

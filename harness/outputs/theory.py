@@ -30,7 +30,7 @@ from harness.mechanisms import (
     threshold,
 )
 from harness.sweep import metrics
-from harness.sweep.journal import OPTION_COLUMNS
+from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
 
 NO_BREAK = "none"
 TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
@@ -187,21 +187,9 @@ def _at(cells: pd.DataFrame, index: int | None) -> dict:
 
 
 OPTION_CELLS_NOTE = "grid only: option cells are not bisected"
-# the option values of the cells the bisection covers (harness.paths.options.CellOptions's defaults)
-PLAIN_OPTIONS = {
-    "reduction": "none",
-    "ignore_fraction": 0.0,
-    "class_weights": None,
-    "label_smoothing": 0.0,
-    "z_loss": 0.0,
-    "softcap": None,
-    "target": "index",
-}
-
-
 def has_options(first) -> bool:
     """Whether a group's cells carry a loss option (harness.sweep.bisect.plain_cells leaves them out)."""
-    for column, plain in PLAIN_OPTIONS.items():
+    for column, plain in OPTION_DEFAULTS.items():
         value = first.get(column, plain)
         missing = value is None or (isinstance(value, float) and value != value)
         if (plain is None and not missing) or (plain is not None and not missing and value != plain):

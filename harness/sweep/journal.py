@@ -13,6 +13,16 @@ from pathlib import Path
 KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
 # the loss options of a cell (harness.paths.options), in every table; a cell without them is a bare loss
 OPTION_COLUMNS = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
+# their values in a bare loss (harness.paths.options.CellOptions's defaults; a test keeps the two equal)
+OPTION_DEFAULTS = {
+    "reduction": "none",
+    "ignore_fraction": 0.0,
+    "class_weights": None,
+    "label_smoothing": 0.0,
+    "z_loss": 0.0,
+    "softcap": None,
+    "target": "index",
+}
 HEAD_COLUMNS = ("mode", "d", "reduction")  # the columns a head cell adds to the logit cells' keys
 
 
