@@ -10,11 +10,12 @@ from conftest import REPO, small_sweep
 
 from harness import backends, paths
 from harness.dtypes import round_to
-from harness.exact.options import LossOptions, exact_option_gradient
+from harness.exact.options import exact_option_gradient
 from harness.outputs import tables
 from harness.paths import options as opt
 from harness.paths.numpy_option_grads import gradient_with_options
 from harness.sweep import metrics, option_inputs, runner
+from harness.sweep.option_cells import exact_loss_options
 
 NUMPY = backends.load("numpy")
 RNG = np.random.default_rng(11)
@@ -57,14 +58,7 @@ def setup(options: opt.CellOptions, path: str, dtype: str = "float64", x=X, y=Y)
 
 
 def exact_gradient(rounded, inputs, options: opt.CellOptions, upstream=None) -> np.ndarray:
-    lo = LossOptions(
-        label_smoothing=options.label_smoothing,
-        z_loss=options.z_loss,
-        softcap=options.softcap,
-        class_weights=inputs.weights,
-        target=options.target,
-        ignored=~inputs.kept,
-    )
+    lo = exact_loss_options(inputs, options)
     held = rounded.astype(np.float64)
     return exact_option_gradient(held, inputs.safe_labels, lo, options.reduction, upstream).to_float64()
 

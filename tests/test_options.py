@@ -9,9 +9,10 @@ import pytest
 
 from harness import backends, paths
 from harness.dtypes import round_to
-from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
+from harness.exact.options import exact_option_gradient, exact_reduced, exact_row_losses, row_weights
 from harness.paths import options as opt
 from harness.sweep import option_inputs
+from harness.sweep.option_cells import exact_loss_options
 
 FRAMEWORKS = [f for f in ("numpy", "torch", "jax", "mlx", "tensorflow") if importlib.util.find_spec(f)]
 RNG = np.random.default_rng(5)
@@ -37,14 +38,7 @@ FLOAT32_INSIDE = {("mlx", path) for path in paths.PATH_NAMES} | {("tensorflow", 
 def exact_of(x, y, options: opt.CellOptions, seed: int = 0, gradient: bool = False):
     """The exact loss (kept rows, or one value) and, if asked, gradient of one option setting."""
     inputs = option_inputs.option_inputs(y, x.shape[1], options, seed)
-    lo = LossOptions(
-        label_smoothing=options.label_smoothing,
-        z_loss=options.z_loss,
-        softcap=options.softcap,
-        class_weights=inputs.weights,
-        target=options.target,
-        ignored=~inputs.kept,
-    )
+    lo = exact_loss_options(inputs, options)
     rows = exact_row_losses(x, inputs.safe_labels, lo)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, lo), inputs.kept, options.reduction).to_float64()
     value = value[inputs.kept] if options.reduction == "none" else value

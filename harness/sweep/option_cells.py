@@ -54,7 +54,8 @@ def needs_options(options: opt.CellOptions | None, family: str) -> bool:
     return options is not None and (not options.is_default or family == "masked")
 
 
-def _loss_options(inputs: OptionInputs, options: opt.CellOptions) -> LossOptions:
+def exact_loss_options(inputs: OptionInputs, options: opt.CellOptions) -> LossOptions:
+    """A cell's options as the exact references take them, with its drawn weights, targets and mask."""
     return LossOptions(
         label_smoothing=options.label_smoothing,
         z_loss=options.z_loss,
@@ -76,7 +77,7 @@ _BLOCK_ENTRIES = 2**20
 
 def _exact_rows(rounded, inputs: OptionInputs, options: opt.CellOptions, precision: int) -> ExactValue:
     """The exact per-row losses, a block of rows at a time (each block held in float64 only while used)."""
-    loss_options = _loss_options(inputs, options)
+    loss_options = exact_loss_options(inputs, options)
 
     def block(x, rows):  # rows: the block's row numbers, in place of its labels
         ignored = dataclasses.replace(loss_options, ignored=loss_options.ignored[rows])
@@ -94,7 +95,7 @@ def _exact(rounded, labels, options: opt.CellOptions, seed: int, gradient: bool,
         inputs = option_inputs(labels, rounded.shape[1], options, seed)
         shared[key] = inputs, _exact_rows(rounded, inputs, options, precision)
     inputs, rows = shared[key]
-    loss_options = _loss_options(inputs, options)
+    loss_options = exact_loss_options(inputs, options)
     value = exact_reduced(rows, row_weights(inputs.safe_labels, loss_options), inputs.kept, options.reduction)
     if value is not None and options.reduction == "none":
         value = type(value)(*(np.broadcast_to(part, inputs.kept.shape)[inputs.kept] for part in value))
