@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
 from harness.sweep.config import CONF_DIR, SweepConfig, known_settings, resume_flag, sweep_config
-from harness.sweep.run_dir import check_resume, record_sweep
+from harness.sweep.run_dir import check_resume, record_environment, record_sweep
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 MEASURED = types.SimpleNamespace()  # callables given to measure(), importable as harness.api:MEASURED.<name>
@@ -130,7 +130,6 @@ def prepare(cfg: DictConfig, experiment: str, run_dir: Path | None = None) -> tu
 
 def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) -> pd.DataFrame:
     """Record the run (sweep.json, environment.json) unless resuming, then measure and write everything."""
-    from harness.files import write_text  # frameworks load only once the settings are known good
     from harness.sweep import environment, journal, workers
     from harness.timing import stage
 
@@ -144,7 +143,7 @@ def execute(sweep: SweepConfig, cfg: DictConfig, run_dir: Path, resume: bool) ->
         if not resume:  # a resumed run keeps the record of the run it finishes (its software was checked)
             record_sweep(sweep, run_dir)
             record = environment.collect(sweep, OmegaConf.to_container(cfg, resolve=True))
-            write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / "environment.json")
+            record_environment(record, run_dir)
         return pipeline.run(sweep, run_dir, running)
 
 

@@ -2,7 +2,9 @@
 
 The one place where the sweep layer meets the outputs layer (harness.sweep never imports
 harness.outputs, and outputs never import backends or paths). `harness.api` and the command line
-call `run`; `harness.tools.merge` calls `write_results` for merged shards.
+call `run`; `harness.tools.merge` calls `write_results` for merged shards. It is also the one
+writer of a run's tables (`write_tables`: errors, grad_errors, row_errors, timings, breaks) and of
+`summary.md` (`write_summary`); the outputs modules build them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import backends
-from harness.outputs import edge_tables, figures, head_tables, heatmaps, report, tables
+from harness.outputs import edge_tables, figures, head_tables, heatmaps, pareto, report, tables
 from harness.paths import custom as custom_paths
 from harness.sweep import bisect, edge_runner, head_runner, journal, workers
 from harness.sweep.config import SweepConfig
@@ -58,7 +60,7 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     if head_runner.is_head(sweep):
         records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
         timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
-        return head_tables.write_results(sweep, run_dir, records, timings, head_runner.NAMES)
+        return write_head_results(sweep, run_dir, records, timings)
     cells = journal.Journal(run_dir)
     try:
         if cells.done:
@@ -69,11 +71,10 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
         cells.close()
     errors = write_error_tables(sweep, run_dir, cells.records)
     timings = time_paths(sweep) if sweep.timing.enabled else None  # on a quiet machine: nothing drawn yet
-    if timings is not None:
-        tables.write_table(timings, run_dir / "timings")
+    write_tables(run_dir, timings=timings)
     with figures.drawn_beside(run_dir):  # error and timing plots, on the core the bisection and heatmaps leave idle
         breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
-        tables.write_table(breaks, run_dir / "breaks")
+        write_tables(run_dir, breaks=breaks)
         heatmaps.write_heatmaps(errors, run_dir)
     return write_summary_and_report(sweep, run_dir, errors)
 
@@ -103,8 +104,7 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
 def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:
     """Tables, summary, plots and the study's summary, from the journal's records (and timings)."""
     errors = write_error_tables(sweep, run_dir, records)
-    if timings is not None:
-        tables.write_table(timings, run_dir / "timings")
+    write_tables(run_dir, timings=timings)
     figures.draw(run_dir)
     heatmaps.write_heatmaps(errors, run_dir)
     return write_summary_and_report(sweep, run_dir, errors)
@@ -113,20 +113,42 @@ def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timing
 def write_error_tables(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
     """errors (and grad_errors, row_errors where the sweep asks) from the journal's records."""
     errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
-    tables.write_table(errors, run_dir / "errors")
-    if sweep.gradient:
-        tables.write_table(tables.grad_errors_frame(records, NAME_ORDER), run_dir / "grad_errors")
-    if sweep.row_errors:
-        tables.write_table(tables.row_errors_frame(records, NAME_ORDER), run_dir / "row_errors")
+    grad_errors = tables.grad_errors_frame(records, NAME_ORDER) if sweep.gradient else None
+    row_errors = tables.row_errors_frame(records, NAME_ORDER) if sweep.row_errors else None
+    write_tables(run_dir, errors=errors, grad_errors=grad_errors, row_errors=row_errors)
     return errors
+
+
+def write_head_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings) -> pd.DataFrame:
+    """The head stage's errors, grad_errors, timings, summary, pareto plots and report."""
+    names = head_runner.NAMES
+    errors = head_tables.errors_frame(records, names)
+    grad_errors = head_tables.grad_errors_frame(records, names) if sweep.gradient else None
+    write_tables(run_dir, errors=errors, grad_errors=grad_errors, timings=timings)
+    if timings is not None:
+        pareto.write_pareto_plots(errors, timings, run_dir / "plots")
+    write_summary(run_dir, head_tables.head_summary(errors, sweep.experiment))
+    report.build_report(run_dir, sweep.bits_lost_limit)
+    return errors
+
+
+def write_tables(run_dir: Path, **frames: pd.DataFrame | None) -> None:
+    """The one writer of a run's tables: each frame given (None: not computed) as NAME.parquet and NAME.csv."""
+    for name, frame in frames.items():
+        if frame is not None:
+            tables.write_table(frame, run_dir / name)
+
+
+def write_summary(run_dir: Path, summary: str) -> None:
+    """The one writer of summary.md (printed too)."""
+    tables.write_text(summary, run_dir / "summary.md")
+    print(summary)
 
 
 def write_summary_and_report(sweep: SweepConfig, run_dir: Path, errors: pd.DataFrame) -> pd.DataFrame:
     """Summary, the study's summary and the report, once every table, the plots
     (harness.outputs.figures) and the heatmaps are in run_dir."""
-    summary = tables.summary_markdown(errors, sweep)
-    tables.write_text(summary, run_dir / "summary.md")
-    print(summary)
+    write_summary(run_dir, tables.summary_markdown(errors, sweep))
     study = study_summary(sweep, run_dir)
     if study:
         print(study)

@@ -215,3 +215,35 @@ def test_cycle_finder_finds_a_cycle():
         assert {"harness.sweep.journal", "harness.sweep.metrics"} in cycles()
     finally:
         GRAPH.update(saved)
+
+
+WRITERS = ("write_table", "write_text")  # harness.files: every output file goes through these
+
+
+def written_files(path: Path) -> list[tuple[str, str]]:
+    """(file name, writing function) for each write_table / write_text call whose target is a
+    literal name (`dir / "errors"`); pipeline.write_tables's `run_dir / name` has none."""
+    found = []
+    for function in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for call in ast.walk(function):
+            if not isinstance(call, ast.Call):
+                continue
+            name = getattr(call.func, "attr", None) or getattr(call.func, "id", None)
+            if name in WRITERS and len(call.args) >= 2:
+                target = call.args[1]
+                if isinstance(target, ast.BinOp) and isinstance(target.right, ast.Constant):
+                    found.append((target.right.value, f"{module_name(path)}.{function.name}"))
+    return found
+
+
+def test_one_writer_per_output_file():
+    writers: dict[str, set[str]] = {}
+    for path in modules():
+        for file, function in written_files(path):
+            writers.setdefault(file, set()).add(function)
+    assert {"summary.md", "comparison.md"} <= set(writers)  # the check sees the literal writes
+    assert {file: sorted(w) for file, w in writers.items() if len(w) > 1} == {}
+    tables = ("errors", "grad_errors", "row_errors", "timings", "breaks")
+    assert not set(tables) & set(writers)  # written only through pipeline.write_tables

@@ -1,4 +1,4 @@
-"""The head stage's tables, summary, plots and report, from the journal's records (and timings).
+"""The head stage's tables and summary, built from the journal's records (harness.pipeline writes them).
 
 `errors` has the logit cells' columns plus `mode`, `d` and `reduction`; `grad_errors` one row
 per cell and input differentiated (`wrt`: h, W, b); `timings` the timing stage's columns plus
@@ -7,11 +7,9 @@ per cell and input differentiated (`wrt`: h, W, b); `timings` the timing stage's
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from harness.outputs import pareto, tables
+from harness.outputs import tables
 from harness.sweep import metrics
 from harness.sweep.journal import HEAD_COLUMNS
 
@@ -62,21 +60,3 @@ def head_summary(errors: pd.DataFrame, experiment: str) -> str:
             rows.append([f"{framework}/{path} ({mode})"] + [_outcome(c) if not c.empty else "" for c in of_dtype])
         lines += ["", f"## {shape}, reduction {reduction}", "", tables.markdown_table(["path (mode)", *dtypes], rows)]
     return "\n".join(lines) + "\n"
-
-
-def write_results(sweep, run_dir: Path, records: list[dict], timings, names: dict) -> pd.DataFrame:
-    """errors, grad_errors, timings, summary.md, plots/pareto_<dtype>.png and the report."""
-    from harness.outputs import report
-
-    errors = errors_frame(records, names)
-    tables.write_table(errors, run_dir / "errors")
-    if sweep.gradient:
-        tables.write_table(grad_errors_frame(records, names), run_dir / "grad_errors")
-    if timings is not None:
-        tables.write_table(timings, run_dir / "timings")
-        pareto.write_pareto_plots(errors, timings, run_dir / "plots")
-    summary = head_summary(errors, sweep.experiment)
-    tables.write_text(summary, run_dir / "summary.md")
-    print(summary)
-    report.build_report(run_dir, sweep.bits_lost_limit)
-    return errors

@@ -24,6 +24,7 @@ import inspect
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from harness.backends import FRAMEWORKS
 from harness.mechanisms import PROBABILITY_CLIP, SUM_OVERFLOW, TARGET_UNDERFLOW
 
 INPUT = "input dtype"  # accumulates in the dtype under test, as written
@@ -109,7 +110,7 @@ _TF = {
     + _TF_XENT,
 }
 
-_FIVE = ("numpy", "torch", "jax", "mlx", "tensorflow")
+_EVERY = tuple(FRAMEWORKS)  # every backend (harness.backends discovers them)
 
 ENTRIES = (
     PathEntry(
@@ -207,7 +208,7 @@ ENTRIES = (
             "mlx": _ALWAYS_FLOAT32,
             "tensorflow": _ALWAYS_FLOAT32,
         },
-        accumulation_note={f: "float32 by definition, whatever the input dtype" for f in _FIVE},
+        accumulation_note={f: "float32 by definition, whatever the input dtype" for f in _EVERY},
     ),
     PathEntry(
         "log1p_lse",
@@ -282,7 +283,10 @@ ENTRIES += (
         mechanisms=(PROBABILITY_CLIP,),
         accumulation={"tensorflow": _HALF_IN_FLOAT32},
         accumulation_note={"tensorflow": _TF["keras_probs"]},
-        unsupported={f: "Keras only: its probability route clips at keras.config.epsilon()" for f in _FIVE[:4]},
+        unsupported=dict.fromkeys(
+            (f for f in _EVERY if f != "tensorflow"),
+            "Keras only: its probability route clips at keras.config.epsilon()",
+        ),
     ),
 )
 ENTRIES_BY_NAME = {entry.name: entry for entry in ENTRIES}

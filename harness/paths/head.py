@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
-HEAD_FRAMEWORKS = ("numpy", "torch", "jax", "mlx", "tensorflow")
+from harness.backends import FRAMEWORKS
+
+# the frameworks with a head module beside this file (`<name>_head.py`), in the backends' order
+HEAD_FRAMEWORKS = tuple(f for f in FRAMEWORKS if (Path(__file__).parent / f"{f}_head.py").is_file())
 _NOT_TORCH = tuple(f for f in HEAD_FRAMEWORKS if f != "torch")
 MODES = ("eager", "compiled")
 REDUCTIONS = ("none", "mean", "sum")

@@ -12,6 +12,7 @@ from harness.files import write_text
 from harness.sweep.journal import JOURNAL
 
 SWEEP = "sweep.json"
+ENVIRONMENT = "environment.json"
 NOT_COMPARED = ("progress", "workers")  # settings a resumed run may change (they change no number)
 
 
@@ -82,3 +83,8 @@ def check_same_software(run_dir: Path) -> None:
 
 def record_sweep(sweep, run_dir: Path) -> None:
     write_text(json.dumps(sweep_record(sweep), indent=2) + "\n", run_dir / SWEEP)
+
+
+def record_environment(record: dict, run_dir: Path) -> None:
+    """The one writer of environment.json (a run's, or a merged sweep's with its shards)."""
+    write_text(json.dumps(record, indent=2, default=str) + "\n", run_dir / ENVIRONMENT)

@@ -22,10 +22,9 @@ from hydra.experimental.callback import Callback
 
 from harness.cli import OneLineParser
 from harness.errors import ConfigError
-from harness.files import write_text
 from harness.sweep import journal
 from harness.sweep.config import SweepConfig
-from harness.sweep.run_dir import SWEEP, differing_keys, record_sweep
+from harness.sweep.run_dir import SWEEP, differing_keys, record_environment, record_sweep
 
 SHARDED = ("frameworks", "paths", "dtypes", "families", "scales", "n_classes")
 
@@ -89,7 +88,7 @@ def merge(sweep_dir: Path):
     ]
     if environments:
         merged_env = environments[0] | {"shards": [{"folder": d.name, **_command(d)} for d in shards]}
-        write_text(json.dumps(merged_env, indent=2, default=str) + "\n", sweep_dir / "environment.json")
+        record_environment(merged_env, sweep_dir)
     return pipeline.write_results(sweep, sweep_dir, records, merged_timings(shards))
 
 
