@@ -7,6 +7,7 @@ median, a tiny sweep has the documented columns and positive finite numbers, and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import statistics
@@ -357,6 +358,31 @@ class _Backend:
     @staticmethod
     def sync(result):
         return result
+
+    @staticmethod
+    def release_memory():
+        return None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlx") is None, reason="mlx not installed")
+def test_the_memory_of_an_mlx_call_is_measured_past_its_buffer_cache():
+    """MLX keeps a call's freed buffers for the next: without the backend's release_memory the
+    second call of exp over 4M float32 (16 MB out) reads as needing nothing."""
+    from harness.backends import mlx as mlx_backend
+
+    x = mlx_backend.mx.zeros((4_000_000,), dtype=mlx_backend.mx.float32)
+    mlx_backend.sync(x)
+
+    def call():
+        return mlx_backend.sync(mlx_backend.mx.exp(x))
+
+    call()  # the warm-up
+    peak = memory.peak_bytes(call, mlx_backend.release_memory)
+    if peak is None:
+        pytest.skip("the resident set's high-water mark cannot be read here")
+    assert peak >= 15_000_000
+    call()
+    assert memory.peak_bytes(call) < 4_000_000  # what the cache hid
 
 
 def test_head_timing_counts_the_memory_call_unless_the_loss_compiles_again_for_the_thread_count():

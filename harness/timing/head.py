@@ -25,7 +25,7 @@ def time_loss(loss_fn, native, backend, timing, first_call_s: float, compiles: b
     backend's RECOMPILES_PER_THREAD_COUNT), so its memory call is a warm-up only."""
     with backend.threads(timing.threads) as (in_force, note):
         start = time.perf_counter()
-        peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)))
+        peak = memory.peak_bytes(lambda: backend.sync(loss_fn(*native)), backend.release_memory)
         warm_call_s = time.perf_counter() - start
         measured = blocked_autorange(
             loss_fn,

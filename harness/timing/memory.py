@@ -96,14 +96,18 @@ def peak_rss_supported() -> bool:
     return _status_bytes("VmHWM:") is not None and _reset_peak_rss()
 
 
-def peak_bytes(call) -> int | None:
+def peak_bytes(call, release=None) -> int | None:
     """Bytes of resident memory one call (`call()`, which must wait for its result) needs beyond what
     was resident before it, its output included: the high-water mark of the resident set during
     the call minus the resident set before. Measured, not estimated; None where the OS cannot say
     (not Linux). Run it after a warm-up call, so that one-off allocations (compilation) are not
-    counted."""
+    counted. `release`: the framework's own hand-back of the buffers it keeps for reuse (the
+    backend's `release_memory`; MLX's cache held the warm-up call's buffers, so its calls read
+    as needing nothing)."""
     if not peak_rss_supported():
         return None
+    if release is not None:
+        release()
     _release_free_memory()
     before = _status_bytes("VmRSS:")
     _reset_peak_rss()

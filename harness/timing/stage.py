@@ -143,7 +143,7 @@ def call_peak_bytes(backend, fn, native, device: str) -> float:
     accelerator, the resident set's high-water mark on the CPU; NaN where neither can be read."""
     peak = backend.device_peak_bytes(lambda: backend.sync(fn(*native))) if device != "cpu" else None
     if peak is None and device == "cpu":
-        peak = memory.peak_bytes(lambda: backend.sync(fn(*native)))
+        peak = memory.peak_bytes(lambda: backend.sync(fn(*native)), backend.release_memory)
     return float("nan") if peak is None else float(peak)
 
 
