@@ -25,6 +25,7 @@ def test_lm_head_experiment_sets_the_head_grid():
     assert (sweep.n_rows, sweep.n_classes, sweep.head["d"]) == ((256,), (32000,), 512)
     assert sweep.mode == ("eager", "compiled") and sweep.gradient and sweep.timing.enabled
     assert sweep.head["large_n_classes"] == 128256
+    assert list(sweep.frameworks) == list(composed().frameworks)  # every framework of the default list
 
 
 @pytest.mark.parametrize(
