@@ -71,8 +71,8 @@ class FloatFormat:
         hi, lo = np.asarray(hi, dtype=np.float64), np.asarray(lo, dtype=np.float64)
         exponent = np.asarray(exponent, dtype=np.int64)
         sign = np.where(hi < 0, -1.0, 1.0)
-        half_subnormal = np.ldexp(1.0, self.min_exponent - self.precision + 64 - exponent)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):  # a value 2**-1100 below: half_subnormal is inf
+            half_subnormal = np.ldexp(1.0, self.min_exponent - self.precision + 64 - exponent)
             gap = np.ldexp(np.abs(hi), 64) - half_subnormal
             return (hi == 0) | (gap + sign * np.ldexp(lo, 64) <= 0)
 

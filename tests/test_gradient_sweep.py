@@ -94,5 +94,6 @@ def test_gradient_sweep_of_the_default_frameworks_agrees_with_theory(tmp_path):
     assert grads["matches_theory"].all(), grads.loc[~grads["matches_theory"], ["framework", "path", "dtype", "family"]]
     assert (grads["theory_cause"] != "none").sum() >= 40  # naive and softmax_log break in every dtype
     loss = pd.read_parquet(tmp_path / "breakdown.parquet")
-    unexplained = loss[(loss["matches_theory"] == False) & ~loss["explanation"].str.contains("(measured)", regex=False)]  # noqa: E712
+    explained = loss["explanation"].str.contains(r"\((?:measured|path entry)\)", regex=True)
+    unexplained = loss[(loss["matches_theory"] == False) & ~explained]  # noqa: E712
     assert unexplained.empty, unexplained[["framework", "path", "dtype", "family", "explanation"]]

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from test_breakdown import breaks_row, cells
 
-from harness import backends
+from harness import backends, paths
 from harness.mechanisms import (
     EXP_OVERFLOW,
     OTHER_CLASS_UNDERFLOW,
@@ -18,7 +18,7 @@ from harness.mechanisms import (
     ExpFacts,
     measured_limits,
 )
-from harness.outputs import theory
+from harness.outputs import explain, theory
 from harness.outputs.breakdown import breakdown_frame
 from harness.paths.options import CellOptions
 from harness.sweep.cells import target_quantities
@@ -204,3 +204,37 @@ def test_mlx_float64_naive_breaks_where_its_unshifted_exp_of_the_target_underflo
     # the loss 174.23 is far below float64's quotient underflow 745.13: without -x_y nothing puts it there
     without = breakdown_frame(frame.drop(columns=["max_neg_target_logit"]), breaks=measured).iloc[0]
     assert not without["matches_theory"]
+
+
+SIGMA16 = 2.0**-24  # float16's smallest subnormal
+
+
+def test_double_rounding_takes_a_probability_of_0_6_sigma_to_0():
+    """Row [0, 0, ln(1.2 sigma)], label 2: exp rounds 1.2 sigma to sigma, the sum is about 2, and
+    sigma / 2 ties to 0, though the exact probability 0.6 sigma rounds to sigma (a loss of 17.147,
+    below float16's target-underflow threshold 17.329). PyTorch's softmax rounds once."""
+    import torch
+
+    x = np.array([0.0, 0.0, math.log(1.2 * SIGMA16)]).astype(np.float16)  # -16.453125
+    target = float(x[2])
+    exact_loss = math.log(2 + math.exp(target)) - target  # ln 2 - ln(1.2 sigma), x rounded
+    assert abs(exact_loss - 17.1462) < 1e-3 and 16.9232 < exact_loss < float(np.log(2 / SIGMA16))  # 17.329
+    e = np.exp(x - x.max())
+    assert e[2] == np.float16(SIGMA16) and (e / e.sum())[2] == 0  # NumPy: exp, then divide: two roundings
+    assert float(torch.softmax(torch.tensor(x), 0)[2]) == SIGMA16  # float32 inside, rounded once
+    assert paths.double_rounding("numpy", "softmax_log", "float16")
+    assert not paths.double_rounding("torch", "softmax_log", "float16")
+    assert paths.double_rounding("torch", "softmax_log", "float32")  # torch.softmax's exp is float32 there
+
+
+def test_a_double_rounding_break_is_explained_by_its_band():
+    (fact,) = explain.double_rounding_facts("numpy", "softmax_log", (TARGET_UNDERFLOW,), "float16", False, None, True)
+    assert abs(fact.earliest - (-math.log(0.75 * SIGMA16))) < 1e-12 and abs(fact.earliest - 16.9232) < 1e-4
+    assert abs(fact.threshold - (-math.log(SIGMA16 / 2))) < 1e-12
+    assert explain._fact_fits(fact, 17.138, 17.142)  # gradient_sweep's float16 break, in the band
+    assert not explain._fact_fits(fact, 16.5, 16.6)  # below it by more than 1%
+    assert (
+        explain.double_rounding_facts("torch", "softmax_log", (TARGET_UNDERFLOW,), "float16", False, None, False) == []
+    )
+    flushing = explain.double_rounding_facts("jax", "softmax_log", (TARGET_UNDERFLOW,), "float32", True, None, True)
+    assert flushing == []  # no subnormals to round to

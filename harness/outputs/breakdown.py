@@ -46,6 +46,7 @@ from harness.mechanisms import (  # noqa: F401 (re-exported: the breakdown's pub
 from harness.outputs import tables
 from harness.outputs.explain import (  # noqa: F401 (re-exported for the findings)
     QUANTITY_WORDS,
+    double_rounding_facts,
     explain_agreement,
     explain_disagreement,
     facts,
@@ -193,7 +194,8 @@ def breakdown_row(
     }
     brk = measured_break(cells, measured, bisected, unbisected_note(first, breaks_table))
     accumulation = str(bisected.get("accumulation", "") or "") if bisected is not None else ""
-    return row | theory_columns(cells, framework, path, dtype, flushes, brk, accumulation)
+    double = bisected is not None and bool(bisected.get("double_rounding", False))
+    return row | theory_columns(cells, framework, path, dtype, flushes, brk, accumulation, double)
 
 
 def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, predicted) -> str:
@@ -213,7 +215,14 @@ def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, p
 
 
 def theory_columns(
-    cells: pd.DataFrame, framework: str, path: str, dtype: str, flushes: bool, brk: Break, accumulation: str = ""
+    cells: pd.DataFrame,
+    framework: str,
+    path: str,
+    dtype: str,
+    flushes: bool,
+    brk: Break,
+    accumulation: str = "",
+    double_rounding: bool = False,
 ) -> dict:
     """theory_* columns, the measured break, matches_theory and explanation of one group."""
     columns = {
@@ -263,6 +272,7 @@ def theory_columns(
             columns["grid_steps_off"] = brk.index - cause.index
     quantity_of = {p.cause: p.quantity for p in predicted}
     known = facts(framework, path, mechanisms, dtype, flushes, accumulation, quantity_of, measured, predicted)
+    known += double_rounding_facts(framework, path, mechanisms, dtype, flushes, measured, double_rounding)
     if agrees:
         explanation = explain_agreement(cells, framework, dtype, flushes, brk, cause, known, measured)
     else:

@@ -19,7 +19,7 @@ from harness.mechanisms import (
     ExpFacts,
     threshold,
 )
-from harness.outputs.theory import MEASURABLY, Break, Prediction, fits
+from harness.outputs.theory import MEASURABLY, TOLERANCE, Break, Prediction, fits
 from harness.sweep import metrics
 
 # --- explanations from measured facts -------------------------------------------------------
@@ -57,11 +57,13 @@ def fmt_span(lo: float, hi: float) -> str:
 
 @dataclass(frozen=True)
 class Fact:
-    """A measured fact that puts a threshold on a quantity: `says` how, in words."""
+    """A measured fact that puts a threshold on a quantity: `says` how, in words. With `earliest`, the
+    break may come anywhere from `earliest` up to `threshold` (a band, not a point)."""
 
     quantity: str
     threshold: float
     says: str
+    earliest: float = float("nan")
 
 
 def exp_words(framework: str, dtype: str, measured: ExpFacts, cause: str, quantity: str = "max_exact_loss") -> str:
@@ -167,6 +169,34 @@ def facts(
     return found
 
 
+def double_rounding_facts(framework, path, mechanisms, dtype: str, flushes: bool, measured, double: bool) -> list[Fact]:
+    """Where the path rounds exp(x) to the dtype before dividing by the sum s (path entry, through the
+    breaks table) and the dtype keeps gradual underflow: exp(x_y - max) rounds to the smallest
+    subnormal sigma from 0.5 sigma up to 1.5 sigma, and sigma / s rounds to 0 once s >= 2, so the
+    target probability, exactly between sigma/2 and 0.75 sigma, can round to 0: target underflow from
+    a loss of -ln(0.75 sigma) up to -ln(sigma / 2) (float16: 16.924 to 17.329)."""
+    flushing = measured.quotient_flushes if measured is not None else flushes
+    if not double or flushing or TARGET_UNDERFLOW not in (mechanisms or ()):
+        return []
+    latest = DTYPES[dtype].exp_underflow_threshold  # -ln(sigma / 2)
+    earliest = latest - math.log(1.5)  # -ln(0.75 sigma)
+    says = (
+        f"{framework}'s {path} rounds exp(x) to {dtype} before dividing by the sum (path entry): that exp "
+        f"rounds up to the smallest subnormal sigma from 0.5 sigma and down to it below 1.5 sigma, and "
+        f"sigma / sum rounds to 0 once the sum is 2 or more, so a target probability of 0.5 to 0.75 sigma "
+        f"can come out 0: from a loss of -ln(0.75 sigma) = {fmt_quantity(earliest)} up to {fmt_quantity(latest)}"
+    )
+    return [Fact("max_exact_loss", latest, says, earliest)]
+
+
+def _fact_fits(fact: Fact, lo: float, hi: float) -> bool:
+    """A point fact within 1% of the measured bracket [lo, hi]; a band fact overlapping it (within 1%)."""
+    if not np.isfinite(fact.earliest):
+        return fits(fact.threshold, lo, hi)
+    low = lo if np.isfinite(lo) else hi
+    return np.isfinite(hi) and hi >= fact.earliest * (1 - TOLERANCE) and low <= fact.threshold * (1 + TOLERANCE)
+
+
 def _distance(limit: float, lo: float, hi: float) -> float:
     """How far `limit` lies outside [lo, hi], relative to it (0 inside)."""
     low, high = (min(lo, hi), max(lo, hi)) if np.isfinite(lo) else (hi, hi)
@@ -175,7 +205,7 @@ def _distance(limit: float, lo: float, hi: float) -> float:
 
 def _fitting_fact(known: list[Fact], brk: Break) -> Fact | None:
     """The fact whose threshold lies closest to the measured break, if within 1% of it."""
-    fitting = [f for f in known if fits(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity])]
+    fitting = [f for f in known if _fact_fits(f, brk.lo[f.quantity], brk.hi[f.quantity])]
     return min(fitting, key=lambda f: _distance(f.threshold, brk.lo[f.quantity], brk.hi[f.quantity]), default=None)
 
 
@@ -230,6 +260,9 @@ def explain_disagreement(cells, mechanisms, brk: Break, shown, chosen, early, kn
         )
         if shown.quantity == "max_logit" and off < 0:
             text += f"; {_sum_first_note(cells, shown)}"
+    if fact is not None and np.isfinite(fact.earliest):
+        value = fmt_span(brk.lo[fact.quantity], brk.hi[fact.quantity])
+        return text + f"; {fact.says}: the measured {QUANTITY_WORDS[fact.quantity]} {value} lies in that band"
     if fact is not None and shown is not None and not early and fact.quantity == shown.quantity:
         return text + f"; {fact.says}: within 1% of it"
     if fact is not None:

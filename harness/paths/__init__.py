@@ -38,6 +38,10 @@ class PathEntry:
     in, where the two differ (absent: the input dtype); `accumulation_note[framework]` says where
     each operation rounds. `mechanisms` are the failure mechanisms theory predicts, in the order
     they are checked. `unsupported[framework]` is the reason a framework has no implementation.
+    `rounds_once[framework]`: the input dtypes in which the framework forms the target probability
+    in float32 and rounds it once (torch.softmax, tf.nn.softmax for float16/bfloat16); elsewhere a
+    path that exponentiates rounds exp(x) to the input dtype before dividing by the sum, and that
+    double rounding can take a probability of 0.5-0.75 smallest subnormals to 0.
     """
 
     name: str
@@ -48,6 +52,7 @@ class PathEntry:
     accumulation_note: dict[str, str] = field(default_factory=dict)
     gradient: bool = True
     unsupported: dict[str, str] = field(default_factory=dict)
+    rounds_once: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 _HALF_IN_FLOAT32 = {"float16": "float32", "bfloat16": "float32"}
@@ -146,6 +151,7 @@ ENTRIES = (
             "mlx": {},
             "tensorflow": _HALF_IN_FLOAT32,
         },
+        rounds_once={"torch": ("float16", "bfloat16"), "tensorflow": ("float16", "bfloat16")},
         accumulation_note={
             "numpy": "scipy.special.softmax; " + _NUMPY_SUMS,
             "torch": _TORCH_SOFTMAX,
@@ -298,6 +304,13 @@ DEFAULT_BLOCK_SIZE = 128  # `online`: 8 blocks of 1000 classes
 def frameworks_of(entry: PathEntry) -> tuple[str, ...]:
     """The frameworks an entry is described for (those with an accumulation note)."""
     return tuple(entry.accumulation_note)
+
+
+def double_rounding(framework: str, path: str, dtype: str) -> bool:
+    """Whether the path's target probability is exp(x) rounded to `dtype`, then divided and rounded
+    again (theory's target underflow can then come up to ln(1.5) early: harness.outputs.explain)."""
+    entry = ENTRIES_BY_NAME[path]
+    return TARGET_UNDERFLOW in entry.mechanisms and dtype not in entry.rounds_once.get(framework, ())
 
 
 def accumulation_dtype(framework: str, path: str, dtype: str) -> str:

@@ -44,7 +44,7 @@ BREAK_COLUMNS = (
     GROUP_COLUMNS
     + ("bisection", "n_bisection_steps", "n_bisection_runs", "break_scale_lo", "break_scale_hi", "break_status")
     + tuple(f"{q}_{end}" for q in QUANTITIES for end in ("lo", "hi"))
-    + ("accumulation",)
+    + ("accumulation", "double_rounding")
     + tuple(CellOptions().columns())
 )
 NEVER_FAILS = "not needed: never fails within the grid"
@@ -217,6 +217,7 @@ def break_row(cells: pd.DataFrame, impl, stream: Inputs) -> dict:
     first = cells.iloc[0]
     framework, path, dtype, device = (first[c] for c in ("framework", "path", "dtype", "device"))
     row = {c: first[c] for c in GROUP_COLUMNS} | {"accumulation": accumulation(framework, path, dtype)}
+    row["double_rounding"] = path in paths.ENTRIES_BY_NAME and paths.double_rounding(framework, path, dtype)
     scales = cells["scale"].to_numpy(dtype=np.float64)
     status = cells["status"].to_numpy()
     failing = np.flatnonzero(np.isin(status, metrics.FAILED))
