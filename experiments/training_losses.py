@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.files import write_text
-from harness.outputs.option_findings import DEFAULTS
 from harness.outputs.tables import markdown_table
 from harness.sweep import metrics
+from harness.sweep.journal import OPTION_DEFAULTS
 
-OPTIONS = {k: v for k, v in DEFAULTS.items() if k != "reduction"}  # a set is named by what it changes
+OPTIONS = {k: v for k, v in OPTION_DEFAULTS.items() if k != "reduction"}  # a set is named by what it changes
 
 
 def option_set(row) -> str:
