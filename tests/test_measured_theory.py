@@ -86,6 +86,21 @@ def test_target_gap_and_negated_target_logit_by_hand():
     assert np.isnan(target_quantities(rows[4:], labels[4:])["max_target_gap"])
 
 
+def test_the_blockwise_target_quantities_equal_the_definition_over_many_blocks():
+    """target_quantities_by_block reads the row maxima of the rows that can hold the largest gap only:
+    the same values as the definition, with the largest gap away from the lowest target and a block
+    with masked and NaN entries."""
+    rng = np.random.default_rng(3)
+    held = np.round(rng.standard_normal((300_000, 16)) * 8, 3)  # several 2**20-entry blocks
+    labels = rng.integers(0, 16, len(held))
+    held[123_456] = 0.0
+    held[123_456, 7] = 60.0  # the largest gap, 60, in a row whose target (0) is far from the lowest
+    labels[123_456] = 0
+    held[250_000, 3], held[250_001, 5] = -np.inf, np.nan
+    assert target_quantities_by_block(held, labels) == target_quantities(held, labels)
+    assert target_quantities_by_block(held, labels)["max_target_gap"] == 60.0
+
+
 def test_mlx_float64_naive_breaks_where_its_exp_overflows():
     # the sum of float64 exponentials overflows at lse 709.78; MLX's exp returns inf above x = 88.0
     frame = cells(

@@ -247,10 +247,30 @@ def max_class_loss(rounded) -> float:
 
 
 def target_quantities_by_block(rounded, labels) -> dict:
-    """cells.target_quantities of the logits as given (before any soft-cap), a block of rows at a time."""
-    found = [target_quantities(rounded[rows].astype(np.float64), labels[rows]) for rows in _row_blocks(*rounded.shape)]
-    names = ("max_target_gap", "max_neg_target_logit")
-    return {q: max((f[q] for f in found if np.isfinite(f[q])), default=float("nan")) for q in names}
+    """cells.target_quantities of the logits as given (before any soft-cap), a block of rows at a time;
+    in a block of finite logits the largest gap comes from `_largest_gap` (the same values, fewer rows)."""
+    best = {"max_target_gap": -np.inf, "max_neg_target_logit": -np.inf}
+    for rows in _row_blocks(*rounded.shape):
+        held, y = rounded[rows].astype(np.float64), labels[rows]
+        largest = held.max()  # NaN if any entry is
+        if np.isfinite(largest) and np.isfinite(held.min()):  # every entry finite: the usual block
+            target = held[np.arange(len(y)), y]
+            found = {"max_target_gap": _largest_gap(held, target, largest), "max_neg_target_logit": -target.min()}
+        else:
+            found = target_quantities(held, y)
+        best = {q: max(best[q], found[q]) if np.isfinite(found[q]) else best[q] for q in best}
+    return {q: float(v) if np.isfinite(v) else float("nan") for q, v in best.items()}
+
+
+def _largest_gap(held: np.ndarray, target: np.ndarray, largest: float) -> float:
+    """max over rows of (the row's largest logit - its target), of finite `held`. A row's gap is at most
+    `largest` - its target, so once the lowest target's row gives a gap g, only rows whose target lies
+    at least g below `largest` can exceed it: the row maxima of those alone (on 10**6 rows of 16 N(0, 1)
+    logits about one row in six)."""
+    lowest = int(np.argmin(target))
+    floor = held[lowest].max() - target[lowest]
+    rows = np.flatnonzero(target <= largest - floor)  # the lowest row among them
+    return float((held[rows].max(axis=1) - target[rows]).max())
 
 
 def _dense_mechanism(path: str, options) -> dict:
@@ -285,7 +305,9 @@ def measure_options(
         return record_input_inf(cell, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
     cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
-    cell |= target_quantities_by_block(rounded, labels)
+    if "targets" not in shared:  # of the rounded logits and labels: every set of options shares them
+        shared["targets"] = target_quantities_by_block(rounded, labels)
+    cell |= shared["targets"]
     if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms)
         cell["max_class_loss"] = max_class_loss(rounded)
     for framework, by_path in group_by_framework(todo).items():
