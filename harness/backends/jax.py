@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
 
 # What the harness needs to know before importing this module (read by harness.backends.discover).
-PACKAGES = ("jax", "optax")  # import names that must be present
+PACKAGES = ("jax", "jaxlib", "optax")  # import names that must be present (jaxlib: XLA, whose version matters)
 INSTALL = "pip install jax==0.10.2 optax==0.2.8"
 ORDER = 2  # place in tables and lists
 

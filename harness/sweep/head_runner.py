@@ -3,10 +3,11 @@
 It walks family x class count x scale x dtype x framework x path x mode x reduction. Each input
 (h, W, b, labels) is made once in float64, rounded once per dtype; the exact head values (the
 per-row loss, and the gradients with respect to h, W and b for each upstream gradient needed:
-harness.sweep.head_exact) are computed once per rounded input, before any framework runs. Each cell is one journal record with
-the logit cells' keys plus `mode`, `d`, `reduction` and `ignore_fraction`: its loss metrics ("cell"), gradient
-metrics per input ("head_grad": h, W, b) and, with timing on, its loss timing ("timing", at the
-first reduction and ignore_fraction of the sweep only). The upstream gradient of reduction `none`
+harness.sweep.head_exact) are computed once per rounded input, before any framework runs. Each
+cell is one journal record with the logit cells' keys plus `mode`, `d`, `reduction` and
+`ignore_fraction`: its loss metrics ("cell"), gradient metrics per input ("head_grad": h, W, b)
+and, with timing on, its loss timing ("timing", at the first reduction and ignore_fraction of the
+sweep only). The upstream gradient of reduction `none`
 is not uniform: u_i = 1 + (i mod 4) / 4, exact in every dtype.
 
 `ignore_fraction` is swept like reduction: round(f * rows) rows, drawn as the option cells draw
