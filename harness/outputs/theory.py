@@ -187,6 +187,8 @@ def _at(cells: pd.DataFrame, index: int | None) -> dict:
 
 
 OPTION_CELLS_NOTE = "grid only: option cells are not bisected"
+
+
 def has_options(first) -> bool:
     """Whether a group's cells carry a loss option (harness.sweep.bisect.plain_cells leaves them out)."""
     for column, plain in OPTION_DEFAULTS.items():
