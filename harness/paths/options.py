@@ -27,6 +27,7 @@ import inspect
 from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
+from harness.mechanisms import OTHER_CLASS_UNDERFLOW  # noqa: F401 (target=dense softmax_log: 0 * log(0) = NaN)
 from harness.paths import Unsupported
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -111,7 +112,6 @@ OPTION_SUPPORT = {
     "dense": "softmax_log (the seed article's sum(-log(softmax(x)) * t)), log_softmax_nll (-sum(log_softmax(x) * t)) "
     "and fused; other paths pick x[y] and have no dense form",
 }
-OTHER_CLASS_UNDERFLOW = "other-class underflow"  # target=dense, softmax_log: 0 * log(0) = 0 * -inf = NaN
 OTHER_CLASS_UNDERFLOW_NOTE = (
     "sum(-log(softmax(x)) * t) is NaN once any class with t_j = 0 has a probability that rounds to 0 "
     "(x_j - lse(x) below the dtype's exp underflow threshold), long before the target's does: "

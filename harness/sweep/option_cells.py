@@ -22,6 +22,7 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
 from harness.exact.reference import by_row_blocks
+from harness.mechanisms import OTHER_CLASS_UNDERFLOW, joined
 from harness.paths import options as opt
 from harness.sweep import metrics
 from harness.sweep.cells import (
@@ -277,7 +278,7 @@ def _dense_mechanism(path: str, options) -> dict:
     """The article's dense form adds a failure mechanism of its own (harness.paths.options)."""
     if options.target != "dense" or path != "softmax_log":
         return {}
-    return {"mechanisms": "; ".join(filter(None, [named(path)["mechanisms"], opt.OTHER_CLASS_UNDERFLOW]))}
+    return {"mechanisms": joined(filter(None, [named(path)["mechanisms"], OTHER_CLASS_UNDERFLOW]))}
 
 
 def measure_options(
@@ -308,8 +309,10 @@ def measure_options(
     if "targets" not in shared:  # of the rounded logits and labels: every set of options shares them
         shared["targets"] = target_quantities_by_block(rounded, labels)
     cell |= shared["targets"]
-    if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms)
-        cell["max_class_loss"] = max_class_loss(rounded)
+    if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms), once per input and dtype
+        if "max_class_loss" not in shared:
+            shared["max_class_loss"] = max_class_loss(rounded)
+        cell["max_class_loss"] = shared["max_class_loss"]
     for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
