@@ -146,20 +146,13 @@ def _exp_sample(framework: str, dtype: str, device: str) -> tuple[np.ndarray, np
     Exact values by mpmath at 80 bits."""
     import mpmath
 
-    from harness.dtypes import round_to
-
     points = np.linspace(-10.0, 10.0, 64)
     if dtype in ("float32", "float64"):
         points = np.append(points, 89.72)
-    rounded = round_to(points, dtype)
-    backend = load(framework)
-    with backend.dtype_scope(dtype):
-        native, _ = backend.to_native(rounded[None, :], np.zeros(1, dtype=np.int64), device)
-        with np.errstate(over="ignore"):
-            values, _ = backend.to_numpy(backend.exp(native))
+    rounded, values = _exp_of(framework, dtype, device, points)
     with mpmath.workprec(80):
-        exact = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in rounded.astype(np.float64)])
-    return rounded.astype(np.float64), values[0], exact
+        exact = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in rounded])
+    return rounded, values, exact
 
 
 @functools.cache

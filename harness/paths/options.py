@@ -149,6 +149,15 @@ def own_options(fn) -> tuple[str, ...]:
     return tuple(name for name in OPTION_NAMES if name in params)
 
 
+def option_gradient(backend, fn):
+    """The gradient of a composed loss `fn`: its backward pass by hand where it carries one (NumPy's
+    `fn.gradient`), else the backend's autodiff of it; None where neither exists (a custom NumPy path)."""
+    by_hand = getattr(fn, "gradient", None)
+    if by_hand is None and backend.autodiff_gradient is None:
+        return None
+    return by_hand or backend.autodiff_gradient(fn)
+
+
 def option_function(framework: str, path: str, path_fn, arrays: NativeArrays, options: CellOptions):
     """(x, y) -> the loss with `options`, for the backend to compile and differentiate. Give it
     y = arrays.packed() (the labels with the ignored rows marked, weights, targets), so a compiler

@@ -100,11 +100,11 @@ def mean_calls(framework: str, path: str, path_fn, case: EdgeCase, arrays, nativ
     except Exception as exc:
         return failed(exc), failed(exc)
     loss = run_call(lambda: backend.compile(fn), native, backend, dtype, 1)
-    by_hand = getattr(fn, "gradient", None)  # NumPy's backward pass, written by hand
-    if by_hand is None and backend.autodiff_gradient is None:
+    source = opt.option_gradient(backend, fn)
+    if source is None:
         return loss, Call(status=metrics.UNSUPPORTED, message=f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}")
     gradient = run_call(
-        lambda: backend.compile_gradient(by_hand or backend.autodiff_gradient(fn)),
+        lambda: backend.compile_gradient(source),
         native,
         backend,
         dtype,

@@ -201,11 +201,11 @@ def _loss_record(run: Run, fn, rows: bool) -> dict:
 
 def _gradient_record(run: Run, fn) -> dict:
     """The gradient metrics: autodiff of the composed loss, or its backward pass by hand (NumPy's `fn.gradient`)."""
-    by_hand = getattr(fn, "gradient", None)
-    if by_hand is None and run.backend.autodiff_gradient is None:
+    source = opt.option_gradient(run.backend, fn)
+    if source is None:
         return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
     try:
-        gradient = run.backend.compile_gradient(by_hand or run.backend.autodiff_gradient(fn))
+        gradient = run.backend.compile_gradient(source)
         computed, note = compute(gradient, run.arguments, run.backend, run.fmt.name)
     except Exception as exc:
         return metrics.failure(exc)
