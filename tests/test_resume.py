@@ -154,3 +154,16 @@ def test_a_run_recorded_before_n_rows_took_lists_still_matches():
     assert differing_keys(stored, current, defaults) == []
     assert differing_keys(stored, current | {"n_rows": [64, 128]}, defaults) == ["n_rows"]
     assert differing_keys(stored, current | {"edge_cases": True}, defaults) == ["edge_cases"]
+
+
+def test_package_versions_find_an_import_name_installed_under_another_distribution():
+    from harness.sweep.machine import package_versions
+
+    versions = package_versions(("tensorflow", "numpy", "no_such_package_here"))
+    assert versions["numpy"] == importlib.metadata.version("numpy") and versions["no_such_package_here"] is None
+    try:
+        expected = importlib.metadata.version("tensorflow-cpu")  # the extra installs TensorFlow under this name
+    except importlib.metadata.PackageNotFoundError:
+        expected = None
+    if expected is not None:
+        assert versions["tensorflow"] == expected

@@ -19,13 +19,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def package_versions(packages=HARNESS_PACKAGES) -> dict[str, str | None]:
+    """Installed version per package (None: not installed). A name is a distribution or an import
+    name; an import name installed under another distribution (tensorflow from tensorflow-cpu) is
+    looked up through it."""
     versions = {}
     for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+            versions[name] = _version_by_import_name(name)
     return versions
+
+
+def _version_by_import_name(name: str) -> str | None:
+    for distribution in importlib.metadata.packages_distributions().get(name, []):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def cpu_model() -> str:
