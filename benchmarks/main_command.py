@@ -2,7 +2,7 @@
 
 Run by hand from the repository root (never a test):
 
-    python benchmarks/main_command.py [--runs 3] [--against REV] [extra overrides ...]
+    python benchmarks/main_command.py [--runs 3] [--against REV] [--experiment NAME] [extra overrides ...]
 
 Each run is a fresh process writing to a temporary folder; prints every run's wall time and peak
 memory (summed over the command and the processes it starts: benchmarks/process_tree.py), the
@@ -12,6 +12,7 @@ split into stages (read from when each stage's last file was written), then the 
 worktree, run with this interpreter), in turn with this one, and prints the ratio of each pair and
 their median: this virtual machine's speed drifts by half over days, so a wall time is compared
 with a figure of another day through a commit measured then (the issues' "24 s today" is 23ed54f).
+`--experiment lm_head` measures another experiment the same way (its stage split is not printed).
 """
 
 from __future__ import annotations
@@ -52,17 +53,19 @@ def stage_split(run_dir: Path, start: float) -> list[tuple[str, float]]:
     return split
 
 
-def one_run(overrides: list[str], repo: Path = REPO) -> tuple[float, float, list[tuple[str, float]]]:
+def one_run(
+    overrides: list[str], repo: Path = REPO, experiment: str = "precision_sweep"
+) -> tuple[float, float, list[tuple[str, float]]]:
     """(wall seconds, peak resident MiB summed over its processes, stage split) of one run of the
     main command of the code in `repo` (`python -m harness` imports the package from its cwd)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "harness", "experiment=precision_sweep", "progress=false"]
+        command = [sys.executable, "-m", "harness", f"experiment={experiment}", "progress=false"]
         command += [f"hydra.run.dir={out}", *overrides]
         started = time.time()
         wall, peak, code = run_measured(command, cwd=repo, stdout=subprocess.DEVNULL, env=dict(os.environ))
         if code != 0:
-            raise SystemExit(f"the main command of {repo} failed (exit {code})")
-        split = stage_split(Path(out), started)
+            raise SystemExit(f"experiment {experiment} of {repo} failed (exit {code})")
+        split = stage_split(Path(out), started) if experiment == "precision_sweep" else []
     return wall, peak / 2**20, split
 
 
@@ -78,18 +81,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--against", metavar="REV", help="a commit run in turn with this code, for a ratio")
+    parser.add_argument("--experiment", default="precision_sweep", help="another experiment, e.g. lm_head")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. timing.enabled=false")
     args = parser.parse_args()
     other = worktree(args.against) if args.against else None
     walls, ratios = [], []
     try:
         for i in range(args.runs):
-            wall, peak, split = one_run(args.overrides)
+            wall, peak, split = one_run(args.overrides, experiment=args.experiment)
             walls.append(wall)
             print(f"run {i + 1}: {wall:.1f} s wall, peak RSS {peak:.0f} MiB (summed over its processes)")
-            print("  " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in split))
+            if split:
+                print("  " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in split))
             if other:
-                base, _, _ = one_run(args.overrides, other[0])
+                base, _, _ = one_run(args.overrides, other[0], args.experiment)
                 ratios.append(wall / base)
                 print(f"  {args.against}: {base:.1f} s wall; ratio {ratios[-1]:.3f}")
     finally:

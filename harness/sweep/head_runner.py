@@ -31,7 +31,7 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
-from harness.sweep import head_inputs, journal, metrics
+from harness.sweep import head_gradients, head_inputs, journal, metrics
 from harness.sweep.cells import target_quantities
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
@@ -45,8 +45,10 @@ NAMES = {"framework": list(head_paths.HEAD_FRAMEWORKS), "path": list(head_paths.
 # --- one cell -----------------------------------------------------------------------------------
 
 
-def _computed(backend, result, dtype: str) -> tuple[np.ndarray, str]:
-    values, returned = backend.to_numpy(result)
+def _computed(values_and_dtype: tuple[np.ndarray, str], dtype: str) -> tuple[np.ndarray, str]:
+    """A result as backend.to_numpy hands it back, in the dtype (rounded once, noted, where the
+    framework returned another)."""
+    values, returned = values_and_dtype
     if returned == dtype:
         return np.atleast_1d(values), ""
     return np.atleast_1d(round_to(values, dtype).astype(np.float64)), f"returned {returned}; rounded to {dtype}"
@@ -63,7 +65,7 @@ def measure_loss(loss_fn, native, backend, exact: ExactValue, fmt: FloatFormat) 
     start = time.perf_counter()
     result = backend.sync(loss_fn(*native))
     first_call_s = time.perf_counter() - start
-    computed, note = _computed(backend, result, fmt.name)
+    computed, note = _computed(backend.to_numpy(result), fmt.name)
     if exact is None:
         return _undefined(computed), first_call_s
     hi, lo, exponent = (np.atleast_1d(np.asarray(p)) for p in exact)
@@ -71,19 +73,18 @@ def measure_loss(loss_fn, native, backend, exact: ExactValue, fmt: FloatFormat) 
     return cell | {"message": note}, first_call_s
 
 
-def measure_gradients(grad_fn, native, u, backend, exact, fmt: FloatFormat) -> dict:
-    """Gradient metrics with respect to h, W and b (b only with a bias); `exact` None: the mean
-    over no kept rows, status undefined."""
-    with_respect_to = [w for w in WRT if w != "b" or native[2] is not None]
-    try:
-        grads = grad_fn(*native, u)
-    except Exception as exc:
-        return {wrt: metrics.failure(exc) for wrt in with_respect_to}
+def gradient_record(returned: list | BaseException, exact, fmt: FloatFormat, with_bias: bool) -> dict:
+    """Gradient metrics with respect to h, W and b (b only with a bias) from the gradients a call
+    handed back (head_gradients.gradient_values), or the exception it raised; `exact` None: the
+    mean over no kept rows, status undefined."""
+    with_respect_to = [w for w in WRT if w != "b" or with_bias]
+    if isinstance(returned, BaseException):
+        return {wrt: metrics.failure(returned) for wrt in with_respect_to}
     record = {}
-    for wrt, computed in zip(WRT, grads, strict=True):
+    for wrt, computed in zip(WRT, returned, strict=True):
         if wrt not in with_respect_to:
             continue
-        values, note = _computed(backend, computed, fmt.name)
+        values, note = _computed(computed, fmt.name)
         if exact is None:
             record[wrt] = _undefined(values)
             continue
@@ -93,10 +94,21 @@ def measure_gradients(grad_fn, native, u, backend, exact, fmt: FloatFormat) -> d
     return record
 
 
-def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, sweep, time_loss=None, kept=None) -> dict:
+def exact_gradients(exact: ExactHead, reduction: str, kept):
+    """The exact gradients of a cell; None for a mean over no kept rows (undefined)."""
+    if reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0:
+        return None
+    return exact.gradients(reduction, kept)
+
+
+def run_cell(
+    framework, path, mode, reduction, native, u, exact: ExactHead, sweep, time_loss=None, kept=None, elsewhere=False
+) -> dict:
     """The journal record of one cell (its key is added by the caller); `time_loss` (the timing
     layer's, harness.timing.head.time_loss) times it, where given. `kept`: the rows whose label in
-    `native` is not the ignore index (None: every row); a mean over none is `undefined`."""
+    `native` is not the ignore index (None: every row); a mean over none is `undefined`. With
+    `elsewhere`, a gradient call that can run is left to the caller (harness.sweep.head_gradients):
+    the record has no "head_grad" then."""
     backend = backends.load(framework)
     fmt = exact.fmt
     reason = head_paths.unsupported_reason(framework, path, mode)
@@ -104,6 +116,7 @@ def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, swee
     record: dict = {}
     ignore = kept is not None and not kept.all()
     undefined = reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0
+    with_bias = exact.args[2] is not None
     try:
         if reason:
             raise NotImplementedError(reason)
@@ -126,10 +139,13 @@ def run_cell(framework, path, mode, reduction, native, u, exact: ExactHead, swee
     if sweep.gradient:
         if grad_fn is None:
             failed = record["cell"] if record["cell"]["status"] in (metrics.ERROR, metrics.UNSUPPORTED) else {}
-            record["head_grad"] = {w: failed for w in WRT if w != "b" or exact.args[2] is not None}
-        else:
-            exact_grads = None if undefined else exact.gradients(reduction, kept)
-            record["head_grad"] = measure_gradients(grad_fn, native, u, backend, exact_grads, fmt)
+            record["head_grad"] = {w: failed for w in WRT if w != "b" or with_bias}
+        elif not elsewhere:
+            try:
+                values = head_gradients.gradient_values(grad_fn, native, u, backend)
+            except Exception as exc:
+                values = exc
+            record["head_grad"] = gradient_record(values, exact_gradients(exact, reduction, kept), fmt, with_bias)
     return record
 
 
@@ -171,18 +187,22 @@ def modes_of(sweep, path: str) -> tuple[str, ...]:
 
 def sweep_head(sweep, record, done=frozenset(), time_loss=None) -> None:
     """Walk the head grid; every cell not in `done` is measured and its record passed to record()."""
-    with tqdm(disable=not sweep.progress, desc="head inputs", unit="input") as bar:
-        for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
-            labels = head_inputs.choose_labels(draw, sweep.label)
-            n_rows, d, n_classes = draw.shape
-            key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
-            for dtype in dtypes:
-                bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
-                _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss)
-                bar.update(1)
+    pool = head_gradients.Pool()
+    try:
+        with tqdm(disable=not sweep.progress, desc="head inputs", unit="input") as bar:
+            for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
+                labels = head_inputs.choose_labels(draw, sweep.label)
+                n_rows, d, n_classes = draw.shape
+                key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
+                for dtype in dtypes:
+                    bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
+                    _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss, pool)
+                    bar.update(1)
+    finally:
+        pool.close()
 
 
-def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, time_loss) -> None:
+def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, time_loss, pool=None) -> None:
     fmt = DTYPES[dtype]
     rounded = [None if a is None else round_to(a, dtype) for a in (draw.hidden, draw.weight, draw.bias)]
     held = [None if a is None else a.astype(np.float64) for a in rounded]
@@ -215,6 +235,8 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     for framework in dict.fromkeys(f for f, *_ in todo):
         backend = backends.load(framework)
         on = backends.row_device(framework, sweep.device)
+        elsewhere = pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
+        later = []  # (record, GradientCall, reduction, kept) of the gradient calls left to the pool
         with backend.dtype_scope(dtype):
             native = [None if a is None else backend.to_native(a, labels, on)[0] for a in rounded]
             labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
@@ -225,12 +247,44 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
                 first = reduction == sweep.reduction[0] and i == sweep.ignore_fraction[0]
                 timed = time_loss if sweep.timing.enabled and first else None
                 measured = run_cell(
-                    framework, path, mode, reduction, (*native, labelled[i]), u_native, exact, sweep, timed, kept[i]
+                    framework,
+                    path,
+                    mode,
+                    reduction,
+                    (*native, labelled[i]),
+                    u_native,
+                    exact,
+                    sweep,
+                    timed,
+                    kept[i],
+                    elsewhere,
                 )
                 where = cell_key | _names(framework, path, mode, reduction, i)
                 where |= {"device": on, "flushes_subnormals": backend.flushes_subnormals(dtype, on)}
                 measured["cell"] = where | measured["cell"]
-                record(measured)
+                if sweep.gradient and "head_grad" not in measured:
+                    inputs = (*rounded, ignore_labels(labels, kept[i]), round_to(u, dtype))
+                    call = head_gradients.GradientCall(
+                        framework, path, reduction, mode, sweep.head["chunk_size"], not kept[i].all(), dtype, on, inputs
+                    )
+                    later.append((measured, call, reduction, kept[i]))
+                else:
+                    record(measured)
+        if later:
+            _finish_elsewhere(later, pool, exact, record)
+
+
+def _finish_elsewhere(later: list, pool, exact: ExactHead, record) -> None:
+    """Run the gradient calls left to the pool, all at once, and record each cell as its call ends."""
+    futures = pool.run([call for _, call, *_ in later])
+    for (measured, _, reduction, kept), future in zip(later, futures, strict=True):
+        try:
+            values = future.result()
+        except Exception as exc:  # a call that breaks, or a worker that died: rows with a status
+            values = exc
+        grads = exact_gradients(exact, reduction, kept)
+        measured["head_grad"] = gradient_record(values, grads, exact.fmt, exact.args[2] is not None)
+        record(measured)
 
 
 def _names(framework, path, mode, reduction, ignore_fraction) -> dict:
