@@ -12,7 +12,9 @@ results flush subnormals to zero, measured on the running device (`flushes_subno
 `exp`, from which the facts theory uses are measured (where it overflows and underflows, whether a
 division flushes); its devices and versions (`device_names`, `versions`); and, for the head's
 compiled mode, whether a compiled loss compiles again for another thread count
-(`RECOMPILES_PER_THREAD_COUNT`, torch.compile only).
+(`RECOMPILES_PER_THREAD_COUNT`, torch.compile only); and whether its ops run on one thread whatever
+is asked, in every process (`OPS_ON_ONE_THREAD`, MLX only: the head runs its gradient calls several
+at a time in processes of their own, harness.sweep.head_gradients).
 
 This package's own module imports no framework: it only names them, so a missing framework is a
 clear one-line error before any work, never an ImportError mid-sweep. Outside the backends and the

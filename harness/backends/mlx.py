@@ -24,6 +24,7 @@ ORDER = 3  # place in tables and lists
 
 DEVICES = ("cpu",)
 COMPILES = False  # lazy graphs, evaluated by mx.eval; mx.compile gave the same bits and no gain (see above)
+OPS_ON_ONE_THREAD = True  # its CPU ops run on one thread whatever is asked (threads, below)
 COMPILE_NOTE = "lazy, not compiled (mx.compile: same bits, no gain on the CPU, seconds of C++ compiler per graph)"
 _NATIVE = {"float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32, "float64": mx.float64}
 

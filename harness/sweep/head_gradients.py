@@ -64,13 +64,10 @@ def call(job: GradientCall) -> list:
 
 
 def runs_on_one_thread(backend) -> bool:
-    """Whether the framework's ops run on one thread whatever is asked (its `threads` yields 1 for
-    every core of the machine), on a machine with another core to lend."""
-    available = cores()
-    if available < 2:
-        return False
-    with backend.threads(available) as (in_force, _):
-        return in_force == 1
+    """Whether the framework's ops run on one thread whatever is asked, in this process and in a
+    fresh one (its backend's OPS_ON_ONE_THREAD: a JAX or TensorFlow started on one thread would start
+    on every core in a worker, and could sum in another order), on a machine with a core to lend."""
+    return cores() >= 2 and getattr(backend, "OPS_ON_ONE_THREAD", False)
 
 
 class Pool:
