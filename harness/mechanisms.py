@@ -28,9 +28,11 @@ exp(x_y - m) / sum(exp(x - m)), it is 0 once the loss passes -ln(smallest subnor
 87.683 in float32 and float64, 87.5 in bfloat16). The argument is not the loss: a path that shifts exponentiates
 x_y - max_j x_j, stated in `max_target_gap` (the largest max_j x_j - x_y over rows: the loss less
 lse - max, which lies in [0, ln C]); one that does not (it declares sum overflow) exponentiates x_y
-itself, stated in `max_neg_target_logit` (the largest -x_y). Other-class underflow keeps
-`max_class_loss`. Tables from before those columns take thresholds in the measured `exp_dtype` with
-`flushes_subnormals` (`legacy_threshold`). Accuracy mechanisms that never make a path fail
+itself, stated in `max_neg_target_logit` (the largest -x_y). Other-class underflow states the
+quotient's threshold in `max_class_loss` and the exp's in `max_class_gap` (the largest
+max_k x_k - x_j over every row and class, which lies within ln C below `max_class_loss`). Tables
+from before those columns take thresholds in the measured `exp_dtype` with `flushes_subnormals`
+(`legacy_threshold`). Accuracy mechanisms that never make a path fail
 (a probability clip caps a loss instead) are named here too but have no failure threshold.
 """
 
@@ -57,6 +59,8 @@ THEORY_QUANTITIES: dict[str, tuple[str, ...]] = {
 # The quantity a probability made by the exp is stated in, by whether the path shifts (harness.sweep.cells):
 # the exp's argument x_y - max_j x_j, or x_y unshifted; then a fallback in a table from before them.
 MAX_TARGET_GAP, MAX_NEG_TARGET_LOGIT = "max_target_gap", "max_neg_target_logit"
+# other-class underflow's probability made by a shifted exp: its argument x_j - max_k x_k, then the loss
+MAX_CLASS_GAP = "max_class_gap"
 EXP_UNDERFLOW_QUANTITIES: dict[bool, tuple[str, ...]] = {
     True: (MAX_TARGET_GAP, "max_exact_loss"),  # loss >= gap: the loss, as tables before the gap did
     False: (MAX_NEG_TARGET_LOGIT,),
@@ -117,7 +121,9 @@ def measured_limits(cause: str, dtype: str, facts: ExpFacts, shifts: bool, toler
     past the exp's `exp_underflow` on the exp's argument (max_target_gap shifted, max_neg_target_logit
     not), the latter taken only where it comes more than `tolerance` before the quotient's (not merely
     the last input the dtype holds before it: 92.5 for bfloat16's 92.88); on different quantities,
-    either may be passed first. Other-class underflow takes the smaller of the two on max_class_loss."""
+    either may be passed first. Other-class underflow takes the smaller of the two: the exp's on
+    max_class_gap (the largest max_k x_k - x_j; max_class_loss in a table from before it), the
+    quotient's on max_class_loss."""
     if cause == SUM_OVERFLOW:
         return (Limit(cause, THEORY_QUANTITIES[cause], overflow_threshold(dtype), "dtype"),)
     if cause == EXP_OVERFLOW:
@@ -128,7 +134,8 @@ def measured_limits(cause: str, dtype: str, facts: ExpFacts, shifts: bool, toler
     if facts.exp_underflow >= quotient.threshold * (1 - tolerance):
         return (quotient,)
     if cause == OTHER_CLASS_UNDERFLOW:
-        return (Limit(cause, THEORY_QUANTITIES[cause], facts.exp_underflow, "exp"),) if shifts else (quotient,)
+        exp = Limit(cause, (MAX_CLASS_GAP, *THEORY_QUANTITIES[cause]), facts.exp_underflow, "exp")
+        return (exp,) if shifts else (quotient,)
     return (Limit(cause, EXP_UNDERFLOW_QUANTITIES[shifts], facts.exp_underflow, "exp"), quotient)
 
 

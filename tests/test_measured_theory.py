@@ -21,6 +21,7 @@ from harness.mechanisms import (
 from harness.outputs import explain, theory
 from harness.outputs.breakdown import breakdown_frame
 from harness.paths.options import CellOptions
+from harness.sweep import option_cells
 from harness.sweep.cells import target_quantities
 from harness.sweep.journal import OPTION_DEFAULTS
 from harness.sweep.option_cells import max_class_loss, target_quantities_by_block
@@ -58,9 +59,13 @@ def test_measured_thresholds_by_hand():
         (87.683, "exp", "max_target_gap"),
         quotient,
     ]
+    # a class's probability made by the shifted exp: on its argument max_k x_k - x_j (then the loss, in a
+    # table from before that column)
     assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == [
-        (87.683, "exp", "max_class_loss")
+        (87.683, "exp", "max_class_gap")
     ]
+    (limit,) = measured_limits(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005)
+    assert limit.quantities == ("max_class_gap", "max_class_loss")
     # a flushing division at 87.337 comes first: the exp's 87.337 is no threshold of its own
     assert measured_threshold(TARGET_UNDERFLOW, "float32", flushed, False, 0.005) == [
         (FLUSH_32, "quotient", "max_exact_loss")
@@ -144,6 +149,28 @@ def test_max_class_loss_by_hand():
     # row [0, -100]: lse = ln(1 + e^-100) = 3.7e-44, so lse - x_1 = 100; a -inf (masked) class is left out
     rounded = np.array([[0.0, -100.0], [0.0, -np.inf]], dtype=np.float32)
     assert max_class_loss(rounded) == 100.0
+    # 1000 equal logits but one 90 below: lse - x_j = ln(1000) + 90 with a ln C gap to max - x_j = 90
+    row = np.zeros((1, 1000))
+    row[0, 7] = -90.0
+    found = option_cells.class_quantities(row)
+    assert found["max_class_gap"] == 90.0
+    assert abs(found["max_class_loss"] - (90 + math.log(999 + math.exp(-90)))) < 1e-12
+
+
+def test_mlx_dense_softmax_log_breaks_where_a_class_gap_passes_its_exp_underflow():
+    # MLX's exp gives 0 below -87.683: p_j = exp(x_j - max) / sum is 0 once max - x_j passes it, which
+    # the loss lse - x_j passes up to ln C earlier (here at cell 0, which did not break)
+    frame = cells(
+        "mlx", "softmax_log", "float32", ["ok", "nan"], [0.6, np.nan], [20.0, 60.0], target="dense",
+        mechanisms=f"{TARGET_UNDERFLOW}; {OTHER_CLASS_UNDERFLOW}", max_exact_loss=[9.6, 9.6], max_lse=[20.0, 60.0],
+        max_class_loss=[89.0, 99.0], max_class_gap=[80.0, 95.0], max_target_gap=[5.0, 5.0],
+        max_neg_target_logit=[1.0, 1.0], flushes_subnormals=True, **MLX_FACTS,
+    )  # fmt: skip
+    row = breakdown_frame(frame).iloc[0]
+    assert row["matches_theory"] and row["theory_cause"] == OTHER_CLASS_UNDERFLOW
+    assert (row["theory_quantity"], row["theory_threshold"]) == ("max_class_gap", 87.683)
+    before = breakdown_frame(frame.drop(columns=["max_class_gap"])).iloc[0]  # a table from before the column
+    assert not before["matches_theory"] and before["theory_quantity"] == "max_class_loss"
 
 
 def test_dense_softmax_log_breaks_at_other_class_underflow():
@@ -253,3 +280,18 @@ def test_a_double_rounding_break_is_explained_by_its_band():
     )
     flushing = explain.double_rounding_facts("jax", "softmax_log", (TARGET_UNDERFLOW,), "float32", True, None, True)
     assert flushing == []  # no subnormals to round to
+
+
+def test_a_soft_capped_cells_quantities_are_of_the_logits_its_loss_sees():
+    # c = 30: 100 -> 30 tanh(10/3) = 29.9232, -50 -> 30 tanh(-5/3) = -27.9085; an exp of them never
+    # passes MLX's 88.0, so theory cannot put an exp overflow in a soft-capped cell
+    rounded = np.array([[100.0, 0.0], [0.0, -50.0]])
+    labels = np.array([1, 0])
+    top = 30 * math.tanh(10 / 3)
+    capped = option_cells._quantities({"rounded": rounded}, labels, CellOptions(softcap=30.0, target="dense"), None)
+    assert capped["max_logit"] == top and abs(capped["max_lse"] - (top + math.log1p(math.exp(-top)))) < 1e-14
+    assert capped["max_target_gap"] == top and capped["max_neg_target_logit"] == 0.0
+    assert abs(capped["max_class_loss"] - (top + math.log1p(math.exp(-top)))) < 1e-14  # row 0, class 1
+    shared = {"rounded": rounded, "facts": option_cells._input_facts(rounded, None)}
+    plain = option_cells._quantities(shared, labels, CellOptions(target="dense"), None)
+    assert (plain["max_logit"], plain["max_target_gap"], plain["max_class_loss"]) == (100.0, 100.0, 100.0)

@@ -29,6 +29,7 @@ QUANTITY_WORDS = {
     "max_logit": "largest logit",
     "max_exact_loss": "largest exact loss",
     "max_class_loss": "largest lse - x_j over every class",
+    "max_class_gap": "largest max_k x_k - x_j over every class",
     "max_target_gap": "largest max_j x_j - x_y",
     "max_neg_target_logit": "largest -x_y",
 }
@@ -36,6 +37,7 @@ QUANTITY_WORDS = {
 EXP_UNDERFLOW_WORDS = {
     "max_target_gap": "a probability made by the exp, exp(x_y - max_j x_j), is 0 once max_j x_j - x_y passes it",
     "max_neg_target_logit": "the unshifted exp(x_y) is 0, and so the target probability, once -x_y passes it",
+    "max_class_gap": "a class's probability made by the exp, exp(x_j - max_k x_k), is 0 once max_k x_k - x_j passes it",
 }
 
 
@@ -109,7 +111,8 @@ def _measured_facts(framework: str, mechanisms, dtype: str, measured: ExpFacts, 
     if OTHER_CLASS_UNDERFLOW in mechanisms and measured.exp_underflow < quotient * (1 - MEASURABLY):
         quantity = quantity_of.get(OTHER_CLASS_UNDERFLOW, THEORY_QUANTITIES[OTHER_CLASS_UNDERFLOW][0])
         if SUM_OVERFLOW not in mechanisms:  # theory chose the exp's threshold: the quotient's is the other
-            found.append(Fact(quantity, quotient, quotient_words(framework, dtype, measured)))
+            on_loss = THEORY_QUANTITIES[OTHER_CLASS_UNDERFLOW][0]  # a quotient's threshold is on the loss
+            found.append(Fact(on_loss, quotient, quotient_words(framework, dtype, measured)))
         else:  # theory chose the quotient's: the exp's is the other
             found.append(
                 Fact(quantity, measured.exp_underflow, exp_words(framework, dtype, measured, OTHER_CLASS_UNDERFLOW))

@@ -13,11 +13,11 @@ from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
 # quantities theory's thresholds are stated in, the status
 CELL_COLUMNS = ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "exp_overflow", "exp_underflow")
 CELL_COLUMNS += ("quotient_flushes", "max_logit", "max_exact_loss", "max_lse", "max_class_loss")
-CELL_COLUMNS += ("max_target_gap", "max_neg_target_logit", "status")
+CELL_COLUMNS += ("max_class_gap", "max_target_gap", "max_neg_target_logit", "status")
 ERROR_COLUMNS = KEY_COLUMNS + OPTION_COLUMNS + CELL_COLUMNS + metrics.METRIC_COLUMNS + ("message",)
 GRAD_COLUMNS = KEY_COLUMNS + OPTION_COLUMNS + CELL_COLUMNS + metrics.GRAD_METRIC_COLUMNS + ("message",)
 QUANTITY_COLUMNS = ("exp_overflow", "exp_underflow", "max_logit", "max_exact_loss", "max_lse", "max_class_loss")
-QUANTITY_COLUMNS += ("max_target_gap", "max_neg_target_logit")
+QUANTITY_COLUMNS += ("max_class_gap", "max_target_gap", "max_neg_target_logit")
 SORT_COLUMNS = ("family", "n_classes", "n_rows", "scale", "dtype", "framework", "path")
 
 

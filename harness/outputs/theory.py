@@ -18,6 +18,7 @@ import pandas as pd
 from harness.dtypes import DTYPES
 from harness.mechanisms import (
     EXP_OVERFLOW,
+    MAX_CLASS_GAP,
     MAX_NEG_TARGET_LOGIT,
     MAX_TARGET_GAP,
     SUM_OVERFLOW,
@@ -36,7 +37,8 @@ NO_BREAK = "none"
 TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
 MEASURABLY = TOLERANCE / 2  # a measured exp range this far inside the dtype's own sets a threshold of its own
 
-QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss", MAX_TARGET_GAP, MAX_NEG_TARGET_LOGIT)
+QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss", MAX_CLASS_GAP, MAX_TARGET_GAP)
+QUANTITIES += (MAX_NEG_TARGET_LOGIT,)
 EXP_FACT_COLUMNS = ("exp_overflow", "exp_underflow", "quotient_flushes")
 
 # Only for reading errors tables written before the measured `flushes_subnormals` column (every run

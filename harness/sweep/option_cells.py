@@ -108,7 +108,7 @@ def _exact(rounded, labels, options: opt.CellOptions, seed: int, gradient: bool,
 
 
 def _input_facts(rounded, logits) -> dict:
-    """max_logit and max_lse of the logits as given (before any soft-cap), in float64, a block of
+    """max_logit and max_lse of the logits given (rounded, or soft-capped: seen_logits), in float64, a block of
     rows at a time; and whether every entry is finite or -inf where the input masks a class."""
     max_logit, max_lse, valid = -np.inf, -np.inf, True
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -233,22 +233,58 @@ def measure_path(run: Run, path: str, impl, path_fn, rows: bool = False, gradien
     return record
 
 
-def max_class_loss(rounded) -> float:
-    """The largest lse(x) - x_j over every row and finite class j of the rounded logits, in float64: the
-    loss class j would have as the target, past which its probability underflows (a block of rows at a
-    time; a masked -inf class has probability exactly 0 and is left out)."""
-    largest = -np.inf
+def seen_logits(rounded, softcap):
+    """The logits the loss exponentiates: the rounded logits, or under a soft-cap c their c tanh(x / c)
+    in float64 (never past c, whatever the input: an exp there cannot overflow at MLX's 88.0)."""
+    if softcap is None:
+        return rounded
+    with np.errstate(invalid="ignore"):
+        return softcap * np.tanh(rounded.astype(np.float64) / softcap)
+
+
+def _quantities(shared: dict, labels, options, logits) -> dict:
+    """Theory's quantities of one input, dtype and soft-cap (harness.mechanisms): max_logit, max_lse,
+    the target quantities and, for dense targets, max_class_loss, each of the logits the loss sees
+    (seen_logits), computed once and kept in `shared` for the other sets of options."""
+    key = options.softcap
+    if ("quantities", key) not in shared:
+        seen = seen_logits(shared["rounded"], key)
+        facts = shared["facts"] if key is None else _input_facts(seen, logits)
+        found = {"max_logit": facts["max_logit"], "max_lse": facts["max_lse"]}
+        shared[("quantities", key)] = found | target_quantities_by_block(seen, labels)
+    found = dict(shared[("quantities", key)])
+    if options.target == "dense":  # other-class underflow's quantities
+        if ("dense", key) not in shared:
+            shared[("dense", key)] = class_quantities(seen_logits(shared["rounded"], key))
+        found |= shared[("dense", key)]
+    return found
+
+
+def class_quantities(rounded) -> dict:
+    """Other-class underflow's quantities over every row and finite class j of the logits, in float64
+    (a block of rows at a time; a masked -inf class has probability exactly 0 and is left out):
+    `max_class_loss`, the largest lse(x) - x_j, the loss class j would have as the target, past which
+    its probability as a quotient underflows; `max_class_gap`, the largest max_k x_k - x_j, the
+    argument a shifted exp(x_j - max) takes, negated, past which the exp gives 0 (within ln C below)."""
+    largest = {"max_class_loss": -np.inf, "max_class_gap": -np.inf}
     with np.errstate(invalid="ignore", over="ignore"):
         for rows in _row_blocks(*rounded.shape):
             held = rounded[rows].astype(np.float64)
             least = np.where(np.isfinite(held), held, np.inf).min(axis=1)
-            gaps = _row_lse(held) - least
-            largest = max(largest, float(np.max(gaps, where=np.isfinite(gaps), initial=-np.inf)))
-    return largest if np.isfinite(largest) else float("nan")
+            top = np.where(np.isfinite(held), held, -np.inf).max(axis=1)
+            for name, upper in (("max_class_loss", _row_lse(held)), ("max_class_gap", top)):
+                gaps = upper - least
+                largest[name] = max(largest[name], float(np.max(gaps, where=np.isfinite(gaps), initial=-np.inf)))
+    return {name: value if np.isfinite(value) else float("nan") for name, value in largest.items()}
+
+
+def max_class_loss(rounded) -> float:
+    """The largest lse(x) - x_j over every row and finite class j (class_quantities)."""
+    return class_quantities(rounded)["max_class_loss"]
 
 
 def target_quantities_by_block(rounded, labels) -> dict:
-    """cells.target_quantities of the logits as given (before any soft-cap), a block of rows at a time;
+    """cells.target_quantities of the logits given (rounded, or soft-capped: seen_logits), a block of rows at a time;
     in a block of finite logits the largest gap comes from `_largest_gap` (the same values, fewer rows)."""
     best = {"max_target_gap": -np.inf, "max_neg_target_logit": -np.inf}
     for rows in _row_blocks(*rounded.shape):
@@ -300,19 +336,11 @@ def measure_options(
     if "facts" not in shared:  # logits is None where the runner rounded ahead: none masked (-inf) there
         shared["facts"] = _input_facts(shared["rounded"], logits)
     rounded, facts = shared["rounded"], shared["facts"]
-    cell["max_logit"] = facts["max_logit"]
     gradient = want.get("gradient", False)
     if not facts["valid"]:  # -inf only where the input masks a class
-        return record_input_inf(cell, todo, fmt, device, record, gradient)
+        return record_input_inf(cell | {"max_logit": facts["max_logit"]}, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
-    cell |= {"max_exact_loss": _max_exact_loss(exact), "max_lse": facts["max_lse"]}
-    if "targets" not in shared:  # of the rounded logits and labels: every set of options shares them
-        shared["targets"] = target_quantities_by_block(rounded, labels)
-    cell |= shared["targets"]
-    if options.target == "dense":  # other-class underflow's quantity (harness.mechanisms), once per input and dtype
-        if "max_class_loss" not in shared:
-            shared["max_class_loss"] = max_class_loss(rounded)
-        cell["max_class_loss"] = shared["max_class_loss"]
+    cell |= {"max_exact_loss": _max_exact_loss(exact)} | _quantities(shared, labels, options, logits)
     for framework, by_path in group_by_framework(todo).items():
         backend = backends.load(framework)
         on = backends.row_device(framework, device)
