@@ -24,7 +24,7 @@ from harness.paths.options import CellOptions
 from harness.sweep import option_cells
 from harness.sweep.cells import target_quantities
 from harness.sweep.journal import OPTION_DEFAULTS
-from harness.sweep.option_cells import max_class_loss, target_quantities_by_block
+from harness.sweep.option_cells import class_quantities, target_quantities_by_block
 
 GRADUAL_32 = 150 * math.log(2)  # -ln(2**-149 / 2) = 103.972
 FLUSH_32 = 126 * math.log(2)  # -ln(2**-126) = 87.337
@@ -61,9 +61,7 @@ def test_measured_thresholds_by_hand():
     ]
     # a class's probability made by the shifted exp: on its argument max_k x_k - x_j (then the loss, in a
     # table from before that column)
-    assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == [
-        (87.683, "exp", "max_class_gap")
-    ]
+    assert measured_threshold(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005) == [(87.683, "exp", "max_class_gap")]
     (limit,) = measured_limits(OTHER_CLASS_UNDERFLOW, "float32", kept, True, 0.005)
     assert limit.quantities == ("max_class_gap", "max_class_loss")
     # a flushing division at 87.337 comes first: the exp's 87.337 is no threshold of its own
@@ -148,11 +146,11 @@ def test_explanations_agree_with_the_measured_flush_flags():
 def test_max_class_loss_by_hand():
     # row [0, -100]: lse = ln(1 + e^-100) = 3.7e-44, so lse - x_1 = 100; a -inf (masked) class is left out
     rounded = np.array([[0.0, -100.0], [0.0, -np.inf]], dtype=np.float32)
-    assert max_class_loss(rounded) == 100.0
+    assert class_quantities(rounded)["max_class_loss"] == 100.0
     # 1000 equal logits but one 90 below: lse - x_j = ln(1000) + 90 with a ln C gap to max - x_j = 90
     row = np.zeros((1, 1000))
     row[0, 7] = -90.0
-    found = option_cells.class_quantities(row)
+    found = class_quantities(row)
     assert found["max_class_gap"] == 90.0
     assert abs(found["max_class_loss"] - (90 + math.log(999 + math.exp(-90)))) < 1e-12
 

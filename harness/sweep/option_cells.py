@@ -278,11 +278,6 @@ def class_quantities(rounded) -> dict:
     return {name: value if np.isfinite(value) else float("nan") for name, value in largest.items()}
 
 
-def max_class_loss(rounded) -> float:
-    """The largest lse(x) - x_j over every row and finite class j (class_quantities)."""
-    return class_quantities(rounded)["max_class_loss"]
-
-
 def target_quantities_by_block(rounded, labels) -> dict:
     """cells.target_quantities of the logits given (rounded, or soft-capped: seen_logits), a block of rows at a time;
     in a block of finite logits the largest gap comes from `_largest_gap` (the same values, fewer rows)."""
