@@ -43,6 +43,11 @@ class GradientCall:
     inputs: tuple
 
 
+def native_arrays(backend, arrays, labels, device: str) -> list:
+    """Each NumPy array (h, W, b; None stays None) as the framework's, same bits, on the device."""
+    return [None if a is None else backend.to_native(a, labels, device)[0] for a in arrays]
+
+
 def gradient_values(grad_fn, native, u, backend) -> list:
     """(values, dtype name) of each gradient with respect to h, W and b (None where there is no b),
     as backend.to_numpy hands them back."""
@@ -57,7 +62,7 @@ def call(job: GradientCall) -> list:
     _, grad_fn = build(job.path, job.reduction, job.mode, job.chunk_size, **with_ignore)
     h, W, b, labels, u = job.inputs
     with backend.dtype_scope(job.dtype):
-        native = [None if a is None else backend.to_native(a, labels, job.device)[0] for a in (h, W, b)]
+        native = native_arrays(backend, (h, W, b), labels, job.device)
         y = backend.to_native(h, labels, job.device)[1]
         u_native = backend.to_native(u, labels, job.device)[0]
         return gradient_values(grad_fn, (*native, y), u_native, backend)

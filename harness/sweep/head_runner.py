@@ -94,11 +94,14 @@ def gradient_record(returned: list | BaseException, exact, fmt: FloatFormat, wit
     return record
 
 
+def mean_over_none(exact: ExactHead, reduction: str, kept) -> bool:
+    """A mean over no kept rows: the cell is `undefined`, with no exact value."""
+    return reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0
+
+
 def exact_gradients(exact: ExactHead, reduction: str, kept):
     """The exact gradients of a cell; None for a mean over no kept rows (undefined)."""
-    if reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0:
-        return None
-    return exact.gradients(reduction, kept)
+    return None if mean_over_none(exact, reduction, kept) else exact.gradients(reduction, kept)
 
 
 def run_cell(
@@ -115,7 +118,7 @@ def run_cell(
     note = head_paths.MODE_NOTE.get((framework, mode), "")
     record: dict = {}
     ignore = kept is not None and not kept.all()
-    undefined = reduction == "mean" and n_kept(len(exact.args[3]), kept) == 0
+    undefined = mean_over_none(exact, reduction, kept)
     with_bias = exact.args[2] is not None
     try:
         if reason:
@@ -238,7 +241,7 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
         elsewhere = pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
         later = []  # (record, GradientCall, reduction, kept) of the gradient calls left to the pool
         with backend.dtype_scope(dtype):
-            native = [None if a is None else backend.to_native(a, labels, on)[0] for a in rounded]
+            native = head_gradients.native_arrays(backend, rounded, labels, on)
             labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
             u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
             for f, path, mode, reduction, i in todo:
