@@ -121,7 +121,8 @@ ENTRIES = (
     PathEntry(
         "naive",
         "-log(exp(x[y]) / sum(exp(x))): unshifted softmax, then log",
-        source="the textbook definition: softmax, then log",
+        source="the textbook definition and the seed article's NumPy loss (np.exp(x) / np.sum(np.exp(x)), unshifted): "
+        "softmax, then log",
         mechanisms=(SUM_OVERFLOW, TARGET_UNDERFLOW),
         accumulation={
             "numpy": _FLOAT16_IN_FLOAT32,
@@ -141,8 +142,7 @@ ENTRIES = (
     PathEntry(
         "softmax_log",
         "-log(softmax(x)[y]) with the framework's own softmax",
-        source="the seed article's NumPy loss; scipy.special.softmax, torch.softmax, jax.nn.softmax, "
-        "mx.softmax, tf.nn.softmax",
+        source="scipy.special.softmax, torch.softmax, jax.nn.softmax, mx.softmax, tf.nn.softmax",
         mechanisms=(TARGET_UNDERFLOW,),
         accumulation={
             "numpy": _FLOAT16_IN_FLOAT32,
