@@ -1,4 +1,4 @@
-"""`python -m harness [-m] experiment=NAME [key=value ...]`: Hydra parses, harness.api does the work.
+"""`harness [-m] experiment=NAME [key=value ...]` (or `python -m harness ...`): Hydra parses, harness.api works.
 
 Before Hydra starts, every job's overrides are composed and validated (harness.api), so a bad
 setting, an unknown experiment or key, or a malformed override stops the command in one line,
@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from harness import api
 from harness.errors import ConfigError
+from harness.package import CONF_DIR
 from harness.processes import exit_now
 from harness.sweep.run_dir import holds_run
 
@@ -76,7 +77,7 @@ def check_command_line(argv: list[str]) -> None:
         api.prepare(job, experiment)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -100,7 +101,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `harness` command and `python -m harness`: every job checked, then Hydra runs them."""
     try:
         check_command_line(sys.argv[1:])
     except ConfigError as exc:
@@ -108,3 +110,7 @@ if __name__ == "__main__":
         sys.exit(2)
     main()  # Hydra exits by itself on an error
     exit_now(0)  # every file is written and closed: skip tearing PyTorch and JAX down (about a second)
+
+
+if __name__ == "__main__":
+    run()

@@ -24,6 +24,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
+from harness.package import study
 from harness.sweep.config import CONF_DIR, SweepConfig, known_settings, resume_flag, sweep_config
 from harness.sweep.run_dir import check_resume, record_environment, record_sweep
 
@@ -103,13 +104,7 @@ def settings_of(cfg: DictConfig) -> tuple[DictConfig, str]:
 
 def check_study(sweep: SweepConfig) -> None:
     """A study's prerequisites (`REQUIRES` in experiments/<experiment>.py), checked before any work."""
-    import importlib
-    import importlib.util
-
-    name = f"experiments.{sweep.experiment}"
-    if importlib.util.find_spec("experiments") is None or importlib.util.find_spec(name) is None:
-        return
-    for key, value in getattr(importlib.import_module(name), "REQUIRES", {}).items():
+    for key, value in getattr(study(sweep.experiment), "REQUIRES", {}).items():
         if getattr(sweep, key) != value:
             shown = json.dumps(getattr(sweep, key))
             raise ConfigError(
@@ -118,13 +113,16 @@ def check_study(sweep: SweepConfig) -> None:
             )
 
 
-def prepare(cfg: DictConfig, experiment: str, run_dir: Path | None = None) -> tuple[SweepConfig, bool]:
-    """Every check before any work: the settings, the study's prerequisites and, given run_dir, resuming."""
+def prepare(
+    cfg: DictConfig, experiment: str, run_dir: Path | None = None, setting: str = "hydra.run.dir"
+) -> tuple[SweepConfig, bool]:
+    """Every check before any work: the settings, the study's prerequisites and, given run_dir, resuming
+    (`setting`: how the user names the run folder, in the messages)."""
     resume = resume_flag(cfg)
     sweep = sweep_config(cfg, experiment)
     check_study(sweep)
     if run_dir is not None:
-        check_resume(sweep, run_dir, resume)
+        check_resume(sweep, run_dir, resume, setting)
     return sweep, resume
 
 
@@ -157,7 +155,7 @@ def run(experiment: str | None = None, overrides: Sequence[str] = (), run_dir: s
     cfg = compose_config(_with_experiment(experiment, overrides))
     folder = Path(run_dir if run_dir is not None else cfg.hydra.run.dir)
     job, name = settings_of(cfg)
-    sweep, resume = prepare(job, name, folder)
+    sweep, resume = prepare(job, name, folder, "run_dir")
     folder.mkdir(parents=True, exist_ok=True)
     execute(sweep, job, folder, resume)
     return load(folder)

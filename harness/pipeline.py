@@ -9,8 +9,6 @@ writer of a run's tables (`write_tables`: errors, grad_errors, row_errors, timin
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pandas as pd
 
 from harness import backends
 from harness.outputs import edge_tables, figures, head_tables, heatmaps, pareto, report, tables
+from harness.package import study
 from harness.paths import custom as custom_paths
 from harness.sweep import bisect, edge_runner, head_runner, journal, workers
 from harness.sweep.config import SweepConfig
@@ -41,10 +40,8 @@ def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
 
 def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
     """Text from experiments/<experiment>.py's `summarize(run_dir)`, for studies that have one."""
-    name = f"experiments.{sweep.experiment}"
-    if importlib.util.find_spec("experiments") is None or importlib.util.find_spec(name) is None:
-        return ""
-    return importlib.import_module(name).summarize(run_dir)
+    module = study(sweep.experiment)
+    return module.summarize(run_dir) if module is not None else ""
 
 
 def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.DataFrame:

@@ -123,7 +123,7 @@ def synthetic_row_errors(frameworks, paths) -> pd.DataFrame:
     ids=["default 16 lines", "40 lines"],
 )
 def test_error_distribution_text_and_legend_lie_inside_the_figure(frameworks, paths):
-    from experiments.blanchard2021_mnist import distribution_figure
+    from harness.experiments.blanchard2021_mnist import distribution_figure
 
     fig = distribution_figure(synthetic_row_errors(frameworks, paths), 1.0)
     assert outside_the_figure(fig) == []

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from experiments import token_sweep, training_losses
+from harness.experiments import token_sweep, training_losses
 
 
 def test_a_float16_sum_over_tokens_overflows_correctly_and_its_mean_is_nan(tmp_path):

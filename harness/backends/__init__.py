@@ -34,6 +34,7 @@ from types import ModuleType
 import numpy as np
 
 from harness.errors import ConfigError
+from harness.package import install_line
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def check_available(frameworks) -> None:
         if missing:
             raise ConfigError(
                 f"framework {name!r} needs {', '.join(missing)}, which is not installed; "
-                f"install it with: {FRAMEWORKS[name].install}"
+                f"install it with: {install_line(name, FRAMEWORKS[name].install)}"
             )
 
 

@@ -23,7 +23,7 @@ from harness.errors import ConfigError  # noqa: E402
 
 # What the harness needs to know before importing this module (read by harness.backends.discover).
 PACKAGES = ("tensorflow", "keras")  # import names that must be present
-INSTALL = "pip install -e '.[tensorflow]' (tensorflow-cpu==2.21.0)"
+INSTALL = "pip install tensorflow-cpu==2.21.0"  # the `tensorflow` extra; messages fit it to the install
 ORDER = 4  # place in tables and lists
 
 DEVICES = ("cpu",)

@@ -7,11 +7,11 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from harness import package
 from harness.backends import FRAMEWORKS, check_device, missing_packages
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
@@ -253,7 +253,8 @@ def check_installed(frameworks: tuple[str, ...]) -> None:
             others = [f for f in frameworks if f != name] or ["numpy"]
             raise ConfigError(
                 f"framework {name!r} needs the package(s) {', '.join(missing)} "
-                f"({FRAMEWORKS[name].install}), or leave it out: frameworks=[{','.join(others)}]"
+                f"({package.install_line(name, FRAMEWORKS[name].install)}), "
+                f"or leave it out: frameworks=[{','.join(others)}]"
             )
 
 
@@ -261,7 +262,7 @@ def resume_flag(cfg: DictConfig) -> bool:
     return _flag(cfg, None, "resume")
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = package.CONF_DIR  # conf/: harness.conf in an installed copy
 
 
 @cache

@@ -48,16 +48,15 @@ def _defaults(sweep) -> dict:
     }
 
 
-def check_resume(sweep, run_dir: Path, resume: bool) -> None:
-    """Refuse to mix runs: a fresh run needs an empty folder; a resumed one the same settings."""
+def check_resume(sweep, run_dir: Path, resume: bool, setting: str = "hydra.run.dir") -> None:
+    """Refuse to mix runs: a fresh run needs an empty folder; a resumed one the same settings.
+    `setting` names the run folder as the user gives it (run_dir= from the API)."""
     if not resume:
         if holds_run(run_dir):
-            raise ConfigError(
-                f"{run_dir} already holds a run; resume it with resume=true, or choose another hydra.run.dir"
-            )
+            raise ConfigError(f"{run_dir} already holds a run; resume it with resume=true, or choose another {setting}")
         return
     if not (run_dir / SWEEP).exists():
-        raise ConfigError(f"resume=true but {run_dir} holds no run (no {SWEEP}); give hydra.run.dir=<the run folder>")
+        raise ConfigError(f"resume=true but {run_dir} holds no run (no {SWEEP}); give {setting}=<the run folder>")
     stored, current = json.loads((run_dir / SWEEP).read_text()), sweep_record(sweep)
     keys = differing_keys(stored, current, _defaults(sweep))
     if keys:
