@@ -1,0 +1,222 @@
+"""Run one experiment under several versions of one or more packages and lay the results side by side.
+
+    python -m harness.tools.matrix experiment=precision_sweep frameworks=[jax] --versions optax==0.2.5,0.2.8
+    python -m harness.tools.matrix --resume results/matrix_2026-12-07_03-40-00
+
+Each --versions NAME==V1,V2,... gives one version set per version; several specs are zipped (as many
+versions each), and a spec with one version holds in every set (e.g. --versions scipy==1.14.1,1.15.3
+numpy==2.2.6). A companion released with the same number is named with its package unless named itself
+(jaxlib with jax). Every other package keeps the version of the environment running the matrix.
+
+Each set gets a cached environment (harness.tools.matrix_envs) and one run of the experiment with the
+same overrides into OUT/<version set>/, one set after another, so timings never share cores. A framework
+that does not import in a set's environment is left out of that run; its cells are rows with status
+unsupported and the import error. An interrupted matrix resumes with --resume OUT: finished sets are
+kept, an unfinished run resumes as a run does (resume=true), the rest run.
+
+Writes into OUT (default results/matrix_<timestamp>): matrix.parquet/.csv (one row per cell and version
+set: status, max and median ulp error, non-finite rows, the breakdown's break scales), changes.csv and
+changes.md (cells whose status changed or whose error moved beyond harness.tools.compare's tolerances
+between consecutive sets, regressions first, largest first), plots/error_vs_scale_<framework>_<path>_
+<dtype>.png per changed combination, sets.csv (each set's versions as imported, its environment and
+cost) and report.md, which leads with the changes.
+
+Bad input fails before any environment is built, in one line on stderr, exit status 2: a malformed
+--versions, a bad experiment override, an unknown package, a package the experiment does not use, a
+version the index does not have, a set that does not resolve. Exit status otherwise as compare's: 0
+when nothing regressed, 1 when something did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from harness.cli import OneLineParser, non_negative
+from harness.errors import ConfigError
+from harness.files import write_text
+from harness.tools import compare, matrix_envs, matrix_tables
+from harness.tools.matrix_envs import BadInput, Sources, VersionSet
+
+REQUEST = "matrix.json"
+FRAMEWORKS_KEY = "frameworks="
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="python -m harness.tools.matrix", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="the experiment, as for python -m harness")
+    p.add_argument("--versions", nargs="+", action="extend", default=[], metavar="NAME==V1,V2", help="version sets")
+    p.add_argument("--out", type=Path, metavar="DIR", help="matrix folder (default results/matrix_<timestamp>)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="finish the matrix in DIR (its request is stored there)")
+    p.add_argument("--env-cache", type=Path, metavar="DIR", help="environment cache (default ~/.cache/harness/envs)")
+    p.add_argument("--index-url", metavar="URL", help="package index, passed to pip and uv (e.g. PyTorch's CPU index)")
+    p.add_argument("--extra-index-url", action="append", default=[], metavar="URL", help="another index")
+    p.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL", help="a folder of wheels")
+    p.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto", help="auto: uv where on PATH")
+    p.add_argument(
+        "--ulp-tolerance", type=non_negative, default=compare.DEFAULT_ULP_TOLERANCE, metavar="X", help="as compare's"
+    )
+    p.add_argument(
+        "--rel-tolerance", type=non_negative, default=compare.DEFAULT_REL_TOLERANCE, metavar="R", help="as compare's"
+    )
+    return p
+
+
+def request_of(args: argparse.Namespace) -> dict:
+    """What the matrix is: stored in OUT/matrix.json, so --resume needs nothing else."""
+    return {
+        "overrides": list(args.overrides),
+        "versions": list(args.versions),
+        "index_url": args.index_url,
+        "extra_index_urls": list(args.extra_index_url),
+        "find_links": list(args.find_links),
+        "rel_tolerance": args.rel_tolerance,
+        "ulp_tolerance": args.ulp_tolerance,
+    }
+
+
+def stored_request(args: argparse.Namespace) -> dict:
+    """The resumed matrix's request; the command may repeat it, but not change it."""
+    path = args.resume / REQUEST
+    if not path.is_file():
+        raise BadInput(f"--resume {args.resume}: no {REQUEST} there (not a matrix folder)")
+    stored = json.loads(path.read_text())
+    given = request_of(args)
+    defaults = request_of(parser().parse_args([]))
+    changed = [k for k in given if given[k] != defaults[k] and given[k] != stored.get(k)]
+    if changed:
+        raise BadInput(f"--resume {args.resume}: the command changes the stored matrix's {', '.join(changed)}")
+    return stored
+
+
+def experiment_settings(overrides: list[str]):
+    """The validated settings of the experiment (ConfigError for a bad override), and its name."""
+    from harness import api
+
+    job, experiment = api.settings_of(api.compose_config(overrides))
+    sweep, _ = api.prepare(job, experiment)
+    return sweep, experiment
+
+
+def run_overrides(overrides: list[str], frameworks: list[str], all_frameworks) -> list[str]:
+    """The experiment's overrides, with frameworks= narrowed where some did not import."""
+    if list(frameworks) == list(all_frameworks):
+        return list(overrides)
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(FRAMEWORKS_KEY)]
+    return kept + [f"frameworks=[{','.join(frameworks)}]"]
+
+
+def run_set(env: matrix_envs.Environment, overrides: list[str], run_dir: Path) -> tuple[str, float]:
+    """The experiment in the environment into run_dir: fresh, resumed, or kept when it finished."""
+    if (run_dir / compare.ERRORS_FILE).is_file():
+        return "kept", 0.0
+    from harness.sweep.run_dir import holds_run
+
+    resume = ["resume=true"] if holds_run(run_dir) else []
+    command = [str(env.python), "-m", "harness", *overrides, f"hydra.run.dir={run_dir.resolve()}", *resume]
+    start = time.perf_counter()
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode == 130:
+        raise KeyboardInterrupt
+    if result.returncode != 0:
+        write_text(result.stderr, run_dir / "matrix_run_stderr.txt")
+        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"{run_dir.name}: the run failed (exit {result.returncode}): {last}", file=sys.stderr)
+        return "failed", seconds
+    return ("resumed" if resume else "ran"), seconds
+
+
+def prepare_sets(request: dict, tool: str) -> tuple[list[VersionSet], Sources, object, str]:
+    """Every check before any environment is built, in the order a user fixes them."""
+    sets = matrix_envs.parse_versions(request["versions"]) if request["versions"] else None
+    if sets is None:
+        raise BadInput("no --versions given: name a package and its versions, e.g. --versions optax==0.2.5,0.2.8")
+    try:
+        sweep, experiment = experiment_settings(request["overrides"])
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    links = tuple(request["find_links"]) + (matrix_envs.pip_find_links() if tool == "uv" else ())
+    sources = Sources(request["index_url"], tuple(request["extra_index_urls"]), tuple(dict.fromkeys(links)))
+    matrix_envs.check_used(sets, matrix_envs.used_packages(sweep.frameworks), sources, experiment)
+    matrix_envs.check_on_index(sets, sources)
+    return sets, sources, sweep, experiment
+
+
+def run_matrix(request: dict, out: Path, cache: Path, tool: str) -> int:
+    sets, sources, sweep, experiment = prepare_sets(request, tool)
+    pins = {vset.label: matrix_envs.overlay_pins(matrix_envs.resolve(vset, sources, tool), vset) for vset in sets}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(json.dumps(request, indent=1) + "\n", out / REQUEST)
+    rows, reasons = [], {}
+    for vset in sets:
+        env = matrix_envs.build(vset, pins[vset.label], sources, cache, tool)
+        print(f"{vset.label}: environment {env.path} ({'built' if env.created else 'cached'}, {env.seconds:.1f} s)")
+        found = matrix_envs.probe(env, vset, sweep.frameworks, Path.cwd())
+        failed = {f: why for f, why in found["frameworks"].items() if why}
+        named = " ".join(vset.requirement_lines())
+        reasons[vset.label] = {f: f"does not import with {named}: {why}" for f, why in failed.items()}
+        runnable = [f for f in sweep.frameworks if f not in failed]
+        outcome, seconds = "not run (no framework imports)", 0.0
+        if runnable:
+            overrides = run_overrides(request["overrides"], runnable, sweep.frameworks)
+            outcome, seconds = run_set(env, overrides, out / vset.label)
+        print(f"{vset.label}: run {outcome} ({seconds:.1f} s)")
+        imports = ", ".join(f"{n} {v['version']}" for n, v in found["packages"].items())
+        rows.append(
+            dict(
+                version_set=vset.label,
+                named=" ".join(vset.requirement_lines()),
+                imports=imports,
+                env=env.path.name,
+                env_pins=" ".join(env.pins),
+                env_created=env.created,
+                env_seconds=round(env.seconds, 2),
+                installer=tool,
+                outcome=outcome,
+                run_seconds=round(seconds, 2),
+                unsupported_frameworks=", ".join(failed) or "-",
+            )
+        )
+    command = "python -m harness.tools.matrix " + shlex.join(
+        request["overrides"] + ["--versions", *request["versions"]]
+    )
+    tolerances = (request["rel_tolerance"], request["ulp_tolerance"])
+    labels = [vset.label for vset in sets]
+    regressed = matrix_tables.write_outputs(out, labels, reasons, pd.DataFrame(rows), tolerances, command)
+    print((out / "changes.md").read_text() + f"\nresults in {out}")
+    return 1 if regressed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    tool = matrix_envs.installer() if args.installer == "auto" else args.installer
+    out = args.resume or args.out or Path("results") / datetime.datetime.now().strftime("matrix_%Y-%m-%d_%H-%M-%S")
+    try:
+        if args.resume:
+            request = stored_request(args)
+        elif (out / REQUEST).is_file():
+            raise BadInput(f"{out} already holds a matrix; finish it with --resume {out}, or choose another --out")
+        else:
+            request = request_of(args)
+        return run_matrix(request, out, args.env_cache or matrix_envs.default_cache(), tool)
+    except (BadInput, compare.BadInput) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished version sets are kept; resume with --resume {out}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
