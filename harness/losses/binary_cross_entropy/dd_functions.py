@@ -1,0 +1,183 @@
+"""Double-double functions beyond `harness.exact.dd`: division, exp of any sign, expm1, log1p of any
+sign, the series of the KL and BCE terms, and sums of `ExactValue`s of different exponents.
+
+Built only from dd's error-free transformations (`two_sum`, `two_prod`, `add`, `mul`) and its
+`exp` (arguments <= 0, about 2**-90 relative above exp(-665)); nothing here knows a loss. Every
+function takes and returns (hi, lo) float64 arrays, or an `ExactValue` where a result may lie
+below float64's normal range.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from math import factorial
+
+import numpy as np
+
+from harness.exact import dd
+from harness.exact.dd import LN2_HI, LN2_LO, ExactValue
+
+SERIES_BELOW = 1.0 / 16  # |argument| below this: the power series, 18 terms, past 2**-116 of the first
+_TERMS = 18
+_EXP_OVERFLOW = 709.78  # exp(y) overflows float64 beyond about this
+ZERO_EXPONENT = np.iinfo(np.int64).min // 4  # binary exponent given to an exact zero (below everything)
+
+
+def as_dd(value: Fraction) -> tuple[float, float]:
+    """A rational as a double-double, to 2**-106 relative."""
+    hi = float(value)
+    return hi, float(value - Fraction(hi))
+
+
+def div(ah, al, bh, bl):
+    """dd / dd, to about 2**-104 relative: two correction steps of long division."""
+    ah, al, bh, bl = (np.asarray(v, dtype=np.float64) for v in (ah, al, bh, bl))
+    q1 = ah / bh
+    ph, pl = dd.mul(bh, bl, q1, np.zeros_like(q1))
+    rh, rl = dd.add(ah, al, -ph, -pl)
+    q2 = rh / bh
+    ph, pl = dd.mul(bh, bl, q2, np.zeros_like(q2))
+    rh, rl = dd.add(rh, rl, -ph, -pl)
+    q3 = rh / bh
+    qh, ql = dd.fast_two_sum(q1, q2)
+    return dd.add(qh, ql, q3, np.zeros_like(q3))
+
+
+def exp_any(yh, yl):
+    """exp of a dd argument of either sign (float64's range: inf past about 709.78, 0 below about
+    -745), as dd: y = k ln2 + r with r in (-ln2, 0], exp(r) by dd.exp, then times 2**k exactly."""
+    yh, yl = np.asarray(yh, dtype=np.float64), np.asarray(yl, dtype=np.float64)
+    positive = yh > 0
+    k = np.where(positive, np.ceil(np.where(positive, yh, 0.0) / LN2_HI), 0.0)
+    ph, pl = dd.two_prod(k, LN2_HI)
+    rh, rl = dd.add(yh, yl, -ph, -(pl + k * LN2_LO))
+    rh, rl = np.minimum(rh, 0.0), np.where(rh > 0, 0.0, rl)  # r is at most a rounding above 0
+    eh, el = dd.exp(rh, rl)
+    with np.errstate(over="ignore"):
+        scale = k.astype(np.int64)
+        return np.ldexp(eh, scale), np.ldexp(el, scale)
+
+
+def _horner(yh, yl, coefficients):
+    """sum_k c_k y**k for dd coefficients c_0, c_1, ...: Horner's rule in dd."""
+    ph = np.full(np.shape(yh), coefficients[-1][0])
+    pl = np.full(np.shape(yh), coefficients[-1][1])
+    for ch, cl in reversed(coefficients[:-1]):
+        ph, pl = dd.mul(ph, pl, yh, yl)
+        ph, pl = dd.add(ph, pl, np.full(np.shape(yh), ch), np.full(np.shape(yh), cl))
+    return ph, pl
+
+
+_EXPM1 = [as_dd(Fraction(1, factorial(k))) for k in range(1, _TERMS + 1)]  # expm1(y) = y sum y**k/(k+1)!
+# chi(u) = exp(-u) - 1 + u = u**2 sum_m (-u)**m / (m+2)!;  phi(u) = 1 + (u - 1) exp(u) = u**2 sum_m (m+1) u**m / (m+2)!
+_CHI = [as_dd(Fraction((-1) ** m, factorial(m + 2))) for m in range(_TERMS)]
+_PHI = [as_dd(Fraction(m + 1, factorial(m + 2))) for m in range(_TERMS)]
+
+
+def expm1(yh, yl):
+    """exp(y) - 1 of a dd argument (y up to about 709), as dd: the series below 1/16, else
+    exp(y) - 1, where exp(y) is at least 1/16 away from 1 (at most 4 bits cancel)."""
+    yh, yl = np.asarray(yh, dtype=np.float64), np.asarray(yl, dtype=np.float64)
+    small = np.abs(yh) < SERIES_BELOW
+    sh, sl = _horner(np.where(small, yh, 0.0), np.where(small, yl, 0.0), _EXPM1)
+    sh, sl = dd.mul(sh, sl, yh, yl)
+    with np.errstate(over="ignore", invalid="ignore"):
+        eh, el = exp_any(np.where(small, 0.0, yh), np.where(small, 0.0, yl))
+        eh, el = dd.add(eh, el, -np.ones_like(eh), np.zeros_like(eh))
+    return np.where(small, sh, eh), np.where(small, sl, el)
+
+
+def _u2_series(uh, ul, coefficients):
+    ph, pl = _horner(uh, ul, coefficients)
+    qh, ql = dd.mul(uh, ul, uh, ul)
+    return dd.mul(ph, pl, qh, ql)
+
+
+def chi(uh, ul):
+    """exp(-u) - 1 + u >= 0 for dd u >= -1/16 (a KL term over p), without cancellation for small u."""
+    uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
+    small = np.abs(uh) < SERIES_BELOW
+    sh, sl = _u2_series(np.where(small, uh, 0.0), np.where(small, ul, 0.0), _CHI)
+    eh, el = expm1(np.where(small, 0.0, -uh), np.where(small, 0.0, -ul))
+    eh, el = dd.add(eh, el, uh, ul)
+    return np.where(small, sh, eh), np.where(small, sl, el)
+
+
+def phi(uh, ul):
+    """1 + (u - 1) exp(u) >= 0 for dd u <= 1/16 (a KL term over q), without cancellation for small u."""
+    uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
+    small = np.abs(uh) < SERIES_BELOW
+    sh, sl = _u2_series(np.where(small, uh, 0.0), np.where(small, ul, 0.0), _PHI)
+    big_u = np.where(small, -1.0, uh)
+    eh, el = dd.exp(np.minimum(big_u, 0.0), np.where(small, 0.0, ul))
+    mh, ml = dd.add(big_u, np.where(small, 0.0, ul), -np.ones_like(uh), np.zeros_like(uh))
+    ph, pl = dd.mul(mh, ml, eh, el)
+    ph, pl = dd.add(ph, pl, np.ones_like(uh), np.zeros_like(uh))
+    return np.where(small, sh, ph), np.where(small, sl, pl)
+
+
+_LOG1P_SERIES_BELOW = 2.0**-20
+
+
+def log1p(th, tl):
+    """log(1 + t) of a dd argument t > -1 of either sign, as dd: the series below 2**-20 in
+    magnitude, else one Newton step from float64's log1p, l0 + ((1 + t) exp(-l0) - 1)."""
+    th, tl = np.asarray(th, dtype=np.float64), np.asarray(tl, dtype=np.float64)
+    small = np.abs(th) < _LOG1P_SERIES_BELOW
+    sq_h, sq_l = dd.two_prod(th, th)
+    sq_l = sq_l + 2.0 * th * tl
+    rest = sq_h * th * (1 / 3 - th * (1 / 4 - th / 5))
+    sh, sl = dd.add(th, tl, -0.5 * sq_h, -0.5 * sq_l + rest)
+    safe = np.where(small, 1.0, th)
+    l0 = np.log1p(safe)
+    eh, el = exp_any(-l0, np.zeros_like(l0))
+    uh, ul = dd.two_sum(1.0, safe)
+    uh, ul = dd.fast_two_sum(uh, ul + np.where(small, 0.0, tl))
+    ph, pl = dd.mul(uh, ul, eh, el)
+    rh, rl = dd.add(ph, pl, -np.ones_like(ph), np.zeros_like(ph))
+    nh, nl = dd.fast_two_sum(l0, rh + rl)
+    return np.where(small, sh, nh), np.where(small, sl, nl)
+
+
+def held_exactly(values) -> ExactValue:
+    """float64 values as ExactValues, exactly: subnormals too (significand and exponent by frexp)."""
+    mantissa, exponent = np.frexp(np.asarray(values, dtype=np.float64))
+    return dd.normalized(mantissa, np.zeros_like(mantissa), exponent.astype(np.int64))
+
+
+def times(value: ExactValue, ch, cl) -> ExactValue:
+    """An ExactValue times a dd (of ordinary size): the exponent is kept, then normalized."""
+    hi, lo = dd.mul(value.hi, value.lo, np.asarray(ch, dtype=np.float64), np.asarray(cl, dtype=np.float64))
+    return dd.normalized(hi, lo, value.exponent)
+
+
+def product(a: ExactValue, b: ExactValue) -> ExactValue:
+    """The product of two ExactValues (exponents add)."""
+    hi, lo = dd.mul(a.hi, a.lo, b.hi, b.lo)
+    return dd.normalized(hi, lo, a.exponent + b.exponent)
+
+
+def negated(value: ExactValue) -> ExactValue:
+    return ExactValue(-value.hi, -value.lo, value.exponent)
+
+
+def binary_exponents(value: ExactValue) -> np.ndarray:
+    """floor(log2 |value|) up to lo's rounding; exact zeros get a binary exponent below every other."""
+    return np.where(value.hi == 0, ZERO_EXPONENT, dd.binary_exponent(value))
+
+
+def sum_last_axis(values: ExactValue) -> ExactValue:
+    """Sum ExactValues of shape (..., n) along the last axis: each is brought to the scale of the
+    largest of its row (2**E), summed pairwise in dd, and the sum carries exponent E, so a sum
+    below float64's range keeps its relative accuracy. A term more than about 2**1000 below the
+    row's largest is dropped (it underflows), far below the sum's last bit."""
+    exponents = binary_exponents(values)
+    top = exponents.max(axis=-1)
+    top = np.where(top == ZERO_EXPONENT, 0, top)
+    shift = np.maximum(values.exponent - top[..., None], -2000)
+    with np.errstate(under="ignore"):
+        hi = np.ldexp(values.hi, shift)
+        lo = np.ldexp(values.lo, shift)
+    shape = hi.shape
+    sh, sl = dd.sum_rows(hi.reshape(-1, shape[-1]), lo.reshape(-1, shape[-1]))
+    return dd.normalized(sh.reshape(shape[:-1]), sl.reshape(shape[:-1]), top)
