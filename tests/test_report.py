@@ -65,13 +65,18 @@ def test_report_is_built_from_the_folder_alone(run_dir, no_frameworks):
         assert f"](plots/{plot.name})" in markdown, plot.name
 
 
-def test_report_leads_with_findings_and_ends_with_how_it_was_produced(run_dir):
+def test_report_leads_with_the_answer_then_figures_then_collapsed_details(run_dir):
     (run_dir / "plots" / "heatmap_bfloat16.png").write_bytes((run_dir / "plots" / "heatmap_float16.png").read_bytes())
     markdown = report.build_report(run_dir)[0].read_text()
-    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
-    assert headings[:3] == ["## Key findings", "## summary.md", "## Breakdown against theory"]
-    assert headings[-1] == "## How it was produced"
-    tail = markdown[markdown.index("## How it was produced") :]
+    lines = markdown.splitlines()
+    assert lines[4] == "<!-- verdict -->" and lines[5] == "| framework/path | float16 | float32 |"
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[:2] == ["## Headline findings", "## Figures"]
+    sections = re.findall(r"^<details><summary>(.*)</summary>$", markdown, flags=re.M)
+    assert sections[0] == "Every finding, per combination" and sections[-1] == "How it was produced"
+    assert {"summary.md", "Breakdown against theory"} <= set(sections)
+    assert markdown.count("<details>") == markdown.count("</details>") == len(sections)
+    tail = markdown[markdown.index("<summary>How it was produced") :]
     assert ["### Command and configuration", "### Environment", "### Files"] == [
         line for line in tail.splitlines() if line.startswith("### ")
     ]
@@ -179,7 +184,7 @@ def test_environment_json_tables_and_plots_are_shown_whatever_the_folder_holds(r
     markdown = md_path.read_text()
     assert "recorded by the run in environment.json" in markdown
     assert "| packages.numpy | 2.4.6 |" in markdown and "| threads.0.num_threads | 2 |" in markdown
-    assert "## Timing" in markdown and "| numpy | 1.5e-05 |" in markdown
+    assert "<summary>Timing</summary>" in markdown and "| numpy | 1.5e-05 |" in markdown
     assert "](plots/timing_numpy.png)" in markdown
     assert "<td>packages.numpy</td>" in html_path.read_text()
 

@@ -161,13 +161,71 @@ def is_edge_run(run_dir: Path) -> bool:
     return (run_dir / f"{EDGE_TABLE}.parquet").is_file() and not (run_dir / "errors.parquet").is_file()
 
 
+def _defined(frame: pd.DataFrame) -> pd.Series:
+    return frame["exact_loss"].notna()
+
+
+def edge_entry(cells: pd.DataFrame) -> str:
+    """A verdict entry: the defined cases whose loss is not exact ('wrong on ...'), the undefined ones
+    answered with a number ('silent on ...'), or 'exact or flagged'; then the worst error of an exact loss."""
+    wrong = cells[_defined(cells) & (cells["loss_outcome"] != "exact")]["case"]
+    silent = cells[~_defined(cells) & (cells["loss_outcome"] == NUMBER)]["case"]
+    said = [f"{word} on {', '.join(dict.fromkeys(c))}" for word, c in (("wrong", wrong), ("silent", silent)) if len(c)]
+    exact = cells.loc[cells["loss_outcome"] == "exact", "loss_ulp_err"]
+    ulp = f"; {exact.max():.3g} ulp" if exact.notna().any() else ""
+    return "; ".join(said or ["exact or flagged"]) + ulp
+
+
+def edge_verdict(frame: pd.DataFrame) -> list[str]:
+    """The verdict table of an edge_cases run: framework/path x dtype, marked for the page's colours."""
+    from harness.outputs.verdict import VERDICT_MARK
+
+    dtypes = list(dict.fromkeys(frame["dtype"]))
+    entries = {key: edge_entry(cells) for key, cells in frame.groupby(["framework", "path", "dtype"], sort=False)}
+    rows = list(dict.fromkeys((f, p) for f, p, _ in entries))
+    body = [[f"{f}/{p}"] + [entries.get((f, p, d), "") for d in dtypes] for f, p in rows]
+    legend = (
+        "Each entry: the defined cases whose loss is not exact (wrong), the undefined ones answered with a number "
+        'instead of NaN or an error (silent), else "exact or flagged"; then the worst error of an exact loss.'
+    )
+    return [VERDICT_MARK, tables.markdown_table(["framework/path", *dtypes], body), "", "<!-- legend -->", legend, ""]
+
+
+def edge_recommendation(frame: pd.DataFrame) -> str:
+    """'Use P: ...': the paths with the fewest wrong losses, then bad gradients, then silent numbers."""
+    counts = {}
+    for path, cells in frame.groupby("path", sort=False):
+        defined = _defined(cells)
+        wrong = int((defined & (cells["loss_outcome"] != "exact")).sum())
+        bad_grad = int((defined & cells["grad_outcome"].isin([NAN, INF, WRONG])).sum())
+        silent = cells[~defined & (cells["loss_outcome"] == NUMBER)]
+        counts[path] = (wrong, bad_grad, len(silent), list(dict.fromkeys(silent["framework"])), len(cells))
+    least = min(c[:3] for c in counts.values())
+    best = [p for p, c in counts.items() if c[:3] == least]
+    wrong, bad_grad, silent, where, n = counts[best[0]]
+    whose = f" (in {', '.join(where)})" if where else ""
+    others = "".join(f"; {p}: {c[0]}, {c[1]} and {c[2]}" for p, c in counts.items() if p not in best)
+    return (
+        f"Use {' or '.join(best)}: of {n} answers (every framework, dtype and edge input), {wrong} are wrong losses "
+        f"and {bad_grad} NaN or wrong gradients where the loss is defined, and {silent} are numbers returned "
+        f"silently where it is not{whose}{others}."
+    )
+
+
+def edge_headlines(frame: pd.DataFrame, most: int = 8) -> list[str]:
+    """The recommendation, then what the frameworks return that is not exact: loss first, then gradient."""
+    sentences = [edge_recommendation(frame)]
+    sentences += [f"Loss: {s}" for s in findings(frame)] + [f"Gradient: {s}" for s in findings(frame, "grad_outcome")]
+    return sentences[:most]
+
+
 def edge_section(run_dir: Path) -> list[str]:
     """The report's section: findings on the loss and the gradient, then the matrix and the cases."""
     path = run_dir / f"{EDGE_TABLE}.parquet"
     if not path.is_file():
         return []
     frame = pd.read_parquet(path)
-    lines = ["## Edge cases", "", OUTCOME_NOTE, "", "### Loss", ""]
+    lines = [OUTCOME_NOTE, "", "### Loss", ""]
     lines += [f"- {s}" for s in findings(frame)] or ["- Every loss is exact."]
     lines += ["", "### Gradient", ""]
     lines += [f"- {s}" for s in findings(frame, "grad_outcome")] or ["- Every gradient is exact."]

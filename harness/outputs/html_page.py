@@ -15,11 +15,20 @@ import re
 from pathlib import Path
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px; margin: 2em auto;
-       padding: 0 1em; line-height: 1.45; color: #222; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.82em; display: block; overflow-x: auto; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1360px; margin: 0.5em auto;
+       padding: 0 1em; line-height: 1.4; color: #222; font-size: 14px; }
+h1 { font-size: 1.45em; margin: 0.2em 0; } h2 { font-size: 1.2em; margin: 0.6em 0 0.3em; }
+p { margin: 0.3em 0; } ul { margin: 0.3em 0; padding-left: 1.4em; } li { margin: 0.1em 0; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.82em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
+table.verdict { font-size: 12.5px; margin: 0.3em 0; } table.verdict td, table.verdict th { padding: 1px 6px;
+       line-height: 1.3; max-width: 17em; }
+td.ok { background: #e3f4e1; } td.warn { background: #fdf1cf; } td.bad { background: #f9dcdc; }
+td.na { background: #eeeeee; color: #666; }
+p.legend { font-size: 12px; color: #555; }
+details { margin: 0.4em 0; border-top: 1px solid #ddd; padding-top: 0.3em; }
+summary { font-size: 1.1em; font-weight: 600; cursor: pointer; }
 pre { background: #f6f6f6; padding: 0.7em; overflow-x: auto; font-size: 0.85em; }
 code { background: #f6f6f6; padding: 0 0.2em; }
 img { max-width: 100%; border: 1px solid #ddd; }
@@ -44,6 +53,15 @@ def _row_cells(line: str) -> list[str]:
     return [c.strip().replace("\\|", "|") for c in cells]
 
 
+def _td(text: str, column: int, table_class: str, classify) -> str:
+    """A cell; in a marked table it wraps only after a comma or semicolon, and gets its class."""
+    if not table_class:
+        return f"<td>{_inline(text)}</td>"
+    shown = re.sub(r"(?<![,;]) ", "\u00a0", _inline(text))
+    css = classify(text) if classify is not None and column > 0 else ""
+    return f'<td class="{css}">{shown}</td>' if css else f"<td>{shown}</td>"
+
+
 def _image(alt: str, target: str, run_dir: Path) -> str:
     path = run_dir / target
     try:
@@ -56,16 +74,27 @@ def _image(alt: str, target: str, run_dir: Path) -> str:
     )
 
 
-def markdown_to_html(markdown: str, run_dir: Path, title: str) -> str:
+RAW = re.compile(r"^(<details><summary>.*</summary>|</details>)$")  # passed through as written
+MARK = re.compile(r"^<!-- (\w+) -->$")  # names the class of the table that follows
+
+
+def markdown_to_html(markdown: str, run_dir: Path, title: str, classify=None) -> str:
     """The report's Markdown as one HTML page: headings, paragraphs, lists, tables, code, images.
 
     Only the subset the report writes (and the summaries it embeds) is understood; images become
-    data URIs read from run_dir, so the page needs no other file.
+    data URIs read from run_dir, so the page needs no other file. A table or paragraph after a
+    `<!-- name -->` line gets class `name`; a marked table's body cells get `classify(text)`.
     """
-    out, lines, i = [], markdown.splitlines(), 0
+    out, lines, i, table_class = [], markdown.splitlines(), 0, ""
     while i < len(lines):
         line = lines[i]
-        if line.startswith("```"):
+        if RAW.match(line):
+            out.append(line)
+            i += 1
+        elif m := MARK.match(line):
+            table_class = m.group(1)
+            i += 1
+        elif line.startswith("```"):
             j = i + 1
             while j < len(lines) and not lines[j].startswith("```"):
                 j += 1
@@ -84,9 +113,13 @@ def markdown_to_html(markdown: str, run_dir: Path, title: str) -> str:
                 j += 1
             block = [_row_cells(row) for row in lines[i:j] if not re.match(r"^\|[\s|:-]*\|$", row)]
             head = "".join(f"<th>{_inline(c)}</th>" for c in block[0])
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block[1:])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-            i = j
+            body = "".join(
+                "<tr>" + "".join(_td(c, k, table_class, classify) for k, c in enumerate(row)) + "</tr>"
+                for row in block[1:]
+            )
+            attribute = f' class="{table_class}"' if table_class else ""
+            out.append(f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            i, table_class = j, ""
         elif line.startswith("- "):
             j = i
             while j < len(lines) and lines[j].startswith("- "):
@@ -95,10 +128,11 @@ def markdown_to_html(markdown: str, run_dir: Path, title: str) -> str:
             i = j
         elif line.strip():
             j = i
-            while j < len(lines) and lines[j].strip() and not re.match(r"^(#|```|\||- |!\[)", lines[j]):
+            while j < len(lines) and lines[j].strip() and not re.match(r"^(#|```|\||- |!\[|<)", lines[j]):
                 j += 1
-            out.append("<p>" + _inline(" ".join(lines[i:j])) + "</p>")
-            i = max(j, i + 1)
+            attribute = f' class="{table_class}"' if table_class else ""
+            out.append(f"<p{attribute}>" + _inline(" ".join(lines[i:j])) + "</p>")
+            i, table_class = max(j, i + 1), ""
         else:
             i += 1
     body = "\n".join(out)

@@ -193,12 +193,11 @@ def environment_section(run_dir: Path) -> list[str]:
     ]
 
 
-def provenance_section(run_dir: Path, own_files=()) -> list[str]:
+def provenance_section(run_dir: Path, own_files=(), heading: bool = True) -> list[str]:
     """The report's last section: folder, command and configuration, environment, files (but own_files)."""
     built = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    lines = [
-        "## How it was produced",
-        "",
+    lines = ["## How it was produced", ""] if heading else []
+    lines += [
         f"Results folder `{run_dir.resolve()}`; this report was built {built} from the folder alone "
         "(`python -m harness.outputs.report`).",
         "",

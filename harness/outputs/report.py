@@ -24,9 +24,12 @@ from harness.cli import OneLineParser, non_negative
 from harness.dtypes import DTYPES
 from harness.outputs import breakdown, edge_tables, option_findings, pareto, tables
 from harness.outputs.findings import _g, key_findings, with_where
+from harness.outputs.headlines import headline_findings
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
 from harness.outputs.provenance import configured_bits_lost_limit, experiment_name, provenance_section, run_config
+from harness.outputs.theory import default_bits_lost_limit
+from harness.outputs.verdict import BreakFinder, entry_class, verdict_markdown
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 ERRORS = "errors.parquet"
@@ -170,33 +173,26 @@ def images(plots: list[Path], run_dir: Path) -> list[str]:
     return [line for path in plots for line in (f"![{path.stem}]({path.relative_to(run_dir).as_posix()})", "")]
 
 
-def plot_section(title: str, plots: list[Path], run_dir: Path, note: str = "") -> list[str]:
-    lines = [f"## {title}", ""] + ([note, ""] if note else [])
-    return lines + (images(plots, run_dir) if plots else ["(none in the folder)", ""])
-
-
-def timing_section(run_dir: Path, plots: list[Path]) -> list[str]:
-    """The timings table (median, IQR, throughput against bandwidth) and its plots, where timed."""
+def timing_section(run_dir: Path) -> list[str]:
+    """The timings table (median, IQR, throughput against bandwidth), where timed."""
     if not (run_dir / "timings.parquet").is_file():
         return []
     timings = pd.read_parquet(run_dir / "timings.parquet")
     shown = ["framework", "path", "dtype", "n_rows", "n_classes", "threads", "median_s", "iqr_s", "compile_s"]
     shown += ["gb_per_s", "bandwidth_fraction", "status"]
-    lines = ["## Timing", ""]
+    lines = []
     if "bandwidth_gb_per_s" in timings and len(timings):
         lines += [f"Memory bandwidth measured for the run: {_g(timings['bandwidth_gb_per_s'].iloc[0])} GB/s.", ""]
-    return lines + [frame_markdown(timings[[c for c in shown if c in timings]]), ""] + images(plots, run_dir)
+    return lines + [frame_markdown(timings[[c for c in shown if c in timings]]), ""]
 
 
-def gradient_section(run_dir: Path, plots: list[Path]) -> list[str]:
-    """Findings, breakdown and plots of the gradient, where the run measured it."""
+def gradient_section(run_dir: Path) -> list[str]:
+    """Findings and breakdown of the gradient, where the run measured it."""
     if not (run_dir / "grad_errors.parquet").is_file() or not (run_dir / "grad_breakdown.parquet").is_file():
         return []
     grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
     grad_table = pd.read_parquet(run_dir / "grad_breakdown.parquet")
-    lines = [
-        "## Gradients",
-        "",
+    return [
         "d(sum of losses)/d(logits) against the exact softmax - onehot (grad_errors); the breakdown below "
         "applies the forward pass's thresholds, since a backward pass breaks where its forward does.",
         "",
@@ -205,12 +201,71 @@ def gradient_section(run_dir: Path, plots: list[Path]) -> list[str]:
         breakdown_markdown(grad_table),
         "",
     ]
-    return lines + images(plots, run_dir)
 
 
-def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) -> str:
-    """What was found first (findings, summaries, breakdown, plots, gradients, timing, other
-    tables), then how it was produced (command and configuration, environment, files)."""
+def details(title: str, lines: list[str]) -> list[str]:
+    """A collapsed section (HTML <details>, which Markdown viewers show as such too)."""
+    return [f"<details><summary>{title}</summary>", "", *lines, "", "</details>", ""] if lines else []
+
+
+def _table(run_dir: Path, name: str) -> pd.DataFrame | None:
+    path = run_dir / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def bits_lost_limits(errors: pd.DataFrame, bits_lost_limit: float | None) -> dict[str, float]:
+    """k of "more than k bits lost" per dtype: the run's, else half the dtype's significand bits."""
+    return {
+        d: default_bits_lost_limit(d) if bits_lost_limit is None else bits_lost_limit for d in errors["dtype"].unique()
+    }
+
+
+def answer_section(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame, limits: dict) -> list[str]:
+    """The first screen: the verdict table and the ranked headline findings, from the run's tables."""
+    finder = BreakFinder(errors, _table(run_dir, "breaks"), table)
+    grad_errors, grad = _table(run_dir, "grad_errors"), None
+    if grad_errors is not None and not grad_errors.empty:
+        grad = (grad_errors, BreakFinder(grad_errors, None, _table(run_dir, "grad_breakdown")))
+    findings = headline_findings(errors, finder, limits, table, grad, _table(run_dir, "timings"))
+    return [*verdict_markdown(errors, finder, limits), "## Headline findings", "", *[f"- {s}" for s in findings], ""]
+
+
+def figures_section(run_dir: Path) -> list[str]:
+    """Every plot of the folder: error plots, heatmaps (dtype order), gradient, then timing."""
+    plots = plot_files(run_dir)
+    heatmaps = [p for p in plots if p.name.startswith("heatmap_")]
+    later = [p for p in plots if p.name.startswith(("grad_", "timing_", "accuracy_vs_time"))]
+    first = [p for p in plots if p not in heatmaps + later]
+    if not plots:
+        return []
+    return ["## Figures", "", *images(first, run_dir), HEATMAP_NOTE, "", *images(heatmaps + later, run_dir)]
+
+
+def edge_report_markdown(run_dir: Path) -> str:
+    """An edge_cases run: its verdict and headline findings, then the full matrix and provenance, collapsed."""
+    frame = pd.read_parquet(run_dir / f"{edge_tables.EDGE_TABLE}.parquet")
+    cases = ", ".join(dict.fromkeys(frame["case"]))
+    lines = [
+        f"# Report: {experiment_name(run_dir)}",
+        "",
+        f"{frame['case'].nunique()} edge inputs ({cases}) through {_count(frame['framework'].nunique(), 'framework')}, "
+        f"{_count(frame['path'].nunique(), 'path')} and {_count(frame['dtype'].nunique(), 'dtype')}.",
+        "",
+        *edge_tables.edge_verdict(frame),
+        "## Headline findings",
+        "",
+        *[f"- {s}" for s in edge_tables.edge_headlines(frame)],
+        "",
+    ]
+    lines += details("Edge cases in full", edge_tables.edge_section(run_dir))
+    lines += details("How it was produced", provenance_section(run_dir, OWN_FILES, heading=False))
+    return "\n".join(lines)
+
+
+def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame, limits: dict | None = None) -> str:
+    """The answer first (verdict table, headline findings), then the figures, then the details in
+    collapsed sections: every finding, summaries, breakdown, gradients, timing, tables, provenance."""
+    limits = limits or bits_lost_limits(errors, None)
     lines = [
         f"# Report: {experiment_name(run_dir)}",
         "",
@@ -218,30 +273,22 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame) ->
         + ", ".join(_count(errors[column].nunique(), column) for column in GRID_COLUMNS)
         + f" from {_g(errors['scale'].min())} to {_g(errors['scale'].max())}.",
         "",
-        "## Key findings",
-        "",
-        *[f"- {sentence}" for sentence in key_findings(table, errors)],
-        "",
-        *pareto.front_section(run_dir),
-        *option_findings.option_sections(errors),
+        *answer_section(run_dir, errors, table, limits),
+        *figures_section(run_dir),
     ]
+    every = [f"- {sentence}" for sentence in key_findings(table, errors)]
+    every += ["", *pareto.front_section(run_dir), *option_findings.option_sections(errors)]
+    lines += details("Every finding, per combination", every)
     for path in sorted(run_dir.glob("*.md")):
         if path.name not in OWN_FILES:
-            lines += [f"## {path.name}", "", demote(path.read_text(), 2).rstrip(), ""]
-    lines += ["## Breakdown against theory", "", breakdown_markdown(table), ""]
-    plots = plot_files(run_dir)
-    heatmaps = [p for p in plots if p.name.startswith("heatmap_")]
-    timing_plots = [p for p in plots if p.name.startswith(("timing_", "accuracy_vs_time"))]
-    grad_plots = [p for p in plots if p.name.startswith("grad_")]
-    lines += plot_section("Heatmaps of correct bits", heatmaps, run_dir, HEATMAP_NOTE)
-    lines += plot_section("Plots", [p for p in plots if p not in heatmaps + timing_plots + grad_plots], run_dir)
-    lines += gradient_section(run_dir, grad_plots) + timing_section(run_dir, timing_plots)
+            lines += details(path.name, [demote(path.read_text(), 2).rstrip()])
+    lines += details("Breakdown against theory", [breakdown_markdown(table)])
+    lines += details("Gradients", gradient_section(run_dir))
+    lines += details("Timing", timing_section(run_dir))
     extra = other_tables(run_dir)
-    if extra:
-        lines += ["## Other tables", ""]
-        for path in extra:
-            lines += table_section(run_dir, path)
-    return "\n".join(lines + provenance_section(run_dir, OWN_FILES))
+    lines += details("Other tables", [line for path in extra for line in table_section(run_dir, path)])
+    lines += details("How it was produced", provenance_section(run_dir, OWN_FILES, heading=False))
+    return "\n".join(lines)
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -254,25 +301,27 @@ def build_report(run_dir, bits_lost_limit: float | None = None, draw_heatmaps: b
     keeps the heatmaps already in the folder (the pipeline draws them with the other figures)."""
     run_dir = Path(run_dir)
     if edge_tables.is_edge_run(run_dir):  # experiment edge_cases: no errors table, a section of its own
-        lines = [f"# Report: {experiment_name(run_dir)}", "", *edge_tables.edge_section(run_dir)]
-        return write_report(run_dir, "\n".join(lines + provenance_section(run_dir, OWN_FILES)))
+        return write_report(run_dir, edge_report_markdown(run_dir))
     errors = read_errors(run_dir)
     if bits_lost_limit is None:
         bits_lost_limit = configured_bits_lost_limit(run_config(run_dir)[0])
     table = breakdown.write_breakdown(errors, run_dir, bits_lost_limit)
+    limits = bits_lost_limits(errors, bits_lost_limit)
     if (run_dir / "grad_errors.parquet").is_file():  # the backward pass breaks where its forward does
         grad_errors = pd.read_parquet(run_dir / "grad_errors.parquet")
         breakdown.write_breakdown(grad_errors, run_dir, bits_lost_limit, stem="grad_breakdown")
     if draw_heatmaps:
         write_heatmaps(errors, run_dir)
-    return write_report(run_dir, report_markdown(run_dir, errors, table))
+    return write_report(run_dir, report_markdown(run_dir, errors, table, limits))
 
 
 def write_report(run_dir: Path, markdown: str) -> tuple[Path, Path]:
     """report.md and its self-contained report.html."""
     md_path, html_path = run_dir / REPORT_MD, run_dir / REPORT_HTML
     tables.write_text(markdown, md_path)
-    tables.write_text(markdown_to_html(markdown, run_dir, f"Report: {experiment_name(run_dir)}"), html_path)
+    tables.write_text(
+        markdown_to_html(markdown, run_dir, f"Report: {experiment_name(run_dir)}", entry_class), html_path
+    )
     return md_path, html_path
 
 

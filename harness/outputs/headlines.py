@@ -1,0 +1,217 @@
+"""The report's headline findings: at most eight sentences, ranked by what a practitioner should do differently.
+
+First which path to use and why; then where each failing path breaks (earliest first), stated as the
+largest logit and exact loss there; then accuracy lost silently (no failure, more bits lost than the
+run's limit); then the gradient, the loss options, what could not run and how theory fared. Each
+sentence carries its numbers, all read from the run's tables (harness.outputs.verdict locates the breaks).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.outputs.verdict import BreakFinder, _num, bits_lost, row_columns, row_label, worst_ulp
+from harness.sweep import metrics
+from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
+
+MAX_HEADLINES = 8
+
+
+def _and(items) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+class PathStats:
+    """Per path: its breaks in each dtype (per framework), its worst error, its largest logit, its peak memory."""
+
+    def __init__(self, path: str, cells: pd.DataFrame, finder: BreakFinder, limits: dict, timings=None):
+        self.path, self.breaks, self.worst, self.excess = path, {}, (float("nan"), ""), 0.0
+        for key, of_row in cells.groupby(row_columns(cells) + ["dtype"], sort=False):
+            dtype, found = key[-1], finder.earliest(of_row)
+            if found is not None:
+                self.breaks.setdefault(dtype, []).append((found, row_label(key[:-1])))
+            ulp = worst_ulp(of_row)
+            if np.isfinite(ulp) and not ulp <= self.worst[0]:
+                self.worst = (ulp, f"{row_label(key[:-1])} {dtype}")
+            self.excess = max(self.excess, bits_lost(ulp) - limits[dtype])
+        finite = cells[cells["status"] != metrics.INPUT_INF]["max_logit"]
+        self.reach = float(finite.max()) if finite.notna().any() else float("nan")
+        self.peak = float("nan")
+        if timings is not None and "peak_bytes" in timings:
+            self.peak = float(timings.loc[timings["path"] == path, "peak_bytes"].max())
+
+    @property
+    def fails(self) -> bool:
+        return bool(self.breaks)
+
+    def first(self, dtype: str):
+        """(Break, framework/path) of the smallest largest logit at a break in dtype."""
+        return min(self.breaks[dtype], key=lambda b: b[0].max_logit)
+
+    def earliest(self):
+        """(Break, framework/path, dtype) of the smallest largest logit at a break in any dtype."""
+        dtype = min(self.breaks, key=lambda d: self.first(d)[0].max_logit)
+        return (*self.first(dtype), dtype)
+
+    def rank(self) -> tuple:
+        held = -self.earliest()[0].max_logit if self.fails else 0.0
+        return (self.fails, held, self.excess > 0, np.nan_to_num(self.peak, nan=0.0), np.nan_to_num(self.worst[0]))
+
+    def worst_words(self) -> str:
+        return f"{_num(self.worst[0], 3)} ulp, in {self.worst[1]}"
+
+
+def path_stats(errors: pd.DataFrame, finder: BreakFinder, limits: dict, timings=None) -> list[PathStats]:
+    stats = [PathStats(p, c, finder, limits, timings) for p, c in errors.groupby("path", sort=False)]
+    return sorted(stats, key=PathStats.rank)
+
+
+def _memory(stats: PathStats) -> str:
+    return f", peak memory {stats.peak / 2**20:.3g} MiB" if np.isfinite(stats.peak) else ""
+
+
+def recommendation(stats: list[PathStats]) -> str:
+    """'Use P: ...' with the reason, from the paths ranked (never failing, then accuracy, then memory)."""
+    best, others = stats[0], stats[1:]
+    if not best.fails:
+        scope = "in any framework or dtype measured" if len(stats) > 1 else "(the only path measured)"
+        reason = (
+            f"it never fails {scope}, up to largest logit {_num(best.reach, 3)}, and its worst error while "
+            f"finite is {best.worst_words()}{_memory(best)}"
+        )
+    else:
+        found, who, dtype = best.earliest()
+        reason = f"it holds longest, failing first at largest logit {_num(found.max_logit, 3)} ({who}, {dtype})"
+    contrasts = []
+    for other in others:
+        if other.fails:
+            found, who, dtype = other.earliest()
+            contrasts.append(f"{other.path} fails from largest logit {_num(found.max_logit, 3)} ({who}, {dtype})")
+        else:
+            contrasts.append(f"{other.path} never fails either (worst {other.worst_words()}{_memory(other)})")
+    tail = f", while {'; '.join(contrasts)}" if contrasts else ""
+    return f"Use {best.path}: {reason}{tail}."
+
+
+def break_sentence(stats: PathStats, dtypes: list[str]) -> str:
+    """'naive fails (inf) by target underflow at largest logit 8.42 (loss 17.3) in float16, ...'."""
+    groups = {}
+    for dtype in [d for d in dtypes if d in stats.breaks]:
+        found, who = stats.first(dtype)
+        spread = max(b.max_logit for b, _ in stats.breaks[dtype])
+        first = f"; first in {who}, up to {_num(spread, 3)} elsewhere" if spread > 1.01 * found.max_logit else ""
+        where = f"; {found.setting}" if found.setting else ""
+        part = f"{_num(found.max_logit, 3)} (loss {_num(found.max_exact_loss, 3)}{where}{first}) in {dtype}"
+        groups.setdefault((found.status, found.mechanism), []).append(part)
+    said = []
+    for (status, mechanism), parts in groups.items():
+        how = f" by {mechanism}" if mechanism else ""
+        said.append(f"{status}{how} at largest logit {_and(parts)}")
+    return f"{stats.path} fails: {'; '.join(said)}."
+
+
+def silent_sentences(errors: pd.DataFrame, limits: dict, most: int = 2) -> list[str]:
+    """The never-failing combinations that lose more bits than the limit, worst first, alike ones merged."""
+    lossy = {}
+    for key, cells in errors.groupby(row_columns(errors) + ["dtype"], sort=False):
+        if cells["status"].isin(metrics.FAILED).any():
+            continue
+        ulp = worst_ulp(cells)
+        if bits_lost(ulp) > limits[key[-1]]:
+            lossy.setdefault((key[-1], float(f"{ulp:.3g}")), []).append(row_label(key[:-1]))
+    worst_first = sorted(lossy.items(), key=lambda item: -(bits_lost(item[0][1]) - limits[item[0][0]]))
+    sentences = []
+    for (dtype, ulp), who in worst_first[:most]:
+        named = _and(who) if len(who) <= 3 else f"{len(who)} framework/paths ({_and(who[:2] + ['others'])})"
+        same = errors[(errors["dtype"] == dtype) & ~(row_label_series(errors).isin(who))]
+        best = min((worst_ulp(c) for _, c in same.groupby(row_columns(same), sort=False)), default=np.nan)
+        reached = np.isfinite(best) and bits_lost(best) <= limits[dtype]
+        than = f", where another framework/path keeps within {_num(best, 3)} ulp" if reached else ""
+        sentences.append(
+            f"{named} {'loses' if len(who) == 1 else 'lose'} {bits_lost(ulp):.0f} bits in {dtype} without failing "
+            f"(worst error {_num(ulp, 3)} ulp; more than {limits[dtype]:.3g} bits counts as lost){than}."
+        )
+    return sentences
+
+
+def row_label_series(errors: pd.DataFrame) -> pd.Series:
+    return pd.Series([row_label(k) for k in errors[row_columns(errors)].itertuples(index=False)], index=errors.index)
+
+
+def gradient_sentence(grad_errors: pd.DataFrame, finder: BreakFinder, limits: dict) -> str:
+    """Where each path's gradient fails, and the worst relative error of the others' (max_row_rel_err)."""
+    stats = path_stats(grad_errors, finder, limits)
+    failing = [s for s in stats if s.fails]
+    parts = [f"{s.path}'s from largest logit {_num(s.earliest()[0].max_logit, 3)} ({s.earliest()[2]})" for s in failing]
+    steady = [s.path for s in stats if not s.fails]
+    good = grad_errors[grad_errors["status"].isin(metrics.GOOD) & grad_errors["path"].isin(steady)]
+    column = "max_row_rel_err" if "max_row_rel_err" in good else "max_ulp_err"
+    worst = ""
+    if good[column].notna().any():
+        row = good.loc[good[column].idxmax()]
+        worst = f" (worst {column} {_num(row[column], 3)}, {row['framework']}/{row['path']} {row['dtype']})"
+    if not failing:
+        return f"The gradient never fails{worst}."
+    tail = f"; {_and(steady)}'s never{worst}" if steady else ""
+    return f"The gradient fails: {'; '.join(parts)}{tail}."
+
+
+def option_sentence(errors: pd.DataFrame) -> str:
+    """The option set with the largest loss error, where the run varies the options."""
+    columns = [c for c in OPTION_COLUMNS if c in errors and errors[c].astype(str).nunique() > 1]
+    if not columns:
+        return ""
+    good = errors[errors["status"].isin(metrics.GOOD) & errors["max_ulp_err"].notna()]
+    if good.empty:
+        return ""
+    worst = good.loc[good["max_ulp_err"].idxmax()]
+    changed = [f"{c}={worst[c]}" for c in columns if pd.notna(worst[c]) and worst[c] != OPTION_DEFAULTS.get(c)]
+    plain = good[np.logical_and.reduce([good[c].astype(str) == str(OPTION_DEFAULTS.get(c)) for c in columns])]
+    base = f" (defaults: {_num(plain['max_ulp_err'].max())} ulp)" if not plain.empty else ""
+    return (
+        f"Of the loss options, {', '.join(changed) or 'the defaults'} gives the largest loss error: "
+        f"{_num(worst['max_ulp_err'])} ulp ({worst['framework']}/{worst['path']}, {worst['dtype']}){base}."
+    )
+
+
+def unsupported_sentence(errors: pd.DataFrame) -> str:
+    cells = errors[errors["status"] == metrics.UNSUPPORTED]
+    if cells.empty:
+        return ""
+    combos = list(dict.fromkeys(cells["framework"] + "/" + cells["path"] + " " + cells["dtype"]))
+    named = _and(combos[:3] + ([f"{len(combos) - 3} more"] if len(combos) > 3 else []))
+    return f"{len(combos)} framework/path/dtype combinations cannot run some cells (unsupported): {named}."
+
+
+def theory_sentence(breakdown: pd.DataFrame | None) -> str:
+    if breakdown is None or breakdown.empty:
+        return ""
+    failing = breakdown[breakdown["first_fail_scale"].notna()]
+    checked = failing[failing["matches_theory"].notna()]
+    if checked.empty:
+        return ""
+    agree = int(checked["matches_theory"].astype(bool).sum())
+    return f"{agree} of the {len(checked)} breaks theory can check lie within 1% of its predicted threshold."
+
+
+def headline_findings(
+    errors: pd.DataFrame,
+    finder: BreakFinder,
+    limits: dict,
+    breakdown: pd.DataFrame | None = None,
+    grad: tuple[pd.DataFrame, BreakFinder] | None = None,
+    timings: pd.DataFrame | None = None,
+) -> list[str]:
+    """At most MAX_HEADLINES sentences, in the order a practitioner acts on them."""
+    stats = path_stats(errors, finder, limits, timings)
+    dtypes = list(dict.fromkeys(errors["dtype"]))
+    sentences = [recommendation(stats)]
+    failing = sorted((s for s in stats if s.fails), key=lambda s: s.earliest()[0].max_logit)[:3]
+    sentences += [break_sentence(s, dtypes) for s in failing]
+    sentences += silent_sentences(errors, limits)
+    if grad is not None and not grad[0].empty:
+        sentences.append(gradient_sentence(grad[0], grad[1], limits))
+    sentences += [option_sentence(errors), unsupported_sentence(errors), theory_sentence(breakdown)]
+    return [s for s in sentences if s][:MAX_HEADLINES]
