@@ -1,0 +1,112 @@
+"""The tables of cross-entropy's studies stay the same, column by column: small grids of
+precision_sweep, gradient_sweep, training_losses, edge_cases and lm_head, run again and compared
+with the tables kept in tests/fixtures/baseline/ (measured by the harness as it stood before the
+loss became an entry of its own). Timing values and columns that depend on the machine are left out.
+
+`python tests/test_baseline_tables.py` writes the fixtures again (with the code on sys.path).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "baseline"
+FRAMEWORKS = "frameworks=[numpy,torch,jax,mlx]"
+COMMON = [FRAMEWORKS, "timing.enabled=false", "progress=false", "workers=1"]
+GRIDS = {
+    "precision_sweep": [
+        "families=[spread,offset]",
+        "scales=[0.01,1.0,30.0,100.0,1000.0,100000.0]",
+        "n_rows=8",
+        "n_classes=50",
+        "seed=3",
+    ],
+    "gradient_sweep": ["families=[spread]", "scales=[0.1,10.0,1000.0]", "n_rows=6", "n_classes=40", "seed=5"],
+    "training_losses": ["n_rows=16", "n_classes=100", "seed=1"],
+    "edge_cases": [],
+    "lm_head": [
+        "n_rows=12",
+        "n_classes=48",
+        "head.d=8",
+        "head.chunk_size=16",
+        "head.large_n_classes=null",
+        "mode=[eager]",
+        "reduction=[mean,none]",
+        "head.paths=[linear_fused,linear_chunked,linear_ce_reference]",
+    ],
+}
+TABLES = ("errors", "grad_errors", "breakdown", "breaks", "edge_cases")
+# columns that depend on the machine or the run, not on the numbers measured
+UNCOMPARED: set[str] = set()
+
+
+def run_grid(experiment: str, folder: Path) -> dict[str, pd.DataFrame]:
+    import harness
+
+    harness.run(experiment, COMMON + GRIDS[experiment], run_dir=folder)
+    found = {name: folder / f"{name}.parquet" for name in TABLES}
+    return {name: pd.read_parquet(path) for name, path in found.items() if path.exists()}
+
+
+def write_fixtures() -> None:
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    for experiment in GRIDS:
+        with tempfile.TemporaryDirectory() as folder:
+            for name, frame in run_grid(experiment, Path(folder)).items():
+                frame.to_parquet(FIXTURES / f"{experiment}.{name}.parquet", index=False)
+
+
+def kept_tables(experiment: str) -> dict[str, pd.DataFrame]:
+    return {path.name.split(".")[1]: pd.read_parquet(path) for path in sorted(FIXTURES.glob(f"{experiment}.*.parquet"))}
+
+
+def assert_same_column(name: str, now: pd.Series, before: pd.Series) -> None:
+    if pd.api.types.is_float_dtype(before) and pd.api.types.is_float_dtype(now):
+        a, b = now.to_numpy(np.float64), before.to_numpy(np.float64)
+        same = (a == b) | (np.isnan(a) & np.isnan(b))
+        assert same.all(), f"{name}: {np.flatnonzero(~same)[:5]} now {a[~same][:3]}, before {b[~same][:3]}"
+    else:
+        differ = [i for i, (x, y) in enumerate(zip(now, before, strict=True)) if not _same(x, y)]
+        assert not differ, f"{name}: rows {differ[:5]} now {[now.iloc[i] for i in differ[:3]]}, before " + str(
+            [before.iloc[i] for i in differ[:3]]
+        )
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, np.ndarray | list) or isinstance(y, np.ndarray | list):
+        return list(x) == list(y)
+    if pd.isna(x) or pd.isna(y):
+        return bool(pd.isna(x) and pd.isna(y))
+    return bool(x == y)
+
+
+def compare(now: pd.DataFrame, before: pd.DataFrame, table: str, skip=lambda column: False) -> None:
+    """Every column the old table has is in the new one with the same values, row by row."""
+    missing = [c for c in before.columns if c not in now.columns]
+    assert not missing, f"{table}: columns gone: {missing}"
+    assert len(now) == len(before), f"{table}: {len(now)} rows, {len(before)} before"
+    for column in before.columns:
+        if column in UNCOMPARED or skip(column):
+            continue
+        assert_same_column(f"{table}.{column}", now[column].reset_index(drop=True), before[column])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", list(GRIDS))
+def test_tables_as_before(experiment, tmp_path):
+    before = kept_tables(experiment)
+    assert before, f"no fixtures for {experiment}"
+    now = run_grid(experiment, tmp_path)
+    assert set(now) >= set(before)
+    for table, frame in before.items():
+        compare(now[table], frame, table)
+
+
+if __name__ == "__main__":
+    sys.exit(write_fixtures())
