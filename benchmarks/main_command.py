@@ -10,8 +10,7 @@ split into stages (read from when each stage's last file was written), then the 
 
 `--against REV` also runs the main command of commit REV (checked out into a temporary git
 worktree, run with this interpreter), in turn with this one, and prints the ratio of each pair and
-their median: this virtual machine's speed drifts by half over days, so a wall time is compared
-with a figure of another day through a commit measured then (the issues' "24 s today" is 23ed54f).
+their median: on a machine whose speed drifts, code is compared through a ratio measured in turn.
 `--experiment lm_head` measures another experiment the same way (its stage split is not printed).
 """
 
