@@ -18,11 +18,9 @@ def measure_bandwidth(threads: int = 1, n_bytes: int = BANDWIDTH_BUFFER_BYTES, r
 
     The best of `repeats` reads is kept: noise (other processes, interrupts) only ever slows a
     read, so the fastest is the closest estimate of what the memory can deliver, which is the
-    yardstick a fraction needs. The buffer is 256 MiB: on the 2-core development VM the read rate
-    is flat from 128 MiB to 1 GiB (~15 GB/s per thread), so it already streams from DRAM although
-    sysfs reports a 480 MiB L3; larger buffers only add page-fault time (~0.5 s per 256 MiB
-    there). NumPy's reductions release the GIL, so `threads` threads read in parallel, matching
-    the thread count the frameworks were given. Takes about 0.7 s there.
+    yardstick a fraction needs. 256 MiB is past the last-level caches of common CPUs, so the read
+    streams from DRAM; a larger buffer only adds page-fault time. NumPy's reductions release the
+    GIL, so `threads` threads read in parallel, matching the thread count the frameworks were given.
     """
     buffer = np.ones(max(n_bytes // 8, threads * 1024), dtype=np.float64)
     slices = np.array_split(buffer, threads)

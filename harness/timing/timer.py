@@ -107,12 +107,9 @@ def blocked_autorange(
     hands freed memory back first, warms up). Then no first call is made here (compile_s is 0: the
     caller has it), and a warm-up of at least LONG_CALL_S fixes one call per block without a
     calibration block (no call that long runs under MIN_BLOCK_S). With `warm_call_is_sample`, such
-    a warm-up is also the first sample: the caller says it ran what the samples run. Handing memory
-    back costs a long call only page faults, about 0.3 s per GB here (PyTorch's chunked head, 1.2-4
-    s a call at 32000 classes and 296 MB, ran as fast after it as without), so PyTorch's eager
-    chunked head at 128256 classes, 32 s a call on 2 cores, runs twice in all instead of three
-    times. Never for a compiled function: torch.compile compiled again on the thread count the
-    timing sets (a 2.4 s warm-up for a 0.08 s call when its cache was cold)."""
+    a warm-up is also the first sample: the caller says it ran what the samples run, so a call of
+    many seconds runs twice in all instead of three times. Never for a compiled function:
+    torch.compile compiles again for the thread count the timing sets."""
     if isinstance(min_blocks, bool) or not isinstance(min_blocks, int) or min_blocks < 1:
         raise ValueError(f"min_blocks must be an integer >= 1, got {min_blocks!r}")
     first_call_s = 0.0
