@@ -2,30 +2,14 @@
 
 ``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype;
 ``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx by mx.grad of the same path.
-Everything a backend needs is here too (`to_native`, `to_numpy`, `sync`, `compile`,
-`compile_gradient`, `autodiff_gradient`, `flushes_subnormals`, `version`).
+Not mx.compile: it gave the same bits on every path, gradient and dtype, and no gain on the CPU.
 
-MLX is lazy: an op records a graph and nothing runs until `mx.eval`; `sync` and `to_numpy` force it.
-Not mx.compile: compiled and plain graphs gave the same bits on every path, gradient and dtype,
-and no measurable gain on a (256, 1000) float32 loss on the CPU (about 11 ms either way), while
-each new compiled graph costs 2-5 s of a C++ compiler run at first call (MLX's CPU compile builds
-its fused kernels with the system compiler, cached under $TMPDIR/mlx).
-
-Where MLX's CPU rounds (MLX 0.32.4, measured; see `ACCUMULATION`):
-
-- mx.exp is a float32 polynomial for every dtype (float16 and bfloat16 are widened, float64 is
-  narrowed): float64 exp has float32's accuracy (exp(1.0) = 2.7182817459106445, float32's e) and
-  float32's range (inf above 88.72, 0 below about -87.7), so float64 paths that exponentiate are
-  float32-accurate in their exponentials. log and log1p are float64-accurate.
-- mx.sum and mx.logsumexp accumulate float16 and bfloat16 in float32 and round once (4096 float16
-  ones sum to 4096; float16 sequential accumulation would stall at 2048).
-- mx.softmax (default precise=False) accumulates in the input dtype: softmax of 4096 float16
-  zeros is 1/2048, of 1024 bfloat16 zeros 1/256 (the sum stalls at 2048 and 256).
-- mlx.nn.losses.cross_entropy on the CPU is x - max, then mx.logsumexp, minus the shifted target
-  (the GPU has a fused float32 kernel; this build has no GPU).
-
-A shift by a running or per-chunk maximum that cancels in exact arithmetic has its gradient
-stopped, as mlx.nn.losses.cross_entropy does; in `log1p_lse` the maximum is a term and keeps it.
+Where MLX's CPU rounds (MLX 0.32.4, measured): mx.exp is a float32 polynomial for every dtype, so
+float64 paths that exponentiate have float32's accuracy and range there; mx.sum and mx.logsumexp
+accumulate float16 and bfloat16 in float32; mx.softmax (precise=False) accumulates in the input
+dtype; mlx.nn.losses.cross_entropy on the CPU is x - max, then mx.logsumexp. A shift by a running
+or per-chunk maximum that cancels in exact arithmetic has its gradient stopped, as
+mlx.nn.losses.cross_entropy does; in `log1p_lse` the maximum is a term and keeps it.
 """
 
 from __future__ import annotations
