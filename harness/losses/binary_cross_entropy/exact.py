@@ -36,6 +36,7 @@ LOG1P_IS_ARGUMENT_BELOW = -80  # log1p(e) = e (1 - e/2 + ...): e itself within 2
 _TANH_SERIES_BELOW = 2.0**-30  # h(x) = x/4 - x**3/48 + ...: the cubic term within 2**-63 of x/4
 _CANCELLED_BITS = 30  # both gradient forms lose more than this: mpmath
 _MPMATH_BITS = 320
+_MPMATH_MAX_BITS = 8192
 
 
 def _checked(logits, targets, pos_weight):
@@ -155,16 +156,29 @@ def exact_binary_cross_entropy_gradient(logits, targets, pos_weight=None) -> Exa
 
 
 def _by_mpmath(value: ExactValue, where, x, t, w) -> ExactValue:
-    """The gradient at the marked elements by mpmath at 320 bits, as ExactValues."""
-    import mpmath
+    """The gradient at the marked elements by mpmath, in precision doubled from 320 bits until two
+    precisions agree to 2**-80 relative (cancellation takes as many bits as it cancels)."""
 
     hi, lo, exponent = (np.array(part, copy=True) for part in value)
-    with mpmath.workprec(_MPMATH_BITS):
-        for index in zip(*np.nonzero(where), strict=True):
-            xi, ti, wi = (mpmath.mpf(float(a[index])) for a in (x, t, w))
-            g = (1 - ti) / (1 + mpmath.exp(-xi)) - wi * ti / (1 + mpmath.exp(xi))
-            hi[index], lo[index], exponent[index] = _to_exact(g)
+    for index in zip(*np.nonzero(where), strict=True):
+        hi[index], lo[index], exponent[index] = _to_exact(_mp_gradient(*(float(a[index]) for a in (x, t, w))))
     return ExactValue(hi, lo, exponent)
+
+
+def _mp_gradient(x: float, t: float, w: float):
+    import mpmath
+
+    previous = None
+    bits = _MPMATH_BITS
+    while True:
+        with mpmath.workprec(bits):
+            xm, tm, wm = mpmath.mpf(x), mpmath.mpf(t), mpmath.mpf(w)
+            g = (1 - tm) / (1 + mpmath.exp(-xm)) - wm * tm / (1 + mpmath.exp(xm))
+        if previous is not None and (g == previous or abs(g - previous) <= abs(g) * mpmath.mpf(2) ** -80):
+            return g
+        if bits > _MPMATH_MAX_BITS:
+            return g
+        previous, bits = g, 2 * bits
 
 
 def _to_exact(g) -> tuple[float, float, int]:
