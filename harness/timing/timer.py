@@ -1,24 +1,13 @@
 """Timing: how long each framework/path/dtype takes, measured soundly, against the memory bandwidth.
 
-The method follows `torch.utils.benchmark.Timer.blocked_autorange`:
-
-- The first call is never a sample. For a JIT framework (JAX) it compiles and runs once; its wall
-  time, waited on, is `compile_s` (compilation plus one run; JAX's caches are cleared first so it
-  is a real compilation). For the others it is an untimed warm-up and `compile_s` is 0.
-- Short calls are batched: the number of calls per block grows until one block lasts at least
-  `MIN_BLOCK_S` (10 ms), so the two clock reads per block (~0.1 us) cost under 1e-5 of it. Those
-  calibration blocks are warm-up, never samples (as in torch.utils.benchmark): at 4096 x 32000 the
-  call right after the first was seen to run up to ~10% slow.
-- Every call's result is waited on (`sync`) inside the block, so a sample is the time until the
-  result exists and asynchronously dispatched calls (JAX) cannot pile up between clock reads.
-- Blocks repeat until at least `min_blocks` samples exist and either the relative IQR (IQR/median,
-  judged on 3 samples or more) is at most `rel_iqr_target` or `budget_s` of measured time is
-  spent. `min_blocks` wins over the budget, so a cell whose one call outlasts the budget still
-  gets `min_blocks` samples (a 4096 x 32000 NumPy float16 cell: 7 calls of ~2-10 s each).
-- The garbage collector is off inside a block (as in `timeit`), and a sample is a block's time
-  divided by its calls: the per-call median, IQR and minimum are over samples.
-
-The timing stage (harness.timing.stage) uses it for every framework, path, dtype and size.
+The method follows `torch.utils.benchmark.Timer.blocked_autorange`: the first call is never a
+sample (for JAX it compiles, and its wall time is `compile_s`); short calls are batched until a
+block lasts at least `MIN_BLOCK_S`, and those calibration blocks are warm-up, never samples; every
+call's result is waited on (`sync`) inside the block, so asynchronous dispatch cannot pile calls up
+between clock reads; blocks repeat until `min_blocks` samples exist and either IQR/median is at
+most `rel_iqr_target` or `budget_s` is spent (`min_blocks` wins, so a call that outlasts the
+budget still gets its samples); the garbage collector is off inside a block, as in `timeit`.
+A sample is a block's time divided by its calls; median, IQR and minimum are over samples.
 """
 
 from __future__ import annotations
