@@ -155,7 +155,8 @@ def prepare_sets(request: dict, tool: str) -> tuple[list[VersionSet], Sources, o
 
 def run_matrix(request: dict, out: Path, cache: Path, tool: str) -> int:
     sets, sources, sweep, experiment = prepare_sets(request, tool)
-    pins = {vset.label: matrix_envs.overlay_pins(matrix_envs.resolve(vset, sources, tool), vset) for vset in sets}
+    resolved = {vset.label: matrix_envs.resolve(vset, sources, tool, cache) for vset in sets}
+    pins = {vset.label: matrix_envs.overlay_pins(resolved[vset.label], vset) for vset in sets}
     out.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps(request, indent=1) + "\n", out / REQUEST)
     rows, reasons = [], {}

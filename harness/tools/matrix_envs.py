@@ -32,6 +32,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from harness.files import atomic_write
+
 # packages whose release goes with another's of the same number: named with it unless named themselves
 COMPANIONS = {"jax": ("jaxlib",), "mlx": ("mlx-cpu",)}
 CORE_PACKAGES = ("numpy", "ml_dtypes", "mpmath")  # what every experiment's numbers pass through
@@ -132,12 +134,13 @@ def _requirements(dist_name: str) -> list[Requirement]:
     return found
 
 
-def _applies(req: Requirement, base: dict) -> bool:
-    """A requirement of the running platform; one behind an extra only where its package is installed."""
+def _applies(req: Requirement, base: dict, extras: bool = False) -> bool:
+    """A requirement of the running platform; one behind an extra only where extras count (the harness's
+    own, whose packages are installed), never another package's."""
     if req.marker is None:
         return True
     if "extra" in str(req.marker):
-        return normalize(req.name) in base and req.marker.evaluate({"extra": _extra_of(req)})
+        return extras and normalize(req.name) in base and req.marker.evaluate({"extra": _extra_of(req)})
     return req.marker.evaluate()
 
 
@@ -247,9 +250,29 @@ def check_used(sets: list[VersionSet], used: dict[str, str], sources: Sources, e
 # --- resolving and installing -----------------------------------------------------------------------
 
 
+def uv_binary() -> str | None:
+    """uv on PATH, beside this interpreter (an environment not activated), or from the uv package."""
+    found = shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    try:
+        import uv
+
+        return uv.find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def _uv() -> str:
+    found = uv_binary()
+    if found is None:
+        raise BadInput("--installer uv, but uv is not installed (pip install uv)")
+    return found
+
+
 def installer() -> str:
-    """uv where it is on PATH, else pip."""
-    return "uv" if shutil.which("uv") else "pip"
+    """uv where it is found, else pip."""
+    return "uv" if uv_binary() else "pip"
 
 
 def _run(command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -263,8 +286,9 @@ def _run(command: list[str], check: bool = True, **kwargs) -> subprocess.Complet
 def _one_line(text: str) -> str:
     """A resolver's or installer's error as one line: its lines stripped of tree drawing, joined."""
     lines = [re.sub(r"^[\s×╰─▶│├└:]+", "", line).strip() for line in text.splitlines()]
+    lines = [re.sub(r"^(error|cause|ERROR):\s*", "", line) for line in lines]
     lines = [line for line in lines if line and not line.startswith(("hint:", "WARNING", "[notice]"))]
-    for start in ("The conflict is caused by", "No solution found", "Because"):
+    for start in ("The conflict is caused by", "Because", "No solution found"):
         at = next((i for i, line in enumerate(lines) if line.startswith(start)), None)
         if at is not None:
             lines = lines[at:]
@@ -278,7 +302,7 @@ def resolver_inputs(vset: VersionSet, base: dict) -> tuple[list[str], list[str]]
     named = {normalize(n) for n, _ in vset.pins}
     roots = vset.requirement_lines()
     for req in _requirements("harness"):
-        if normalize(req.name) not in named and _applies(req, base):
+        if normalize(req.name) not in named and _applies(req, base, extras=True):
             req.marker = None
             roots.append(str(req))
     constraints = [
@@ -297,16 +321,29 @@ def _is_version(text: str) -> bool:
     return True
 
 
-def resolve(vset: VersionSet, sources: Sources, tool: str) -> dict[str, tuple[str, str]]:
-    """normalized name -> (name, version) the set resolves to, or BadInput naming the conflict."""
+def resolve(vset: VersionSet, sources: Sources, tool: str, cache: Path | None = None) -> dict[str, tuple[str, str]]:
+    """normalized name -> (name, version) the set resolves to, or BadInput naming the conflict; kept in
+    cache/resolved/ under a hash of what decides it, so a second matrix over the same sets resolves nothing."""
     base = base_distributions()
     roots, constraints = resolver_inputs(vset, base)
+    record = json.dumps([sys.version, roots, constraints, sources.options()], sort_keys=True).encode()
+    stored = cache / "resolved" / f"{hashlib.sha256(record).hexdigest()[:16]}.json" if cache else None
+    if stored is not None and stored.is_file():
+        return {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}
+    resolved = _resolve(vset, roots, constraints, sources, tool)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(stored, lambda tmp: Path(tmp).write_text(json.dumps(resolved, indent=1) + "\n"))
+    return resolved
+
+
+def _resolve(vset: VersionSet, roots: list[str], constraints: list[str], sources: Sources, tool: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="harness-resolve-") as tmp:
         roots_file, constraints_file, report = Path(tmp, "roots.txt"), Path(tmp, "constraints.txt"), Path(tmp, "r")
         roots_file.write_text("\n".join(roots) + "\n")
         constraints_file.write_text("\n".join(constraints) + "\n")
         if tool == "uv":
-            command = ["uv", "pip", "compile", str(roots_file), "-c", str(constraints_file), "--python"]
+            command = [_uv(), "pip", "compile", str(roots_file), "-c", str(constraints_file), "--python"]
             command += [sys.executable, "--no-header", "--no-annotate", "--quiet", *sources.options()]
         else:
             command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
@@ -314,7 +351,10 @@ def resolve(vset: VersionSet, sources: Sources, tool: str) -> dict[str, tuple[st
             command += sources.options()
         result = _run(command, check=False)
         if result.returncode != 0:
-            raise BadInput(f"the set {' '.join(vset.requirement_lines())} does not resolve: {_one_line(result.stderr)}")
+            raise BadInput(
+                f"the set {' '.join(vset.requirement_lines())} does not resolve: {_one_line(result.stderr)} "
+                "(name the versions it needs in --versions too)"
+            )
         if tool == "uv":
             pins = [Requirement(line) for line in result.stdout.splitlines() if "==" in line and line[0].isalnum()]
             return {normalize(r.name): (r.name, next(iter(r.specifier)).version) for r in pins}
@@ -389,8 +429,8 @@ def build(vset: VersionSet, pins: list[str], sources: Sources, cache: Path, tool
     tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".partial", dir=cache))
     try:
         if tool == "uv":
-            _run(["uv", "venv", str(tmp), "--python", sys.executable, "--quiet", "--allow-existing"])
-            install = ["uv", "pip", "install", "--python", str(tmp / "bin" / "python"), "--quiet"]
+            _run([_uv(), "venv", str(tmp), "--python", sys.executable, "--quiet", "--allow-existing"])
+            install = [_uv(), "pip", "install", "--python", str(tmp / "bin" / "python"), "--quiet"]
         else:
             _run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(tmp)])
             install = [sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"), "install", "--quiet"]
