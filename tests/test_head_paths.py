@@ -135,9 +135,3 @@ def test_the_front_keeps_exactly_the_undominated_points():
     )
     # (2 s, 6 B, 19 bits) is beaten by (2 s, 5 B, 20 bits) on every count; the rest each win somewhere
     assert on_front(panel).tolist() == [True, True, False, True, True]
-
-
-def test_readme_head_table_is_the_entries_table():
-    from conftest import REPO
-
-    assert head.path_table() in (REPO / "README.md").read_text()

@@ -1,7 +1,6 @@
 """The paths beyond the textbook four: against the exact reference, and what sets each one apart."""
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,11 +43,6 @@ def test_the_original_four_come_first_then_the_new_ones():
     assert paths.PATH_NAMES[:8] == ORIGINAL_PATHS + NEW_PATHS
     for framework in backends.FRAMEWORKS:
         assert tuple(paths.implementations_module(framework).PATHS) == paths.paths_of(framework)
-
-
-def test_the_readme_table_of_paths_is_the_one_the_entries_give():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert paths.path_table(backends.FRAMEWORKS) in readme, "regenerate the README's table with paths.path_table"
 
 
 def test_every_path_has_a_formula_and_an_accumulation_note_per_framework():

@@ -163,12 +163,6 @@ def test_masked_logits_give_the_exact_loss_of_the_classes_left(framework):
     np.testing.assert_allclose(loss, exact, rtol=1e-5)
 
 
-def test_the_readme_option_table_is_current():
-    from conftest import REPO
-
-    assert opt.option_table(("numpy", "torch", "jax", "mlx", "tensorflow")) in (REPO / "README.md").read_text()
-
-
 def test_option_findings_name_the_drift_and_the_cells_an_option_breaks():
     """A hand-made table: bfloat16 mean 0.03 relative off; smoothing breaks one cell that is fine without it."""
     import pandas as pd

@@ -1,10 +1,13 @@
-"""Every command in the README runs as written, on small grids, and its Python examples run: the README cannot drift.
+"""Every command in the README and the documentation runs as written, on small grids, and their Python examples
+run: neither can drift.
 
-All commands run in one scratch folder, in README order (the comparison needs the runs before it).
+All commands run in one scratch folder, in reading order (the README, then the pages in the order of the site's
+navigation: the comparison needs the runs before it).
 To each `python -m harness` command the settings of SMALL that it does not set itself are appended;
 nothing else is changed, so default folders (results/<experiment>/<timestamp>/, multirun_<timestamp>/)
 are exercised as written. Not run: `pip install` and `python3 -m venv` (no network in a test) and
-`python -m pytest` (the suite itself). A Python block whose first line is `# some/file.py` is written
+`python -m pytest` (the suite itself); a line for hardware this machine lacks (a Slurm cluster, a GPU) is composed
+and validated only. A Python block whose first line is `# some/file.py` is written
 to that file (e.g. *Your own path*'s module, which the next command imports); the others are executed.
 """
 
@@ -18,9 +21,10 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from conftest import REPO
 
-pytestmark = pytest.mark.cli
+pytestmark = [pytest.mark.cli, pytest.mark.slow]
 
 NOT_RUN = ("pip ", "python3 -m venv", ". .venv/bin/activate", "python -m pytest")
 SMALL = {
@@ -33,7 +37,21 @@ SMALL = {
     "timing.enabled": "false",
     "progress": "false",
 }
-NO_CLUSTER = "submitit_slurm"  # no Slurm here: such a line is only composed and validated (see no_cluster)
+NO_HARDWARE = ("submitit_slurm", "device=cuda")  # only composed and validated (see no_cluster)
+TOOLS = ("harness", "harness.tools.compare", "harness.tools.merge", "harness.outputs.report")
+DOCS = REPO / "docs"
+
+
+def reading_order() -> list:
+    """The README, then every page of the site's navigation that exists, in its order."""
+
+    def pages(items):
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            yield from pages(value) if isinstance(value, list) else [DOCS / "pages" / value]
+
+    nav = yaml.safe_load((DOCS / "mkdocs.yml").read_text())["nav"]
+    return [REPO / "README.md", *(page for page in pages(nav) if page.is_file())]
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -42,9 +60,9 @@ def code_blocks(text: str) -> list[tuple[str, str]]:
 
 
 def readme_steps() -> list[tuple[str, str]]:
-    """("command", line) and ("python", source) in README order; shell lines split at `&&`."""
-    steps = []
-    for language, body in code_blocks((REPO / "README.md").read_text()):
+    """("command", line) and ("python", source) in reading order; shell lines split at `&&`."""
+    steps, seen = [], set()
+    for language, body in (block for page in reading_order() for block in code_blocks(page.read_text())):
         if language == "python":
             steps.append(("python", body))
             continue
@@ -53,7 +71,8 @@ def readme_steps() -> list[tuple[str, str]]:
             continue  # a formula or a file layout, not commands
         for line in lines:
             for part in (p.strip() for p in line.split("&&")):
-                if not part.startswith(NOT_RUN):
+                if not part.startswith(NOT_RUN) and part not in seen:  # a command shown twice runs once
+                    seen.add(part)
                     steps.append(("command", part))
     return steps
 
@@ -75,7 +94,7 @@ def run(words: list[str], cwd) -> subprocess.CompletedProcess:
 
 def as_run(command: str) -> list[str]:
     words = shlex.split(command)
-    assert words[:3] in (["python", "-m", "harness"], ["python", "-m", "harness.tools.compare"]), command
+    assert words[:2] == ["python", "-m"] and words[2] in TOOLS, command
     if words[2] != "harness":
         return words
     return words + small_overrides(words[3:])
@@ -102,23 +121,23 @@ def interrupted_run(words: list[str], cwd) -> None:
     journal.write_text(journal.read_text().splitlines(keepends=True)[0])
 
 
-def test_every_readme_command_and_example_runs(tmp_path, monkeypatch):
+def test_every_command_and_example_of_the_readme_and_the_docs_runs(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "my_logits.npz", logits=rng.standard_normal((3, 5)), labels=np.array([0, 4, 2]))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     steps = readme_steps()
-    assert sum(kind == "command" for kind, _ in steps) >= 12 and any(kind == "python" for kind, _ in steps)
+    assert sum(kind == "command" for kind, _ in steps) >= 20 and sum(kind == "python" for kind, _ in steps) >= 3
     for kind, text in steps:
         first_line = text.splitlines()[0]
         if kind == "python" and re.fullmatch(r"# [\w/]+\.py", first_line):
             (tmp_path / first_line[2:]).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / first_line[2:]).write_text(text)
         elif kind == "python":
-            exec(compile(text, "<README python block>", "exec"), {})
+            exec(compile(text, "<python block>", "exec"), {})
         else:
             words = as_run(text)
-            if any(NO_CLUSTER in w for w in words):
+            if any(hardware in w for w in words for hardware in NO_HARDWARE):
                 no_cluster(words)
                 continue
             if "resume=true" in words:
