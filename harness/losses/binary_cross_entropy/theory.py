@@ -1,0 +1,122 @@
+"""Where the binary cross-entropy paths break, per dtype, from round-to-nearest (harness.dtypes).
+
+Mechanisms (the names path entries declare, the breakdown checks):
+
+- sigmoid rounds to 1: 1 - sigmoid(x) = 1 / (1 + e**x) is at most half the spacing below 1,
+  2**-(p+1), from x = ln(2**(p+1) - 1) on (17.33 in float32, 37.43 in float64) for a correctly
+  rounded sigmoid; computed as 1 / (1 + exp(-x)), once 1 + exp(-x) rounds to 1, from x = p ln 2
+  (16.64, 36.74). Then log(1 - s) = -inf: the naive loss is NaN for t = 1 (0 * -inf) and inf for
+  t < 1; the clamped and clipped routes cap it.
+- sigmoid rounds to 0: sigmoid(x) ~ e**x is at most half the smallest subnormal from
+  x = ln(smallest subnormal / 2) on (-103.97 in float32, -745.13 in float64), or below the smallest
+  normal where results flush (-87.34); computed as 1 / (1 + exp(-x)) it is 0 sooner, once exp(-x)
+  overflows (x below -88.72 in float32, -709.78 in float64: exp overflow).
+- log clamp: F.binary_cross_entropy and MLX's probability route clamp each log at -100, so a term
+  is at most 100 (`LOG_CLAMP_CAP`): a loss above 100 is capped, and one whose sigmoid rounded to
+  0 or 1 reads 100 (t = 1 or 0) whatever its exact value.
+- probability clip: Keras clips probabilities to [1e-7, 1 - 1e-7] in the input dtype, capping
+  -log s at -ln(fl(1e-7)) = 16.118 and -log(1 - s) at -ln(1 - fl(1 - 1e-7)): 15.942 in float32,
+  16.118 in float64, inf where 1 - 1e-7 rounds to 1 (float16, bfloat16).
+- softplus threshold: F.softplus returns x itself above 20, tf.math.softplus above
+  -(ln eps + 2) (13.94 in float32, 34.04 in float64), so softplus(x) - t x is (1 - t) x: 0 for t = 1,
+  whatever the exact loss log1p(e**-x).
+- cancellation: softplus(x) - x (t = 1, x > 0) and x - logsigmoid(x) (t = 0, x < 0, PyTorch's
+  fused form (1 - t) x - logsigmoid(x)) subtract two numbers within e**-|x| of each other: the loss
+  is exactly 0 once x + e**-|x| rounds to x (`absorbed_from`: 14.56 in float32, 33.27 in float64).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness.dtypes import DTYPES, round_to
+from harness.mechanisms import EXP_OVERFLOW, PROBABILITY_CLIP
+
+SIGMOID_ROUNDS_TO_ONE = "sigmoid rounds to 1"
+SIGMOID_ROUNDS_TO_ZERO = "sigmoid rounds to 0"
+LOG_CLAMP = "log clamp"
+SOFTPLUS_THRESHOLD = "softplus threshold"
+CANCELLATION = "cancellation"
+MECHANISMS = (
+    SIGMOID_ROUNDS_TO_ONE,
+    SIGMOID_ROUNDS_TO_ZERO,
+    EXP_OVERFLOW,
+    LOG_CLAMP,
+    PROBABILITY_CLIP,
+    SOFTPLUS_THRESHOLD,
+    CANCELLATION,
+)
+
+LOG_CLAMP_CAP = 100.0  # F.binary_cross_entropy and mlx's with_logits=False: log clamped at -100
+KERAS_EPSILON = 1e-7  # keras.config.epsilon(): the probability clip
+TORCH_SOFTPLUS_THRESHOLD = 20.0  # F.softplus(x, beta=1, threshold=20) returns x above it
+
+
+def sigmoid_rounds_to_one(dtype: str) -> float:
+    """x from which a correctly rounded sigmoid(x) is 1: ln(2**(p+1) - 1) (the tie goes to 1, even)."""
+    return math.log(2.0 ** (DTYPES[dtype].precision + 1) - 1)
+
+
+def one_plus_exp_rounds_to_one(dtype: str) -> float:
+    """x from which 1 / (1 + exp(-x)) is 1: 1 + exp(-x) rounds to 1 once exp(-x) <= 2**-p (half an
+    ulp of 1, tie to 1), x >= p ln 2."""
+    return DTYPES[dtype].precision * math.log(2.0)
+
+
+def sigmoid_rounds_to_zero(dtype: str, flushes_subnormals: bool = False) -> float:
+    """x at or below which a correctly rounded sigmoid(x) ~ e**x is 0: ln(smallest subnormal / 2),
+    or ln(smallest normal) where subnormal results flush to zero."""
+    fmt = DTYPES[dtype]
+    return -(fmt.exp_flush_threshold if flushes_subnormals else fmt.exp_underflow_threshold)
+
+
+def exp_minus_x_overflows(dtype: str) -> float:
+    """x below which exp(-x) is inf, so 1 / (1 + exp(-x)) is 0: -ln(largest finite + half an ulp)."""
+    return -DTYPES[dtype].exp_overflow_threshold
+
+
+def keras_clip_caps(dtype: str) -> tuple[float, float]:
+    """The largest -log(s) and -log(1 - s) after Keras's clip to [1e-7, 1 - 1e-7] in `dtype`:
+    -ln(fl(1e-7)) and -ln(1 - fl(1 - 1e-7)) (1 - fl(...) is exact; inf where fl(1 - 1e-7) = 1)."""
+    low = float(round_to(np.array([KERAS_EPSILON]), dtype)[0])
+    high = float(round_to(np.array([1.0 - KERAS_EPSILON]), dtype)[0])
+    return -math.log(low), (math.inf if high == 1.0 else -math.log(1.0 - high))
+
+
+def softplus_returns_x_above(framework: str, dtype: str) -> float | None:
+    """Where the framework's softplus returns x itself (None: it has no threshold): PyTorch's 20,
+    TensorFlow's -(ln eps + 2) with eps = 2**(1 - p) of float32 or float64 (measured for those two)."""
+    if framework == "torch":
+        return TORCH_SOFTPLUS_THRESHOLD
+    if framework == "tensorflow" and dtype in ("float32", "float64"):
+        return -(math.log(2.0 ** (1 - DTYPES[dtype].precision)) + 2.0)
+    return None
+
+
+def absorbed_from(dtype: str) -> float:
+    """The smallest x > 0 from which x + e**-x rounds to x (e**-x at most half an ulp of x): there
+    softplus(x) - x and x - logsigmoid(x)'s mirror cancel to exactly 0. In the binade [2**e, 2**(e+1))
+    half an ulp is 2**(e - p), so x >= (p - e) ln 2 must hold inside it; the first binade where it does."""
+    p = DTYPES[dtype].precision
+    for e in range(-4, 12):
+        x = max(2.0**e, (p - e) * math.log(2.0))
+        if x < 2.0 ** (e + 1):
+            return x
+    raise ValueError(f"no absorption threshold found for {dtype}")
+
+
+def thresholds(dtype: str, flushes_subnormals: bool = False) -> dict[str, float]:
+    """Every threshold of one dtype by name (for tables and the breakdown)."""
+    clip_one, clip_zero = keras_clip_caps(dtype)
+    return {
+        "sigmoid_rounds_to_one": sigmoid_rounds_to_one(dtype),
+        "one_plus_exp_rounds_to_one": one_plus_exp_rounds_to_one(dtype),
+        "sigmoid_rounds_to_zero": sigmoid_rounds_to_zero(dtype, flushes_subnormals),
+        "exp_minus_x_overflows": exp_minus_x_overflows(dtype),
+        "log_clamp_cap": LOG_CLAMP_CAP,
+        "keras_clip_cap_t1": clip_one,
+        "keras_clip_cap_t0": clip_zero,
+        "absorbed_from": absorbed_from(dtype),
+    }

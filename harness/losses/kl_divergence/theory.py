@@ -1,0 +1,69 @@
+"""Where the KL divergence paths break, per dtype, from round-to-nearest (harness.dtypes).
+
+Mechanisms (the names path entries declare, the breakdown checks):
+
+- probability underflow: a probability exp(log p) rounds to 0 once log p is at or below
+  ln(smallest subnormal / 2) (-103.97 in float32, -745.13 in float64; ln(smallest normal) where
+  results flush, -87.34 in float32). A teacher probability of 0 makes p (log p - log q) 0 * -inf =
+  NaN in the naive path (F.kl_div, optax and rel_entr take 0 log 0 = 0); a student probability of 0
+  under a positive teacher one makes it inf.
+- cancellation: KL = sum_j p_j (log p_j - log q_j) is a sum of terms of both signs, and
+  cross-entropy minus entropy a difference of two sums of size H + KL and H; rounding each log to
+  unit roundoff u leaves a relative error of about u kappa with kappa = (CE + H) / KL (`condition`).
+  A student within delta of its teacher has KL ~ T**2 delta**2 Var_p(noise) / (2 T**2) while CE + H
+  ~ 2 H: kappa ~ 4 H T**2 / (delta**2 Var), so the result is noise once delta is below
+  T sqrt(4 H u / Var) (`noise_below_delta`).
+- negative KL: where u kappa passes 1 the computed KL can be below 0 (a sign the exact value never
+  has); `status` tells a negative result from a correct one.
+- probability clip: Keras's KLDivergence clips p and q to [1e-7, 1] (a probability below 1e-7
+  counts as 1e-7).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from harness.dtypes import DTYPES
+from harness.mechanisms import PROBABILITY_CLIP
+
+PROBABILITY_UNDERFLOW = "probability underflow"
+CANCELLATION = "cancellation"
+NEGATIVE_KL = "negative KL"
+MECHANISMS = (PROBABILITY_UNDERFLOW, CANCELLATION, NEGATIVE_KL, PROBABILITY_CLIP)
+KERAS_EPSILON = 1e-7
+
+
+def probability_underflows_at(dtype: str, flushes_subnormals: bool = False) -> float:
+    """The log-probability at or below which exp(log p) rounds to 0: ln(smallest subnormal / 2), or
+    ln(smallest normal) where subnormal results flush to zero."""
+    fmt = DTYPES[dtype]
+    return -(fmt.exp_flush_threshold if flushes_subnormals else fmt.exp_underflow_threshold)
+
+
+def condition(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """kappa = sum_j p_j (|log p_j| + |log q_j|) / KL per row, from exact float64 log-probabilities
+    (rows, classes): the relative error of KL per unit of rounding of the logs (inf where KL = 0)."""
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(p > 0, p * (np.abs(log_p) + np.abs(log_q)), 0.0).sum(axis=1)
+        kl = np.where(p > 0, p * (log_p - log_q), 0.0).sum(axis=1)
+        return scale / kl
+
+
+def cancellation_bound(kappa, dtype: str) -> np.ndarray:
+    """u kappa: the relative error a path that rounds each log to `dtype` can have; past 1, noise."""
+    return np.asarray(kappa, dtype=np.float64) * DTYPES[dtype].unit_roundoff
+
+
+def noise_below_delta(dtype: str, entropy: float, variance: float, temperature: float = 1.0) -> float:
+    """The delta below which a near student's KL (student = teacher + delta * noise) is noise in
+    `dtype`: where u kappa = 1 with kappa = 4 H T**2 / (delta**2 Var_p(noise)), i.e.
+    T sqrt(4 H u / Var)."""
+    return temperature * math.sqrt(4.0 * entropy * DTYPES[dtype].unit_roundoff / variance)
+
+
+def keras_clip_floor() -> float:
+    """Keras's floor on each probability before p log(p / q)."""
+    return KERAS_EPSILON
