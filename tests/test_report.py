@@ -197,7 +197,7 @@ def test_markdown_to_html_subset(tmp_path):
         tmp_path,
         "T",
     )
-    assert "<h1>T</h1>" in page and "<code>x&lt;y</code>" in page and "<li>two</li>" in page
+    assert '<h1 id="t">T</h1>' in page and "<code>x&lt;y</code>" in page and "<li>two</li>" in page
     assert "<td>2 | 3</td>" in page and "raw &lt;b&gt;" in page
     assert 'src="data:image/png;base64,iVBORw0KGgo="' in page
 

@@ -28,6 +28,7 @@ class PathStats:
 
     def __init__(self, path: str, cells: pd.DataFrame, finder: BreakFinder, limits: dict, timings=None):
         self.path, self.breaks, self.worst, self.excess = path, {}, (float("nan"), ""), 0.0
+        self.lossiest = (0.0, "")  # most bits lost beyond the limit, and where
         for key, of_row in cells.groupby(row_columns(cells) + ["dtype"], sort=False):
             dtype, found = key[-1], finder.earliest(of_row)
             if found is not None:
@@ -35,7 +36,8 @@ class PathStats:
             ulp = worst_ulp(of_row)
             if np.isfinite(ulp) and not ulp <= self.worst[0]:
                 self.worst = (ulp, f"{row_label(key[:-1])} {dtype}")
-            self.excess = max(self.excess, bits_lost(ulp) - limits[dtype])
+            if bits_lost(ulp) - limits[dtype] > self.excess:
+                self.excess, self.lossiest = bits_lost(ulp) - limits[dtype], (bits_lost(ulp), f"{dtype} ({key[0]})")
         finite = cells[cells["status"] != metrics.INPUT_INF]["max_logit"]
         self.reach = float(finite.max()) if finite.notna().any() else float("nan")
         self.peak = float("nan")
@@ -83,14 +85,16 @@ def recommendation(stats: list[PathStats]) -> str:
         )
     else:
         found, who, dtype = best.earliest()
-        reason = f"it holds longest, failing first at largest logit {_num(found.max_logit, 3)} ({who}, {dtype})"
+        reason = f"it holds longest, failing first at largest logit {_num(found.max_logit, 3)} ({dtype}, {who})"
     contrasts = []
     for other in others:
         if other.fails:
             found, who, dtype = other.earliest()
-            contrasts.append(f"{other.path} fails from largest logit {_num(found.max_logit, 3)} ({who}, {dtype})")
+            contrasts.append(f"{other.path} fails from largest logit {_num(found.max_logit, 3)} ({dtype}, {who})")
         else:
-            contrasts.append(f"{other.path} never fails either (worst {other.worst_words()}{_memory(other)})")
+            lost = f" but loses {other.lossiest[0]:.0f} bits in {other.lossiest[1]}" if other.excess > 0 else ""
+            worst = f"worst error {other.worst_words()}{_memory(other)}"
+            contrasts.append(f"{other.path} never fails either{lost}, {worst}")
     tail = f", while {'; '.join(contrasts)}" if contrasts else ""
     return f"Use {best.path}: {reason}{tail}."
 
@@ -101,7 +105,8 @@ def break_sentence(stats: PathStats, dtypes: list[str]) -> str:
     for dtype in [d for d in dtypes if d in stats.breaks]:
         found, who = stats.first(dtype)
         spread = max(b.max_logit for b, _ in stats.breaks[dtype])
-        first = f"; first in {who}, up to {_num(spread, 3)} elsewhere" if spread > 1.01 * found.max_logit else ""
+        framework = who.split("/", 1)[0]
+        first = f"; {framework} first, others to {_num(spread, 3)}" if spread > 1.01 * found.max_logit else ""
         where = f"; {found.setting}" if found.setting else ""
         part = f"{_num(found.max_logit, 3)} (loss {_num(found.max_exact_loss, 3)}{where}{first}) in {dtype}"
         groups.setdefault((found.status, found.mechanism), []).append(part)

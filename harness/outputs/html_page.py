@@ -19,6 +19,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; line-height: 1.4; color: #222; font-size: 14px; }
 h1 { font-size: 1.45em; margin: 0.2em 0; } h2 { font-size: 1.2em; margin: 0.6em 0 0.3em; }
 p { margin: 0.3em 0; } ul { margin: 0.3em 0; padding-left: 1.4em; } li { margin: 0.1em 0; }
+h2#headline-findings + ul { font-size: 13.5px; line-height: 1.35; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.82em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
@@ -82,10 +83,11 @@ def markdown_to_html(markdown: str, run_dir: Path, title: str, classify=None) ->
     """The report's Markdown as one HTML page: headings, paragraphs, lists, tables, code, images.
 
     Only the subset the report writes (and the summaries it embeds) is understood; images become
-    data URIs read from run_dir, so the page needs no other file. A table or paragraph after a
-    `<!-- name -->` line gets class `name`; a marked table's body cells get `classify(text)`.
+    data URIs read from run_dir, so the page needs no other file. Headings get ids from their text.
+    A table or paragraph after a `<!-- name -->` line gets class `name`; a marked table's body cells
+    get `classify(text)`.
     """
-    out, lines, i, table_class = [], markdown.splitlines(), 0, ""
+    out, lines, i, table_class, used = [], markdown.splitlines(), 0, "", {}
     while i < len(lines):
         line = lines[i]
         if RAW.match(line):
@@ -101,8 +103,10 @@ def markdown_to_html(markdown: str, run_dir: Path, title: str, classify=None) ->
             out.append("<pre><code>" + html.escape("\n".join(lines[i + 1 : j])) + "</code></pre>")
             i = j + 1
         elif m := re.match(r"^(#{1,6}) (.*)$", line):
-            level = len(m.group(1))
-            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
+            level, slug = len(m.group(1)), re.sub(r"[^a-z0-9]+", "-", m.group(2).lower()).strip("-") or "section"
+            used[slug] = used.get(slug, 0) + 1
+            slug += f"-{used[slug]}" if used[slug] > 1 else ""
+            out.append(f'<h{level} id="{slug}">{_inline(m.group(2))}</h{level}>')
             i += 1
         elif m := re.match(r"^!\[(.*)\]\((.*)\)\s*$", line):
             out.append(_image(m.group(1), m.group(2), run_dir))

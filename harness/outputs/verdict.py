@@ -166,8 +166,8 @@ def verdict_markdown(errors: pd.DataFrame, finder: BreakFinder, limits: dict[str
     rows = list(dict.fromkeys(key for key, _ in entries))
     body = [[row_label(key)] + [entries.get((key, d), Entry("", NA_CLASS)).text for d in dtypes] for key in rows]
     legend = (
-        "Each entry: the status where the path first fails, at the largest logit and exact loss of the bisected "
-        'break ("at") or of the first failing grid scale ("by"), and the mechanism theory names there; or '
-        '"never" within the grid; then the worst error while the loss is finite.'
+        'Entry: the first failure, at the largest logit (and exact loss) of the bisected break ("at") or of the '
+        'first failing grid scale ("by"), with the mechanism theory names there; or never; then the worst error '
+        "while the loss is finite."
     )
     return [VERDICT_MARK, tables.markdown_table(["framework/path", *dtypes], body), "", "<!-- legend -->", legend, ""]
