@@ -1,4 +1,5 @@
-"""Shared helpers: an independent high-precision cross-entropy in mpmath, and the CLI runner."""
+"""Shared inputs and helpers: the seed article's logits, an independent high-precision cross-entropy in
+mpmath, the CLI runner; and when tests run in worker processes (pytest_cmdline_main below)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,32 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 mpmath.mp.prec = 256  # every mpmath value in the tests, unless a test says otherwise
+
+# The seed article's logits, one row per label: exact losses 19.1 + e, 36.6 + e and e = 5.0696199767698928e-09,
+# with e = log1p(exp(-19.1) + exp(-36.6)).
+SEED_ROW = (12.3, -5.2, 31.4)
+SEED_LOGITS = np.array([SEED_ROW] * 3)
+SEED_LABELS = np.array([0, 1, 2])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """Two or more test files selected and no -n given: run them in worker processes (-n auto, at most 4),
+    each file whole on one worker (module fixtures run once). One file, or one test, runs in this process:
+    with whole files per worker it would gain nothing from workers and would pay their start."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or hasattr(config, "workerinput"):
+        return  # a worker itself: it must never start workers of its own
+    if getattr(config.option, "numprocesses", 0) is not None or config.getoption("collectonly"):
+        return  # -n given, -p no:xdist, or only collecting
+    files = set()
+    for arg in config.args:
+        path = Path(config.invocation_params.dir, arg.split("::")[0])
+        files |= set(path.rglob("test_*.py")) if path.is_dir() else {path}
+        if len(files) > 1:
+            config.option.numprocesses = "auto"
+            config.option.maxprocesses = config.option.maxprocesses or 4
+            config.option.dist = "loadfile"
+            return
 
 
 def mp_cross_entropy(row, label: int) -> mpmath.mpf:
