@@ -3,42 +3,13 @@
     python -m harness.tools.compare RUN_A RUN_B [--ulp-tolerance X] [--rel-tolerance R] [--out DIR]
                                     [--allow-different-settings]
 
-RUN_A is the baseline and RUN_B the run under test (for example the same sweep under another library
-version or on another machine). Both are run folders holding errors.parquet. Cells are matched on the
-key columns (harness.outputs.tables.KEY_COLUMNS) present in both tables; both runs must hold the same cells.
-
-The rule, for each cell (status_a, status_b, and the errors max_ulp_err_a, max_ulp_err_b):
-
-  regressed       status_a is ok and status_b is a failure (inf, nan, error) or unsupported; or
-                  both are ok and  max_ulp_err_b > max_ulp_err_a * (1 + R) + X
-  improved        the mirror image: status_a is a failure or unsupported and status_b is ok; or
-                  both are ok and  max_ulp_err_a > max_ulp_err_b * (1 + R) + X
-  status changed  any other change of status: between failures (inf -> nan), between a failure and
-                  unsupported, or to or from input_inf (the input itself changed, not the path)
-  unchanged       everything else; the errors of cells that are not ok in both runs are not compared
-
-A missing max_ulp_err (NaN) counts as infinitely large, so a cell whose error disappears regresses.
-
-Both runs must have been made with the same settings apart from what a comparison is for: the
-settings in their sweep.json files may differ only in SAME_ANYWHERE below (the experiment's name,
-device, timing, gradients, per-row tables, bits_lost_limit); any other difference (label, seed,
-chunk_size, the file read, ...) is refused with exit status 2, naming the keys, unless
---allow-different-settings is given. Runs without sweep.json (tables written by hand) are not checked.
-
-Defaults: R = 0.5 and X = 1 ulp. The same config on the same software gives bit-identical tables,
-so any movement at all comes from a change of library, BLAS, compiler or machine. Such a change
-reorders sums and moves a result by a rounding or two: up to about an ulp, which matters for small
-errors (0.4 -> 1.3 ulp is noise) and is what X absorbs. For large errors (a naive path at 1e4 ulp)
-the noise is proportional, and R = 0.5 lets an error grow by half before it counts. Losing one
-more bit of accuracy doubles the ulp error, so a lost bit is caught wherever the error was above
-2 ulps (2 A > 1.5 A + 1); below that, growth within about an ulp is not told from rounding noise.
-
-Writes into --out (default RUN_B/compare_<name of RUN_A's folder>), each file atomically:
-comparison.parquet and comparison.csv (the cells that did not stay unchanged, regressions first,
-worst first), comparison.md (the summary printed) and comparison.png (max_ulp_err in A against B,
-one point per cell). Exit status: 0 when nothing regressed, 1 when something did, 2 on bad input
-(a missing folder, no or unreadable errors.parquet, missing columns, duplicate or mismatched cells,
-different settings), told in one line on stderr starting with "error: ".
+RUN_A is the baseline. Cells are matched on the key columns present in both errors tables. A cell
+regressed when it went from ok to a failure or unsupported, or when both are ok and
+max_ulp_err_b > max_ulp_err_a * (1 + R) + X (a missing error counts as infinitely large); improved
+is the mirror image; any other change of status is "status changed". The two sweep.json files may
+differ only in SAME_ANYWHERE unless --allow-different-settings. Writes comparison.{parquet,csv,md,png}
+into --out (default RUN_B/compare_<RUN_A's name>). Exit status: 0 nothing regressed, 1 something
+did, 2 bad input, told in one line. Why R = 0.5 and X = 1 ulp: docs/pages/how-to/compare-runs.md.
 """
 
 from __future__ import annotations
