@@ -1,39 +1,16 @@
 """Failure mechanisms theory predicts, and where each one's threshold lies in a dtype.
 
-One home for the names (path entries declare them, the breakdown and the plots check them) and
-for the thresholds, every one derived from the dtype's round-to-nearest (harness.dtypes):
-
-- sum overflow: exp(x_j) rounds to inf once x_j passes ln(largest finite + half an ulp), and an
-  unshifted sum of exponentials once lse(x) passes it, which comes first since lse(x) >= max(x).
-  Stated in the errors table's `max_lse` (else `max_logit`, a lower bound on it).
-- target underflow: the target probability exp(-loss) rounds to zero, and -log gives inf, once the
-  loss passes -ln(smallest subnormal / 2), or -ln(smallest normal) where results flush to zero.
-  Stated in `max_exact_loss`.
-
-- exp overflow: a path that declares sum overflow exponentiates unshifted logits, so it also fails
-  once the largest logit passes the largest input whose exp the framework returns finite, measured
-  at start-up (the errors table's `exp_overflow`). It comes before sum overflow only where the
-  framework's exp has a narrower range than the dtype (MLX: inf from x = 88.0 on, float64 included).
-  Stated in `max_logit`.
-- other-class underflow (target=dense, the article's sum(-log(softmax(x)) * t)): every class's
-  log-probability is taken, so once any class's probability rounds to 0 the row is 0 * -inf = NaN
-  (a class the target does not weight) or inf (one it does). Stated in `max_class_loss`, the largest
-  lse(x) - x_j over every row and class: the loss that class would have as the target.
-
-Where a probability underflows is measured, not typed (harness.backends). Made as a quotient
-exp(x_y - m) / sum(exp(x - m)), it is 0 once the loss passes -ln(smallest subnormal / 2), or
--ln(smallest normal) where the measured `quotient_flushes` says division flushes: stated in
-`max_exact_loss`. Made by the exp, it is 0 once the exp's argument passes the exp's measured
-`exp_underflow`, taken where that comes measurably before the quotient's (MLX's float32 polynomial:
-87.683 in float32 and float64, 87.5 in bfloat16). The argument is not the loss: a path that shifts exponentiates
-x_y - max_j x_j, stated in `max_target_gap` (the largest max_j x_j - x_y over rows: the loss less
-lse - max, which lies in [0, ln C]); one that does not (it declares sum overflow) exponentiates x_y
-itself, stated in `max_neg_target_logit` (the largest -x_y). Other-class underflow states the
-quotient's threshold in `max_class_loss` and the exp's in `max_class_gap` (the largest
-max_k x_k - x_j over every row and class, which lies within ln C below `max_class_loss`). Tables
-from before those columns take thresholds in the measured `exp_dtype` with `flushes_subnormals`
-(`legacy_threshold`). Accuracy mechanisms that never make a path fail
-(a probability clip caps a loss instead) are named here too but have no failure threshold.
+One home for the names (path entries declare them, the breakdown and the plots check them) and for
+the thresholds, every one derived from the dtype's round-to-nearest (harness.dtypes): sum overflow
+(stated in `max_lse`, else `max_logit`), target underflow (`max_exact_loss`), exp overflow
+(`max_logit` against the measured `exp_overflow`) and other-class underflow (`max_class_loss`).
+Where a probability underflows is measured, not typed (harness.backends): made as a quotient, at
+-ln(smallest subnormal / 2), or -ln(smallest normal) where `quotient_flushes`; made by the exp, once
+its argument passes the measured `exp_underflow` (`max_target_gap` for a shifting path,
+`max_neg_target_logit` for an unshifted one, `max_class_gap` for other classes). Tables from before
+those columns take thresholds in `exp_dtype` with `flushes_subnormals` (`legacy_threshold`).
+Accuracy mechanisms that never make a path fail are named here too, without a threshold.
+The reasoning, mechanism by mechanism: docs/pages/explanation/theory.md.
 """
 
 from __future__ import annotations
