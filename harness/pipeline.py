@@ -137,17 +137,19 @@ def write_tables(run_dir: Path, **frames: pd.DataFrame | None) -> None:
 
 
 def write_summary(run_dir: Path, summary: str) -> None:
-    """The one writer of summary.md (printed too)."""
+    """The one writer of summary.md (printed too; by a multirun's job, one line naming it)."""
     tables.write_text(summary, run_dir / "summary.md")
-    print(summary)
+    print(tables.printed_summary(run_dir, summary))
 
 
 def write_summary_and_report(sweep: SweepConfig, run_dir: Path, errors: pd.DataFrame) -> pd.DataFrame:
     """Summary, the study's summary and the report, once every table, the plots
     (harness.outputs.figures) and the heatmaps are in run_dir."""
-    write_summary(run_dir, tables.summary_markdown(errors, sweep))
+    breaks = run_dir / "breaks.parquet"  # the bisected breaks, where the run has them
+    breaks = pd.read_parquet(breaks) if breaks.is_file() else None
+    write_summary(run_dir, tables.summary_markdown(errors, sweep, breaks))
     study = study_summary(sweep, run_dir)
-    if study:
+    if study and not tables.in_multirun(run_dir):  # a multirun's job: its merge prints the summaries once
         print(study)
     _, html = report.build_report(run_dir, sweep.bits_lost_limit, draw_heatmaps=False)
     log.info("results in %s (report: %s)", run_dir, html.name)

@@ -75,8 +75,9 @@ def _fmt(value: float) -> str:
     return "-" if value is None or not np.isfinite(value) else f"{value:.3g}"
 
 
-def path_outcome(cells: pd.DataFrame, axis: str = "scale") -> str:
-    """One framework/path/dtype along `axis`: worst ulp error while ok, then the first failure."""
+def path_outcome(cells: pd.DataFrame, axis: str = "scale", finder=None) -> str:
+    """One framework/path/dtype along `axis`: worst ulp error while ok, then the first failure, stated
+    as the largest logit and exact loss there (bisected where `finder` has the break) beside the axis."""
     if cells.empty:
         return ""
     statuses = set(cells["status"])
@@ -88,14 +89,19 @@ def path_outcome(cells: pd.DataFrame, axis: str = "scale") -> str:
     if failed.empty:
         return f"{worst}; never fails"
     first = failed.iloc[0]
-    return f"{worst}; {first['status']} from {_fmt(first[axis])}"
+    found = finder.earliest(cells) if finder is not None and axis == "scale" else None
+    if found is not None:
+        return f"{worst}; {found.status} from {found.words()}"
+    where = f"scale {_fmt(first['scale'])}" if axis == "scale" else f"{_fmt(first[axis])} {axis.removeprefix('n_')}"
+    logit, loss = _fmt(first["max_logit"]), _fmt(first["max_exact_loss"])
+    return f"{worst}; {first['status']} from largest logit {logit} (loss {loss}), {where}"
 
 
-def outcome_table(cells: pd.DataFrame, axis: str) -> str:
+def outcome_table(cells: pd.DataFrame, axis: str, finder=None) -> str:
     """framework/path x dtype table of path_outcome, in the order the cells came."""
     dtypes = list(dict.fromkeys(cells["dtype"]))
     grouped = cells.groupby(["framework", "path", "dtype"], sort=False)  # one pass, not a filter per dtype
-    outcomes = {key: path_outcome(of_cell, axis) for key, of_cell in grouped}
+    outcomes = {key: path_outcome(of_cell, axis, finder) for key, of_cell in grouped}
     paths = dict.fromkeys(zip(cells["framework"], cells["path"], strict=True))
     rows = [[f"{f}/{p}"] + [outcomes.get((f, p, d), "") for d in dtypes] for f, p in paths]
     return markdown_table(["framework/path", *dtypes], rows)
@@ -109,28 +115,75 @@ def _input_inf_note(cells: pd.DataFrame, axis: str) -> list[str]:
     return ["", f"Inputs not finite (status input_inf) {where}."]
 
 
-def summary_markdown(errors: pd.DataFrame, sweep) -> str:
-    """Per family (and scale, when class counts vary): worst ulp error over ok cells, first failure."""
-    sizes = ", ".join(str(n) for n in sorted(errors["n_classes"].unique()))
+def _grid_words(errors: pd.DataFrame, sweep) -> str:
+    """What each cell holds: the generated families' shape, label and seed; the given families' own data."""
+    from harness.sweep.families import GIVEN_FAMILIES
+
+    given = [f for f in dict.fromkeys(errors["family"]) if f in GIVEN_FAMILIES]
+    made = errors[~errors["family"].isin(GIVEN_FAMILIES)]
+    parts = []
+    if not made.empty:
+        rows = ", ".join(str(n) for n in sorted(made["n_rows"].unique()))
+        classes = ", ".join(str(n) for n in sorted(made["n_classes"].unique()))
+        parts.append(f"{rows} rows x {classes} classes per cell, label={sweep.label}, seed={sweep.seed}")
+    for family in given:
+        of_family = errors[errors["family"] == family].iloc[0]
+        parts.append(
+            f"family {family}: its {of_family['n_rows']} x {of_family['n_classes']} logits and labels as given"
+        )
+    scales = sorted(errors["scale"].unique())
+    span = (
+        f"scale {_fmt(scales[0])}"
+        if len(scales) == 1
+        else f"{len(scales)} scales from {_fmt(scales[0])} to {_fmt(scales[-1])}"
+    )
+    return "; ".join(parts) + f"; {span}."
+
+
+def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = None) -> str:
+    """Per family (and scale, when class counts vary): worst ulp error over ok cells, the first failure
+    as the largest logit and loss there (bisected where `breaks` has it), and which path to use."""
+    from harness.outputs.headlines import path_stats, recommendation
+    from harness.outputs.theory import default_bits_lost_limit
+    from harness.outputs.verdict import BreakFinder
+
+    finder = BreakFinder(errors, breaks, None)
     lines = [
         f"# {sweep.experiment}: cross-entropy error against the exact reference",
         "",
-        f"{', '.join(str(n) for n in sweep.n_rows)} rows x {sizes} classes per cell (given data keep their own shape), "
-        f"label={sweep.label}, seed={sweep.seed}, {len(sweep.scales)} scales from {_fmt(min(sweep.scales))} "
-        f"to {_fmt(max(sweep.scales))}.",
-        "Each entry: worst max_ulp_err over the cells with status ok; then the first scale (or class count)",
-        "whose status is inf, nan or error, or 'never fails'.",
+        _grid_words(errors, sweep),
+        "Each entry: worst max_ulp_err over the cells with status ok; then the first failure (status inf, nan or",
+        "error): the largest logit and exact loss there, at the bisected break where located, and its scale (or",
+        "class count); or 'never fails'.",
     ]
     for family, cells in errors.groupby("family", sort=False):
         if cells["n_classes"].nunique() == 1:
             shape = f"{cells['n_rows'].iloc[0]} x {cells['n_classes'].iloc[0]}"
-            lines += ["", f"## family {family} ({shape}), along scale", "", outcome_table(cells, "scale")]
+            lines += ["", f"## family {family} ({shape}), along scale", "", outcome_table(cells, "scale", finder)]
             lines += _input_inf_note(cells, "scale")
             continue
         for scale, at_scale in cells.groupby("scale"):
             lines += ["", f"## family {family}, scale {_fmt(scale)}, along n_classes", ""]
             lines += [outcome_table(at_scale, "n_classes"), *_input_inf_note(at_scale, "n_classes")]
+    limit = getattr(sweep, "bits_lost_limit", None)
+    limits = {d: default_bits_lost_limit(d) if limit is None else limit for d in errors["dtype"].unique()}
+    stats = path_stats(errors[errors["status"] != metrics.UNSUPPORTED], finder, limits) if len(errors) else []
+    if stats:
+        lines += ["", recommendation(stats)]
     return "\n".join(lines) + "\n"
+
+
+def in_multirun(run_dir) -> bool:
+    """A job folder of a multirun: Hydra's multirun.yaml lies beside it (in the sweep folder)."""
+    return (run_dir.parent / "multirun.yaml").is_file()
+
+
+def printed_summary(run_dir, summary: str) -> str:
+    """What a run prints of its summary: all of it, or one line from a job of a multirun, whose
+    shards' summaries are printed once, merged, when it ends."""
+    if in_multirun(run_dir):
+        return f"summary of this job: {run_dir / 'summary.md'} (the merged summary follows when the multirun ends)"
+    return summary
 
 
 def grad_errors_frame(records: list[dict], names: dict | None = None) -> pd.DataFrame:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.outputs import tables
 from harness.outputs.theory import GROUP_COLUMNS
 from harness.sweep import metrics
 
@@ -170,4 +169,6 @@ def verdict_markdown(errors: pd.DataFrame, finder: BreakFinder, limits: dict[str
         'first failing grid scale ("by"), with the mechanism theory names there; or never; then the worst error '
         "while the loss is finite."
     )
-    return [VERDICT_MARK, tables.markdown_table(["framework/path", *dtypes], body), "", "<!-- legend -->", legend, ""]
+    header = ["framework/path", *dtypes]
+    table = ["| " + " | ".join(row) + " |" for row in [header, ["---"] * len(header), *body]]
+    return [VERDICT_MARK, *table, "", "<!-- legend -->", legend, ""]
