@@ -1,45 +1,14 @@
 """The exact language-model head: logits h @ W.T + b, their loss and gradients, in double-double.
 
 Like the other references it is given dtype-rounded inputs held exactly in float64 and knows
-nothing of frameworks. The logits are computed once (`exact_logits`) and may be handed to both
-the loss and the gradients (`logits=`).
-
-**Products.** `harness.exact.head_products` (Ozaki slicing into BLAS float64 products) gives
-A @ B.T to 2**-98 S + 2**-floor_bits 2**(a_i + c_j) per entry (S = sum_t |A_it B_jt|,
-2**a_i <= 2 max_t |A_it|), the second term zero when the splitting is error-free, e.g. for logits
-with d = 512 (beta = 21) of float16 or bfloat16 rows (at most two slices a side) or float32 rows
-whose entries span less than 2**38 (the tests check it). Logits take floor_bits = 104, i.e. at
-most 2**-102 max|h_i| max|W_j|.
-
-**Loss.** Rounding the logits to float64 would cost up to 2**-52 max|z| of the loss, far above
-2**-75, so the double-double logits feed the reference's formula directly: every difference
-z_j - s and z_j - m is formed in double-double (error 2**-104 of itself, where the reference's
-float64 logits had exact two_sum differences), then exp, sum, scaled exp and log1p as in
-`harness.exact.reference`; the loss keeps its 2**-75 relative bound. For outputs of at most 24
-bits, rows whose rounding bound allows it take `exact_cross_entropy`'s float64 route on the
-float64-rounded differences x = fl(z - m): its 2**-48 plus the rounding's first-order
-2**-51 mean_j(|x_j|) (weights exp(x_j), argmax left out), kept below 2**-46, so <= 2**-45 in all.
-
-**Gradients.** G = upstream * (softmax - onehot) from the double-double logits; dL/dh = G @ W and
-dL/dW = G.T @ h by the products above, dL/db = G.sum(0) by pairwise double-double sums; all three
-come back as `ExactValue`s, so nothing underflows. Two routes, by the output's precision:
-
-- float64 outputs: G as `harness.exact.gradient` does it (each entry to about 2**-75 of itself),
-  products with floor_bits = 90 (2**-88 max|G_i| max|W_t|).
-- outputs of at most 24 bits: G in float64, p_j = exp(x_j) (1 + x_lo_j) / (1 + T) from the
-  double-double differences x = z - m, T = sum_{j != argmax} exp(x_j) (NumPy's pairwise sum,
-  at most log2(n / 128) + 18 roundings), the label's entry p_y - 1 (p_y <= 1/2) or, at the
-  argmax, -T / (1 + T), times the upstream's mantissa: with exp to 4 ulps, each entry within
-  2**-46 of itself for n <= 2**17 classes. Entries with x below -700 are held with an exponent
-  (`dd.scaled_exp`), so none is subnormal; rows whose T is below 2**-900 take the float64
-  outputs' G. Products with floor_bits = 52 (2**-50 max_j |G_ij| max_j |W_jt|). Error of
-  dL/dh[i, t] below 2**-46 (|G| @ |W|)[i, t] + 2**-50 max_j |G_ij| max_j |W_jt|, and as
-  (|G| @ |W|)[i, t] <= 2 max_j |G_ij| max_j |W_jt| (a row of |G| sums to 2 (1 - p_y) |u_i|),
-  below 2**-44 of that scale: 2**-20 of a float32 ulp at the scale. dL/dW[j, t] below
-  2**-46 (|G|.T @ |h|)[j, t] + 2**-50 max_i |G_ij| max_i |h_it|; dL/db[j] (float64 pairwise
-  sums) below 2**-45 sum_i |G_ij|. At 256 x 32000 x 512 this takes 5 (float16, bfloat16) or 6
-  (float32) BLAS products for dL/dh and 3 for dL/dW, where the float64 outputs' route takes
-  about 14 and 7; the logits take 4 or 6 either way.
+nothing of frameworks. The logits are computed once (`exact_logits`, by the Ozaki products of
+`harness.exact.head_products`, 2**-102 max|h_i| max|W_j| at most) and may be handed to both the
+loss and the gradients (`logits=`). The loss feeds the double-double logits to the reference's
+formula (2**-75 relative; outputs of at most 24 bits may take its float64 route, 2**-45). The
+gradients G = upstream * (softmax - onehot), dL/dh = G @ W, dL/dW = G.T @ h and dL/db = G.sum(0)
+come back as `ExactValue`s; float64 outputs get G to 2**-75 per entry, outputs of at most 24 bits
+G in float64 (2**-46 per entry) and cheaper products. The proofs of these bounds:
+docs/pages/explanation/exact-reference.md, "Bounds, module by module".
 """
 
 from __future__ import annotations

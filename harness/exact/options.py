@@ -1,40 +1,15 @@
 """Exact references for the loss as trained: label smoothing, z-loss, soft-cap, dense targets,
 masked logits, class weights, ignored rows, the mean or sum over the kept rows, and gradients.
 
-Like the other references it is given dtype-rounded logits held in float64 and knows nothing of
-frameworks. Per row, with x' the logits (or c tanh(x / c) with a soft-cap) and t the target,
-
-    loss = sum_j t_j (lse(x') - x'_j) + z lse(x')^2,
-    t = (1 - e) onehot(y) + e / C  (target=index, or dense built from the labels),
-
-which for the index target is (1 - e)(lse - x'[y]) + e (lse - mean(x')) + z lse^2; a dense target
-is given as an array (rows, classes) of non-negative float64s. Class weights scale the whole row
-by w[y] (`row_weights`); sum = sum_i w[y_i] loss_i over the kept rows, mean = that sum /
-sum_i w[y_i] (F.cross_entropy(weight=, ignore_index=) without smoothing: with smoothing torch weights
-the smoothing term by every class's weight, a different loss); an ignored row is 0.
-
-**Routes.** Outputs of more than 24 significand bits take the double-double route
-(`harness.exact.options_dd`: soft-cap in dd, the exact head's route from dd logits, no
-cancellation); outputs of at most 24 bits the float64 route (`harness.exact.options_float64`,
-2**-44, 15 to 20 times faster), which leaves rows that may underflow to the double-double one.
-Reductions: `harness.exact.reduction`.
-
-**Masked logits** (-inf, no soft-cap) add exp(-inf) = 0 and 0 (-inf) = 0: a masked class with
-t_j = 0 changes nothing, one with t_j > 0 gives +inf, the exact value of the formula. So a -inf at
-the label gives +inf, and so does any -inf with e > 0 (mean(x') = -inf); torch's label_smoothing
-then returns inf or NaN. With a soft-cap a -inf logit is c tanh(-inf) = -c, finite. Undefined, NaN:
-a row of all -inf, a row with a NaN (or, without soft-cap, a +inf) logit, and the gradient of an
-infinite loss.
-
-**Bounds** (double-double route). Loss: 2**-75 relative (at most 2**-89.7 measured against mpmath
-on the tests' rows), except that z lse^2 has an absolute error of about 2**-100 z |lse| max|x'|
-(lse = m + L may cancel) and the soft-cap an absolute error of about 2**-93 c in x' (c up to 2**15
-keeps 2**-75). A loss below 2**-960 keeps its relative accuracy for e = z = 0 (the label's term
-keeps T's exponent); otherwise it is held to 2**-1074 absolute. Reductions: 2**-100 relative.
-Gradient: p_j (A + 2 z lse) - t_j per entry (A = sum_j t_j), the argmax entry as
-(A - t_k) - A T p_k + 2 z lse p_k; each entry to about 2**-90 of max(p_j, t_j) (2**-85.4 measured
-at e = 0.999), hence 2**-75 of the row's largest entry unless p matches t to 15 bits, and to
-2**-75 of itself for e = 0 index targets (1 - p_k = T p_k, exponent and all).
+Per row, with x' the logits (or c tanh(x / c) with a soft-cap) and t the target,
+loss = sum_j t_j (lse(x') - x'_j) + z lse(x')^2, t = (1 - e) onehot(y) + e / C (or a given dense
+target); class weights scale the row by w[y]; sum and mean run over the kept rows (mean divides by
+sum_i w[y_i]); an ignored row is 0. Outputs of more than 24 significand bits take the double-double
+route (`harness.exact.options_dd`, 2**-75 relative), the others the float64 route
+(`harness.exact.options_float64`, 2**-44), which leaves rows that may underflow to the
+double-double one; reductions are `harness.exact.reduction`. Masked (-inf) logits give the
+formula's exact value (+inf where a -inf class has t_j > 0). The bounds and the undefined cases:
+docs/pages/explanation/exact-reference.md, "Bounds, module by module".
 """
 
 from __future__ import annotations
