@@ -2,24 +2,16 @@
 
 ``PATHS[name](x, y) -> loss``: per-row loss of logits x (N, C) and labels y (N,), in x's dtype;
 ``GRADIENTS[name](x, y) -> g``: d(sum of the per-row losses)/dx by tf.GradientTape of the same path.
-Everything a backend needs is here too (`to_native`, `to_numpy`, `sync`, `compile`,
-`compile_gradient`, `autodiff_gradient`, `flushes_subnormals`, `version`).
+Compiled with tf.function (as Keras's fit and custom training loops run), without XLA: every path
+gave the same bits as eager. Inside tf.function Keras recognises a Softmax op that feeds its loss
+and quietly uses its logits, so `keras_probs` passes its probabilities through tf.identity to keep
+the probability route it exists to measure.
 
-Compiled with tf.function (as Keras's fit and custom training loops run), without XLA: every
-path gave the same bits as eager, op by op, and a (256, 1000) float32 loss ran 2-5x faster on
-`log1p_lse`, `online` and `chunked` (many small ops) and up to 1 ms slower on single-kernel
-paths. One path depends on the mode: inside tf.function Keras recognises a Softmax op that feeds
-its loss directly and quietly uses its logits, so `keras_probs` passes its probabilities through
-tf.identity to keep the probability route it exists to measure, in both modes.
-
-Where TF's CPU kernels round (TF 2.21, measured; see `ACCUMULATION`): float16 and bfloat16 ops
-compute in float32 and round once; reductions (tf.reduce_sum) and the softmax, log-softmax and
-sparse cross-entropy kernels accumulate float16/bfloat16 in float32. The CPU flushes subnormal
-float32, float64 and bfloat16 results and inputs to zero (flush-to-zero and denormals-are-zero in
-its kernels); float16's subnormals survive, being float32 normals while computed.
-
-A shift by a running or per-chunk maximum that cancels in exact arithmetic has its gradient
-stopped, as tf.reduce_logsumexp does; in `log1p_lse` the maximum is a term and keeps it.
+Where TF's CPU kernels round (TF 2.21, measured): float16 and bfloat16 ops compute in float32 and
+round once, reductions and the softmax, log-softmax and sparse cross-entropy kernels accumulate them
+in float32; subnormal float32, float64 and bfloat16 results and inputs are flushed to zero. A shift
+by a running or per-chunk maximum that cancels in exact arithmetic has its gradient stopped, as
+tf.reduce_logsumexp does; in `log1p_lse` the maximum is a term and keeps it.
 """
 
 from __future__ import annotations
