@@ -42,6 +42,14 @@ def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gr
     return len(todo)
 
 
+def record_failed(record, where: dict, by_path, exc: BaseException, gradient: bool, more=lambda path: {}) -> None:
+    """Journal every path of one framework whose inputs could not be handed over (a transfer that
+    raised): a row per path with the failure's status, its gradient too where one is measured."""
+    failed = metrics.failure(exc)
+    for path in by_path:
+        record({"cell": where | named(path) | more(path) | failed} | ({"grad": failed} if gradient else {}))
+
+
 def target_quantities(held: np.ndarray, labels: np.ndarray) -> dict:
     """max_target_gap, the largest max_j x_j - x_y over rows (the argument a shifting path's exp takes,
     negated), and max_neg_target_logit, the largest -x_y (an unshifted exp's): past the exp's measured

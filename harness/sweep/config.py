@@ -385,6 +385,10 @@ def _check_head_families(sweep: SweepConfig) -> None:
             f"the head families take reduction and ignore_fraction of the loss options, not {', '.join(unsupported)}; "
             "leave those at their defaults"
         )
+    if heads and sweep.row_errors:
+        raise ConfigError(
+            "row_errors=true: the head families write no row errors (their losses are reduced); use row_errors=false"
+        )
     if heads and len(sweep.n_rows) > 1:
         raise ConfigError(f"n_rows {list(sweep.n_rows)}: the head families take one n_rows; run one at a time")
     if "head_file" in heads:

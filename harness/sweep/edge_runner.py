@@ -227,6 +227,8 @@ def framework_rows(case, framework, by_path, rounded, labels, exact, sweep, raw_
             else:
                 calls = bare_calls(impl, native, backend, dtype, shape)
             rows.append(where | {"path": path} | edge_row(case, exact, fmt, *calls))
+        del native
+    backend.release_memory()
     return rows
 
 

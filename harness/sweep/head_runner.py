@@ -32,7 +32,7 @@ from harness.exact.dd import ExactValue
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_gradients, head_inputs, journal, metrics
-from harness.sweep.cells import target_quantities
+from harness.sweep.cells import measured_facts, target_quantities
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
 from harness.sweep.option_inputs import ignored_rows
@@ -225,9 +225,11 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     logits_held = held[0] @ held[1].T + (0 if held[2] is None else held[2])
     cell_key = key | {"dtype": dtype, "max_logit": float(logits_held.max())}
     if not all(np.isfinite(a).all() for a in held if a is not None):
+        status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {dtype}"}
         for cell in todo:
-            status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {dtype}"}
-            record({"cell": cell_key | _names(*cell) | {"device": "cpu"} | status})
+            on = backends.row_device(cell[0], sweep.device)
+            where = cell_key | _names(*cell) | measured_facts(cell[0], dtype, on)
+            record({"cell": where | status} | ({"head_grad": _grad_status(status, draw)} if sweep.gradient else {}))
         return
     loss = exact.loss("none").to_float64()
     cell_key["max_exact_loss"] = float(loss.max())
@@ -240,10 +242,19 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
         on = backends.row_device(framework, sweep.device)
         elsewhere = pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
         later = []  # (record, GradientCall, reduction, kept) of the gradient calls left to the pool
+        facts = measured_facts(framework, dtype, on)
         with backend.dtype_scope(dtype):
-            native = head_gradients.native_arrays(backend, rounded, labels, on)
-            labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
-            u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
+            try:
+                native = head_gradients.native_arrays(backend, rounded, labels, on)
+                labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
+                u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
+            except Exception as exc:  # a transfer that fails is a row per cell, as in the logit grid
+                failed = metrics.failure(exc)
+                for cell in (c for c in todo if c[0] == framework):
+                    grad = {"head_grad": _grad_status(failed, draw)} if sweep.gradient else {}
+                    record({"cell": cell_key | _names(*cell) | facts | failed} | grad)
+                backend.release_memory()
+                continue
             for f, path, mode, reduction, i in todo:
                 if f != framework:
                     continue
@@ -262,9 +273,7 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
                     kept[i],
                     elsewhere,
                 )
-                where = cell_key | _names(framework, path, mode, reduction, i)
-                where |= {"device": on, "flushes_subnormals": backend.flushes_subnormals(dtype, on)}
-                measured["cell"] = where | measured["cell"]
+                measured["cell"] = cell_key | _names(framework, path, mode, reduction, i) | facts | measured["cell"]
                 if sweep.gradient and "head_grad" not in measured:
                     inputs = (*rounded, ignore_labels(labels, kept[i]), round_to(u, dtype))
                     call = head_gradients.GradientCall(
@@ -273,8 +282,15 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
                     later.append((measured, call, reduction, kept[i]))
                 else:
                     record(measured)
+            del native, labelled, u_native
         if later:
             _finish_elsewhere(later, pool, exact, record)
+        backend.release_memory()
+
+
+def _grad_status(status: dict, draw) -> dict:
+    """The same status for the gradient with respect to h, W and b (b only with a bias)."""
+    return {w: status for w in WRT if w != "b" or draw.bias is not None}
 
 
 def _finish_elsewhere(later: list, pool, exact: ExactHead, record) -> None:

@@ -32,6 +32,7 @@ from harness.sweep.cells import (
     measured_facts,
     named,
     per_row,
+    record_failed,
     record_input_inf,
     target_quantities,
 )
@@ -301,7 +302,8 @@ def _largest_gap(held: np.ndarray, target: np.ndarray, largest: float) -> float:
     logits about one row in six)."""
     lowest = int(np.argmin(target))
     floor = held[lowest].max() - target[lowest]
-    rows = np.flatnonzero(target <= largest - floor)  # the lowest row among them
+    # the lowest row itself, whatever rounding does to `largest - floor` (0.1 - 0.30000000000000004 < -0.2)
+    rows = np.union1d(np.flatnonzero(target <= largest - floor), [lowest])
     return float((held[rows].max(axis=1) - target[rows]).max())
 
 
@@ -341,8 +343,13 @@ def measure_options(
         on = backends.row_device(framework, device)
         where = cell | measured_facts(framework, dtype, on)
         with backend.dtype_scope(dtype):
-            native = backend.to_native(rounded, labels, on)
-            arrays = native_arrays(backend, inputs, options, dtype, on)
+            try:
+                native = backend.to_native(rounded, labels, on)
+                arrays = native_arrays(backend, inputs, options, dtype, on)
+            except Exception as exc:  # a transfer that fails is a row per path, as in the plain route
+                record_failed(record, where, by_path, exc, gradient, lambda path: _dense_mechanism(path, options))
+                backend.release_memory()
+                continue
             run = Run(framework, backend, native, arrays, inputs, options, fmt, exact, exact_grad)
             for path, impl in by_path.items():
                 measured = measure_path(

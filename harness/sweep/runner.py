@@ -30,6 +30,7 @@ from harness.sweep.cells import (
     measured_facts,
     named,
     per_row,
+    record_failed,
     record_input_inf,
     target_quantities,
 )
@@ -127,14 +128,14 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
             try:
                 native = backend.to_native(rounded, labels, on)
             except Exception as exc:
-                for path in by_path:
-                    failed = where | named(path) | metrics.failure(exc)
-                    record({"cell": failed} | ({"grad": metrics.failure(exc)} if exact.gradient is not None else {}))
-                continue
-            for path, impl in by_path.items():
+                record_failed(record, where, by_path, exc, exact.gradient is not None)
+                native = None
+            for path, impl in by_path.items() if native is not None else ():
                 measured = measure_cell(impl, native, backend, exact, labels, fmt, want.get("rows", False))
                 measured["cell"] = where | named(path) | measured["cell"]
                 record(measured)
+            del native
+        backend.release_memory()
     return len(todo)
 
 
