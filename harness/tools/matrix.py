@@ -153,49 +153,67 @@ def prepare_sets(request: dict, tool: str) -> tuple[list[VersionSet], Sources, o
     return sets, sources, sweep, experiment
 
 
+def run_one(vset: VersionSet, request: dict, pins: list[str], sweep, out: Path, setup) -> tuple[dict, dict]:
+    """One version set: its environment, what imports there, its run. (its row of sets.csv, the frameworks
+    that did not import with why)."""
+    sources, cache, tool = setup
+    env = matrix_envs.build(vset, pins, sources, cache, tool)
+    print(f"{vset.label}: environment {env.path} ({'built' if env.created else 'cached'}, {env.seconds:.1f} s)")
+    start = time.perf_counter()
+    found = matrix_envs.probe(env, vset, sweep.frameworks, Path.cwd())
+    probe_seconds = time.perf_counter() - start
+    failed = {f: why for f, why in found["frameworks"].items() if why}
+    named = " ".join(vset.requirement_lines())
+    runnable = [f for f in sweep.frameworks if f not in failed]
+    outcome, seconds = "not run (no framework imports)", 0.0
+    if runnable:
+        overrides = run_overrides(request["overrides"], runnable, sweep.frameworks)
+        outcome, seconds = run_set(env, overrides, out / vset.label)
+    print(f"{vset.label}: run {outcome} ({seconds:.1f} s)")
+    row = dict(
+        version_set=vset.label,
+        named=named,
+        imports=", ".join(f"{n} {v['version']}" for n, v in found["packages"].items()),
+        env=env.path.name,
+        env_pins=" ".join(env.pins),
+        env_created=env.created,
+        env_seconds=round(env.seconds, 2),
+        installer=tool,
+        probe_seconds=round(probe_seconds, 2),
+        outcome=outcome,
+        run_seconds=round(seconds, 2),
+        unsupported_frameworks=", ".join(failed) or "-",
+    )
+    return row, {f: f"does not import with {named}: {why}" for f, why in failed.items()}
+
+
+def command_line(request: dict) -> str:
+    words = request["overrides"] + ["--versions", *request["versions"]]
+    if request["index_url"]:
+        words += ["--index-url", request["index_url"]]
+    for option, key in (("--extra-index-url", "extra_index_urls"), ("--find-links", "find_links")):
+        for value in request[key]:
+            words += [option, value]
+    return "python -m harness.tools.matrix " + shlex.join(words)
+
+
 def run_matrix(request: dict, out: Path, cache: Path, tool: str) -> int:
-    sets, sources, sweep, experiment = prepare_sets(request, tool)
+    start = time.perf_counter()
+    sets, sources, sweep, _ = prepare_sets(request, tool)
+    checked = time.perf_counter()
     resolved = {vset.label: matrix_envs.resolve(vset, sources, tool, cache) for vset in sets}
     pins = {vset.label: matrix_envs.overlay_pins(resolved[vset.label], vset) for vset in sets}
+    print(f"checks {checked - start:.1f} s, resolution {time.perf_counter() - checked:.1f} s ({tool})")
     out.mkdir(parents=True, exist_ok=True)
     write_text(json.dumps(request, indent=1) + "\n", out / REQUEST)
     rows, reasons = [], {}
     for vset in sets:
-        env = matrix_envs.build(vset, pins[vset.label], sources, cache, tool)
-        print(f"{vset.label}: environment {env.path} ({'built' if env.created else 'cached'}, {env.seconds:.1f} s)")
-        found = matrix_envs.probe(env, vset, sweep.frameworks, Path.cwd())
-        failed = {f: why for f, why in found["frameworks"].items() if why}
-        named = " ".join(vset.requirement_lines())
-        reasons[vset.label] = {f: f"does not import with {named}: {why}" for f, why in failed.items()}
-        runnable = [f for f in sweep.frameworks if f not in failed]
-        outcome, seconds = "not run (no framework imports)", 0.0
-        if runnable:
-            overrides = run_overrides(request["overrides"], runnable, sweep.frameworks)
-            outcome, seconds = run_set(env, overrides, out / vset.label)
-        print(f"{vset.label}: run {outcome} ({seconds:.1f} s)")
-        imports = ", ".join(f"{n} {v['version']}" for n, v in found["packages"].items())
-        rows.append(
-            dict(
-                version_set=vset.label,
-                named=" ".join(vset.requirement_lines()),
-                imports=imports,
-                env=env.path.name,
-                env_pins=" ".join(env.pins),
-                env_created=env.created,
-                env_seconds=round(env.seconds, 2),
-                installer=tool,
-                outcome=outcome,
-                run_seconds=round(seconds, 2),
-                unsupported_frameworks=", ".join(failed) or "-",
-            )
-        )
-    command = "python -m harness.tools.matrix " + shlex.join(
-        request["overrides"] + ["--versions", *request["versions"]]
-    )
+        row, reasons[vset.label] = run_one(vset, request, pins[vset.label], sweep, out, (sources, cache, tool))
+        rows.append(row)
     tolerances = (request["rel_tolerance"], request["ulp_tolerance"])
     labels = [vset.label for vset in sets]
-    regressed = matrix_tables.write_outputs(out, labels, reasons, pd.DataFrame(rows), tolerances, command)
-    print((out / "changes.md").read_text() + f"\nresults in {out}")
+    regressed = matrix_tables.write_outputs(out, labels, reasons, pd.DataFrame(rows), tolerances, command_line(request))
+    print((out / "changes.md").read_text() + f"\nresults in {out} ({time.perf_counter() - start:.0f} s in all)")
     return 1 if regressed else 0
 
 

@@ -182,8 +182,12 @@ class Sources:
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
 
-    def options(self) -> list[str]:
+    def options(self, tool: str = "pip") -> list[str]:
+        """The options; for uv with several indexes also pip's choice of the best version over all of them
+        (uv takes a package from the first index that has it, so PyPI's numpy could hide behind another's)."""
         options = ["--index-url", self.index_url] if self.index_url else []
+        if tool == "uv" and self.extra_index_urls:
+            options += ["--index-strategy", "unsafe-best-match"]
         for url in self.extra_index_urls:
             options += ["--extra-index-url", url]
         for link in self.find_links:
@@ -326,7 +330,7 @@ def resolve(vset: VersionSet, sources: Sources, tool: str, cache: Path | None = 
     cache/resolved/ under a hash of what decides it, so a second matrix over the same sets resolves nothing."""
     base = base_distributions()
     roots, constraints = resolver_inputs(vset, base)
-    record = json.dumps([sys.version, roots, constraints, sources.options()], sort_keys=True).encode()
+    record = json.dumps([sys.version, tool, roots, constraints, sources.options()], sort_keys=True).encode()
     stored = cache / "resolved" / f"{hashlib.sha256(record).hexdigest()[:16]}.json" if cache else None
     if stored is not None and stored.is_file():
         return {k: tuple(v) for k, v in json.loads(stored.read_text()).items()}
@@ -344,7 +348,7 @@ def _resolve(vset: VersionSet, roots: list[str], constraints: list[str], sources
         constraints_file.write_text("\n".join(constraints) + "\n")
         if tool == "uv":
             command = [_uv(), "pip", "compile", str(roots_file), "-c", str(constraints_file), "--python"]
-            command += [sys.executable, "--no-header", "--no-annotate", "--quiet", *sources.options()]
+            command += [sys.executable, "--no-header", "--no-annotate", "--quiet", *sources.options(tool)]
         else:
             command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
             command += ["--report", str(report), "-r", str(roots_file), "-c", str(constraints_file)]
@@ -435,7 +439,7 @@ def build(vset: VersionSet, pins: list[str], sources: Sources, cache: Path, tool
             _run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(tmp)])
             install = [sys.executable, "-m", "pip", "--python", str(tmp / "bin" / "python"), "install", "--quiet"]
         if pins:
-            _run([*install, "--no-deps", *pins, *sources.options()])
+            _run([*install, "--no-deps", *pins, *sources.options(tool)])
         site = _run([str(tmp / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         lines = [f"import site; site.addsitedir({d!r})" for d in base_site_dirs()]
         Path(site.stdout.strip(), OVERLAY_PTH).write_text("\n".join(lines) + "\n")

@@ -185,7 +185,8 @@ def report_markdown(changes_md: str, sets: pd.DataFrame, plots: list[Path], out:
         lines += ["## Error against scale, per changed framework/path/dtype", ""]
         lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
     lines += ["## Version sets", "", f"Command: `{command}`", ""]
-    shown = ["version_set", "imports", "outcome", "env", "env_seconds", "run_seconds", "unsupported_frameworks"]
+    shown = ["version_set", "imports", "outcome", "env_created", "env_seconds", "probe_seconds", "run_seconds"]
+    shown.append("unsupported_frameworks")
     shown = [c for c in shown if c in sets.columns]
     rows = [[_fmt(row[c]) if c.endswith("seconds") else str(row[c]) for c in shown] for _, row in sets.iterrows()]
     lines += [tables.markdown_table(shown, rows), ""]
