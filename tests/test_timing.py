@@ -1,7 +1,8 @@
-"""The timing method, not absolute speed: no test asserts a speed figure.
+"""The timing method, not absolute speed: no test asserts on a wall-clock time.
 
-Known costs are measured within sane bounds, JIT compilation lands in compile_s and not in the
-median, a tiny sweep has the documented columns and positive finite numbers, and failures are rows.
+The timer's arithmetic runs on a clock that moves only by what each call declares it costs (FakeClock),
+so batching, samples, budgets and warm-ups are checked exactly; JIT compilation lands in compile_s; a
+tiny real sweep has the documented columns and positive finite numbers; failures are rows.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import statistics
 import time
 from types import SimpleNamespace
 
@@ -66,6 +66,27 @@ def sweep() -> pd.DataFrame:
             torch.set_num_threads(torch_threads)
 
 
+class FakeClock:
+    """The timer's clock, moved only by `spend`: a call that spends s seconds is measured as exactly s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "time", fake)  # the timer's and the head timing's clock reads
+    monkeypatch.setattr(head, "time", fake)
+    return fake
+
+
 # --- correct bits ----------------------------------------------------------------------------------
 
 
@@ -92,52 +113,55 @@ def test_correct_bits_of_an_array_keeps_nan():
 # --- the timer on functions of known cost ----------------------------------------------------------
 
 
-def test_sleep_of_2_ms_is_measured_as_2_ms_plus_wakeup_latency():
-    t = timing.blocked_autorange(time.sleep, (0.002,), budget_s=0.05, rel_iqr_target=0.05, min_blocks=MIN_BLOCKS)
-    assert 0.002 <= t.min_s <= t.median_s < 0.007
-    assert t.n_samples >= MIN_BLOCKS and t.compile_s == 0.0
-    assert t.calls_per_block >= 2  # 2 ms calls are batched into blocks of >= 10 ms
+def test_a_real_sleep_is_measured_as_at_least_its_length():
+    t = timing.blocked_autorange(time.sleep, (0.002,), budget_s=0.03, rel_iqr_target=0.05, min_blocks=MIN_BLOCKS)
+    assert 0.002 <= t.min_s <= t.median_s  # a sleep never returns early; how late it wakes is the machine's
+    assert t.n_samples >= MIN_BLOCKS and t.compile_s == 0.0 and t.calls_per_block >= 1
 
 
-def _busy_loop(n: int) -> None:
-    for _ in range(n):
-        pass
+def test_a_2_ms_call_is_measured_as_2_ms_in_blocks_of_at_least_10_ms(clock):
+    t = timing.blocked_autorange(clock.spend, (0.002,), budget_s=0.05, rel_iqr_target=0.05, min_blocks=MIN_BLOCKS)
+    # calibration: 1 call is 2 ms, 1.2 x 10 ms / 2 ms = 6 calls make 12 ms >= MIN_BLOCK_S
+    assert t.calls_per_block == 6 and t.n_samples == MIN_BLOCKS and t.compile_s == 0.0
+    assert (t.median_s, t.min_s, t.iqr_s) == pytest.approx((0.002, 0.002, 0.0), rel=1e-9, abs=1e-15)
 
 
-def test_busy_loop_four_times_longer_takes_about_four_times_longer():
-    short = timing.blocked_autorange(_busy_loop, (20_000,), budget_s=0.1, rel_iqr_target=0.05)
-    long = timing.blocked_autorange(_busy_loop, (80_000,), budget_s=0.1, rel_iqr_target=0.05)
-    assert 2.0 < long.median_s / short.median_s < 8.0
+def test_a_call_four_times_longer_is_measured_four_times_longer(clock):
+    short = timing.blocked_autorange(clock.spend, (0.0005,), budget_s=0.1, rel_iqr_target=0.05)
+    long = timing.blocked_autorange(clock.spend, (0.002,), budget_s=0.1, rel_iqr_target=0.05)
+    assert long.median_s / short.median_s == pytest.approx(4.0, rel=1e-9)
+    assert (short.calls_per_block, long.calls_per_block) == (30, 6)  # 0.5 ms: 1, 10 (x10 at most), 30 calls (x3)
 
 
-def test_short_calls_are_batched_so_each_block_outlasts_the_clock():
-    t = timing.blocked_autorange(lambda: None, budget_s=0.05, min_blocks=MIN_BLOCKS)
-    assert t.calls_per_block >= 1000
-    assert t.calls_per_block * t.median_s >= timing.MIN_BLOCK_S / 2
+def test_short_calls_are_batched_so_each_block_outlasts_the_clock(clock):
+    t = timing.blocked_autorange(clock.spend, (2.5e-6,), budget_s=0.05, min_blocks=MIN_BLOCKS)
+    # 1, 10, 100, 1000 calls (x10 at most a step), then x5 (1.2 x 10 ms / 2.5 ms = 4.8): 5000 calls, 12.5 ms
+    assert t.calls_per_block == 5000 and t.median_s == pytest.approx(2.5e-6, rel=1e-9)
+    assert t.calls_per_block * t.median_s >= timing.MIN_BLOCK_S
 
 
-def test_min_blocks_wins_over_an_exhausted_budget():
-    t = timing.blocked_autorange(time.sleep, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=MIN_BLOCKS)
+def test_min_blocks_wins_over_an_exhausted_budget(clock):
+    t = timing.blocked_autorange(clock.spend, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=MIN_BLOCKS)
     assert (t.n_samples, t.calls_per_block) == (MIN_BLOCKS, 1)
 
 
-def test_after_a_long_warm_up_only_the_samples_run():
+def test_after_a_long_warm_up_only_the_samples_run(clock):
     # the language-model head: its accuracy call compiled, its memory call was the warm-up
     calls = []
 
     def call(seconds):
         calls.append(seconds)
-        time.sleep(seconds)
+        clock.spend(seconds)
 
     t = timing.blocked_autorange(call, (0.012,), budget_s=0.0, rel_iqr_target=0.0, min_blocks=2, warm_call_s=1.0)
     assert (len(calls), t.n_samples, t.calls_per_block, t.compile_s) == (2, 2, 1, 0.0)  # a warm-up only
-    assert t.median_s < 0.5
+    assert t.median_s == pytest.approx(0.012, rel=1e-9)  # the 1 s warm-up is no sample
     calls.clear()
     # the caller's warm-up ran what the samples run (nothing compiled): it is the first sample
     sample = {"budget_s": 0.0, "rel_iqr_target": 0.0, "warm_call_is_sample": True}
     t = timing.blocked_autorange(call, (0.012,), min_blocks=2, warm_call_s=1.0, **sample)
     assert (len(calls), t.n_samples, t.calls_per_block) == (1, 2, 1)
-    assert t.min_s == pytest.approx(0.012, abs=0.01) and t.median_s == pytest.approx((1.0 + t.min_s) / 2)
+    assert t.min_s == pytest.approx(0.012, rel=1e-9) and t.median_s == pytest.approx((1.0 + 0.012) / 2)
     calls.clear()
     t = timing.blocked_autorange(call, (0.012,), min_blocks=1, warm_call_s=2.5, **sample)
     assert (len(calls), t.n_samples, t.median_s) == (0, 1, 2.5)  # one sample, the warm-up: no call here
@@ -154,12 +178,13 @@ def test_min_blocks_must_be_positive():
         timing.blocked_autorange(lambda: None, min_blocks=0)
 
 
-def test_an_unmet_iqr_target_stops_at_the_budget():
-    budget_s = 0.08
-    start = time.perf_counter()
-    t = timing.blocked_autorange(time.sleep, (0.001,), budget_s=budget_s, rel_iqr_target=0.0, min_blocks=1)
-    assert t.n_samples >= 2
-    assert time.perf_counter() - start < budget_s + 0.1  # plus the first call, calibration and one last block
+def test_an_unmet_iqr_target_stops_at_the_budget(clock):
+    costs = iter([0.001, 0.002, 0.003] * 100)  # the samples never agree: only the budget stops them
+    t = timing.blocked_autorange(lambda: clock.spend(next(costs)), budget_s=0.08, rel_iqr_target=0.0, min_blocks=1)
+    # first call 1 ms, calibration 1 call (2 ms) then 6 calls (12 ms); then blocks of 6 calls, 12 ms each,
+    # until 0.08 s of samples are spent: 7 blocks (84 ms), the last one crossing the budget
+    assert (t.calls_per_block, t.n_samples) == (6, 7)
+    assert clock.now == pytest.approx(0.001 + 0.002 + 0.012 + 7 * 0.012, rel=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -179,20 +204,27 @@ def test_one_sample_never_meets_the_iqr_target():
     assert not timing.enough_samples([1.0], 0.0, budget_s=1.0, rel_iqr_target=0.05, min_blocks=1)
 
 
-def test_jax_compile_time_lands_in_compile_s_not_in_the_median():
+def test_the_first_call_is_compile_s_and_never_a_sample(clock):
+    costs = iter([2.0] + [0.02] * 100)  # a compiling first call, then every call alike
+    t = timing.blocked_autorange(lambda: clock.spend(next(costs)), compiles=True, budget_s=0.1, min_blocks=5)
+    assert (t.compile_s, t.median_s, t.min_s, t.calls_per_block) == pytest.approx((2.0, 0.02, 0.02, 1), rel=1e-9)
+    costs = iter([2.0] + [0.02] * 100)
+    assert timing.blocked_autorange(lambda: clock.spend(next(costs)), compiles=False).compile_s == 0.0
+
+
+def test_jax_compiles_in_the_first_call_only():
     jax = pytest.importorskip("jax")
     import jax.numpy as jnp
 
+    traces = []
+
+    def loss(v):
+        traces.append(None)  # runs when JAX traces the function, i.e. compiles it
+        return jax.nn.logsumexp(jnp.tanh(v) * 3.0, axis=1)
+
     x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 1000)), dtype=jnp.float32)
-    fn = jax.jit(lambda v: jax.nn.logsumexp(jnp.tanh(v) * 3.0, axis=1))  # a new function: never compiled
-    t = timing.blocked_autorange(fn, (x,), sync=jax.block_until_ready, compiles=True, budget_s=0.1, min_blocks=5)
-    plain = []
-    for _ in range(50):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        plain.append(time.perf_counter() - start)
-    assert t.compile_s > 5 * t.median_s
-    assert 1 / 3 < t.median_s / statistics.median(plain) < 3
+    t = timing.blocked_autorange(jax.jit(loss), (x,), sync=jax.block_until_ready, compiles=True, budget_s=0.05)
+    assert len(traces) == 1 and t.compile_s > 0 and t.median_s > 0 and t.n_samples >= timing.MIN_BLOCKS
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -275,7 +307,7 @@ def test_sweep_rows_have_positive_finite_times(sweep):
 
 def test_sweep_compile_time_is_recorded_for_jax_only(sweep):
     jitted = sweep["framework"] == "jax"
-    assert (sweep.loc[jitted, "compile_s"] > sweep.loc[jitted, "median_s"]).all()
+    assert (sweep.loc[jitted, "compile_s"] > 0).all()
     assert (sweep.loc[~jitted, "compile_s"] == 0).all()
 
 
@@ -290,8 +322,9 @@ def test_sweep_throughput_columns_follow_from_the_median(sweep):
 
 def test_bandwidth_is_measured_once_and_plausible(sweep):
     assert sweep["bandwidth_gb_per_s"].nunique() == 1
-    assert 0.1 < sweep["bandwidth_gb_per_s"].iloc[0] < 1000
-    assert 0.1 < memory.measure_bandwidth(threads=2, n_bytes=32 * 2**20, repeats=2) < 1000
+    assert np.isfinite(sweep["bandwidth_gb_per_s"].iloc[0]) and sweep["bandwidth_gb_per_s"].iloc[0] > 0
+    measured = memory.measure_bandwidth(threads=2, n_bytes=32 * 2**20, repeats=2)
+    assert math.isfinite(measured) and measured > 0
 
 
 def test_a_path_that_cannot_run_is_a_row_not_a_crash(monkeypatch):
@@ -385,34 +418,39 @@ def test_the_memory_of_an_mlx_call_is_measured_past_its_buffer_cache():
     assert memory.peak_bytes(call) < 4_000_000  # what the cache hid
 
 
-def test_head_timing_counts_the_memory_call_unless_the_loss_compiles_again_for_the_thread_count():
+def test_head_timing_counts_the_memory_call_unless_the_loss_compiles_again_for_the_thread_count(clock):
     settings = SimpleNamespace(threads=1, budget_s=0.0, rel_iqr_target=0.0, min_blocks=1)
     calls = []
 
     def recompiles_first(*_):  # a compiled loss meeting the timing's thread count: compiles again once
         calls.append(None)
-        time.sleep(1.1 if len(calls) == 1 else 0.01)
+        clock.spend(1.1 if len(calls) == 1 else 0.01)
 
     row = head.time_loss(recompiles_first, (), _Backend, settings, first_call_s=5.0, compiles=True, recompiles=True)
-    assert len(calls) == 2 and row["n_samples"] == 1 and row["median_s"] < 0.5 and row["compile_s"] == 5.0
+    assert len(calls) == 2 and row["n_samples"] == 1 and row["compile_s"] == 5.0
+    assert row["median_s"] == pytest.approx(0.01, rel=1e-9)  # the recompiling memory call is no sample
 
     calls.clear()
 
     def compiled_long_call(*_):  # compiled by the accuracy call (mx.compile, jax.jit): every later call alike
         calls.append(None)
-        time.sleep(1.05)
+        clock.spend(1.05)
 
     row = head.time_loss(compiled_long_call, (), _Backend, settings, first_call_s=5.0, compiles=True)
-    assert len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] >= 1.05 and row["compile_s"] == 5.0
+    assert (
+        len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] == pytest.approx(1.05) and row["compile_s"] == 5.0
+    )
 
     calls.clear()
 
     def long_call(*_):  # eager: every call alike
         calls.append(None)
-        time.sleep(1.05)
+        clock.spend(1.05)
 
     row = head.time_loss(long_call, (), _Backend, settings, first_call_s=1.05, compiles=False)
-    assert len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] >= 1.05 and row["compile_s"] == 0.0
+    assert (
+        len(calls) == 1 and row["n_samples"] == 1 and row["median_s"] == pytest.approx(1.05) and row["compile_s"] == 0.0
+    )
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
