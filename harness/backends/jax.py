@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import re
@@ -106,8 +107,14 @@ def autodiff_gradient(path):
 
 
 def dtype_scope(dtype: str):
-    """x64 on inside float64 cells only; the default mode elsewhere."""
-    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    """x64 on inside float64 cells only; the default mode elsewhere. (JAX before 0.7 has the context
+    manager as jax.experimental.enable_x64 only: a version matrix runs those releases too.)"""
+    if dtype != "float64":
+        return contextlib.nullcontext()
+    enable_x64 = getattr(jax, "enable_x64", None)  # a config State: no truth value
+    if enable_x64 is None:
+        enable_x64 = importlib.import_module("jax.experimental").enable_x64
+    return enable_x64(True)
 
 
 def xla_flags(threads: int, existing: str = "") -> str:
