@@ -244,3 +244,155 @@ def test_cli_refuses_a_negative_bits_lost_limit(run_dir):
     assert done.stderr.strip().splitlines() == [
         "error: argument --bits-lost-limit: must be a finite number >= 0, got '-3' (see --help)"
     ]
+
+
+# --- the answer first: verdict table, headline findings, printed summary ----------------------
+
+
+def _cells(path, statuses, framework="numpy", dtype="float32", family="spread"):
+    """One framework/path/dtype over scales 1, 10, 100 with hand-set statuses and quantities."""
+    return pd.DataFrame(
+        {
+            "framework": framework,
+            "path": path,
+            "dtype": dtype,
+            "family": family,
+            "scale": [1.0, 10.0, 100.0],
+            "n_rows": 4,
+            "n_classes": 10,
+            "device": "cpu",
+            "max_logit": [3.0, 30.0, 300.0],
+            "max_exact_loss": [6.0, 60.0, 600.0],
+            "status": statuses,
+            "max_ulp_err": [0.5 if s == "ok" else np.nan for s in statuses],
+        }
+    )
+
+
+@pytest.fixture
+def two_paths():
+    """naive fails (inf) from scale 10; fused never fails. The bisection put naive's break at scale 2.96,
+    largest logit 88.72 and exact loss 90.1: float32's exp overflow."""
+    errors = pd.concat([_cells("naive", ["ok", "inf", "inf"]), _cells("fused", ["ok", "ok", "ok"])], ignore_index=True)
+    breaks = pd.DataFrame(
+        {
+            "framework": ["numpy"],
+            "path": ["naive"],
+            "dtype": ["float32"],
+            "family": ["spread"],
+            "device": ["cpu"],
+            "n_rows": [4],
+            "n_classes": [10],
+            "break_scale_hi": [2.957],
+            "break_status": ["inf"],
+            "max_logit_hi": [88.72],
+            "max_exact_loss_hi": [90.1],
+        }
+    )
+    return errors, breaks
+
+
+def test_verdict_states_a_break_as_largest_logit_and_loss_or_never(two_paths):
+    from harness.outputs.verdict import BreakFinder, entry_class, verdict_markdown
+
+    errors, breaks = two_paths
+    lines = verdict_markdown(errors, BreakFinder(errors, breaks, None), {"float32": 12.0})
+    assert lines[0] == "<!-- verdict -->" and lines[1] == "| framework/path | float32 |"
+    assert lines[3] == "| numpy/naive | inf at logit 88.7 (loss 90.1); 0.5 ulp |"  # bisected: "at"
+    assert lines[4] == "| numpy/fused | never; 0.5 ulp |"
+    grid_only = verdict_markdown(errors, BreakFinder(errors, None, None), {"float32": 12.0})
+    assert grid_only[3] == "| numpy/naive | inf by logit 30 (loss 60); 0.5 ulp |"  # the first failing grid cell
+    assert [
+        entry_class(t) for t in ("never; 0.5 ulp", "never; 2e+03 ulp (12 bits lost)", "inf at logit 1 (loss 2)")
+    ] == [
+        "ok",
+        "warn",
+        "bad",
+    ]
+
+
+def test_headlines_say_which_path_to_use_and_where_the_others_break(two_paths):
+    from harness.outputs.headlines import headline_findings
+    from harness.outputs.verdict import BreakFinder
+
+    errors, breaks = two_paths
+    headlines = headline_findings(errors, BreakFinder(errors, breaks, None), {"float32": 12.0})
+    assert headlines[0] == (
+        "Use fused: it never fails in any framework or dtype measured, up to largest logit 300, and its worst error "
+        "while finite is 0.5 ulp, in numpy/fused float32, while naive fails from largest logit 88.7 "
+        "(float32, numpy/naive)."
+    )
+    assert headlines[1] == "naive fails: inf at largest logit 88.7 (loss 90.1) in float32."
+    assert len(headlines) <= 8
+
+
+def test_printed_summary_states_the_break_beside_the_scale(two_paths):
+    from types import SimpleNamespace
+
+    from harness.outputs import tables
+
+    errors, breaks = two_paths
+    sweep = SimpleNamespace(experiment="x", label="random", seed=0, bits_lost_limit=None)
+    summary = tables.summary_markdown(errors, sweep, breaks)
+    assert "4 rows x 10 classes per cell, label=random, seed=0; 3 scales from 1 to 100." in summary
+    assert "| numpy/naive | 0.5 ulp; inf from largest logit 88.72 (loss 90.1), scale 2.957 |" in summary
+    assert summary.rstrip().splitlines()[-1].startswith("Use fused: it never fails")
+    grid = tables.summary_markdown(errors, sweep)  # no breaks table: the first failing grid cell
+    assert "| numpy/naive | 0.5 ulp; inf from largest logit 30 (loss 60), scale 10 |" in grid
+
+
+def test_given_data_are_described_by_their_own_shape_and_labels():
+    from types import SimpleNamespace
+
+    from harness.outputs import tables
+
+    errors = _cells("fused", ["ok", "ok", "ok"], family="inline").assign(n_rows=3, n_classes=3).head(1)
+    summary = tables.summary_markdown(errors, SimpleNamespace(experiment="seed", label="random", seed=0))
+    assert "family inline: its 3 x 3 logits and labels as given; scale 1." in summary
+    assert "label=random" not in summary and "64 rows" not in summary
+
+
+def test_a_multirun_job_prints_one_line_and_its_merge_the_summary(tmp_path):
+    from harness.outputs import tables
+
+    job = tmp_path / "sweep" / "0"
+    job.mkdir(parents=True)
+    assert tables.printed_summary(job, "# summary") == "# summary"
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    assert tables.printed_summary(job, "# summary").startswith(f"summary of this job: {job / 'summary.md'}")
+    assert tables.printed_summary(tmp_path / "sweep", "# summary") == "# summary"  # the merged sweep folder
+
+
+def test_html_colours_the_verdict_and_passes_details_through(tmp_path):
+    from harness.outputs.verdict import entry_class
+
+    markdown = "<!-- verdict -->\n| framework/path | float16 |\n|---|---|\n"
+    markdown += "| numpy/naive | inf at logit 11 (loss 11) |\n"
+    markdown += "| numpy/fused | never; 0.5 ulp |\n\n<details><summary>More</summary>\n\ntext\n\n</details>\n"
+    page = markdown_to_html(markdown, tmp_path, "T", entry_class)
+    assert '<table class="verdict">' in page and '<td class="bad">inf\u00a0at\u00a0logit' in page
+    assert '<td class="ok">never; 0.5\u00a0ulp</td>' in page and "<td>numpy/naive</td>" in page
+    assert "<details><summary>More</summary>" in page and "</details>" in page and "<p>text</p>" in page
+
+
+def test_edge_verdict_names_wrong_and_silent_cases():
+    from harness.outputs import edge_tables
+
+    frame = pd.DataFrame(
+        {
+            "case": ["finite", "label_minus_one", "finite", "label_minus_one"],
+            "framework": ["numpy", "numpy", "torch", "torch"],
+            "path": "fused",
+            "dtype": "float32",
+            "exact_loss": [2.5, np.nan, 2.5, np.nan],
+            "loss_outcome": ["exact", "number", "exact", "error"],
+            "loss_ulp_err": [0.25, np.nan, 0.5, np.nan],
+            "grad_outcome": ["exact", "number", "exact", "error"],
+        }
+    )
+    assert edge_tables.edge_entry(frame[frame["framework"] == "numpy"]) == "silent on label_minus_one; 0.25 ulp"
+    assert edge_tables.edge_entry(frame[frame["framework"] == "torch"]) == "exact or flagged; 0.5 ulp"
+    assert edge_tables.edge_recommendation(frame).startswith(
+        "Use fused: of 4 answers (every framework, dtype and edge input), 0 are wrong losses and 0 NaN or wrong "
+        "gradients where the loss is defined, and 1 are numbers returned silently where it is not (in numpy)."
+    )
