@@ -107,7 +107,7 @@ def autodiff_gradient(path):
 
 
 def dtype_scope(dtype: str):
-    """x64 on inside float64 cells only; the default mode elsewhere. (JAX before 0.7 has the context
+    """x64 on inside float64 cells only; the default mode elsewhere. (JAX before 0.8 has the context
     manager as jax.experimental.enable_x64 only: a version matrix runs those releases too.)"""
     if dtype != "float64":
         return contextlib.nullcontext()
