@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,17 @@ from harness.tools import matrix, matrix_envs, matrix_tables
 from harness.tools.matrix_envs import BadInput, VersionSet
 
 REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "docs" / "pages" / "how-to" / "version-matrix.md"
+
+
+def page_commands() -> list[list[str]]:
+    """The arguments of every `harness-matrix` line of the how-to page, in order."""
+    lines = [line.strip() for line in PAGE.read_text().splitlines() if line.strip().startswith("harness-matrix ")]
+    return [shlex.split(line)[1:] for line in lines]
+
+
+PAGE_MATRIX = page_commands()[0]  # the page's real matrix (optax 0.2.5 against 0.2.8)
+PAGE_GRID = PAGE_MATRIX[: PAGE_MATRIX.index("--versions")]
 GRID = [
     "frameworks=[jax]",
     "paths=[fused,log_softmax_nll]",
@@ -193,11 +206,34 @@ def test_tables_rank_changes_in_compares_words(tmp_path):
     assert (tmp_path / "plots" / "error_vs_scale_jax_fused_float32.png").stat().st_size > 0
 
 
+def test_a_failed_run_is_rows_with_status_error_and_why(tmp_path):
+    """A set whose run failed leaves no errors table: its cells are the other sets', status error, with the
+    run's error line; ok -> error regresses."""
+    write_run(tmp_path / "A", [("jax", "fused", "float64", "offset", 1.0, "ok", 0.5)])
+    (tmp_path / "B").mkdir()
+    reasons = {"B": {matrix_tables.RUN_FAILED: "AttributeError: module 'jax' has no attribute 'enable_x64'"}}
+    sets = pd.DataFrame({"version_set": ["A", "B"]})
+    assert matrix_tables.write_outputs(tmp_path, ["A", "B"], reasons, sets, (0.5, 1.0), "cmd") == 1
+    row = pd.read_parquet(tmp_path / "matrix.parquet").iloc[1]
+    assert (row["version_set"], row["status"], np.isnan(row["max_ulp_err"])) == ("B", "error", True)
+    assert row["message"] == (
+        "the run of this version set failed: AttributeError: module 'jax' has no attribute 'enable_x64'"
+    )
+
+
+def test_a_failed_runs_reason_is_its_error_line():
+    stderr = "[2026-12-07][harness][INFO] - sweep\nTraceback (most recent call last):\n  File x\n"
+    stderr += "AttributeError: module 'jax' has no attribute 'enable_x64'\n\n"
+    stderr += "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.\n"
+    assert matrix.failure_line(stderr) == "AttributeError: module 'jax' has no attribute 'enable_x64'"
+    assert matrix.failure_line("error: unknown framework 'jx'; valid choices: numpy\n").startswith("error: unknown")
+
+
 # --- a real matrix (downloads optax 0.2.5 and chex once) --------------------------------------------
 
 
 def separate_run(python: list[str], folder: Path, env: dict | None = None) -> pd.DataFrame:
-    command = [*python, "-m", "harness", *GRID, f"hydra.run.dir={folder}"]
+    command = [*python, "-m", "harness", *PAGE_GRID, "progress=false", f"hydra.run.dir={folder}"]
     subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
     return pd.read_parquet(folder / "errors.parquet")
 
@@ -209,7 +245,7 @@ def real_matrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
     cache = Path(os.environ.get(matrix_envs.ENV_CACHE_VARIABLE) or root / "envs")
     out = root / "m"
-    code = matrix.main([*GRID, "--versions", "optax==0.2.5,0.2.8", "--out", str(out), "--env-cache", str(cache)])
+    code = matrix.main([*PAGE_MATRIX, "progress=false", "--out", str(out), "--env-cache", str(cache)])
     return code, out, cache
 
 
@@ -231,7 +267,7 @@ def test_real_matrix_matches_two_separate_runs_and_ranks_the_change_first(real_m
     key = ["framework", "path", "dtype", "family", "scale"]
     for label, run in (("optax-0.2.5", old), ("optax-0.2.8", new)):
         rows = table[table["version_set"] == label].merge(run, on=key, suffixes=("", "_run"))
-        assert len(rows) == len(run) == 12
+        assert len(rows) == len(run) == 60
         for column in ("status", "max_ulp_err", "median_ulp_err", "n_nonfinite"):
             assert rows[column].tolist() == rows[f"{column}_run"].tolist(), column  # bit for bit
     changes = pd.read_csv(out / "changes.csv")
@@ -240,6 +276,25 @@ def test_real_matrix_matches_two_separate_runs_and_ranks_the_change_first(real_m
     assert first["max_ulp_err_b"] > 100 * first["max_ulp_err_a"]  # logsumexp(x) - x[y] loses max's bits
     assert set(changes["path"]) == {"fused"}  # jax's own log_softmax is the same in both sets
     assert (out / "plots" / "error_vs_scale_jax_fused_float32.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_pages_excerpt_is_what_its_command_finds(real_matrix):
+    """The how-to page's counts and table rows are the first lines of the changes.md its command writes."""
+    _, out, _ = real_matrix
+    found = (out / "changes.md").read_text().splitlines()
+    page = PAGE.read_text().splitlines()
+    rows = [line for line in page if line.startswith("| regressed |")]
+    counts = [line for line in page if re.match(r"\d+ cells per version set", line)]
+    assert rows and rows == [line for line in found if line.startswith("|")][2 : 2 + len(rows)]
+    assert counts == [line for line in found if re.match(r"\d+ cells per version set", line)]
+
+
+def test_every_command_of_the_page_parses():
+    for argv in page_commands():
+        args = matrix.parser().parse_intermixed_args(argv)
+        assert args.versions or args.resume
+    assert PAGE_MATRIX[-2:] == ["--versions", "optax==0.2.5,0.2.8"]
 
 
 @pytest.mark.slow

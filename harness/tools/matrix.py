@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from harness.tools import compare, matrix_envs, matrix_tables
 from harness.tools.matrix_envs import BadInput, Sources, VersionSet
 
 REQUEST = "matrix.json"
+RUN_STDERR = "matrix_run_stderr.txt"  # a failed run's stderr, in its folder
 FRAMEWORKS_KEY = "frameworks="
 
 
@@ -130,11 +132,16 @@ def run_set(env: matrix_envs.Environment, overrides: list[str], run_dir: Path) -
     if result.returncode == 130:
         raise KeyboardInterrupt
     if result.returncode != 0:
-        write_text(result.stderr, run_dir / "matrix_run_stderr.txt")
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        print(f"{run_dir.name}: the run failed (exit {result.returncode}): {last}", file=sys.stderr)
-        return "failed", seconds
+        write_text(result.stderr, run_dir / RUN_STDERR)
+        return f"failed: {failure_line(result.stderr)}", seconds
     return ("resumed" if resume else "ran"), seconds
+
+
+def failure_line(stderr: str) -> str:
+    """The line of a failed run's stderr that says why: its error line, else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not line.startswith("Set the environ")]
+    told = [line for line in lines if line.startswith("error: ") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    return (told or lines or ["no message"])[-1][:300]
 
 
 def prepare_sets(request: dict, tool: str) -> tuple[list[VersionSet], Sources, object, str]:
@@ -184,7 +191,10 @@ def run_one(vset: VersionSet, request: dict, pins: list[str], sweep, out: Path, 
         run_seconds=round(seconds, 2),
         unsupported_frameworks=", ".join(failed) or "-",
     )
-    return row, {f: f"does not import with {named}: {why}" for f, why in failed.items()}
+    reasons = {f: f"does not import with {named}: {why}" for f, why in failed.items()}
+    if outcome.startswith("failed"):
+        reasons[matrix_tables.RUN_FAILED] = outcome.removeprefix("failed: ")
+    return row, reasons
 
 
 def command_line(request: dict) -> str:

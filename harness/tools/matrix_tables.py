@@ -46,6 +46,9 @@ def set_rows(run_dir: Path) -> pd.DataFrame | None:
     return with_breaks(errors, pd.read_parquet(breakdown_file) if breakdown_file.is_file() else None)
 
 
+RUN_FAILED = ""  # the key of a set's reasons that tells why its run failed
+
+
 def fill_missing(frames: dict[str, pd.DataFrame | None], reasons: dict[str, dict[str, str]]) -> dict:
     """Every set's rows over the same cells: a framework that did not import in a set, or a set whose run
     failed, gets the cells the other sets hold, with status unsupported (import) or error (run) and why."""
@@ -63,11 +66,13 @@ def fill_missing(frames: dict[str, pd.DataFrame | None], reasons: dict[str, dict
         rows = []
         for framework, group in missing.groupby("framework", sort=False):
             why = reasons.get(label, {}).get(framework)
+            failed = reasons.get(label, {}).get(RUN_FAILED) or "no row"
             status = metrics.UNSUPPORTED if why else metrics.ERROR
-            rows.append(group.assign(status=status, message=why or "the run of this version set failed"))
+            rows.append(group.assign(status=status, message=why or f"the run of this version set failed: {failed}"))
         extra = pd.concat(rows, ignore_index=True) if rows else None
         parts = [p for p in (frame, extra) if p is not None and not p.empty]
-        filled[label] = pd.concat(parts, ignore_index=True) if parts else cells.iloc[:0].assign(status=[])
+        joined = pd.concat(parts, ignore_index=True) if parts else cells.iloc[:0]
+        filled[label] = joined.reindex(columns=list(dict.fromkeys([*joined.columns, *MATRIX_COLUMNS])))
     return filled
 
 
