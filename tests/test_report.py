@@ -396,3 +396,10 @@ def test_edge_verdict_names_wrong_and_silent_cases():
         "Use fused: of 4 answers (every framework, dtype and edge input), 0 are wrong losses and 0 NaN or wrong "
         "gradients where the loss is defined, and 1 are numbers returned silently where it is not (in numpy)."
     )
+
+
+def test_the_loss_is_named_from_the_table():
+    from harness.outputs.tables import loss_words
+
+    assert loss_words(pd.DataFrame({"path": ["fused"]})) == "cross-entropy"  # a table from before the loss column
+    assert loss_words(pd.DataFrame({"loss": ["binary_cross_entropy"]})) == "binary cross entropy"

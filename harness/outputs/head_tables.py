@@ -49,7 +49,7 @@ def _outcome(cells: pd.DataFrame) -> str:
 def head_summary(errors: pd.DataFrame, experiment: str) -> str:
     """Per class count and reduction: framework/path/mode x dtype, worst max_ulp_err over ok cells."""
     lines = [
-        f"# {experiment}: language-model head cross-entropy against the exact head",
+        f"# {experiment}: language-model head {tables.loss_words(errors)} against the exact head",
         "",
         "Each entry: worst max_ulp_err of the loss over the cells that did not break (every scale),",
         "then the failures seen, or `unsupported`.",

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from harness.dtypes import DTYPES
-from harness.outputs import breakdown
+from harness.outputs import breakdown, tables
 from harness.outputs.styles import fitted_legend, line_styles, new_figure, ordered, save, style_key, wrap
 from harness.sweep import metrics
 
@@ -244,7 +244,7 @@ def error_vs_figure(cells: pd.DataFrame, axis: str, title: str, measure: Measure
             for i in range(1, len(frameworks)):
                 band.axhline(-i + 0.5, color="0.8", linewidth=0.8)
     fig.axes[0].set_ylabel(measure.label)
-    what = "Gradient" if measure is GRADIENT_ROW_REL else "Cross-entropy"
+    what = "Gradient" if measure is GRADIENT_ROW_REL else tables.loss_words(cells).capitalize()
     fig.suptitle(wrap(f"{what} error vs {axis}, {title}", fig, 12), fontsize=12)
     fitted_legend(fig, _legend_handles(fig, cells, drawn))
     return fig

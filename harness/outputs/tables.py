@@ -15,7 +15,9 @@ CELL_COLUMNS = ("device", "mechanisms", "flushes_subnormals", "exp_dtype", "exp_
 CELL_COLUMNS += ("quotient_flushes", "max_logit", "max_exact_loss", "max_lse", "max_class_loss")
 CELL_COLUMNS += ("max_class_gap", "max_target_gap", "max_neg_target_logit", "status")
 ERROR_COLUMNS = KEY_COLUMNS + OPTION_COLUMNS + CELL_COLUMNS + metrics.METRIC_COLUMNS + ("message",)
-GRAD_COLUMNS = KEY_COLUMNS + OPTION_COLUMNS + CELL_COLUMNS + metrics.GRAD_METRIC_COLUMNS + ("message",)
+GRAD_COLUMNS = (
+    KEY_COLUMNS + OPTION_COLUMNS + CELL_COLUMNS + ("gradient_by",) + metrics.GRAD_METRIC_COLUMNS + ("message",)
+)
 QUANTITY_COLUMNS = ("exp_overflow", "exp_underflow", "max_logit", "max_exact_loss", "max_lse", "max_class_loss")
 QUANTITY_COLUMNS += ("max_class_gap", "max_target_gap", "max_neg_target_logit")
 SORT_COLUMNS = ("family", "n_classes", "n_rows", "scale", "dtype", "framework", "path")
@@ -63,6 +65,13 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
     for column in QUANTITY_COLUMNS:  # None where a cell has no such quantity (max_class_loss: dense targets only)
         frame[column] = pd.to_numeric(frame[column]).astype("float64")
     return frame
+
+
+def loss_words(frame: pd.DataFrame) -> str:
+    """The loss a table measures, in words: its `loss` column's names where it has one, else cross-entropy."""
+    if "loss" in frame and frame["loss"].notna().any():
+        return " and ".join(str(name).replace("_", " ") for name in dict.fromkeys(frame["loss"].dropna()))
+    return "cross-entropy"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -149,7 +158,7 @@ def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = 
 
     finder = BreakFinder(errors, breaks, None)
     lines = [
-        f"# {sweep.experiment}: cross-entropy error against the exact reference",
+        f"# {sweep.experiment}: {loss_words(errors)} error against the exact reference",
         "",
         _grid_words(errors, sweep),
         "Each entry: worst max_ulp_err over the cells with status ok; then the first failure (status inf, nan or",

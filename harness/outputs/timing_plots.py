@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness.dtypes import DTYPES
+from harness.outputs import tables
 from harness.outputs.plots import dtype_order
 from harness.outputs.styles import NEUTRAL, fitted_legend, framework_marks, new_figure, path_colors, save, wrap
 from harness.sweep import metrics
@@ -87,7 +88,7 @@ def timing_bars_figure(timings: pd.DataFrame, dtype: str) -> Figure:
         ax.grid(True, axis="y", which="major", alpha=0.3)
     axes[0].set_ylabel("median time per call (ms), bars: IQR")
     fitted_legend(fig, [Patch(color=colors[p], label=p) for p in path_names])
-    fig.suptitle(wrap(f"Cross-entropy time per call, {dtype}", fig, 12), fontsize=12)
+    fig.suptitle(wrap(f"{tables.loss_words(timings).capitalize()} time per call, {dtype}", fig, 12), fontsize=12)
     return fig
 
 
