@@ -206,6 +206,20 @@ def test_tables_rank_changes_in_compares_words(tmp_path):
     assert (tmp_path / "plots" / "error_vs_scale_jax_fused_float32.png").stat().st_size > 0
 
 
+def test_cells_of_several_loss_options_are_compared_option_by_option(tmp_path):
+    """label_smoothing 0 and 0.1 share compare's key; each is compared with its own: only 0.1's moved."""
+    cell = ("jax", "fused", "float32", "offset", 100.0)
+    for label, moved in (("A", 0.7), ("B", 9.0)):
+        frame = errors_table([(*cell, "ok", 0.7), (*cell, "ok", moved)]).assign(label_smoothing=[0.0, 0.1])
+        (tmp_path / label).mkdir()
+        frame.assign(softcap=None).to_parquet(tmp_path / label / "errors.parquet")
+    sets = pd.DataFrame({"version_set": ["A", "B"]})
+    assert matrix_tables.write_outputs(tmp_path, ["A", "B"], {}, sets, (0.5, 1.0), "cmd") == 1
+    changes = pd.read_csv(tmp_path / "changes.csv")
+    assert changes[["change", "label_smoothing", "max_ulp_err_b"]].values.tolist() == [["regressed", 0.1, 9.0]]
+    assert len(pd.read_parquet(tmp_path / "matrix.parquet")) == 4
+
+
 def test_a_failed_run_is_rows_with_status_error_and_why(tmp_path):
     """A set whose run failed leaves no errors table: its cells are the other sets', status error, with the
     run's error line; ok -> error regresses."""

@@ -23,7 +23,23 @@ SHOWN_CHANGES = 15
 
 
 def key_of(frame: pd.DataFrame) -> list[str]:
-    return [c for c in tables.KEY_COLUMNS if c in frame.columns]
+    """What names a cell: the key columns and the loss options the table has."""
+    return [c for c in (*tables.KEY_COLUMNS, *tables.OPTION_COLUMNS) if c in frame.columns]
+
+
+def option_groups(a: pd.DataFrame, b: pd.DataFrame):
+    """(options, the part of a, the part of b) per set of loss options, which compare's key leaves out."""
+    varying = [c for c in tables.OPTION_COLUMNS if c in a.columns and c in b.columns]
+    varying = [c for c in varying if pd.concat([a[c], b[c]]).astype(str).nunique() > 1]
+    if not varying:
+        yield {}, a, b
+        return
+    for values, part in a.groupby(varying, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        same = pd.Series(True, index=b.index)
+        for column, value in zip(varying, values, strict=True):
+            same &= b[column].isna() if pd.isna(value) else b[column] == value
+        yield dict(zip(varying, values, strict=True)), part, b[same]
 
 
 def with_breaks(errors: pd.DataFrame, breakdown: pd.DataFrame | None) -> pd.DataFrame:
@@ -93,9 +109,9 @@ def changes_frame(frames: dict[str, pd.DataFrame], rel_tolerance: float, ulp_tol
     labels = list(frames)
     parts = []
     for before, after in zip(labels, labels[1:], strict=False):
-        comparison = compare.compare_errors(frames[before], frames[after], rel_tolerance, ulp_tolerance)
-        moved = compare.changed_cells(comparison)
-        parts.append(moved.assign(set_a=before, set_b=after))
+        for options, a, b in option_groups(frames[before], frames[after]):
+            comparison = compare.compare_errors(a, b, rel_tolerance, ulp_tolerance)
+            parts.append(compare.changed_cells(comparison).assign(set_a=before, set_b=after, **options))
     changes = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if changes.empty:
         return changes
