@@ -8,7 +8,7 @@ shape, so moving along the scale grid changes the logits and nothing else:
 - `offset`: logits = z + scale, every logit shifted, as a confident model's are.
 
 Targets: `hard` (0 or 1, each with probability 1/2), `smoothed` (hard targets with label smoothing
-`smoothing`: t (1 - smoothing) + smoothing / 2) and `soft` (uniform in [0, 1], as distillation
+`smoothing`: 1 - smoothing / 2 and smoothing / 2) and `soft` (uniform in [0, 1], as distillation
 targets are).
 """
 
@@ -44,7 +44,7 @@ def targets_of(base: Draw, kind: str, smoothing: float = DEFAULT_SMOOTHING) -> n
     if kind == "hard":
         return base.hard
     if kind == "smoothed":
-        return base.hard * (1.0 - smoothing) + smoothing / 2.0
+        return np.where(base.hard == 1.0, 1.0 - smoothing / 2.0, smoothing / 2.0)
     if kind == "soft":
         return base.soft
     raise ConfigError(f"unknown targets {kind!r}; valid choices: {', '.join(TARGET_KINDS)}")
@@ -68,7 +68,9 @@ def check_inputs(logits, targets, pos_weight=None) -> None:
         raise ConfigError(f"targets of shape {t.shape} do not match logits of shape {x.shape}: one target per logit")
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():
-        raise ConfigError(f"target {t[bad].flat[0]!r} is outside [0, 1]; targets must be probabilities in [0, 1]")
+        raise ConfigError(
+            f"target {float(t[bad].flat[0])!r} is outside [0, 1]; targets must be probabilities in [0, 1]"
+        )
     if pos_weight is not None:
         w = np.asarray(pos_weight, dtype=np.float64)
         if not np.all(np.isfinite(w) & (w >= 0)):

@@ -66,10 +66,11 @@ def one_plus_exp_rounds_to_one(dtype: str) -> float:
 
 
 def sigmoid_rounds_to_zero(dtype: str, flushes_subnormals: bool = False) -> float:
-    """x at or below which a correctly rounded sigmoid(x) ~ e**x is 0: ln(smallest subnormal / 2),
-    or ln(smallest normal) where subnormal results flush to zero."""
+    """x at or below which a correctly rounded sigmoid(x) is 0: sigmoid(x) at most h = smallest
+    subnormal / 2 (h = smallest normal where subnormal results flush to zero), x <= ln(h / (1 - h))."""
     fmt = DTYPES[dtype]
-    return -(fmt.exp_flush_threshold if flushes_subnormals else fmt.exp_underflow_threshold)
+    exponent = fmt.min_exponent if flushes_subnormals else fmt.min_exponent - fmt.precision  # h = 2**exponent
+    return exponent * math.log(2.0) - math.log1p(-math.ldexp(1.0, exponent))  # x <= ln(h / (1 - h))
 
 
 def exp_minus_x_overflows(dtype: str) -> float:
