@@ -231,7 +231,8 @@ def tokens(t: dict[str, pd.DataFrame]) -> dict[str, str]:
             f"{int(bad.n_rows.min()):,} rows (at "
             f"{int(last_good.n_rows):,} it is {g(last_good.max_ulp_err, 3)} ulp off)"
             + (
-                f", and so is a mean written as sum / count in float16 ({listing(NAMES[f] for f in composed)})"
+                f", and so is the mean composed as sum / count in float16 (the harness's composition for "
+                f"{listing(NAMES[f] for f in composed)})"
                 if same and composed
                 else ""
             )
