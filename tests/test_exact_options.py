@@ -6,6 +6,7 @@ from fractions import Fraction
 import mpmath
 import numpy as np
 import pytest
+from conftest import SEED_ROW
 
 from harness.exact.dd import ExactValue
 from harness.exact.options import (
@@ -77,7 +78,7 @@ def assert_close(computed, exact, tolerance=TOLERANCE):
 
 ROWS = np.array(
     [
-        [12.3, -5.2, 31.4, 0.0],  # the seed article's row
+        [*SEED_ROW, 0.0],  # the seed article's row
         [3.0, 3.0, 3.0, -1.0],  # ties with the argmax
         [700.0, 0.0, -20.0, 1.5],  # label at the argmax: loss exp(-698.5) ~ 5e-304
         [-1e-3, 2e-3, 5e-4, -7e-3],  # nearly uniform

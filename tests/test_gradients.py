@@ -6,15 +6,13 @@ import functools
 import mpmath
 import numpy as np
 import pytest
-from conftest import dd_value, exp_slack
+from conftest import SEED_LABELS, SEED_LOGITS, dd_value, exp_slack
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
 from harness.exact.gradient import exact_gradient
 from harness.paths import build, numpy_paths
 
-SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
-SEED_LABELS = np.array([0, 1, 2])
 TOLERANCE = 2.0**-75  # exact_gradient claims > 20 bits beyond float64 for every entry ...
 FLOOR = mpmath.mpf(2) ** -1094  # ... and 2**-20 units of 2**-1074 for subnormal ones
 

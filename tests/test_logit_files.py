@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from conftest import SEED_ROW
 
 from harness.sweep.config import ConfigError
 from harness.sweep.logit_files import as_labels, as_logits, file_digest, load_logits
@@ -17,7 +18,7 @@ from harness.sweep.logit_files import as_labels, as_logits, file_digest, load_lo
 BLANCHARD = Path(__file__).resolve().parents[2] / "shared" / "data" / "blanchard2021" / "data_presoftmax.mat"
 BLANCHARD_SHA256 = "95aca71534ce593f808b5fa122fc201ad032e538a70bbdd34339ec2905c261d6"
 
-LOGITS = np.array([[12.3, -5.2, 31.4], [0.5, 0.25, -1.0], [1e3, -1e3, 0.0], [-7.0, 2.0, 2.0]])
+LOGITS = np.array([SEED_ROW, [0.5, 0.25, -1.0], [1e3, -1e3, 0.0], [-7.0, 2.0, 2.0]])
 LABELS = np.array([0, 1, 2, 1])
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import SEED_LABELS, SEED_LOGITS  # exact losses 19.1, 36.6 and 5.0697e-09
 
 pytest.importorskip("mlx.core", reason='MLX is not installed: pip install "mlx[cpu]==0.32.4"')
 
@@ -15,9 +16,6 @@ from harness.paths import paths_of  # noqa: E402
 
 PATH_NAMES = paths_of("mlx")
 from harness.paths import mlx_paths as M  # noqa: E402
-
-SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
-SEED_LABELS = np.array([0, 1, 2])  # exact losses 19.1, 36.6 and 5.069619958913665e-09
 
 
 def run(fn, logits64, labels, dtype):

@@ -4,7 +4,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import exp_slack
+from conftest import SEED_LABELS, SEED_LOGITS, exp_slack
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
@@ -14,8 +14,6 @@ from harness.sweep import metrics
 
 ORIGINAL_PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused")
 NEW_PATHS = ("upcast_fused", "log1p_lse", "online", "chunked")
-SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
-SEED_LABELS = np.array([0, 1, 2])
 
 
 @functools.cache

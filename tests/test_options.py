@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from conftest import SEED_LABELS, SEED_LOGITS
 
 from harness import backends, paths
 from harness.dtypes import round_to
@@ -108,8 +109,8 @@ def test_a_reduced_mean_is_checkable_by_hand():
 def test_the_article_dense_loss_is_nan_where_exact_losses_are_finite():
     """Seed article logits [12.3, -5.2, 31.4] x 21, float64: sum(-log(softmax(x)) * t) is 0 * inf = NaN
     for labels 0 and 2, whose exact losses are 401.1 and 6.4e-175; log_softmax_nll is finite."""
-    x = np.array([[12.3, -5.2, 31.4]] * 3) * 21
-    y = np.array([0, 1, 2])
+    x = SEED_LOGITS * 21
+    y = SEED_LABELS
     options = opt.CellOptions(target="dense")
     _, exact, _ = exact_of(x, y, options)
     assert exact[0] == pytest.approx(401.1, rel=1e-12) and exact[2] == pytest.approx(6.375e-175, rel=1e-3)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import SEED_LABELS, SEED_LOGITS
 
 from harness import backends, paths
 from harness.dtypes import DTYPES, round_to
@@ -9,8 +10,6 @@ from harness.exact.reference import exact_cross_entropy
 from harness.paths import build
 from harness.sweep import metrics
 
-SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
-SEED_LABELS = np.array([0, 1, 2])
 TEXTBOOK_PATHS = ("naive", "softmax_log", "log_softmax_nll", "fused")  # the seed article's three ways and more
 IMPLEMENTATIONS = [(f, p) for f in backends.FRAMEWORKS for p in TEXTBOOK_PATHS]
 

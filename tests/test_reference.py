@@ -3,7 +3,7 @@
 import mpmath
 import numpy as np
 import pytest
-from conftest import dd_value, mp_cross_entropy
+from conftest import SEED_LABELS, SEED_LOGITS, dd_value, mp_cross_entropy
 
 from harness.dtypes import round_to
 from harness.exact.reference import exact_cross_entropy
@@ -63,13 +63,13 @@ def test_losses_near_float64_underflow_keep_their_digits():
 
 def test_seed_article_values():
     # [12.3, -5.2, 31.4]: losses 19.1 + e, 36.6 + e and e, with e = log1p(exp(-19.1) + exp(-36.6))
-    logits = np.array([[12.3, -5.2, 31.4]] * 3)
-    hi, lo, exponent = exact_cross_entropy(logits, np.array([0, 1, 2]))
+    logits = SEED_LOGITS
+    hi, lo, exponent = exact_cross_entropy(logits, SEED_LABELS)
     assert not exponent.any()
     assert hi[0] == pytest.approx(19.100000005069617, rel=1e-15)
     assert hi[1] == pytest.approx(36.60000000506962, rel=1e-15)
     assert hi[2] == pytest.approx(5.0696199e-09, rel=1e-7)
-    assert_matches_mpmath(logits, np.array([0, 1, 2]))
+    assert_matches_mpmath(logits, SEED_LABELS)
 
 
 def test_rejects_bad_shapes_and_non_finite():

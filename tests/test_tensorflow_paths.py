@@ -3,6 +3,7 @@ probability route; TF's flush-to-zero."""
 
 import numpy as np
 import pytest
+from conftest import SEED_LABELS, SEED_LOGITS  # exact losses 19.1, 36.6 and 5.0697e-09
 
 pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install tensorflow-cpu==2.21.0")
 
@@ -16,8 +17,6 @@ from harness.exact.reference import exact_cross_entropy  # noqa: E402
 from harness.paths import paths_of  # noqa: E402
 from harness.paths import tensorflow_paths as T  # noqa: E402
 
-SEED_LOGITS = np.array([[12.3, -5.2, 31.4]] * 3)
-SEED_LABELS = np.array([0, 1, 2])  # exact losses 19.1, 36.6 and 5.069619958913665e-09
 ALL_PATHS = paths_of("tensorflow")
 PATH_NAMES = tuple(p for p in ALL_PATHS if p != "keras_probs")  # the paths every framework has
 
