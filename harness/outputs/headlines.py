@@ -86,17 +86,28 @@ def recommendation(stats: list[PathStats]) -> str:
     else:
         found, who, dtype = best.earliest()
         reason = f"it holds longest, failing first at largest logit {_num(found.max_logit, 3)} ({dtype}, {who})"
+    as_good = [o for o in others if not o.fails and o.excess <= 0]
+    lossy = [o for o in others if not o.fails and o.excess > 0]
+    failing = [o for o in others if o.fails]
     contrasts = []
-    for other in others:
-        if other.fails:
-            found, who, dtype = other.earliest()
-            contrasts.append(f"{other.path} fails from largest logit {_num(found.max_logit, 3)} ({dtype}, {who})")
-        else:
-            lost = f" but loses {other.lossiest[0]:.0f} bits in {other.lossiest[1]}" if other.excess > 0 else ""
-            worst = f"worst error {other.worst_words()}{_memory(other)}"
-            contrasts.append(f"{other.path} never fails either{lost}, {worst}")
-    tail = f", while {'; '.join(contrasts)}" if contrasts else ""
+    if as_good:
+        worst = ", ".join(f"{_num(o.worst[0], 3)} ulp{_memory(o)}" for o in as_good)
+        contrasts.append(f"{_and(o.path for o in as_good)} {_verb(as_good, 'never fails')} either (worst {worst})")
+    if lossy:
+        bits = _and(f"{o.lossiest[0]:.0f} bits in {o.lossiest[1]}" for o in lossy)
+        contrasts.append(
+            f"{_and(o.path for o in lossy)} {_verb(lossy, 'never fails')} but {_verb(lossy, 'loses')} {bits}"
+        )
+    if failing:
+        where = _and(f"{_num(o.earliest()[0].max_logit, 3)} ({o.earliest()[2]})" for o in failing)
+        contrasts.append(f"{_and(o.path for o in failing)} {_verb(failing, 'fails')} from largest logit {where}")
+    tail = f"; {'; '.join(contrasts)}" if contrasts else ""
     return f"Use {best.path}: {reason}{tail}."
+
+
+def _verb(subjects: list, singular: str) -> str:
+    """'never fails' -> 'never fail' for several subjects."""
+    return singular if len(subjects) == 1 else singular.replace("fails", "fail").replace("loses", "lose")
 
 
 def break_sentence(stats: PathStats, dtypes: list[str]) -> str:
@@ -159,7 +170,7 @@ def gradient_sentence(grad_errors: pd.DataFrame, finder: BreakFinder, limits: di
         worst = f" (worst {column} {_num(row[column], 3)}, {row['framework']}/{row['path']} {row['dtype']})"
     if not failing:
         return f"The gradient never fails{worst}."
-    tail = f"; {_and(steady)}'s never{worst}" if steady else ""
+    tail = f"; that of {_and(steady)} never{worst}" if steady else ""
     return f"The gradient fails: {'; '.join(parts)}{tail}."
 
 
@@ -174,10 +185,10 @@ def option_sentence(errors: pd.DataFrame) -> str:
     worst = good.loc[good["max_ulp_err"].idxmax()]
     changed = [f"{c}={worst[c]}" for c in columns if pd.notna(worst[c]) and worst[c] != OPTION_DEFAULTS.get(c)]
     plain = good[np.logical_and.reduce([good[c].astype(str) == str(OPTION_DEFAULTS.get(c)) for c in columns])]
-    base = f" (defaults: {_num(plain['max_ulp_err'].max())} ulp)" if not plain.empty else ""
+    base = f" (defaults: {_num(plain['max_ulp_err'].max(), 3)} ulp)" if not plain.empty else ""
     return (
         f"Of the loss options, {', '.join(changed) or 'the defaults'} gives the largest loss error: "
-        f"{_num(worst['max_ulp_err'])} ulp ({worst['framework']}/{worst['path']}, {worst['dtype']}){base}."
+        f"{_num(worst['max_ulp_err'], 3)} ulp ({worst['framework']}/{worst['path']}, {worst['dtype']}){base}."
     )
 
 
