@@ -174,7 +174,7 @@ def _timing(cfg: DictConfig) -> TimingConfig:
 
 def _timing_threads(value) -> int:
     """timing.threads: a whole number >= 1, or `all`, every core this process may run on (what
-    PyTorch uses by default where each core is a physical one, as on these 2-core machines)."""
+    PyTorch uses by default where each core is a physical one)."""
     if value == "all":
         return cores()
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
