@@ -21,7 +21,8 @@ sys.path.insert(0, str(DOCS))
 import findings  # noqa: E402  (docs/findings.py)
 
 README = (REPO / "README.md").read_text()
-COMMIT = r"(?<![.\w])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}(?![\w-])"  # a commit named to calibrate or date something
+# a commit named to calibrate or date something: hex with a letter and a digit, not inside a number
+COMMIT = r"(?<![.\w])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}(?![\w-])"
 PROCESS_TALK = re.compile(rf"\bbudgets?\b|\btoday\b|this VM|virtual machine|development VM|{COMMIT}", re.I)
 
 
@@ -42,7 +43,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     assert 'id="harness.testing.assert_accurate"' in (tmp_path / "reference" / "api" / "index.html").read_text()
 
 
-def test_every_page_of_the_site_is_in_its_navigation_or_is_an_optional_one():
+def test_every_page_of_the_site_is_in_its_navigation():
     nav = (DOCS / "mkdocs.yml").read_text()
     assert [
         p.relative_to(PAGES).as_posix() for p in PAGES.rglob("*.md") if p.relative_to(PAGES).as_posix() not in nav
@@ -93,6 +94,7 @@ def test_the_generated_tables_are_placed_where_the_entries_are_described():
 
 # The findings: every block as written is the one the run's tables give.
 
+
 @functools.cache
 def tables():
     return findings.load()
@@ -103,7 +105,7 @@ def test_every_findings_block_is_the_one_the_tables_give(page):
     written = findings.blocks(page.read_text())
     assert written, f"{page} has no findings block"
     for name, text in written.items():
-        assert text == findings.render(tables())[name], f"{page.name}: block {name} differs; run python docs/findings.py"
+        assert text == findings.render(tables())[name], f"{page.name}: {name} differs; run python docs/findings.py"
 
 
 def test_the_readme_states_five_to_eight_headline_findings_with_numbers():
