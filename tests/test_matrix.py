@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.tools import matrix, matrix_envs, matrix_tables
-from harness.tools.matrix_envs import BadInput, VersionSet
+from harness.tools import matrix, matrix_envs, matrix_sets, matrix_tables
+from harness.tools.matrix_sets import BadInput, VersionSet
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "pages" / "how-to" / "version-matrix.md"
@@ -48,7 +48,7 @@ GRID = [
 
 
 def test_one_set_per_version_and_single_versions_in_every_set():
-    sets = matrix_envs.parse_versions(["scipy==1.14.1,1.15.3", "numpy==2.2.6"])
+    sets = matrix_sets.parse_versions(["scipy==1.14.1,1.15.3", "numpy==2.2.6"])
     assert [s.pins for s in sets] == [
         (("scipy", "1.14.1"), ("numpy", "2.2.6")),
         (("scipy", "1.15.3"), ("numpy", "2.2.6")),
@@ -57,10 +57,10 @@ def test_one_set_per_version_and_single_versions_in_every_set():
 
 
 def test_specs_with_several_versions_are_zipped_and_companions_follow():
-    sets = matrix_envs.parse_versions(["jax==0.6.2,0.10.2", "optax==0.2.5,0.2.8"])
+    sets = matrix_sets.parse_versions(["jax==0.6.2,0.10.2", "optax==0.2.5,0.2.8"])
     assert sets[0].requirement_lines() == ["jax==0.6.2", "optax==0.2.5", "jaxlib==0.6.2"]  # jaxlib with jax
     assert sets[1].label == "jax-0.10.2_optax-0.2.8"
-    named = matrix_envs.parse_versions(["jax==0.6.2,0.10.2", "jaxlib==0.6.2,0.10.2"])
+    named = matrix_sets.parse_versions(["jax==0.6.2,0.10.2", "jaxlib==0.6.2,0.10.2"])
     assert named[0].requirement_lines() == ["jax==0.6.2", "jaxlib==0.6.2"]  # named: not added twice
 
 
@@ -77,19 +77,19 @@ def test_specs_with_several_versions_are_zipped_and_companions_follow():
 )
 def test_malformed_version_sets(specs, words):
     with pytest.raises(BadInput, match=None) as caught:
-        matrix_envs.parse_versions(specs)
+        matrix_sets.parse_versions(specs)
     assert words in str(caught.value)
 
 
 def test_used_packages_follow_the_frameworks_requirements():
-    used = matrix_envs.used_packages(["jax"])
+    used = matrix_sets.used_packages(["jax"])
     assert {"jax", "jaxlib", "optax", "numpy", "ml-dtypes", "mpmath", "scipy"} <= set(used)
     assert "torch" not in used and "pandas" not in used
-    assert "torch" in matrix_envs.used_packages(["torch"])
+    assert "torch" in matrix_sets.used_packages(["torch"])
 
 
 def test_overlay_holds_only_what_differs_from_the_base():
-    base = matrix_envs.base_distributions()
+    base = matrix_sets.base_distributions()
     numpy_version = base["numpy"][1]
     vset = VersionSet((("optax", "0.2.5"),), "optax-0.2.5")
     resolved = {"optax": ("optax", "0.2.5"), "numpy": ("numpy", numpy_version), "chex": ("chex", "0.1.92")}
@@ -98,7 +98,7 @@ def test_overlay_holds_only_what_differs_from_the_base():
 
 
 def test_resolver_holds_every_other_package_to_the_base():
-    base = matrix_envs.base_distributions()
+    base = matrix_sets.base_distributions()
     roots, constraints = matrix_envs.resolver_inputs(VersionSet((("optax", "0.2.5"),), "x"), base)
     assert roots[0] == "optax==0.2.5" and not any(r.startswith("optax==0.2.8") for r in roots)
     assert f"numpy=={base['numpy'][1]}" in constraints
@@ -254,12 +254,12 @@ def separate_run(python: list[str], folder: Path, env: dict | None = None) -> pd
 
 @pytest.fixture(scope="module")
 def real_matrix(tmp_path_factory):
-    if matrix_envs.index_versions("optax", matrix_envs.Sources()) is None:
+    if matrix_sets.index_versions("optax", matrix_sets.Sources()) is None:
         pytest.skip("the package index is out of reach")
     root = tmp_path_factory.mktemp("matrix")
     cache = Path(os.environ.get(matrix_envs.ENV_CACHE_VARIABLE) or root / "envs")
     out = root / "m"
-    code = matrix.main([*PAGE_MATRIX, "progress=false", "--out", str(out), "--env-cache", str(cache)])
+    code = matrix.main(["progress=false", *PAGE_MATRIX, "--out", str(out), "--env-cache", str(cache)])
     return code, out, cache
 
 
@@ -337,10 +337,10 @@ def test_a_second_matrix_creates_nothing_and_an_interrupted_one_resumes(real_mat
 @pytest.mark.slow
 def test_pip_builds_the_same_overlay(tmp_path):
     """Without uv: venv + pip resolve and install the same packages, and the named version imports."""
-    if matrix_envs.index_versions("optax", matrix_envs.Sources()) is None:
+    if matrix_sets.index_versions("optax", matrix_sets.Sources()) is None:
         pytest.skip("the package index is out of reach")
-    vset = matrix_envs.parse_versions(["optax==0.2.5,0.2.8"])[0]
-    sources = matrix_envs.Sources()
+    vset = matrix_sets.parse_versions(["optax==0.2.5,0.2.8"])[0]
+    sources = matrix_sets.Sources()
     pins = matrix_envs.overlay_pins(matrix_envs.resolve(vset, sources, "pip"), vset)
     assert "optax==0.2.5" in pins and any(p.startswith("chex==") for p in pins)
     env = matrix_envs.build(vset, pins, sources, tmp_path, "pip")

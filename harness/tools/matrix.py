@@ -8,8 +8,9 @@ versions each), and a spec with one version holds in every set (e.g. --versions 
 numpy==2.2.6). A companion released with the same number is named with its package unless named itself
 (jaxlib with jax). Every other package keeps the version of the environment running the matrix.
 
-Each set gets a cached environment (harness.tools.matrix_envs) and one run of the experiment with the
-same overrides into OUT/<version set>/, one set after another, so timings never share cores. A framework
+The sets are checked first (harness.tools.matrix_sets). Each set then gets a cached environment
+(harness.tools.matrix_envs) and one run of the experiment with the same overrides into
+OUT/<version set>/, one set after another, so timings never share cores. A framework
 that does not import in a set's environment is left out of that run; its cells are rows with status
 unsupported and the import error. An interrupted matrix resumes with --resume OUT: finished sets are
 kept, an unfinished run resumes as a run does (resume=true), the rest run.
@@ -44,8 +45,8 @@ import pandas as pd
 from harness.cli import OneLineParser, non_negative
 from harness.errors import ConfigError
 from harness.files import write_text
-from harness.tools import compare, matrix_envs, matrix_tables
-from harness.tools.matrix_envs import BadInput, Sources, VersionSet
+from harness.tools import compare, matrix_envs, matrix_sets, matrix_tables
+from harness.tools.matrix_sets import BadInput, Sources, VersionSet
 
 REQUEST = "matrix.json"
 RUN_STDERR = "matrix_run_stderr.txt"  # a failed run's stderr, in its folder
@@ -146,17 +147,17 @@ def failure_line(stderr: str) -> str:
 
 def prepare_sets(request: dict, tool: str) -> tuple[list[VersionSet], Sources, object, str]:
     """Every check before any environment is built, in the order a user fixes them."""
-    sets = matrix_envs.parse_versions(request["versions"]) if request["versions"] else None
+    sets = matrix_sets.parse_versions(request["versions"]) if request["versions"] else None
     if sets is None:
         raise BadInput("no --versions given: name a package and its versions, e.g. --versions optax==0.2.5,0.2.8")
     try:
         sweep, experiment = experiment_settings(request["overrides"])
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
-    links = tuple(request["find_links"]) + (matrix_envs.pip_find_links() if tool == "uv" else ())
+    links = tuple(request["find_links"]) + (matrix_sets.pip_find_links() if tool == "uv" else ())
     sources = Sources(request["index_url"], tuple(request["extra_index_urls"]), tuple(dict.fromkeys(links)))
-    matrix_envs.check_used(sets, matrix_envs.used_packages(sweep.frameworks), sources, experiment)
-    matrix_envs.check_on_index(sets, sources)
+    matrix_sets.check_used(sets, matrix_sets.used_packages(sweep.frameworks), sources, experiment)
+    matrix_sets.check_on_index(sets, sources)
     return sets, sources, sweep, experiment
 
 
