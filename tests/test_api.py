@@ -28,6 +28,7 @@ def shifted(logits, labels):  # (max - x[y]) + log(sum(exp(x - max))): no overfl
     return (top - logits[np.arange(len(labels)), labels]) + np.log(np.exp(logits - top[:, None]).sum(axis=1))
 
 
+@pytest.mark.slow
 def test_importing_harness_loads_no_framework_and_no_pandas():
     code = "import sys, harness; print(sorted({'torch', 'jax', 'pandas', 'hydra'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -48,6 +49,7 @@ def test_run_returns_the_tables_it_wrote(api_run):
     assert (api_run.dir / "sweep.json").is_file() and (api_run.dir / "environment.json").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_the_command_line_with_the_same_settings_gives_the_same_table(api_run, tmp_path):
     result = run_cli("experiment=precision_sweep", *SMALL, "timing.enabled=false", f"hydra.run.dir={tmp_path}")

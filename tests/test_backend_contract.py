@@ -130,6 +130,7 @@ with tb.threads(2) as (in_force, note):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(backends.missing_packages("tensorflow")), reason="tensorflow not installed")
 def test_tensorflow_threads_are_set_before_its_runtime_starts_and_reported_after():
     """A fresh process: TensorFlow's pools take the count only before its first op; afterwards

@@ -21,6 +21,7 @@ def two_runs(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 def test_a_run_writes_tables_summary_plots_and_config(two_runs):
     out, result = two_runs[0]
     for name in ("errors.parquet", "errors.csv", "summary.md", ".hydra/config.yaml"):
@@ -35,11 +36,13 @@ def test_a_run_writes_tables_summary_plots_and_config(two_runs):
     assert "| numpy/naive |" in summary and summary.strip() in result.stdout
 
 
+@pytest.mark.slow
 def test_same_config_gives_identical_error_tables(two_runs):
     (a, _), (b, _) = two_runs
     pd.testing.assert_frame_equal(pd.read_parquet(a / "errors.parquet"), pd.read_parquet(b / "errors.parquet"))
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_results_experiment_timestamp(tmp_path):
     result = run_cli(*SMALL, "frameworks=[numpy]", "dtypes=[float32]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -47,6 +50,7 @@ def test_default_output_folder_is_results_experiment_timestamp(tmp_path):
     assert (run_dir / "errors.parquet").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "words"),
     [
@@ -73,6 +77,7 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
     out, _ = two_runs[0]
     timings = pd.read_parquet(out / "timings.parquet")
@@ -86,6 +91,7 @@ def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
     assert "## Timing" in report and "accuracy_vs_time" in report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [

@@ -188,6 +188,7 @@ def compare_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_identical_runs_exit_0_and_write_the_comparison_into_run_b(runs):
     result = compare_cli(runs / "run_a", runs / "run_b")
@@ -199,6 +200,7 @@ def test_identical_runs_exit_0_and_write_the_comparison_into_run_b(runs):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_a_doctored_error_exits_1_and_is_listed(runs, tmp_path):
     doctored = tmp_path / "doctored"
@@ -222,6 +224,7 @@ def test_a_doctored_error_exits_1_and_is_listed(runs, tmp_path):
     assert listed["ulp_err_ratio"].item() == pytest.approx(100)
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 @pytest.mark.parametrize(
     ("which", "message"),
@@ -245,6 +248,7 @@ def test_bad_input_exits_2_with_one_line(runs, tmp_path, which, message):
     assert result.stdout == "" and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_runs_with_other_settings_are_refused_unless_allowed(runs, tmp_path):
     result = compare_cli(runs / "run_a", runs / "adversarial", "--out", tmp_path / "out")

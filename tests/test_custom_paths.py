@@ -13,6 +13,7 @@ def custom(fn: str, framework: str = "torch", name: str = "mine") -> str:
     return f"custom_paths=[{{framework:{framework},name:{name},fn:'{fn}'}}]"
 
 
+@pytest.mark.slow
 def test_a_custom_path_is_swept_tabled_plotted_and_summarised(tmp_path):
     result = run_cli(*GRID, custom("plugin_losses:upcast_cross_entropy"), f"hydra.run.dir={tmp_path}", path=[PLUGINS])
     assert result.returncode == 0, result.stderr
@@ -26,6 +27,7 @@ def test_a_custom_path_is_swept_tabled_plotted_and_summarised(tmp_path):
     assert (tmp_path / "plots" / "error_vs_scale_spread.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "words"),
     [
@@ -48,6 +50,7 @@ def test_bad_custom_paths_fail_before_any_work(tmp_path, setting, words):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_custom_path_is_timed_like_the_built_in_ones(tmp_path):
     timed = [*GRID[:-1], "dtypes=[float32]", "timing.enabled=true", "timing.budget_s=0.01", "timing.min_blocks=1"]
     result = run_cli(*timed, custom("plugin_losses:upcast_cross_entropy"), f"hydra.run.dir={tmp_path}", path=[PLUGINS])

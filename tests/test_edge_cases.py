@@ -114,6 +114,7 @@ def test_bad_settings_fail_in_one_line(override, words):
         api.prepare(job, name)
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_command_line_run_writes_table_matrix_and_report(tmp_path):
     command = [sys.executable, "-m", "harness", "experiment=edge_cases", "frameworks=[numpy,torch]"]

@@ -10,6 +10,7 @@ from conftest import REPO, run_cli
 BLANCHARD = REPO.parent / "shared" / "data" / "blanchard2021" / "data_presoftmax.mat"
 
 
+@pytest.mark.slow
 def test_seed_article_prints_the_per_label_table(tmp_path):
     result = run_cli("experiment=seed_article", "progress=false", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
@@ -29,6 +30,7 @@ def test_seed_article_prints_the_per_label_table(tmp_path):
     assert "| float32 | torch/fused | 19.099998474121094 | 36.599998474121094 | -0 |" in table
 
 
+@pytest.mark.slow
 def test_seed_article_without_row_errors_is_refused_before_any_work(tmp_path):
     result = run_cli("experiment=seed_article", "row_errors=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert result.returncode == 2
@@ -38,6 +40,7 @@ def test_seed_article_without_row_errors_is_refused_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_seed_article_with_several_scales_tabulates_each(tmp_path):
     result = run_cli(
         "experiment=seed_article",
@@ -55,6 +58,7 @@ def test_seed_article_with_several_scales_tabulates_each(tmp_path):
     assert "| float64 x2 | **exact** | 38.199999999999996 | 73.200000000000003 | 2.57010455484" in table
 
 
+@pytest.mark.slow
 def test_file_family_reads_npz_with_settings(tmp_path):
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((5, 7)) * 3
@@ -81,6 +85,7 @@ def test_file_family_reads_npz_with_settings(tmp_path):
     assert (out / "plots" / "error_vs_scale_file.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
@@ -95,6 +100,7 @@ def test_file_family_bad_settings_fail_in_one_line(tmp_path, settings, words):
     assert words in result.stderr and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_pickled_file_is_refused(tmp_path):
     np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     result = run_cli(
@@ -107,6 +113,7 @@ def test_a_pickled_file_is_refused(tmp_path):
     assert result.returncode == 2 and "needs pickle" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not BLANCHARD.is_file(), reason=f"Blanchard et al. (2021) data absent: {BLANCHARD}")
 def test_blanchard2021_mnist(tmp_path):
     result = run_cli(

@@ -51,6 +51,7 @@ def test_naive_backward_breaks_where_its_forward_overflows(grad_errors):
     assert (calm["status"] == "ok").all()
 
 
+@pytest.mark.slow
 def test_gradient_sweep_through_the_cli_with_a_custom_path(tmp_path):
     custom = "custom_paths=[{framework:torch,name:mine,fn:'plugin_losses:upcast_cross_entropy'}]"
     result = run_cli(
@@ -77,6 +78,7 @@ def test_gradient_sweep_through_the_cli_with_a_custom_path(tmp_path):
     assert "## Gradients" in report and "grad_error_vs_scale_spread" in report
 
 
+@pytest.mark.slow
 def test_gradient_sweep_of_the_default_frameworks_agrees_with_theory(tmp_path):
     """The gradient_sweep experiment (its 13 scales from 0.01 to 10^4, 1000 classes) on 8 rows, the
     default frameworks, the paths that break: every gradient break lies where theory puts it, and

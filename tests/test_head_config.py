@@ -60,6 +60,7 @@ def test_a_head_file_missing_weight_fails_in_one_line(tmp_path):
         sweep_config(composed("families=[head_file]", f"file.path={path}"), "test")
 
 
+@pytest.mark.slow
 def test_cli_runs_a_head_file_and_writes_the_head_tables(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(

@@ -129,6 +129,7 @@ def test_mean_over_no_kept_rows_is_undefined_not_a_crash():
     assert total["cell"]["status"] == "ok" and total["cell"]["max_ulp_err"] == 0  # the sum of no rows: 0
 
 
+@pytest.mark.slow
 def test_cli_sweeps_ignore_fraction_as_a_column(tmp_path):
     command = [sys.executable, "-m", "harness", "families=[head]", "frameworks=[torch]", "dtypes=[float32]"]
     command += ["n_rows=8", "n_classes=50", "head.d=16", "reduction=[mean]", "ignore_fraction=[0,0.25]"]

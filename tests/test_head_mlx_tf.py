@@ -106,6 +106,7 @@ def read_run(out):
     return pd.read_csv(out / "errors.csv"), pd.read_csv(out / "grad_errors.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(backends.missing_packages("mlx")), reason="mlx is not installed")
 def test_cli_runs_the_mlx_head_eager_and_compiled(tmp_path):
     out = tmp_path / "run"
@@ -136,6 +137,7 @@ def test_cli_runs_the_mlx_head_eager_and_compiled(tmp_path):
     assert grads[grads["scale"] == 1.0]["max_row_rel_err"].max() < 2.0**-20
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(backends.missing_packages("tensorflow")), reason="tensorflow is not installed")
 def test_cli_runs_the_tensorflow_head_with_numpy(tmp_path):
     out = tmp_path / "run"

@@ -144,6 +144,7 @@ def test_outputs_reach_no_backend_path_or_framework(name):
     assert not banned, "; ".join(chain(name, n, via) for n in banned)
 
 
+@pytest.mark.slow
 def test_importing_the_outputs_loads_no_backend_path_or_framework():
     """The same, at run time, in a fresh interpreter (one for all of them: about a second)."""
     code = "; ".join(f"import {n}" for n in OUTPUT_MODULES) + "; import sys; print(' '.join(sys.modules))"

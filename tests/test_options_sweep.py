@@ -87,6 +87,7 @@ def test_the_wrong_softcap_is_flagged_far_from_the_reference():
         assert cells.loc["wrong_softcap", "max_rel_err"] > 0.5  # measured 17.9 (spread) and 0.60 (offset)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "words"),
     [

@@ -121,6 +121,7 @@ def interrupted_run(words: list[str], cwd) -> None:
     journal.write_text(journal.read_text().splitlines(keepends=True)[0])
 
 
+@pytest.mark.slow
 def test_every_command_and_example_of_the_readme_and_the_docs_runs(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "my_logits.npz", logits=rng.standard_normal((3, 5)), labels=np.array([0, 4, 2]))

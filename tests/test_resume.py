@@ -53,6 +53,7 @@ def uninterrupted(tmp_path_factory):
     return pd.read_parquet(out / "errors.parquet")
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_tables(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = start(run_dir)
@@ -68,6 +69,7 @@ def test_a_killed_run_resumes_to_the_same_tables(tmp_path, uninterrupted):
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "errors.parquet"), uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "run"
     process = start(run_dir)
@@ -79,6 +81,7 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert len(journal.read(run_dir / journal.JOURNAL)) >= 10
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(*GRID, "scales=[1,10]", f"hydra.run.dir={run_dir}").returncode == 0
@@ -94,6 +97,7 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_needs_an_existing_run(tmp_path):
     result = run_cli(*GRID, f"hydra.run.dir={tmp_path / 'none'}", "resume=true")
     assert result.returncode == 2 and "holds no run" in result.stderr
@@ -114,6 +118,7 @@ def test_journal_drops_a_torn_last_line(tmp_path):
     assert [r["cell"]["scale"] for r in journal.read(tmp_path / journal.JOURNAL)] == [1.0, 2.0]
 
 
+@pytest.mark.slow
 def test_environment_records_what_produced_the_result(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
@@ -132,6 +137,7 @@ def test_environment_records_what_produced_the_result(tmp_path):
         assert isinstance(env["harness"]["dirty"], bool)
 
 
+@pytest.mark.slow
 def test_resume_under_other_software_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0

@@ -21,6 +21,7 @@ def single_job(tmp_path_factory):
     return pd.read_parquet(out / "errors.parquet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_sharded_sweep_merges_to_the_single_job_tables(tmp_path, single_job, launcher):
     sweep_dir = tmp_path / "sweep"
@@ -48,6 +49,7 @@ def merge_cli(*args):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_merge_by_hand_and_its_errors(tmp_path):
     sweep_dir = tmp_path / "sweep"
     for job, dtype in (("0", "float16"), ("1", "float32")):
@@ -75,6 +77,7 @@ def test_merge_by_hand_and_its_errors(tmp_path):
     assert result.returncode == 2 and "is in two shards" in result.stderr
 
 
+@pytest.mark.slow
 def test_merge_refuses_an_unfinished_shard(tmp_path):
     sweep_dir = tmp_path / "sweep"
     for job, dtype in (("0", "float16"), ("1", "float32")):
@@ -98,6 +101,7 @@ def test_merged_timings_keep_one_row_per_timed_combination(tmp_path):
     assert merged["median_s"].tolist() == [1.0]
 
 
+@pytest.mark.slow
 def test_a_multirun_into_the_default_folder_whose_shards_do_not_merge_exits_2(tmp_path):
     """No hydra.sweep.dir: the default results/<experiment>/multirun_<timestamp>/ must resolve at sweep time."""
     result = run_cli("-m", *GRID, "dtypes=[float32]", "seed=0,1", cwd=tmp_path, timeout=600)

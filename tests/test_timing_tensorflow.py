@@ -16,6 +16,7 @@ GRID += ["families=[spread]", "scales=[1,1000]", "n_rows=4", "n_classes=20", "pr
 GRID += ["timing.budget_s=0.01", "timing.min_blocks=2", "timing.threads=1"]
 
 
+@pytest.mark.slow
 def test_tensorflow_is_timed_and_broken_down(tmp_path):
     result = run_cli(*GRID, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
-
 from harness.experiments import token_sweep, training_losses
 
 
+@pytest.mark.slow
 def test_a_float16_sum_over_tokens_overflows_correctly_and_its_mean_is_nan(tmp_path):
     """10**5 rows of 16 N(0, 1) logits: each loss is about ln 16 + 1/2 = 3.3, their sum 3.3e5 is past
     float16's 65504, so inf is the correctly rounded sum; the mean divides that inf by a count that
@@ -75,6 +75,7 @@ def test_an_option_set_is_named_by_what_it_changes(changes, name):
     assert training_losses.option_set(pd.Series(row)) == name
 
 
+@pytest.mark.slow
 def test_float16_label_smoothing_in_torch_overflows_where_the_exact_mean_is_ordinary(tmp_path):
     """F.cross_entropy(label_smoothing=0.1) in float16 sums lse - x_j over every class: with 8000
     classes of spread-3 logits each term is about 13, the sum about 1e5 > 65504, so the loss is inf

@@ -97,6 +97,7 @@ exit_now(3)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("other", ["none", "thread"])
 def test_exit_now_runs_atexit_flushes_and_keeps_its_status(tmp_path, other):
     """exit_now ends the process without the interpreter's teardown, yet what a normal exit writes
@@ -114,6 +115,7 @@ def test_exit_now_runs_atexit_flushes_and_keeps_its_status(tmp_path, other):
     assert (tmp_path / "thread").exists() == (other == "thread")
 
 
+@pytest.mark.slow
 def test_exit_now_leaves_a_profiler_its_file(tmp_path):
     """Under `python -m cProfile` the program returns to the profiler, which then writes its stats."""
     import subprocess
