@@ -23,7 +23,9 @@ ALLOWED = {
     "sweep": {"sweep", "exact", "backends", "paths"},
     "timing": {"timing", "backends", "paths", "sweep"},
     "outputs": {"outputs", "sweep"},
-    "tools": {"tools", "sweep", "outputs", "pipeline"},  # merge writes merged shards as a run does
+    # merge writes merged shards as a run does; the version matrix validates a run's settings (api) and
+    # names the frameworks' packages (backends)
+    "tools": {"tools", "sweep", "outputs", "pipeline", "api", "backends"},
 }
 # harness/<name>.py modules any layer may use
 FOUNDATION = {"dtypes", "errors", "mechanisms", "files", "cli", "processes", "package"}
@@ -127,8 +129,9 @@ def chain(start: str, end: str, via: dict[str, str]) -> str:
 
 
 # harness.tools.merge rebuilds a multirun's results exactly as a run writes them: it validates the
-# merged settings (SweepConfig, which checks the frameworks and paths) and calls harness.pipeline.
-WHOLE_RUN_TOOLS = {"harness.tools.merge"}
+# merged settings (SweepConfig, which checks the frameworks and paths) and calls harness.pipeline; the
+# version matrix validates its runs' settings the same way and checks the frameworks import.
+WHOLE_RUN_TOOLS = {"harness.tools.merge"} | {f"harness.tools.{m}" for m in ("matrix", "matrix_sets", "matrix_envs")}
 OUTPUT_MODULES = [
     n for n in MODULES if n.startswith(("harness.outputs.", "harness.tools.")) and n not in WHOLE_RUN_TOOLS
 ]
