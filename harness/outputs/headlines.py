@@ -185,7 +185,7 @@ def option_sentence(errors: pd.DataFrame) -> str:
     worst = good.loc[good["max_ulp_err"].idxmax()]
     changed = [f"{c}={worst[c]}" for c in columns if pd.notna(worst[c]) and worst[c] != OPTION_DEFAULTS.get(c)]
     plain = good[np.logical_and.reduce([good[c].astype(str) == str(OPTION_DEFAULTS.get(c)) for c in columns])]
-    base = f" (defaults: {_num(plain['max_ulp_err'].max(), 3)} ulp)" if not plain.empty else ""
+    base = f"; {_num(plain['max_ulp_err'].max(), 3)} ulp with the defaults" if not plain.empty else ""
     return (
         f"Of the loss options, {', '.join(changed) or 'the defaults'} gives the largest loss error: "
         f"{_num(worst['max_ulp_err'], 3)} ulp ({worst['framework']}/{worst['path']}, {worst['dtype']}){base}."

@@ -189,6 +189,9 @@ def _panel(
         ax.set_xlim(xs.min() / 1.3, xs.max() * 1.3)
         if xs.max() / xs.min() > 1e3:  # as for y below: a wide range needs no minor ticks (shared by the band)
             ax.xaxis.set_minor_locator(NullLocator())
+        if xs.max() / xs.min() < 10:  # a narrow span (one scale): ticks at the grid's values, not crowded minor labels
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
     if top / bottom > 1e7:  # minor ticks would crowd a tall range (and cost seconds to lay out)
         ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)

@@ -266,12 +266,12 @@ def report_markdown(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame, li
     """The answer first (verdict table, headline findings), then the figures, then the details in
     collapsed sections: every finding, summaries, breakdown, gradients, timing, tables, provenance."""
     limits = limits or bits_lost_limits(errors, None)
+    low, high = errors["scale"].min(), errors["scale"].max()
+    span = f" from {_g(low)} to {_g(high)}" if low != high else f" ({_g(low)})"
     lines = [
         f"# Report: {experiment_name(run_dir)}",
         "",
-        f"{len(errors)} cells: "
-        + ", ".join(_count(errors[column].nunique(), column) for column in GRID_COLUMNS)
-        + f" from {_g(errors['scale'].min())} to {_g(errors['scale'].max())}.",
+        f"{len(errors)} cells: " + ", ".join(_count(errors[c].nunique(), c) for c in GRID_COLUMNS) + f"{span}.",
         "",
         *answer_section(run_dir, errors, table, limits),
         *figures_section(run_dir),
