@@ -1,0 +1,171 @@
+"""Every KL path in every installed framework: against the exact reference on ordinary inputs, the
+cancellation bound of theory (u kappa) on a converging student in bfloat16, float32 and float64, and each
+path's documented failure (harness.losses.kl_divergence.theory)."""
+
+import functools
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import log_softmax
+from test_bce_paths import INSTALLED, native
+
+from harness import backends
+from harness.dtypes import DTYPES, round_to
+from harness.errors import ConfigError
+from harness.losses.kl_divergence import inputs, paths, theory
+from harness.losses.kl_divergence.exact import exact_kl_divergence
+from harness.paths import Unsupported
+
+ORDINARY_UNITS = 256  # measured up to 152 units of roundoff (ce_minus_entropy, independent family, 100 classes)
+BOUND_FACTOR = 8  # measured error / (u kappa) up to 3.1 (ce_minus_entropy), deltas 1e-1 to 1e-4
+
+
+def native_in(framework: str, array: np.ndarray):
+    """As `native`, bfloat16 too: sent as float32 and converted there (exact: the values are bfloat16's)."""
+    if array.dtype.name != "bfloat16" or framework == "numpy":
+        return native(framework, array)
+    wide = native(framework, array.astype(np.float32))
+    if framework == "torch":
+        import torch
+
+        return wide.to(torch.bfloat16)
+    if framework == "mlx":
+        import mlx.core as mx
+
+        return wide.astype(mx.bfloat16)
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        return wide.astype(jnp.bfloat16)
+    import tensorflow as tf
+
+    return tf.cast(wide, tf.bfloat16)
+
+
+def kl(framework, path, teacher, student, dtype, temperature=1.0):
+    """The path's per-row loss on the dtype-rounded logits, as float64."""
+    backend = backends.load(framework)
+    fn = functools.partial(paths.implementation(framework, path), temperature=temperature)
+    with backend.dtype_scope(dtype), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        args = [native_in(framework, round_to(np.asarray(a, dtype=np.float64), dtype)) for a in (teacher, student)]
+        values, returned = backend.to_numpy(backend.compile(fn)(*args))
+    assert returned == dtype
+    return values
+
+
+def rounded(arrays, dtype):
+    return (round_to(arrays[k], dtype).astype(np.float64) for k in ("teacher", "student"))
+
+
+def test_declarations_match_the_implementations():
+    for framework in INSTALLED:
+        module = paths.implementations_module(framework)
+        assert tuple(module.PATHS) == tuple(p for p in paths.PATH_NAMES if not paths.unsupported_reason(framework, p))
+        assert tuple(module.GRADIENTS) == tuple(module.PATHS) or framework == "numpy"
+    with pytest.raises(Unsupported, match="log-probability targets only"):
+        paths.implementation("mlx", "kl_div")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_ordinary_inputs(framework, dtype):
+    """Two independent scale-1 draws over 100 classes, T = 1 and 2: every path within 256 units of
+    roundoff of the dtype its exp computes in (float32 for MLX's float64)."""
+    teacher, student = rounded(inputs.independent(inputs.draw(4, 100, seed=0), 1.0), dtype)
+    unit = DTYPES[backends.exp_dtype(framework, dtype)].unit_roundoff
+    for temperature in (1.0, 2.0):
+        exact = exact_kl_divergence(teacher, student, temperature).to_float64()
+        for path in paths.PATH_NAMES:
+            if paths.unsupported_reason(framework, path):
+                continue
+            relative = np.max(np.abs(kl(framework, path, teacher, student, dtype, temperature) - exact) / exact)
+            assert relative <= ORDINARY_UNITS * unit, (path, temperature, relative / unit)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_converging_student_within_the_cancellation_bound(framework, dtype):
+    """student = teacher + delta * noise: each path's relative error stays within 8 u kappa, kappa =
+    sum p (|log p| + |log q|) / KL, u of the dtype the exp computes in; and is noise (beyond 100%) where
+    u kappa passes 1."""
+    base = inputs.draw(8, 100, seed=0)
+    unit = DTYPES[backends.exp_dtype(framework, dtype)].unit_roundoff
+    for delta in (1e-1, 1e-2, 1e-3, 1e-4):
+        teacher, student = rounded(inputs.near(base, 1.0, delta), dtype)
+        exact = exact_kl_divergence(teacher, student).to_float64()
+        kappa = theory.condition(log_softmax(teacher, axis=1), log_softmax(student, axis=1))
+        for path in paths.PATH_NAMES:
+            if paths.unsupported_reason(framework, path):
+                continue
+            relative = np.abs(kl(framework, path, teacher, student, dtype) - exact) / exact
+            assert np.all(relative <= BOUND_FACTOR * unit * kappa), (path, delta, np.max(relative / (unit * kappa)))
+
+
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_naive_is_negative_near_convergence_in_bfloat16(framework):
+    # delta = 1e-2 over 100 classes: H ~ 4.1, Var ~ 1, noise below delta = sqrt(4 H 2**-8 / Var) ~ 0.25
+    base = inputs.draw(8, 100, seed=0)
+    teacher, student = rounded(inputs.near(base, 1.0, 1e-2), "bfloat16")
+    p = np.exp(log_softmax(teacher, axis=1))
+    entropy = float(-(p * np.log(p)).sum(axis=1).mean())
+    assert theory.noise_below_delta("bfloat16", entropy, 1.0) > 0.2
+    loss = kl(framework, "naive", teacher, student, "bfloat16")
+    assert (loss < 0).any()  # the exact KL is positive in every row
+    assert (exact_kl_divergence(teacher, student).to_float64() > 0).all()
+
+
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_naive_is_nan_where_a_teacher_probability_is_zero(framework):
+    # a -inf teacher logit: p = 0, p (log p - log q) = 0 * -inf = NaN; F.kl_div, optax and rel_entr take 0 log 0 = 0
+    teacher = np.array([[0.0, -np.inf, 1.0]])
+    student = np.array([[0.0, 0.5, 1.0]])
+    assert np.isnan(kl(framework, "naive", teacher, student, "float32")).all()
+    exact = exact_kl_divergence(teacher, student).to_float64()
+    if framework in ("torch", "jax", "numpy"):
+        assert kl(framework, "kl_div", teacher, student, "float32") == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.skipif("tensorflow" not in INSTALLED, reason="TensorFlow not installed")
+def test_keras_clips_small_probabilities():
+    # teacher [0, -5], student [0, -30]: q_2 = 9.4e-14 counts as 1e-7, so p_2 log(p_2 / q_2) with p_2 = 6.7e-3
+    # loses more than half its size (log(6.7e-3 / 1e-7) = 11.1 for 25.0)
+    teacher, student = np.array([[0.0, -5.0]]), np.array([[0.0, -30.0]])
+    p, q = (np.exp(log_softmax(a, axis=1))[0] for a in (teacher, student))
+    clipped = np.clip(p, 1e-7, 1), np.clip(q, 1e-7, 1)
+    by_hand = float((clipped[0] * np.log(clipped[0] / clipped[1])).sum())
+    loss = kl("tensorflow", "kl_div", teacher, student, "float64")
+    assert loss[0] == pytest.approx(by_hand, rel=1e-12)
+    exact = exact_kl_divergence(teacher, student).to_float64()[0]
+    assert exact == pytest.approx(0.16061, rel=1e-4) and loss[0] == pytest.approx(0.067696, rel=1e-4)
+
+
+def test_theory_by_hand():
+    # ln(2**-150) = -103.9720770840 (float32), ln(2**-126) = -87.3365447506 where results flush
+    assert theory.probability_underflows_at("float32") == pytest.approx(-103.97207708399180, rel=1e-15)
+    assert theory.probability_underflows_at("float32", flushes_subnormals=True) == pytest.approx(-87.336544750553109)
+    # p = (1/2, 1/2), q = (1/4, 3/4): KL = ln(4/3) / 2; sum p (|log p| + |log q|) = (ln 2 + ln 4 + ln 2 + ln(4/3)) / 2
+    log_p, log_q = np.log([[0.5, 0.5]]), np.log([[0.25, 0.75]])
+    kappa = (4 * math.log(2) + math.log(4 / 3)) / math.log(4 / 3)  # 10.6372...
+    assert theory.condition(log_p, log_q)[0] == pytest.approx(kappa, rel=1e-14)
+    assert theory.cancellation_bound(kappa, "float32") == pytest.approx(kappa * 2.0**-24)
+    # H = 4, Var = 1, float32: sqrt(16 2**-24) = 2**-10
+    assert theory.noise_below_delta("float32", 4.0, 1.0) == 2.0**-10
+    assert theory.noise_below_delta("float32", 4.0, 1.0, temperature=2.0) == 2.0**-9
+
+
+def test_bad_inputs_fail_in_one_line():
+    with pytest.raises(ConfigError, match=r"teacher logits of shape \(2, 3\) and student logits of shape \(2, 4\)"):
+        inputs.check_inputs(np.zeros((2, 3)), np.zeros((2, 4)))
+    with pytest.raises(ConfigError, match="temperature 0.0 is not positive"):
+        inputs.check_inputs(np.zeros((2, 3)), np.zeros((2, 3)), temperature=0.0)
+
+
+def test_families():
+    base = inputs.draw(3, 5, seed=2)
+    independent, near = inputs.independent(base, 2.0), inputs.near(base, 3.0, 1e-3)
+    assert np.array_equal(independent["teacher"], 2.0 * base.teacher_z)
+    assert np.array_equal(independent["student"], 2.0 * base.student_z)
+    assert np.array_equal(near["student"], 3.0 * base.teacher_z + 1e-3 * base.student_z)
