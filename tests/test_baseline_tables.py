@@ -99,6 +99,37 @@ def compare(now: pd.DataFrame, before: pd.DataFrame, table: str, skip=lambda col
         assert_same_column(f"{table}.{column}", now[column].reset_index(drop=True), before[column])
 
 
+# NumPy's backward of SciPy's logsumexp formed its argmax entry as 1 - sum(others) (harness.paths.numpy_paths):
+# the cells of the paths that run it have their gradient errors compared as "no larger, or within a few roundings"
+CORRECTED_PATHS = ("fused", "upcast_fused", "linear_fused")
+# per table: the columns a corrected cell may change, and its relative error among them
+CORRECTED_COLUMNS = {
+    "grad_errors": (("max_abs_err", "max_row_rel_err", "max_ulp_err", "median_ulp_err"), "max_row_rel_err"),
+    "edge_cases": (("grad_returned", "grad_max_row_rel_err"), "grad_max_row_rel_err"),
+}
+
+
+def corrected_apart(now: pd.DataFrame, before: pd.DataFrame, table: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two tables with the corrected cells' gradient errors checked here (no larger than before, or
+    within 8 roundings of the dtype the path computes in), then blanked for the column-by-column check."""
+    from harness.dtypes import DTYPES
+
+    columns, relative = CORRECTED_COLUMNS[table]
+    assert len(now) == len(before)
+    now, before = now.reset_index(drop=True).copy(), before.reset_index(drop=True).copy()
+    corrected = ((before["framework"] == "numpy") & before["path"].isin(CORRECTED_PATHS)).to_numpy()
+    assert (now["framework"].to_numpy() == before["framework"].to_numpy()).all()
+    computes_in = np.where(before["path"] == "upcast_fused", "float32", before["dtype"])  # float64 too
+    pairs = zip(before["dtype"], computes_in, strict=True)
+    roundings = np.array([8 * max(DTYPES[d].unit_roundoff, DTYPES[c].unit_roundoff) for d, c in pairs])
+    was, is_now = before[relative].to_numpy(np.float64), now[relative].to_numpy(np.float64)
+    worse = corrected & ~(is_now <= np.maximum(was, roundings)) & ~(np.isnan(is_now) & np.isnan(was))
+    assert not worse.any(), before[worse]
+    for frame in (now, before):
+        frame.loc[corrected, list(columns)] = None
+    return now, before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(GRIDS))
 def test_tables_as_before(experiment, tmp_path):
@@ -108,6 +139,8 @@ def test_tables_as_before(experiment, tmp_path):
     assert set(now) >= set(before)
     filled = FILLED.get(experiment, ())
     for table, frame in before.items():
+        if table in CORRECTED_COLUMNS:
+            now[table], frame = corrected_apart(now[table], frame, table)
         compare(now[table], frame, table, skip=lambda column: column in filled)
         for column in filled:
             if column in frame:

@@ -180,7 +180,9 @@ def _scipy_logsumexp_gradient(parts):
     g_s_per_max = one / (one + parts["s_per_max"])  # log1p
     g_s = np.where(parts["s"] == 0, g_s_per_max, g_s_per_max / parts["n_max"])
     g_shifted = g_s * parts["e"]  # s = sum(e), e = exp(a - a_max) (0 at the maxima)
-    g_a_max = one - g_shifted.sum(axis=1, keepdims=True)  # + a_max, and - a_max inside exp
+    # + a_max, and - a_max inside exp: 1 - sum(g_shifted) = 1 - (s/n) / (1 + s/n) = 1 / (1 + s/n), formed as
+    # the quotient (the difference cancels: in float16 at s = 999 it was off by half its value)
+    g_a_max = g_s_per_max
     stable = np.where(parts["is_max"], g_a_max / parts["n_max"], g_shifted)  # max shared by ties
     direct = (one / parts["direct_sum"]) * parts["direct_e"]  # log(sum(exp(a)))
     return np.where(parts["finite"], stable, direct)

@@ -38,6 +38,7 @@ def record_input_inf(cell: dict, todo, fmt: FloatFormat, device: str, record, gr
     status = {"status": metrics.INPUT_INF, "message": f"logits overflow {fmt.name} (|x| > {fmt.max_finite:.6g})"}
     for framework, path in todo:
         where = cell | {"framework": framework, "device": backends.row_device(framework, device)} | named(path)
+        where["gradient_by"] = gradient_by(framework)
         record({"cell": where | status} | ({"grad": status} if gradient else {}))
     return len(todo)
 
@@ -77,7 +78,14 @@ def measured_facts(framework: str, dtype: str, device: str) -> dict:
         "exp_overflow": backends.exp_overflow(framework, dtype, device),
         "exp_underflow": backends.exp_underflow(framework, dtype, device),
         "quotient_flushes": backends.quotient_flushes(framework, dtype, device),
+        "gradient_by": gradient_by(framework),
     }
+
+
+def gradient_by(framework: str) -> str:
+    """Whose gradient a row measures: `framework` (its autodiff) or `harness` (a backward pass the
+    harness wrote by hand, for a framework without autodiff: NumPy)."""
+    return "harness" if backends.load(framework).autodiff_gradient is None else "framework"
 
 
 def named(path: str) -> dict:
