@@ -59,7 +59,8 @@ class PathStats:
 
     def rank(self) -> tuple:
         held = -self.earliest()[0].max_logit if self.fails else 0.0
-        return (self.fails, held, self.excess > 0, np.nan_to_num(self.peak, nan=0.0), np.nan_to_num(self.worst[0]))
+        peak, worst = np.nan_to_num(self.peak, nan=0.0), np.nan_to_num(self.worst[0])
+        return (self.fails, held, round(self.excess, 1), peak, worst)
 
     def worst_words(self) -> str:
         return f"{_num(self.worst[0], 3)} ulp, in {self.worst[1]}"
@@ -83,6 +84,8 @@ def recommendation(stats: list[PathStats]) -> str:
             f"it never fails {scope}, up to largest logit {_num(best.reach, 3)}, and its worst error while "
             f"finite is {best.worst_words()}{_memory(best)}"
         )
+        if best.excess > 0:
+            reason += f", though it too loses {best.lossiest[0]:.0f} bits in {best.lossiest[1]}"
     else:
         found, who, dtype = best.earliest()
         reason = f"it holds longest, failing first at largest logit {_num(found.max_logit, 3)} ({dtype}, {who})"
