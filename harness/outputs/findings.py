@@ -1,4 +1,4 @@
-"""Key findings of a report: plain sentences written from the breakdown table and the errors table.
+"""Every finding of a report, per combination: sentences written from the breakdown and errors tables.
 
 key_findings gives, in order, an overview (how many combinations fail, how many agree with theory),
 the disagreements with theory, the combinations theory cannot check, one sentence per predicted break

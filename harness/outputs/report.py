@@ -1,14 +1,12 @@
 """The report of a run, rebuilt from its results folder alone: report.md and a self-contained report.html.
 
 `python -m harness.outputs.report RUN_DIR` recomputes the breakdown table and the correct-bits heatmaps
-from errors.parquet, then writes the report; nothing is rerun. The report leads with what was found:
-key findings written from the breakdown table, every Markdown summary, the breakdown, every plot
-(heatmaps in dtype order) and table in the folder; it ends with how it was produced: the command
-and configuration (.hydra/, shown once), the environment (environment.json, or the versions found
-when the report is built) and the files. The HTML embeds its images as data URIs and holds its own
-style: it opens offline. This module reads the folder and assembles the Markdown; the heatmaps are
-drawn by harness.outputs.heatmaps, the findings written by harness.outputs.findings, the closing
-section by harness.outputs.provenance and the HTML rendered by harness.outputs.html_page.
+from errors.parquet, then writes the report; nothing is rerun. It answers first, in one screen: a
+verdict table (harness.outputs.verdict) and at most eight headline findings, led by which path to use
+and why (harness.outputs.headlines); then every figure; then, collapsed, every per-combination
+finding (harness.outputs.findings), the Markdown summaries, the breakdown, gradients, timing, the
+other tables and how the run was produced (harness.outputs.provenance). The HTML
+(harness.outputs.html_page) embeds its images and style: it opens offline.
 """
 
 from __future__ import annotations
