@@ -244,3 +244,39 @@ def test_families():
     assert np.array_equal(offset["logits"], base.z + 5.0) and np.array_equal(offset["targets"], base.soft)
     smoothed = inputs.spread(base, 1.0, "smoothed", smoothing=0.1)["targets"]
     assert set(np.unique(smoothed)) <= {0.05, 0.95}
+
+
+def bce_gradient(framework, path, x, t, dtype, pos_weight=None):
+    """The framework's autodiff of the path: d(sum of the losses)/d logits, as float64."""
+    module = paths.implementations_module(framework)
+    backend = backends.load(framework)
+    with backend.dtype_scope(dtype):
+        options = {} if pos_weight is None else {"pos_weight": native(framework, np.asarray(pos_weight, dtype=dtype))}
+        fn = backend.compile_gradient(functools.partial(module.GRADIENTS[path], **options))
+        values, returned = backend.to_numpy(fn(native(framework, x.astype(dtype)), native(framework, t.astype(dtype))))
+    assert returned == dtype
+    return values
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", [f for f in INSTALLED if f != "numpy"])
+def test_gradients_on_ordinary_inputs(framework, dtype):
+    """(1 - t) s(x) - w t s(-x) by autodiff, within 64 units of roundoff of the terms' size (1 - t) s + w t (1 - s)
+    (measured up to 9.3); NumPy has no autodiff and these paths no hand-written backward pass."""
+    from harness.losses.binary_cross_entropy.exact import exact_binary_cross_entropy_gradient
+
+    base = inputs.draw((16, 8), seed=0)
+    unit = DTYPES[backends.exp_dtype(framework, dtype)].unit_roundoff
+    for kind in ("hard", "soft"):
+        arrays = inputs.spread(base, 1.0, kind)
+        x, t = (round_to(arrays[k], dtype).astype(np.float64) for k in ("logits", "targets"))
+        s = 1 / (1 + np.exp(-x))
+        for pos_weight in (None, 2.5):
+            exact = exact_binary_cross_entropy_gradient(x, t, pos_weight).to_float64()
+            scale = (1 - t) * s + (1.0 if pos_weight is None else pos_weight) * t * (1 - s)
+            for path in paths.PATH_NAMES:
+                if paths.unsupported_reason(framework, path, {paths.POS_WEIGHT: pos_weight}):
+                    continue
+                gradient = bce_gradient(framework, path, x, t, dtype, pos_weight)
+                error = np.max(np.abs(gradient - exact) / scale)
+                assert error <= 64 * unit, (path, kind, pos_weight, error / unit)
