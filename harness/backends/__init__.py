@@ -2,22 +2,15 @@
 
 A backend module (`harness.backends.<name>`) holds: the packages it needs and the pip line that
 installs them; bit-exact transfer to and from NumPy (`to_native`, `to_numpy`, bfloat16 included);
-device placement (`check_device`, `to_native(..., device=)`) and `sync`; how a loss is compiled
-(`compile`, `compile_gradient`, `clear_compile_cache`, `COMPILES`); autodiff (`autodiff_gradient`);
-what it hands back after its cells (`release_memory`);
-the scope a dtype runs in (`dtype_scope`: JAX's x64 only for float64); thread control for timing
-(`threads`, which yields the count in force and a note where it is not the one asked for;
-`request_threads` where the setting is fixed when the framework starts: JAX, TensorFlow); whether
-results flush subnormals to zero, measured on the running device (`flushes_subnormals`); its own
-`exp`, from which the facts theory uses are measured (where it overflows and underflows, whether a
-division flushes); its devices and versions (`device_names`, `versions`); and, for the head's
-compiled mode, whether a compiled loss compiles again for another thread count
-(`RECOMPILES_PER_THREAD_COUNT`, torch.compile only); and whether its ops run on one thread whatever
-is asked, in every process (`OPS_ON_ONE_THREAD`, MLX only: the head runs its gradient calls several
-at a time in processes of their own, harness.sweep.head_gradients).
+device placement (`check_device`) and `sync`; compiling (`compile`, `compile_gradient`,
+`clear_compile_cache`, `COMPILES`) and autodiff (`autodiff_gradient`); `release_memory`; the scope a
+dtype runs in (`dtype_scope`: JAX's x64 only for float64); thread control for timing (`threads`,
+`request_threads`); the facts theory uses, measured on the running device (`flushes_subnormals`, its
+own `exp`'s range and whether a division flushes); `device_names` and `versions`; and two flags of
+the head stage (`RECOMPILES_PER_THREAD_COUNT`: torch.compile; `OPS_ON_ONE_THREAD`: MLX).
 
 This package's own module imports no framework: it only names them, so a missing framework is a
-clear one-line error before any work, never an ImportError mid-sweep. Outside the backends and the
+one-line error before any work, never an ImportError mid-sweep. Outside the backends and the
 per-framework path implementations (`harness/paths/<name>_paths.py`) no module imports a framework.
 """
 
