@@ -1,30 +1,15 @@
 """Breakdown points: where each path first fails or loses accuracy, next to the theory of why.
 
-Theory, per row of logits x (already rounded to the dtype), label y, loss = lse(x) - x[y] >= 0,
-every threshold derived from the dtype's round-to-nearest (harness.dtypes):
-
-- sum overflow: exp(x_j) rounds to inf once x_j passes ln(largest finite + half an ulp), and the
-  unshifted sum of exponentials once lse(x) passes it, which comes first since lse(x) >= max(x).
-  Only the naive path sums unshifted exponentials.
-- target underflow: the target probability exp(-loss) rounds to zero, and -log gives inf, once the
-  loss passes -ln(smallest subnormal / 2); or -ln(smallest normal) where the framework flushes
-  subnormal results to zero (measured per framework, dtype and device: the errors table's
-  `flushes_subnormals`). The naive and softmax_log paths take the log of a probability;
-  log_softmax_nll and fused never do, and should not break at all.
-
-Each threshold is stated in a quantity the errors table records per cell: `max_lse` (sum
-overflow; where absent, `max_logit`, a lower bound on it) and `max_exact_loss` (target underflow);
-where the framework's exp measurably returns 0 before the dtype underflows (harness.mechanisms),
-the exp's argument too: `max_target_gap` (max_j x_j - x_y) in a path that shifts,
-`max_neg_target_logit` (-x_y) in one that does not.
-The measured break lies between the last good scale and the first failing one (status inf, nan
-or error; a correctly rounded inf or 0, exact_overflow or exact_underflow, is no failure): the
-bisection's bracket from the run's `breaks` table (harness.sweep.bisect) where there is one, else
-the two grid cells. Theory agrees when one of the path's mechanisms has its threshold within 1% of
-the quantity measured there, and none was passed (by more than 1%) before it; or when neither
-theory nor measurement breaks within the grid. A disagreement is explained by a measured fact
-(subnormals flushed, the dtype the path accumulates in) that puts a threshold at the break, or
-else by the numbers alone.
+Each path's mechanisms (harness.mechanisms: sum overflow, target underflow, exp overflow, other-class
+underflow) put a threshold on a quantity the errors table records per cell (`max_lse`,
+`max_exact_loss`, `max_logit`, `max_target_gap`, ...), taken at the facts each backend measured.
+The measured break lies between the last good scale and the first failing one (status inf, nan or
+error; a correctly rounded inf or 0 is no failure): the bisection's bracket from the run's `breaks`
+table where there is one, else the two grid cells. Theory agrees when one of the path's mechanisms
+has its threshold within 1% of the quantity measured there, and none was passed (by more than 1%)
+before it; or when neither theory nor measurement breaks within the grid. A disagreement is
+explained by a measured fact (subnormals flushed, the dtype the path accumulates in) that puts a
+threshold at the break, or else by the numbers alone. The reasoning: docs/pages/explanation/theory.md.
 """
 
 from __future__ import annotations
