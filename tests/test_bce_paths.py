@@ -67,6 +67,7 @@ def test_declarations_match_the_implementations():
     for framework in INSTALLED:
         module = paths.implementations_module(framework)
         assert tuple(module.PATHS) == tuple(p for p in paths.PATH_NAMES if not paths.unsupported_reason(framework, p))
+        assert tuple(module.GRADIENTS) == tuple(module.PATHS)
         for name, fn in module.PATHS.items():
             takes_weight = paths.POS_WEIGHT in inspect.signature(fn).parameters
             declared = framework not in paths.ENTRIES_BY_NAME[name].option_unsupported.get(paths.POS_WEIGHT, {})
@@ -259,10 +260,10 @@ def bce_gradient(framework, path, x, t, dtype, pos_weight=None):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("framework", [f for f in INSTALLED if f != "numpy"])
+@pytest.mark.parametrize("framework", INSTALLED)
 def test_gradients_on_ordinary_inputs(framework, dtype):
     """(1 - t) s(x) - w t s(-x) by autodiff, within 64 units of roundoff of the terms' size (1 - t) s + w t (1 - s)
-    (measured up to 9.3); NumPy has no autodiff and these paths no hand-written backward pass."""
+    (measured up to 9.3); NumPy's are the harness's own backward passes."""
     from harness.losses.binary_cross_entropy.exact import exact_binary_cross_entropy_gradient
 
     base = inputs.draw((16, 8), seed=0)
@@ -280,3 +281,11 @@ def test_gradients_on_ordinary_inputs(framework, dtype):
                 gradient = bce_gradient(framework, path, x, t, dtype, pos_weight)
                 error = np.max(np.abs(gradient - exact) / scale)
                 assert error <= 64 * unit, (path, kind, pos_weight, error / unit)
+
+
+@pytest.mark.parametrize("framework", [f for f in ("numpy", "torch", "jax") if f in INSTALLED])
+def test_naive_gradient_is_nan_once_sigmoid_rounds_to_one(framework):
+    # float32, x = 40, t = 1: d/ds (1 - t) log(1 - s) = 0 / 0; the exact gradient is -4.2e-18 (s(x) - 1)
+    gradient = bce_gradient(framework, "naive", np.array([40.0]), np.array([1.0]), "float32")
+    assert np.isnan(gradient).all()
+    assert bce_gradient(framework, "log_sigmoid", np.array([40.0]), np.array([1.0]), "float32")[0] < 0

@@ -64,7 +64,7 @@ def test_declarations_match_the_implementations():
     for framework in INSTALLED:
         module = paths.implementations_module(framework)
         assert tuple(module.PATHS) == tuple(p for p in paths.PATH_NAMES if not paths.unsupported_reason(framework, p))
-        assert tuple(module.GRADIENTS) == tuple(module.PATHS) or framework == "numpy"
+        assert tuple(module.GRADIENTS) == tuple(module.PATHS)
     with pytest.raises(Unsupported, match="log-probability targets only"):
         paths.implementation("mlx", "kl_div")
 
@@ -172,10 +172,10 @@ def test_families():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("framework", [f for f in INSTALLED if f != "numpy"])
+@pytest.mark.parametrize("framework", INSTALLED)
 def test_gradients_on_ordinary_inputs(framework, dtype):
     """T (q - p) by autodiff with respect to the student, within 64 units of roundoff of the row's largest
-    entry (measured up to 9.4); NumPy has no autodiff and these paths no hand-written backward pass."""
+    entry (measured up to 9.4); NumPy's are the harness's own backward passes."""
     from harness.losses.kl_divergence.exact import exact_kl_divergence_gradient
 
     teacher, student = rounded(inputs.independent(inputs.draw(4, 100, seed=0), 1.0), dtype)

@@ -3,8 +3,11 @@
 ``PATHS[name](logits, targets, pos_weight=None) -> loss``: per-element loss in the logits' dtype.
 SciPy's ufuncs (expit, log_expit) compute float16 in float32 and have no bfloat16 loop: half
 floats are computed in float32 and each result rounded to the input dtype once (declared in the
-path entries). SciPy has no probability-input BCE (declared). NumPy has no autodiff and these paths
-have no hand-written backward pass yet: no gradients.
+path entries). SciPy has no probability-input BCE (declared).
+
+NumPy has no autodiff: ``GRADIENTS[name]`` are the harness's own backward passes, each the chain
+rule through the path's own operations in its dtype, as an autodiff would take it (naive:
+d/ds = -w t / s + (1 - t) / (1 - s), times s (1 - s), so NaN where s rounds to 1, as PyTorch's).
 """
 
 from __future__ import annotations
@@ -67,4 +70,37 @@ PATHS = {
     "softplus": softplus,
 }
 
-GRADIENTS: dict = {}
+
+def _expit(x, like):
+    return _out(special.expit(_in(x)), like)
+
+
+def naive_gradient(logits, targets, pos_weight=None):
+    s = _expit(logits, logits)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        by_s = -_weighted(targets, pos_weight) / s + (1 - targets) / (1 - s)
+        return by_s * (s * (1 - s))
+
+
+def with_logits_gradient(logits, targets, pos_weight=None):
+    """(1 - t) - (1 + (w - 1) t) expit(-x): log_expit's derivative is expit(-x)."""
+    scale = 1 - targets + _weighted(targets, pos_weight)
+    return (1 - targets) - scale * _expit(-logits, logits)
+
+
+def log_sigmoid_gradient(logits, targets, pos_weight=None):
+    return -(_weighted(targets, pos_weight) * _expit(-logits, logits) - (1 - targets) * _expit(logits, logits))
+
+
+def softplus_gradient(logits, targets, pos_weight=None):
+    """(1 - t + w t) expit(x) - w t: logaddexp(0, x)'s derivative is expit(x)."""
+    weighted = _weighted(targets, pos_weight)
+    return (1 - targets + weighted) * _expit(logits, logits) - weighted
+
+
+GRADIENTS = {
+    "naive": naive_gradient,
+    "with_logits": with_logits_gradient,
+    "log_sigmoid": log_sigmoid_gradient,
+    "softplus": softplus_gradient,
+}

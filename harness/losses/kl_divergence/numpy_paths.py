@@ -3,8 +3,13 @@
 ``PATHS[name](teacher, student, temperature=1.0) -> loss``: per-row loss in the logits' dtype.
 scipy.special.rel_entr has no half-float loops: float16 and bfloat16 probabilities go through it
 in float32, the result rounded once. SciPy has no KL on log-probabilities (no
-`kl_div_log_target`: declared in the entries). No autodiff and no hand-written backward pass: no
-gradients.
+`kl_div_log_target`: declared in the entries).
+
+NumPy has no autodiff: ``GRADIENTS[name]`` (with respect to the student) are the harness's own
+backward passes, the chain rule through each path's operations in its dtype: naive and kl_div
+take d/dq = -T**2 p / q, then the softmax's backward q (g - sum q g), then 1 / T (NaN where q
+underflows under a positive p, as an autodiff's would); ce_minus_entropy takes log_softmax's
+backward, T**2 (q sum p - p), then 1 / T.
 """
 
 from __future__ import annotations
@@ -52,4 +57,27 @@ PATHS = {
     "ce_minus_entropy": ce_minus_entropy,
 }
 
-GRADIENTS: dict = {}
+
+def _through_softmax_and_log(teacher, student, temperature):
+    p = special.softmax(_scaled(teacher, temperature), axis=1)
+    q = special.softmax(_scaled(student, temperature), axis=1)
+    square = np.asarray(temperature**2, dtype=student.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        by_q = -square * p / q
+        by_z = q * (by_q - (q * by_q).sum(axis=1, keepdims=True))
+    return (by_z / np.asarray(temperature, dtype=student.dtype)).astype(student.dtype)
+
+
+def ce_minus_entropy_gradient(teacher, student, temperature=1.0):
+    p = special.softmax(_scaled(teacher, temperature), axis=1)
+    q = special.softmax(_scaled(student, temperature), axis=1)
+    square = np.asarray(temperature**2, dtype=student.dtype)
+    by_z = square * (q * p.sum(axis=1, keepdims=True) - p)
+    return (by_z / np.asarray(temperature, dtype=student.dtype)).astype(student.dtype)
+
+
+GRADIENTS = {
+    "naive": _through_softmax_and_log,
+    "kl_div": _through_softmax_and_log,
+    "ce_minus_entropy": ce_minus_entropy_gradient,
+}
