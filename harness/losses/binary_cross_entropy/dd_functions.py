@@ -58,8 +58,19 @@ def exp_any(yh, yl):
         return np.ldexp(eh, scale), np.ldexp(el, scale)
 
 
+def _terms_needed(largest: float, coefficients) -> int:
+    """How many leading terms of sum_k c_k y**k make the first one dropped smaller than 2**-110 c_0."""
+    for count in range(1, len(coefficients)):
+        if largest**count * abs(coefficients[count][0]) < 2.0**-110 * abs(coefficients[0][0]):
+            return count
+    return len(coefficients)
+
+
 def _horner(yh, yl, coefficients):
-    """sum_k c_k y**k for dd coefficients c_0, c_1, ...: Horner's rule in dd."""
+    """sum_k c_k y**k for dd coefficients c_0, c_1, ...: Horner's rule in dd, over as many terms as
+    the largest |y| needs (the first dropped term below 2**-110 of c_0: 3 terms at |y| = 1e-12)."""
+    largest = float(np.max(np.abs(yh), initial=0.0))
+    coefficients = coefficients[: _terms_needed(largest, coefficients)]
     ph = np.full(np.shape(yh), coefficients[-1][0])
     pl = np.full(np.shape(yh), coefficients[-1][1])
     for ch, cl in reversed(coefficients[:-1]):
@@ -74,46 +85,64 @@ _CHI = [as_dd(Fraction((-1) ** m, factorial(m + 2))) for m in range(_TERMS)]
 _PHI = [as_dd(Fraction(m + 1, factorial(m + 2))) for m in range(_TERMS)]
 
 
+def _branches(small, yh, yl, small_fn, large_fn):
+    """small_fn on the elements where `small`, large_fn on the others, each evaluated only where used."""
+    hi, lo = np.zeros(yh.shape), np.zeros(yh.shape)
+    for where, fn in ((small, small_fn), (~small, large_fn)):
+        if where.any():
+            hi[where], lo[where] = fn(yh[where], yl[where])
+    return hi, lo
+
+
+def _expm1_series(yh, yl):
+    sh, sl = _horner(yh, yl, _EXPM1)
+    return dd.mul(sh, sl, yh, yl)
+
+
+def _expm1_by_exp(yh, yl):
+    with np.errstate(over="ignore", invalid="ignore"):
+        eh, el = exp_any(yh, yl)
+        return dd.add(eh, el, -np.ones_like(eh), np.zeros_like(eh))
+
+
 def expm1(yh, yl):
     """exp(y) - 1 of a dd argument (y up to about 709), as dd: the series below 1/16, else
     exp(y) - 1, where exp(y) is at least 1/16 away from 1 (at most 4 bits cancel)."""
     yh, yl = np.asarray(yh, dtype=np.float64), np.asarray(yl, dtype=np.float64)
-    small = np.abs(yh) < SERIES_BELOW
-    sh, sl = _horner(np.where(small, yh, 0.0), np.where(small, yl, 0.0), _EXPM1)
-    sh, sl = dd.mul(sh, sl, yh, yl)
-    with np.errstate(over="ignore", invalid="ignore"):
-        eh, el = exp_any(np.where(small, 0.0, yh), np.where(small, 0.0, yl))
-        eh, el = dd.add(eh, el, -np.ones_like(eh), np.zeros_like(eh))
-    return np.where(small, sh, eh), np.where(small, sl, el)
+    return _branches(np.abs(yh) < SERIES_BELOW, yh, yl, _expm1_series, _expm1_by_exp)
 
 
-def _u2_series(uh, ul, coefficients):
-    ph, pl = _horner(uh, ul, coefficients)
-    qh, ql = dd.mul(uh, ul, uh, ul)
-    return dd.mul(ph, pl, qh, ql)
+def _u2_series(coefficients):
+    def series(uh, ul):
+        ph, pl = _horner(uh, ul, coefficients)
+        qh, ql = dd.mul(uh, ul, uh, ul)
+        return dd.mul(ph, pl, qh, ql)
+
+    return series
+
+
+def _chi_by_exp(uh, ul):
+    eh, el = expm1(-uh, -ul)
+    return dd.add(eh, el, uh, ul)
 
 
 def chi(uh, ul):
     """exp(-u) - 1 + u >= 0 for dd u >= -1/16 (a KL term over p), without cancellation for small u."""
     uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
-    small = np.abs(uh) < SERIES_BELOW
-    sh, sl = _u2_series(np.where(small, uh, 0.0), np.where(small, ul, 0.0), _CHI)
-    eh, el = expm1(np.where(small, 0.0, -uh), np.where(small, 0.0, -ul))
-    eh, el = dd.add(eh, el, uh, ul)
-    return np.where(small, sh, eh), np.where(small, sl, el)
+    return _branches(np.abs(uh) < SERIES_BELOW, uh, ul, _u2_series(_CHI), _chi_by_exp)
+
+
+def _phi_by_exp(uh, ul):
+    eh, el = dd.exp(np.minimum(uh, 0.0), ul)
+    mh, ml = dd.add(uh, ul, -np.ones_like(uh), np.zeros_like(uh))
+    ph, pl = dd.mul(mh, ml, eh, el)
+    return dd.add(ph, pl, np.ones_like(uh), np.zeros_like(uh))
 
 
 def phi(uh, ul):
     """1 + (u - 1) exp(u) >= 0 for dd u <= 1/16 (a KL term over q), without cancellation for small u."""
     uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
-    small = np.abs(uh) < SERIES_BELOW
-    sh, sl = _u2_series(np.where(small, uh, 0.0), np.where(small, ul, 0.0), _PHI)
-    big_u = np.where(small, -1.0, uh)
-    eh, el = dd.exp(np.minimum(big_u, 0.0), np.where(small, 0.0, ul))
-    mh, ml = dd.add(big_u, np.where(small, 0.0, ul), -np.ones_like(uh), np.zeros_like(uh))
-    ph, pl = dd.mul(mh, ml, eh, el)
-    ph, pl = dd.add(ph, pl, np.ones_like(uh), np.zeros_like(uh))
-    return np.where(small, sh, ph), np.where(small, sl, pl)
+    return _branches(np.abs(uh) < SERIES_BELOW, uh, ul, _u2_series(_PHI), _phi_by_exp)
 
 
 _LOG1P_SERIES_BELOW = 2.0**-20

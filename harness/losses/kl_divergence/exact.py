@@ -98,12 +98,12 @@ def _parts(t: np.ndarray, s: np.ndarray, temperature: float):
     shifted = dd.add(*log_p, -w[0], -w[1])  # log(p_j exp(-w_j))
     overflow = np.any(~masked & (shifted[0] > _OVERFLOW_GUARD), axis=1)
     narrow_terms = dd.mul(p_h, p_l, *ddf.expm1(np.where(wide, 0.0, -w[0]), np.where(wide, 0.0, -w[1])))
-    big = ddf.exp_any(np.where(wide & ~masked, np.minimum(shifted[0], _OVERFLOW_GUARD), 0.0), shifted[1])
+    big = _exp_at(wide & ~masked, np.minimum(shifted[0], _OVERFLOW_GUARD), shifted[1])
     wide_terms = dd.add(*big, -p_h, -p_l)
     # where p_j = 0 the term is the student's exp((s_j - s_r) / T) p_r: its share outside the teacher's support
     outside = dd.add(*_over_temperature(*dd.two_sum(s, -s[rows, r][:, None]), temperature), *_log_p_r(log_p, rows, r))
     overflow |= np.any(masked & (outside[0] > _OVERFLOW_GUARD), axis=1)
-    outside = ddf.exp_any(np.where(masked, np.minimum(outside[0], _OVERFLOW_GUARD), 0.0), outside[1])
+    outside = _exp_at(masked, np.minimum(outside[0], _OVERFLOW_GUARD), outside[1])
     term_h = np.where(masked, outside[0], np.where(wide, wide_terms[0], narrow_terms[0]))
     term_l = np.where(masked, outside[1], np.where(wide, wide_terms[1], narrow_terms[1]))
     sum_h, sum_l = dd.sum_rows(term_h, term_l)
@@ -111,19 +111,28 @@ def _parts(t: np.ndarray, s: np.ndarray, temperature: float):
     c = ddf.log1p(np.where(near, sum_h, 0.0), np.where(near, sum_l, 0.0))
     u_near = dd.add(*w, c[0][:, None], c[1][:, None])
 
-    # log-partition route: u = ((t_j - s_j) - (max t - max s)) / T - (log Z_t - log Z_s)
-    tops = dd.two_sum(t_top, -s_top)
-    v = _over_temperature(*dd.add(*gap, -tops[0][:, None], -tops[1][:, None]), temperature)
-    dl = dd.add(*la, -lb[0], -lb[1])
-    u_far = dd.add(*v, -dl[0][:, None], -dl[1][:, None])
-
-    u = tuple(np.where(near[:, None], un, uf) for un, uf in zip(u_near, u_far, strict=True))
+    if near.all():
+        u = u_near
+    else:  # log-partition route: u = ((t_j - s_j) - (max t - max s)) / T - (log Z_t - log Z_s)
+        tops = dd.two_sum(t_top, -s_top)
+        v = _over_temperature(*dd.add(*gap, -tops[0][:, None], -tops[1][:, None]), temperature)
+        dl = dd.add(*la, -lb[0], -lb[1])
+        u_far = dd.add(*v, -dl[0][:, None], -dl[1][:, None])
+        u = tuple(np.where(near[:, None], un, uf) for un, uf in zip(u_near, u_far, strict=True))
     u = tuple(np.where(masked, 0.0, part) for part in u)
     log_q = dd.add(*log_p, -u[0], -u[1])
     log_q = tuple(np.where(masked, direct, part) for direct, part in zip(log_q_direct, log_q, strict=True))
     log_q = (np.minimum(log_q[0], 0.0), np.where(log_q[0] > 0, 0.0, log_q[1]))
     p = ExactValue(*(np.where(masked, 0, part) for part in p))
     return p, u, dd.scaled_exp(*log_q), masked
+
+
+def _exp_at(where, hi, lo):
+    """exp of the dd (hi, lo) where `where`, 0 elsewhere, evaluated only where used."""
+    out_h, out_l = np.zeros(hi.shape), np.zeros(hi.shape)
+    if where.any():
+        out_h[where], out_l[where] = ddf.exp_any(hi[where], lo[where])
+    return out_h, out_l
 
 
 def _log_p_r(log_p, rows, r):
