@@ -243,6 +243,13 @@ def test_a_failed_runs_reason_is_its_error_line():
     assert matrix.failure_line("error: unknown framework 'jx'; valid choices: numpy\n").startswith("error: unknown")
 
 
+def test_a_runs_stderr_passes_through_and_its_tail_is_kept(capfd):
+    code = "import sys; sys.stderr.write('bar \\u2588' * 3 + '\\nValueError: boom\\n'); sys.exit(3)"
+    returncode, tail = matrix.run_showing_stderr([sys.executable, "-c", code], kept=19)
+    assert returncode == 3 and tail == "\u2588\nValueError: boom\n"
+    assert "bar \u2588bar" in capfd.readouterr().err
+
+
 # --- a real matrix (downloads optax 0.2.5 and chex once) --------------------------------------------
 
 

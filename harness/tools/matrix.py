@@ -31,6 +31,7 @@ when nothing regressed, 1 when something did.
 from __future__ import annotations
 
 import argparse
+import codecs
 import datetime
 import json
 import re
@@ -128,14 +129,28 @@ def run_set(env: matrix_envs.Environment, overrides: list[str], run_dir: Path) -
     resume = ["resume=true"] if holds_run(run_dir) else []
     command = [str(env.python), "-m", "harness", *overrides, f"hydra.run.dir={run_dir.resolve()}", *resume]
     start = time.perf_counter()
-    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    returncode, stderr = run_showing_stderr(command)
     seconds = time.perf_counter() - start
-    if result.returncode == 130:
+    if returncode == 130:
         raise KeyboardInterrupt
-    if result.returncode != 0:
-        write_text(result.stderr, run_dir / RUN_STDERR)
-        return f"failed: {failure_line(result.stderr)}", seconds
+    if returncode != 0:
+        write_text(stderr, run_dir / RUN_STDERR)
+        return f"failed: {failure_line(stderr)}", seconds
     return ("resumed" if resume else "ran"), seconds
+
+
+def run_showing_stderr(command: list[str], kept: int = 1 << 16) -> tuple[int, str]:
+    """Run, passing the run's stderr (its progress bar, its errors) through as it comes; (exit status, the
+    last `kept` characters of that stderr). Its stdout, the summary also in its folder, is not shown."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
+        for chunk in iter(lambda: process.stderr.read1(1 << 16), b""):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail = (tail + text)[-kept:]
+    return process.returncode, tail
 
 
 def failure_line(stderr: str) -> str:
