@@ -108,6 +108,26 @@ def absorbed_from(dtype: str) -> float:
     raise ValueError(f"no absorption threshold found for {dtype}")
 
 
+# Where each framework's sigmoid rounds to 1 (measured, float32 and float64): MLX's where a correctly
+# rounded sigmoid does; NumPy's (scipy.special.expit), PyTorch's, JAX's and TensorFlow's where
+# 1 + exp(-x) rounds to 1.
+ROUNDED_SIGMOID = ("mlx",)
+
+
+def sigmoid_is_one_from(framework: str, dtype: str) -> float:
+    """Where the framework's sigmoid(x) returns 1 (so the naive loss is NaN for t = 1)."""
+    if framework in ROUNDED_SIGMOID:
+        return sigmoid_rounds_to_one(dtype)
+    return one_plus_exp_rounds_to_one(dtype)
+
+
+def sigmoid_is_zero_below(dtype: str, exp_overflow: float, quotient_flushes: bool) -> float:
+    """Where 1 / (1 + exp(-x)) returns 0 (so log sigmoid is -inf), from the framework's measured facts
+    (harness.backends): once exp(-x) is inf (x below -exp_overflow: -88.72 in float32, MLX's -88.0),
+    or once the quotient is below what the division keeps, whichever comes first."""
+    return max(-exp_overflow, sigmoid_rounds_to_zero(dtype, quotient_flushes))
+
+
 def thresholds(dtype: str, flushes_subnormals: bool = False) -> dict[str, float]:
     """Every threshold of one dtype by name (for tables and the breakdown)."""
     clip_one, clip_zero = keras_clip_caps(dtype)
