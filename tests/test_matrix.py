@@ -128,6 +128,7 @@ def run_main(capsys, tmp_path, *argv):
         ([*GRID, "--versions", "optax==0.2.5,9.9.9"], "optax==9.9.9 is not on the package index; versions it has:"),
         (["frameworks=[numpy]", "--versions", "scipy==1.14.1,1.17.1"], "does not resolve"),
         (GRID, "no --versions given"),
+        ([*GRID, "hydra.run.dir=x", "--versions", "optax==0.2.5,0.2.8"], "'hydra.run.dir=x': the matrix runs each"),
     ],
 )
 def test_bad_input_fails_before_any_environment(capsys, tmp_path, argv, words):

@@ -103,9 +103,20 @@ def stored_request(args: argparse.Namespace) -> dict:
     return stored
 
 
+RESERVED = ("hydra.run.dir", "hydra.sweep", "resume")  # the matrix sets these for each run
+
+
 def experiment_settings(overrides: list[str]):
     """The validated settings of the experiment (ConfigError for a bad override), and its name."""
     from harness import api
+
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith(RESERVED) or override.startswith("-"):
+            raise BadInput(
+                f"{override!r}: the matrix runs each set into OUT/<version set>/ and resumes it itself; "
+                "give the experiment's settings only (resume a matrix with --resume OUT)"
+            )
 
     job, experiment = api.settings_of(api.compose_config(overrides))
     sweep, _ = api.prepare(job, experiment)
