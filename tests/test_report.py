@@ -402,3 +402,22 @@ def test_the_loss_is_named_from_the_table():
 
     assert loss_words(pd.DataFrame({"path": ["fused"]})) == "cross-entropy"  # a table from before the loss column
     assert loss_words(pd.DataFrame({"loss": ["binary_cross_entropy"]})) == "binary cross entropy"
+
+
+def test_edge_findings_say_when_the_edge_row_changes_other_rows():
+    from harness.outputs import edge_tables
+
+    frame = pd.DataFrame(
+        {
+            "case": "label_n_classes",
+            "framework": ["tensorflow", "torch"],
+            "path": "fused",
+            "dtype": "float32",
+            "other_rows_loss": ["exact", "error"],
+            "other_rows_grad": ["wrong", "error"],  # the -1 of the out-of-range label lands in the next row
+        }
+    )
+    assert edge_tables.spill_findings(frame) == [
+        "The edge row changes other rows of the call: `label_n_classes`: tensorflow (the other rows' gradient: wrong)."
+    ]
+    assert edge_tables.spill_findings(frame.assign(other_rows_grad="exact")) == []

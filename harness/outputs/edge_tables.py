@@ -133,6 +133,21 @@ def findings(frame: pd.DataFrame, column: str = "loss_outcome") -> list[str]:
     return sentences
 
 
+SPOILED = (WRONG, NAN, INF)  # what an edge row must not do to the other rows of its call
+
+
+def spill_findings(frame: pd.DataFrame) -> list[str]:
+    """Where the edge row changes the other rows' loss or gradient (the other_rows_* columns)."""
+    parts = []
+    for case, of_case in frame.groupby("case", sort=False):
+        for column, what in (("other_rows_loss", "loss"), ("other_rows_grad", "gradient")):
+            for outcome in SPOILED:
+                hits = of_case[of_case[column] == outcome]
+                if not hits.empty:
+                    parts.append(f"`{case}`: {_who(hits, of_case)} (the other rows' {what}: {outcome})")
+    return [f"The edge row changes other rows of the call: {'; '.join(parts)}."] if parts else []
+
+
 def cases_list() -> list[str]:
     return [f"- `{c.name}`: {c.change}" + (f"; undefined: {c.undefined}" if c.undefined else "") for c in EDGE_CASES]
 
@@ -214,7 +229,7 @@ def edge_recommendation(frame: pd.DataFrame) -> str:
 
 def edge_headlines(frame: pd.DataFrame, most: int = 8) -> list[str]:
     """The recommendation, then what the frameworks return that is not exact: loss first, then gradient."""
-    sentences = [edge_recommendation(frame)]
+    sentences = [edge_recommendation(frame), *spill_findings(frame)]
     sentences += [f"Loss: {s}" for s in findings(frame)] + [f"Gradient: {s}" for s in findings(frame, "grad_outcome")]
     return sentences[:most]
 
@@ -229,6 +244,7 @@ def edge_section(run_dir: Path) -> list[str]:
     lines += [f"- {s}" for s in findings(frame)] or ["- Every loss is exact."]
     lines += ["", "### Gradient", ""]
     lines += [f"- {s}" for s in findings(frame, "grad_outcome")] or ["- Every gradient is exact."]
+    lines += ["", *[f"- {s}" for s in spill_findings(frame)]] if spill_findings(frame) else []
     lines += ["", "### The matrix", "", edge_matrix(frame), "", *cases_list(), ""]
     return lines + [f"{EDGE_TABLE}.csv / .parquet has a row per case, framework, path and dtype.", ""]
 
