@@ -128,6 +128,17 @@ def sigmoid_is_zero_below(dtype: str, exp_overflow: float, quotient_flushes: boo
     return max(-exp_overflow, sigmoid_rounds_to_zero(dtype, quotient_flushes))
 
 
+def softplus_loss_is_zero_from(framework: str, dtype: str) -> float:
+    """Where softplus(x) - x (the softplus path at t = 1, and MLX's fused form) is exactly 0 for every
+    larger x: the framework's softplus threshold, or absorption, whichever comes first. Measured: exact
+    for NumPy, JAX and MLX; PyTorch's float32 softplus and TensorFlow's (log1p(exp(x)) below its
+    threshold) are off by up to an ulp of x: PyTorch's float32 loss is 0 from 14.52 with isolated ulps
+    up to 14.65, TensorFlow's float32 one has isolated zeros from 13.23 (5% before its threshold), and
+    its float64 one is 0 from 32.93, 1% before absorption's 33.27."""
+    threshold = softplus_returns_x_above(framework, dtype)
+    return min(absorbed_from(dtype), math.inf if threshold is None else threshold)
+
+
 def thresholds(dtype: str, flushes_subnormals: bool = False) -> dict[str, float]:
     """Every threshold of one dtype by name (for tables and the breakdown)."""
     clip_one, clip_zero = keras_clip_caps(dtype)
