@@ -409,15 +409,15 @@ def test_edge_findings_say_when_the_edge_row_changes_other_rows():
 
     frame = pd.DataFrame(
         {
-            "case": "label_n_classes",
-            "framework": ["tensorflow", "torch"],
+            "case": ["finite", "finite", "label_n_classes", "label_n_classes"],
+            "framework": ["tensorflow", "mlx"] * 2,
             "path": "fused",
-            "dtype": "float32",
-            "other_rows_loss": ["exact", "error"],
-            "other_rows_grad": ["wrong", "error"],  # the -1 of the out-of-range label lands in the next row
+            "dtype": "float64",
+            "other_rows_loss": ["exact", "wrong", "exact", "wrong"],  # MLX's float64 is off in the control too
+            "other_rows_grad": ["exact", "wrong", "wrong", "wrong"],  # the -1 of the bad label lands in the next row
         }
     )
     assert edge_tables.spill_findings(frame) == [
-        "The edge row changes other rows of the call: `label_n_classes`: tensorflow (the other rows' gradient: wrong)."
+        "The edge row changes the other rows of its call: `label_n_classes`: tensorflow (their gradient: wrong)."
     ]
     assert edge_tables.spill_findings(frame.assign(other_rows_grad="exact")) == []

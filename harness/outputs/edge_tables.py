@@ -104,11 +104,17 @@ def edge_matrix(frame: pd.DataFrame) -> str:
 
 
 def _who(hits: pd.DataFrame, of_case: pd.DataFrame) -> str:
-    """Frameworks whose every path and dtype is in `hits`, else their paths (with dtypes where not all)."""
+    """Frameworks whose every path and dtype is in `hits`, or every path in the same dtypes, else their
+    paths (with dtypes where not all)."""
     named = []
     for framework, mine in hits.groupby("framework", sort=False):
         if len(mine) == (of_case["framework"] == framework).sum():
             named.append(framework)
+            continue
+        dtypes = {path: tuple(of_path["dtype"]) for path, of_path in mine.groupby("path", sort=False)}
+        paths = set(of_case.loc[of_case["framework"] == framework, "path"])
+        if set(dtypes) == paths and len(set(dtypes.values())) == 1:
+            named.append(f"{framework} ({', '.join(next(iter(dtypes.values())))})")
             continue
         for path, of_path in mine.groupby("path", sort=False):
             everywhere = len(of_path) == ((of_case["framework"] == framework) & (of_case["path"] == path)).sum()
@@ -136,16 +142,18 @@ def findings(frame: pd.DataFrame, column: str = "loss_outcome") -> list[str]:
 SPOILED = (WRONG, NAN, INF)  # what an edge row must not do to the other rows of its call
 
 
-def spill_findings(frame: pd.DataFrame) -> list[str]:
-    """Where the edge row changes the other rows' loss or gradient (the other_rows_* columns)."""
+def spill_findings(frame: pd.DataFrame, control: str = "finite") -> list[str]:
+    """Where the edge row changes the other rows' loss or gradient (the other_rows_* columns), counted only
+    where the control case leaves them exact (MLX's float64, computed in float32, is off in every case)."""
+    keys = ["framework", "path", "dtype"]
     parts = []
-    for case, of_case in frame.groupby("case", sort=False):
-        for column, what in (("other_rows_loss", "loss"), ("other_rows_grad", "gradient")):
-            for outcome in SPOILED:
-                hits = of_case[of_case[column] == outcome]
-                if not hits.empty:
-                    parts.append(f"`{case}`: {_who(hits, of_case)} (the other rows' {what}: {outcome})")
-    return [f"The edge row changes other rows of the call: {'; '.join(parts)}."] if parts else []
+    for column, what in (("other_rows_loss", "loss"), ("other_rows_grad", "gradient")):
+        clean = frame[(frame["case"] == control) & (frame[column] == "exact")][keys]
+        every_row = frame["other_rows_loss"] == ""  # a case applied to every row leaves no other rows
+        spoiled = frame[(frame["case"] != control) & ~every_row & frame[column].isin(SPOILED)].merge(clean, on=keys)
+        for (case, outcome), hits in spoiled.groupby(["case", column], sort=False):
+            parts.append(f"`{case}`: {_who(hits, frame[frame['case'] == case])} (their {what}: {outcome})")
+    return [f"The edge row changes the other rows of its call: {'; '.join(parts)}."] if parts else []
 
 
 def cases_list() -> list[str]:
