@@ -161,7 +161,7 @@ def cases_list() -> list[str]:
 
 
 def edge_markdown(frame: pd.DataFrame, experiment: str) -> str:
-    """edge_cases.md: the matrix, the legend and the cases."""
+    """edge_cases.md: the matrix, the legend, the cases and which path to use."""
     device = ", ".join(dict.fromkeys(frame["device"]))
     dtypes = ", ".join(dict.fromkeys(frame["dtype"]))
     lines = [
@@ -175,6 +175,8 @@ def edge_markdown(frame: pd.DataFrame, experiment: str) -> str:
         "Cases (the first row of the input; the other rows stay finite):",
         "",
         *cases_list(),
+        "",
+        edge_recommendation(frame),
     ]
     return "\n".join(lines) + "\n"
 
