@@ -212,3 +212,24 @@ def test_every_path_is_noise_below_theorys_delta_in_float32(framework):
         assert np.max(np.abs(loss - exact) / exact) > 1.0, path
         if path in ("naive", "kl_div", "kl_div_log_target"):
             assert (loss < 0).any(), path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_naive_is_nan_where_a_probability_underflows(framework, dtype):
+    """Teacher [0, -a], student [0, -1]: the naive path is NaN (0 * -inf) once the teacher's second
+    probability e**-a rounds to 0, which theory places from the backend's measured exp underflow and
+    division flush (103.97 / 745.13; 87.34 / 708.40 for JAX and TensorFlow; MLX's 87.68); within 1%
+    (TensorFlow's float32 softmax: 86.65, 0.8% early). kl_div and ce_minus_entropy stay finite."""
+    zero = -theory.probability_is_zero_below(
+        dtype, backends.exp_underflow(framework, dtype), backends.quotient_flushes(framework, dtype)
+    )
+    a = np.linspace(0.95 * zero, 1.05 * zero, 2001)
+    teacher = np.stack([np.zeros_like(a), -a], axis=1)
+    student = np.stack([np.zeros_like(a), np.full_like(a, -1.0)], axis=1)
+    nan = np.isnan(kl(framework, "naive", teacher, student, dtype))
+    assert nan.any() and nan[np.argmax(nan) :].all()
+    assert float(a[np.argmax(nan)]) == pytest.approx(zero, rel=0.01)
+    for path in ("kl_div", "ce_minus_entropy"):
+        if not paths.unsupported_reason(framework, path):
+            assert np.isfinite(kl(framework, path, teacher, student, dtype)).all(), path

@@ -42,6 +42,15 @@ def probability_underflows_at(dtype: str, flushes_subnormals: bool = False) -> f
     return -(fmt.exp_flush_threshold if flushes_subnormals else fmt.exp_underflow_threshold)
 
 
+def probability_is_zero_below(dtype: str, exp_underflow: float, quotient_flushes: bool) -> float:
+    """The log-probability below which a softmax exp(z - max) / sum returns 0, from the framework's
+    measured facts (harness.backends): once its exp returns 0 (-exp_underflow: -103.97 in float32,
+    MLX's float32 polynomial -87.68 in float32 and float64), or once the quotient falls below the
+    smallest normal where its division flushes (-87.34), whichever comes first."""
+    flush = DTYPES[dtype].exp_flush_threshold if quotient_flushes else math.inf
+    return -min(exp_underflow, flush)
+
+
 def condition(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """kappa = sum_j p_j (|log p_j| + |log q_j|) / KL per row, from exact float64 log-probabilities
     (rows, classes): the relative error of KL per unit of rounding of the logs (inf where KL = 0)."""
