@@ -44,10 +44,17 @@ def machine() -> str:
         for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemTotal")
     )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()
+    shared = (
+        " (other work was running: read the times as upper bounds, and compare only figures taken together)"
+        if max(load) > cores
+        else ""
+    )
     return (
-        f"{cpu}, {len(os.sched_getaffinity(0))} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}; load average {load} when the runs began"
+        f"{cpu}, {cores} cores, {memory:.0f} GiB, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}; run at niceness {os.nice(0)}, load average "
+        + ", ".join(f"{x:.1f}" for x in load)
+        + f" when the runs began{shared}"
     )
 
 
