@@ -8,8 +8,8 @@ Runs each experiment once as a user runs it (a fresh `python -m harness experime
 included, into a temporary folder), measures its wall time and its peak resident memory summed over
 its processes (benchmarks/process_tree.py), and the main sweep's split into stages
 (benchmarks/main_command.py); then rewrites the block between `<!-- performance -->` and
-`<!-- /performance -->` of the page with the date, the machine (CPU model, cores, memory, load
-average before the runs), the versions and every command.
+`<!-- /performance -->` (or `<!-- NAME -->` with --block NAME) of the page with the date, the
+machine (CPU model, cores, memory, load average before the runs), the versions and every command.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from main_command import REPO, one_run
 
 EXPERIMENTS = ("precision_sweep", "seed_article", "edge_cases", "gradient_sweep", "training_losses", "token_sweep")
 PACKAGES = ("numpy", "scipy", "torch", "jax", "jaxlib", "optax", "mlx", "tensorflow-cpu", "pandas", "hydra-core")
-BLOCK = re.compile(r"(<!-- performance -->\n).*?(<!-- /performance -->)", re.S)
 
 
 def machine() -> str:
@@ -68,10 +67,12 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def block(rows: list[tuple[str, float, float, list]], started: datetime.datetime, header: str) -> str:
+def block(rows: list[tuple[str, float, float, list]], started: datetime.datetime, header: str, name: str) -> str:
+    option = "" if name == "performance" else f" --block {name}"
     lines = [
         f"Measured {started:%Y-%m-%d} with `python benchmarks/performance.py --experiments "
         + " ".join(name for name, *_ in rows)
+        + option
         + "`.",
         "",
         f"- Machine: {header}",
@@ -95,6 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS))
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "pages" / "performance.md")
+    parser.add_argument("--block", default="performance", help="the page's block to rewrite: <!-- BLOCK -->")
     args = parser.parse_args()
     started, header = datetime.datetime.now(datetime.UTC), machine()
     rows = []
@@ -103,7 +105,10 @@ def main() -> int:
         print(f"{name}: {wall:.1f} s, {peak_mib:.0f} MiB", file=sys.stderr)
         rows.append((name, wall, peak_mib, split))
     text = args.page.read_text()
-    args.page.write_text(BLOCK.sub(lambda m: m.group(1) + block(rows, started, header) + m.group(2), text))
+    marker = re.compile(rf"(<!-- {re.escape(args.block)} -->\n).*?(<!-- /{re.escape(args.block)} -->)", re.S)
+    if not marker.search(text):
+        raise SystemExit(f"error: {args.page} has no <!-- {args.block} --> block")
+    args.page.write_text(marker.sub(lambda m: m.group(1) + block(rows, started, header, args.block) + m.group(2), text))
     return 0
 
 
