@@ -139,7 +139,8 @@ def changes_markdown(changes: pd.DataFrame, n_cells: int, labels: list[str], tol
     ]
     if changes.empty:
         return "\n".join(lines + ["", "No cell changed."]) + "\n"
-    key = [c for c in ("framework", "path", "dtype", "family", "scale") if c in changes.columns]
+    key = [c for c in ("loss", "framework", "path", "dtype", "family", "scale") if c in changes.columns]
+    key = [c for c in key if c != "loss" or changes[c].nunique() > 1]  # the loss where several are swept
     shown = ["change", "set_a", "set_b", *key, "status_a", "status_b", "max_ulp_err_a", "max_ulp_err_b"]
     shown.append("ulp_err_ratio")
     rows = [[_fmt(row[c]) for c in shown] for _, row in changes.head(SHOWN_CHANGES).iterrows()]
@@ -163,15 +164,17 @@ def write_plots(matrix: pd.DataFrame, changes: pd.DataFrame, out: Path) -> list[
     if changes.empty or "scale" not in matrix.columns:
         return []
     written = []
-    for group in changes[list(PLOT_GROUP)].drop_duplicates().itertuples(index=False):
-        cells = matrix.loc[(matrix[list(PLOT_GROUP)] == pd.Series(group, index=PLOT_GROUP)).all(axis=1)]
+    several_losses = "loss" in changes.columns and "loss" in matrix.columns and matrix["loss"].nunique() > 1
+    by = ["loss", *PLOT_GROUP] if several_losses else list(PLOT_GROUP)
+    for group in changes[by].drop_duplicates().itertuples(index=False):
+        cells = matrix.loc[(matrix[by] == pd.Series(group, index=by)).all(axis=1)]
         families = list(dict.fromkeys(cells["family"]))
         ok = cells["status"] == metrics.OK
         measured = cells.loc[ok, "max_ulp_err"].replace([np.inf], np.nan).dropna()
         top = max(float(measured.max()) if not measured.empty else 1.0, 1.0) * 30
         fig = new_figure(4.2 * len(families) + 1.8, 3.8, layout=None)
         axes = fig.subplots(1, len(families), squeeze=False)[0]
-        lines = [c for c in key_of(cells) if c not in (*PLOT_GROUP, "family", "scale") and cells[c].nunique() > 1]
+        lines = [c for c in key_of(cells) if c not in (*by, "family", "scale") and cells[c].nunique() > 1]
         for ax, family in zip(axes, families, strict=True):
             in_family = cells[cells["family"] == family]
             for order, (label, one) in enumerate(in_family.groupby("version_set", sort=False)):
