@@ -48,8 +48,8 @@ def assert_relative(got, exact, where):
 @pytest.mark.parametrize("pos_weight", [1.0, 3.5, 0.25])
 def test_loss_and_gradient_at_the_extremes(pos_weight):
     x, t = (np.array(v) for v in zip(*itertools.product(LOGITS, TARGETS), strict=True))
-    loss = exact_binary_cross_entropy(x, t, pos_weight)
-    gradient = exact_binary_cross_entropy_gradient(x, t, pos_weight)
+    loss = exact_binary_cross_entropy(x, t, pos_weight=pos_weight)
+    gradient = exact_binary_cross_entropy_gradient(x, t, pos_weight=pos_weight)
     with mpmath.workprec(256):
         for i in range(len(x)):
             assert_relative(held(loss, i), mp_loss(x[i], t[i], pos_weight), ("loss", x[i], t[i]))
@@ -78,9 +78,9 @@ def test_loss_of_a_confident_wrong_answer_is_about_the_logit():
 
 def test_hand_values():
     # x = 0: s = 1/2, loss w t ln 2 + (1 - t) ln 2, gradient (1 - t)/2 - w t/2
-    loss = exact_binary_cross_entropy(np.zeros(3), np.array([1.0, 0.0, 0.25]), 3.0)
+    loss = exact_binary_cross_entropy(np.zeros(3), np.array([1.0, 0.0, 0.25]), pos_weight=3.0)
     assert loss.to_float64() == pytest.approx([3 * np.log(2), np.log(2), (0.75 + 0.75) * np.log(2)], rel=1e-15)
-    gradient = exact_binary_cross_entropy_gradient(np.zeros(3), np.array([1.0, 0.0, 0.25]), 3.0)
+    gradient = exact_binary_cross_entropy_gradient(np.zeros(3), np.array([1.0, 0.0, 0.25]), pos_weight=3.0)
     assert gradient.to_float64().tolist() == [-1.5, 0.5, 0.0]  # (0.75 - 0.75)/2 = 0 exactly
 
 

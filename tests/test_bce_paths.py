@@ -93,7 +93,7 @@ def test_ordinary_inputs(framework, dtype):
         arrays = inputs.spread(base, 1.0, kind)
         x, t = (round_to(arrays[k], dtype).astype(np.float64) for k in ("logits", "targets"))
         for pos_weight in (None, 2.5):
-            exact = exact_binary_cross_entropy(x, t, pos_weight).to_float64()
+            exact = exact_binary_cross_entropy(x, t, pos_weight=pos_weight).to_float64()
             for path in paths.PATH_NAMES:
                 if paths.unsupported_reason(framework, path, {paths.POS_WEIGHT: pos_weight}):
                     continue
@@ -273,7 +273,7 @@ def test_gradients_on_ordinary_inputs(framework, dtype):
         x, t = (round_to(arrays[k], dtype).astype(np.float64) for k in ("logits", "targets"))
         s = 1 / (1 + np.exp(-x))
         for pos_weight in (None, 2.5):
-            exact = exact_binary_cross_entropy_gradient(x, t, pos_weight).to_float64()
+            exact = exact_binary_cross_entropy_gradient(x, t, pos_weight=pos_weight).to_float64()
             scale = (1 - t) * s + (1.0 if pos_weight is None else pos_weight) * t * (1 - s)
             for path in paths.PATH_NAMES:
                 if paths.unsupported_reason(framework, path, {paths.POS_WEIGHT: pos_weight}):

@@ -38,8 +38,8 @@ def mp_kl_and_gradient(teacher_row, student_row, temperature, entries):
 
 
 def check(teacher, student, temperature=1.0, entries=None, bits=256):
-    kl = exact_kl_divergence(teacher, student, temperature)
-    gradient = exact_kl_divergence_gradient(teacher, student, temperature)
+    kl = exact_kl_divergence(teacher, student, temperature=temperature)
+    gradient = exact_kl_divergence_gradient(teacher, student, temperature=temperature)
     entries = range(teacher.shape[1]) if entries is None else entries
     with mpmath.workprec(bits):
         for i in range(teacher.shape[0]):
@@ -109,8 +109,12 @@ def test_hand_values():
     gradient = exact_kl_divergence_gradient(teacher[:1], student[:1]).to_float64()
     assert gradient[0] == pytest.approx([-0.25, 0.25], rel=1e-15)
     # T = 2 on logits 2 ln 3: the same distributions, the loss times T**2 = 4 and the gradient times T = 2
-    assert exact_kl_divergence(teacher[1:], student[1:], 2.0).to_float64()[0] == pytest.approx(2 * np.log(4 / 3))
-    assert exact_kl_divergence_gradient(teacher[1:], student[1:], 2.0).to_float64()[0] == pytest.approx([-0.5, 0.5])
+    assert exact_kl_divergence(teacher[1:], student[1:], temperature=2.0).to_float64()[0] == pytest.approx(
+        2 * np.log(4 / 3)
+    )
+    assert exact_kl_divergence_gradient(teacher[1:], student[1:], temperature=2.0).to_float64()[0] == pytest.approx(
+        [-0.5, 0.5]
+    )
 
 
 def test_identical_distributions_give_zero():
@@ -134,4 +138,4 @@ def test_identical_distributions_give_zero():
 )
 def test_bad_inputs_are_refused(teacher, student, temperature, message):
     with pytest.raises(ValueError, match=message):
-        exact_kl_divergence(teacher, student, temperature)
+        exact_kl_divergence(teacher, student, temperature=temperature)

@@ -77,7 +77,7 @@ def test_ordinary_inputs(framework, dtype):
     teacher, student = rounded(inputs.independent(inputs.draw(4, 100, seed=0), 1.0), dtype)
     unit = DTYPES[backends.exp_dtype(framework, dtype)].unit_roundoff
     for temperature in (1.0, 2.0):
-        exact = exact_kl_divergence(teacher, student, temperature).to_float64()
+        exact = exact_kl_divergence(teacher, student, temperature=temperature).to_float64()
         for path in paths.PATH_NAMES:
             if paths.unsupported_reason(framework, path):
                 continue
@@ -183,7 +183,7 @@ def test_gradients_on_ordinary_inputs(framework, dtype):
     module = paths.implementations_module(framework)
     backend = backends.load(framework)
     for temperature in (1.0, 2.0):
-        exact = exact_kl_divergence_gradient(teacher, student, temperature).to_float64()
+        exact = exact_kl_divergence_gradient(teacher, student, temperature=temperature).to_float64()
         scale = np.max(np.abs(exact), axis=1, keepdims=True)
         for path in module.GRADIENTS:
             fn = backend.compile_gradient(functools.partial(module.GRADIENTS[path], temperature=temperature))

@@ -27,7 +27,7 @@ FAMILIES = inputs.FAMILIES
 TARGET_KINDS = inputs.TARGET_KINDS
 draw = inputs.draw
 check_inputs = inputs.check_inputs
-exact_loss = exact_binary_cross_entropy  # (logits, targets, pos_weight=None) -> ExactValue per element
+exact_loss = exact_binary_cross_entropy  # (logits, targets, output_precision=53, *, pos_weight=None) -> ExactValue
 exact_gradient = exact_binary_cross_entropy_gradient
 MECHANISMS = theory.MECHANISMS
 thresholds = theory.thresholds

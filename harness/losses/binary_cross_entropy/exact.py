@@ -77,8 +77,9 @@ def _coefficients(t, w):
     return weighted, dd.two_sum(np.ones_like(t), -t)
 
 
-def exact_binary_cross_entropy(logits, targets, pos_weight=None) -> ExactValue:
-    """w t softplus(-x) + (1 - t) softplus(x) per element (broadcast), as an ExactValue."""
+def exact_binary_cross_entropy(logits, targets, output_precision: int = 53, *, pos_weight=None) -> ExactValue:
+    """w t softplus(-x) + (1 - t) softplus(x) per element (broadcast), as an ExactValue. One route serves
+    every output precision (`output_precision` is accepted for the references' common signature)."""
     x, t, w = _checked(logits, targets, pos_weight)
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):
         weighted, (rest_h, rest_l) = _coefficients(t, w)
@@ -126,7 +127,7 @@ def half_tanh(x) -> ExactValue:
     )
 
 
-def exact_binary_cross_entropy_gradient(logits, targets, pos_weight=None) -> ExactValue:
+def exact_binary_cross_entropy_gradient(logits, targets, *, pos_weight=None) -> ExactValue:
     """d loss / dx = (1 - t) sigmoid(x) - w t sigmoid(-x) per element (broadcast), as an ExactValue."""
     x, t, w = _checked(logits, targets, pos_weight)
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):

@@ -1,6 +1,6 @@
 """MLX paths of the binary cross-entropy over logits, on the CPU; gradients by mx.grad.
 
-``PATHS[name](logits, targets, pos_weight=None) -> loss``: per-element loss in the logits' dtype.
+``PATHS[name](logits, targets, *, pos_weight=None) -> loss``: per-element loss in the logits' dtype.
 mlx.nn.losses.binary_cross_entropy has elementwise `weights` but no pos_weight (declared in the
 path entries). Its `with_logits=True` is mx.logaddexp(0, x) - x t, the softplus form; its
 probability form clips each log at -100, as PyTorch's does. mx.sigmoid and mx.exp compute in
@@ -19,7 +19,7 @@ def _weighted(targets, pos_weight):
     return targets if pos_weight is None else pos_weight * targets
 
 
-def naive(logits, targets, pos_weight=None):
+def naive(logits, targets, *, pos_weight=None):
     s = mx.sigmoid(logits)
     return -(_weighted(targets, pos_weight) * mx.log(s) + (1 - targets) * mx.log(1 - s))
 
@@ -34,11 +34,11 @@ def with_logits(logits, targets):
     return nn.losses.binary_cross_entropy(logits, targets, with_logits=True, reduction="none")
 
 
-def log_sigmoid(logits, targets, pos_weight=None):
+def log_sigmoid(logits, targets, *, pos_weight=None):
     return -(_weighted(targets, pos_weight) * nn.log_sigmoid(logits) + (1 - targets) * nn.log_sigmoid(-logits))
 
 
-def softplus(logits, targets, pos_weight=None):
+def softplus(logits, targets, *, pos_weight=None):
     """softplus(x) - t x with nn.softplus = mx.logaddexp(x, 0)."""
     weighted = _weighted(targets, pos_weight)
     return (1 - targets + weighted) * nn.softplus(logits) - weighted * logits

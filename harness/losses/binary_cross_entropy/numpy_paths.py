@@ -1,6 +1,6 @@
 """NumPy/SciPy paths of the binary cross-entropy over logits.
 
-``PATHS[name](logits, targets, pos_weight=None) -> loss``: per-element loss in the logits' dtype.
+``PATHS[name](logits, targets, *, pos_weight=None) -> loss``: per-element loss in the logits' dtype.
 SciPy's ufuncs (expit, log_expit) compute float16 in float32 and have no bfloat16 loop: half
 floats are computed in float32 and each result rounded to the input dtype once (declared in the
 path entries). SciPy has no probability-input BCE (declared).
@@ -31,7 +31,7 @@ def _weighted(targets, pos_weight):
     return targets if pos_weight is None else (pos_weight * targets).astype(targets.dtype)
 
 
-def naive(logits, targets, pos_weight=None):
+def naive(logits, targets, *, pos_weight=None):
     s = _out(special.expit(_in(logits)), logits)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return -(_weighted(targets, pos_weight) * np.log(s) + (1 - targets) * np.log(1 - s))
@@ -41,21 +41,21 @@ def _log_expit(x, like):
     return _out(special.log_expit(_in(x)), like)
 
 
-def with_logits(logits, targets, pos_weight=None):
+def with_logits(logits, targets, *, pos_weight=None):
     """SciPy's log_expit form of the fused loss: (1 - t) x - (1 + (w - 1) t) log_expit(x)."""
     scale = 1 - targets + _weighted(targets, pos_weight)
     with np.errstate(over="ignore", invalid="ignore"):
         return (1 - targets) * logits - scale * _log_expit(logits, logits)
 
 
-def log_sigmoid(logits, targets, pos_weight=None):
+def log_sigmoid(logits, targets, *, pos_weight=None):
     with np.errstate(over="ignore", invalid="ignore"):
         return -(
             _weighted(targets, pos_weight) * _log_expit(logits, logits) + (1 - targets) * _log_expit(-logits, logits)
         )
 
 
-def softplus(logits, targets, pos_weight=None):
+def softplus(logits, targets, *, pos_weight=None):
     """softplus(x) - t x with np.logaddexp(0, x)."""
     weighted = _weighted(targets, pos_weight)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -75,24 +75,24 @@ def _expit(x, like):
     return _out(special.expit(_in(x)), like)
 
 
-def naive_gradient(logits, targets, pos_weight=None):
+def naive_gradient(logits, targets, *, pos_weight=None):
     s = _expit(logits, logits)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         by_s = -_weighted(targets, pos_weight) / s + (1 - targets) / (1 - s)
         return by_s * (s * (1 - s))
 
 
-def with_logits_gradient(logits, targets, pos_weight=None):
+def with_logits_gradient(logits, targets, *, pos_weight=None):
     """(1 - t) - (1 + (w - 1) t) expit(-x): log_expit's derivative is expit(-x)."""
     scale = 1 - targets + _weighted(targets, pos_weight)
     return (1 - targets) - scale * _expit(-logits, logits)
 
 
-def log_sigmoid_gradient(logits, targets, pos_weight=None):
+def log_sigmoid_gradient(logits, targets, *, pos_weight=None):
     return -(_weighted(targets, pos_weight) * _expit(-logits, logits) - (1 - targets) * _expit(logits, logits))
 
 
-def softplus_gradient(logits, targets, pos_weight=None):
+def softplus_gradient(logits, targets, *, pos_weight=None):
     """(1 - t + w t) expit(x) - w t: logaddexp(0, x)'s derivative is expit(x)."""
     weighted = _weighted(targets, pos_weight)
     return (1 - targets + weighted) * _expit(logits, logits) - weighted

@@ -24,7 +24,7 @@ OPTIONS = {"temperature": 1.0}  # T > 0; the loss is scaled by T**2, as distilla
 FAMILIES = inputs.FAMILIES
 draw = inputs.draw
 check_inputs = inputs.check_inputs
-exact_loss = exact_kl_divergence  # (teacher, student, temperature=1.0) -> ExactValue per row
+exact_loss = exact_kl_divergence  # (teacher, student, output_precision=53, *, temperature=1.0) -> ExactValue
 exact_gradient = exact_kl_divergence_gradient
 MECHANISMS = theory.MECHANISMS
 condition = theory.condition

@@ -164,14 +164,15 @@ def _gradient_rows(t: np.ndarray, s: np.ndarray, temperature: float) -> ExactVal
     return ddf.times(gradient, np.full(t.shape, temperature), np.zeros(t.shape))
 
 
-def exact_kl_divergence(teacher, student, temperature: float = 1.0) -> ExactValue:
-    """T**2 KL(softmax(teacher / T) || softmax(student / T)) per row of (rows, classes) logits."""
+def exact_kl_divergence(teacher, student, output_precision: int = 53, *, temperature: float = 1.0) -> ExactValue:
+    """T**2 KL(softmax(teacher / T) || softmax(student / T)) per row of (rows, classes) logits. One route
+    serves every output precision (`output_precision` is accepted for the references' common signature)."""
     t, s, temperature = _checked(teacher, student, temperature)
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):
         return by_row_blocks(lambda a, b: _kl_rows(a, b, temperature), t, s)
 
 
-def exact_kl_divergence_gradient(teacher, student, temperature: float = 1.0) -> ExactValue:
+def exact_kl_divergence_gradient(teacher, student, *, temperature: float = 1.0) -> ExactValue:
     """d(T**2 KL) / d student = T (q - p), per entry of (rows, classes) logits."""
     t, s, temperature = _checked(teacher, student, temperature)
     with np.errstate(under="ignore", over="ignore", invalid="ignore"):

@@ -1,6 +1,6 @@
 """JAX paths of the distillation loss T**2 KL(softmax(t / T) || softmax(s / T)), jitted by the backend.
 
-``PATHS[name](teacher, student, temperature=1.0) -> loss``: per-row loss in the logits' dtype;
+``PATHS[name](teacher, student, *, temperature=1.0) -> loss``: per-row loss in the logits' dtype;
 ``GRADIENTS[name]``: d(sum of the losses) / d student by jax.grad.
 """
 
@@ -14,27 +14,27 @@ from harness.backends.jax import autodiff_gradient
 from harness.losses.kl_divergence.gradients import with_respect_to_student
 
 
-def naive(teacher, student, temperature=1.0):
+def naive(teacher, student, *, temperature=1.0):
     p = jax.nn.softmax(teacher / temperature, axis=1)
     q = jax.nn.softmax(student / temperature, axis=1)
     return temperature**2 * (p * (jnp.log(p) - jnp.log(q))).sum(axis=1)
 
 
-def kl_div(teacher, student, temperature=1.0):
+def kl_div(teacher, student, *, temperature=1.0):
     """optax.kl_divergence(log_softmax(s / T), softmax(t / T)): p (where(p == 0, 0, log p) - log q)."""
     log_q = jax.nn.log_softmax(student / temperature, axis=1)
     p = jax.nn.softmax(teacher / temperature, axis=1)
     return temperature**2 * optax.kl_divergence(log_q, p)
 
 
-def kl_div_log_target(teacher, student, temperature=1.0):
+def kl_div_log_target(teacher, student, *, temperature=1.0):
     """optax.losses.kl_divergence_with_log_targets: exp(log p) (log p - log q)."""
     log_q = jax.nn.log_softmax(student / temperature, axis=1)
     log_p = jax.nn.log_softmax(teacher / temperature, axis=1)
     return temperature**2 * optax.losses.kl_divergence_with_log_targets(log_q, log_p)
 
 
-def ce_minus_entropy(teacher, student, temperature=1.0):
+def ce_minus_entropy(teacher, student, *, temperature=1.0):
     """optax.softmax_cross_entropy(s / T, p) - optax.softmax_cross_entropy(t / T, p)."""
     p = jax.nn.softmax(teacher / temperature, axis=1)
     cross = optax.softmax_cross_entropy(student / temperature, p)

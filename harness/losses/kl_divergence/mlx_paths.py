@@ -1,6 +1,6 @@
 """MLX paths of the distillation loss T**2 KL(softmax(t / T) || softmax(s / T)), on the CPU.
 
-``PATHS[name](teacher, student, temperature=1.0) -> loss``: per-row loss in the logits' dtype;
+``PATHS[name](teacher, student, *, temperature=1.0) -> loss``: per-row loss in the logits' dtype;
 ``GRADIENTS[name]``: d(sum of the losses) / d student by mx.grad. MLX's kl_div_loss takes
 log-probability targets only (no `kl_div` path: declared in the entries); log-probabilities are
 x - mx.logsumexp(x), as mlx.nn.LogSoftmax computes them.
@@ -19,20 +19,20 @@ def _log_softmax(x):
     return x - mx.logsumexp(x, axis=1, keepdims=True)
 
 
-def naive(teacher, student, temperature=1.0):
+def naive(teacher, student, *, temperature=1.0):
     p = mx.softmax(teacher / temperature, axis=1)
     q = mx.softmax(student / temperature, axis=1)
     return temperature**2 * (p * (mx.log(p) - mx.log(q))).sum(axis=1)
 
 
-def kl_div_log_target(teacher, student, temperature=1.0):
+def kl_div_log_target(teacher, student, *, temperature=1.0):
     """mlx.nn.losses.kl_div_loss(log q, log p): sum exp(log p) (log p - log q)."""
     log_q = _log_softmax(student / temperature)
     log_p = _log_softmax(teacher / temperature)
     return temperature**2 * nn.losses.kl_div_loss(log_q, log_p, axis=1, reduction="none")
 
 
-def ce_minus_entropy(teacher, student, temperature=1.0):
+def ce_minus_entropy(teacher, student, *, temperature=1.0):
     """Soft-target nn.losses.cross_entropy(s / T, p) - nn.losses.cross_entropy(t / T, p)."""
     p = mx.softmax(teacher / temperature, axis=1)
     cross = nn.losses.cross_entropy(student / temperature, p, axis=1, reduction="none")

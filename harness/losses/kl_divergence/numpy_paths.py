@@ -1,6 +1,6 @@
 """NumPy/SciPy paths of the distillation loss T**2 KL(softmax(t / T) || softmax(s / T)).
 
-``PATHS[name](teacher, student, temperature=1.0) -> loss``: per-row loss in the logits' dtype.
+``PATHS[name](teacher, student, *, temperature=1.0) -> loss``: per-row loss in the logits' dtype.
 scipy.special.rel_entr has no half-float loops: float16 and bfloat16 probabilities go through it
 in float32, the result rounded once. SciPy has no KL on log-probabilities (no
 `kl_div_log_target`: declared in the entries).
@@ -24,7 +24,7 @@ def _scaled(x, temperature):
     return (x / np.asarray(temperature, dtype=x.dtype)).astype(x.dtype)
 
 
-def naive(teacher, student, temperature=1.0):
+def naive(teacher, student, *, temperature=1.0):
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -32,7 +32,7 @@ def naive(teacher, student, temperature=1.0):
     return (temperature**2 * kl).astype(teacher.dtype)
 
 
-def kl_div(teacher, student, temperature=1.0):
+def kl_div(teacher, student, *, temperature=1.0):
     """scipy.special.rel_entr(p, q) summed: p log(p / q), 0 where p is 0."""
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
@@ -42,7 +42,7 @@ def kl_div(teacher, student, temperature=1.0):
     return (temperature**2 * terms.sum(axis=1)).astype(teacher.dtype)
 
 
-def ce_minus_entropy(teacher, student, temperature=1.0):
+def ce_minus_entropy(teacher, student, *, temperature=1.0):
     """-sum p log_softmax(s / T) + sum p log_softmax(t / T) (scipy.special): 0 * -inf = NaN where p = 0."""
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     with np.errstate(invalid="ignore"):
@@ -68,7 +68,7 @@ def _through_softmax_and_log(teacher, student, temperature):
     return (by_z / np.asarray(temperature, dtype=student.dtype)).astype(student.dtype)
 
 
-def ce_minus_entropy_gradient(teacher, student, temperature=1.0):
+def ce_minus_entropy_gradient(teacher, student, *, temperature=1.0):
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
     square = np.asarray(temperature**2, dtype=student.dtype)
