@@ -341,3 +341,13 @@ def test_fused_form_is_zero_where_theory_says(framework, dtype):
     x = -np.linspace(-0.9 * zero, -1.1 * zero, 4001)
     loss = bce(framework, "with_logits", x, np.zeros_like(x), dtype)
     assert (loss[x < zero * 1.0005] == 0).all() and (loss[x > zero * 0.9995] > 0).all()
+
+
+def test_a_path_the_loss_does_not_have_fails_in_one_line():
+    from harness.errors import ConfigError
+
+    paths.check_paths(["naive", "softplus"])
+    with pytest.raises(
+        ConfigError, match="unknown path 'fused' for loss binary_cross_entropy; valid choices: naive, probs"
+    ):
+        paths.check_paths(["naive", "fused"])

@@ -233,3 +233,11 @@ def test_naive_is_nan_where_a_probability_underflows(framework, dtype):
     for path in ("kl_div", "ce_minus_entropy"):
         if not paths.unsupported_reason(framework, path):
             assert np.isfinite(kl(framework, path, teacher, student, dtype)).all(), path
+
+
+def test_a_path_the_loss_does_not_have_fails_in_one_line():
+    paths.check_paths(["naive", "kl_div"])
+    with pytest.raises(
+        ConfigError, match="unknown path 'log_sigmoid' for loss kl_divergence; valid choices: naive, kl_div"
+    ):
+        paths.check_paths(["log_sigmoid"])

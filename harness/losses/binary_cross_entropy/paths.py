@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 
 from harness.backends import FRAMEWORKS
+from harness.errors import ConfigError
 from harness.losses.binary_cross_entropy.theory import (
     CANCELLATION,
     EXP_OVERFLOW,
@@ -138,3 +139,12 @@ def implementation(framework: str, path: str, options: dict | None = None):
     if reason:
         raise Unsupported(reason)
     return implementations_module(framework).PATHS[path]
+
+
+def check_paths(names) -> None:
+    """One line naming a path this loss does not have, and the valid choices."""
+    for name in names:
+        if name not in ENTRIES_BY_NAME:
+            raise ConfigError(
+                f"unknown path {name!r} for loss binary_cross_entropy; valid choices: {', '.join(PATH_NAMES)}"
+            )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from harness.errors import ConfigError
 from harness.losses.kl_divergence.theory import CANCELLATION, NEGATIVE_KL, PROBABILITY_CLIP, PROBABILITY_UNDERFLOW
 from harness.paths import PathEntry, Unsupported
 
@@ -77,3 +78,11 @@ def implementation(framework: str, path: str):
     if reason:
         raise Unsupported(reason)
     return implementations_module(framework).PATHS[path]
+
+
+def check_paths(names) -> None:
+    """One line naming a path this loss does not have, and the valid choices."""
+    for name in names:
+        if name not in ENTRIES_BY_NAME:
+            choices = ", ".join(PATH_NAMES)
+            raise ConfigError(f"unknown path {name!r} for loss kl_divergence; valid choices: {choices}")
