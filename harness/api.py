@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from harness import losses
 from harness.errors import ConfigError
 from harness.package import study
 from harness.sweep.config import CONF_DIR, SweepConfig, known_settings, resume_flag, sweep_config
@@ -190,11 +191,13 @@ def measure(
     n_rows: int | None = None,
     n_classes: int | Sequence[int] | None = None,
     name: str | None = None,
+    loss: str = losses.DEFAULT,
 ) -> pd.DataFrame:
     """The errors table of one callable fn(logits, labels) -> per-row losses, in the framework's own arrays.
 
     It is swept like a `custom_paths` entry over conf/config.yaml's grid (None: that setting's default)
-    and measured in memory: nothing is written. `name` (default fn.__name__) is its `path` column.
+    and measured in memory: nothing is written. `name` (default fn.__name__) is its `path` column;
+    `loss` names the loss it implements (harness.losses), the `loss` column.
     """
     name = name or (fn.__name__ if fn.__name__.isidentifier() else "custom")
     setattr(MEASURED, name, fn)
@@ -204,8 +207,8 @@ def measure(
         for key, value in settings.items()
         if value is not None
     ]
-    custom = f"{{framework: {framework}, name: {name}, fn: 'harness.api:MEASURED.{name}'}}"
-    overrides += [f"frameworks=[{framework}]", f"custom_paths=[{custom}]", "progress=false"]
+    custom = f"{{framework: {framework}, name: {name}, fn: 'harness.api:MEASURED.{name}', loss: {loss}}}"
+    overrides += [f"loss={loss}", f"frameworks=[{framework}]", f"custom_paths=[{custom}]", "progress=false"]
     job, experiment = settings_of(compose_config(overrides))
     sweep, _ = prepare(job, experiment)
     from harness import pipeline

@@ -56,7 +56,7 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     log.info("sweep %s: %d cells; %s (%s)", sweep.experiment, sweep.n_cells, where, versions)
     if head_runner.is_head(sweep):
         records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
-        timings = head_timing.timings_frame(records) if sweep.timing.enabled else None
+        timings = with_loss(head_timing.timings_frame(records), sweep.loss) if sweep.timing.enabled else None
         return write_head_results(sweep, run_dir, records, timings)
     cells = journal.Journal(run_dir)
     try:
@@ -80,7 +80,7 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
     """The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits."""
     settings = sweep.timing
     log.info("timing %d sizes, %d threads", len(sweep.timing_sizes), settings.threads)
-    return timing.time_sweep(
+    timings = timing.time_sweep(
         sweep.frameworks,
         sweep.paths,
         sweep.dtypes,
@@ -96,6 +96,13 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
         chunk_size=sweep.chunk_size,
         block_size=sweep.block_size,
     )
+    return with_loss(timings, sweep.loss)
+
+
+def with_loss(timings: pd.DataFrame, loss: str) -> pd.DataFrame:
+    """The timings with the key column every table opens with, the loss measured."""
+    timings.insert(0, "loss", loss)
+    return timings
 
 
 def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timings=None) -> pd.DataFrame:

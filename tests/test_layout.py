@@ -14,12 +14,15 @@ HARNESS = Path(__file__).resolve().parents[1] / "harness"
 FRAMEWORK_PACKAGES = {"torch", "jax", "jaxlib", "optax", "mlx", "tensorflow", "keras"}
 # A framework may be imported only by its backend and by its own path implementations, the modules
 # paths/<framework>_<what>.py (paths, options, head).
-FRAMEWORK_HOME = re.compile(r"^(backends/|paths/(numpy|torch|jax|mlx|tensorflow)_\w+\.py$)")
+FRAMEWORK_HOME = re.compile(
+    r"^(backends/|(paths|losses/\w+)/(numpy|torch|jax|mlx|tensorflow)_\w+\.py$)"
+)  # and a loss's own implementation modules, losses/<loss>/<framework>_<what>.py
 # What each folder may import from the package (besides the top-level foundation modules).
 ALLOWED = {
     "exact": {"exact"},
     "backends": {"backends"},
     "paths": {"paths", "backends"},
+    "losses": {"losses", "exact", "paths", "backends"},  # a loss's own paths, references and theory
     "sweep": {"sweep", "exact", "backends", "paths"},
     "timing": {"timing", "backends", "paths", "sweep"},
     "outputs": {"outputs", "sweep"},
@@ -27,6 +30,8 @@ ALLOWED = {
     # names the frameworks' packages (backends)
     "tools": {"tools", "sweep", "outputs", "pipeline", "api", "backends"},
 }
+for _imports in ALLOWED.values():  # the registry of losses (harness/losses/__init__.py) is read by every layer
+    _imports.add("losses")
 # harness/<name>.py modules any layer may use
 FOUNDATION = {"dtypes", "errors", "mechanisms", "files", "cli", "processes", "package"}
 MAX_LINES = 420  # "about 300 lines unless it is one job"; the longest single-job modules sit below this
@@ -251,3 +256,70 @@ def test_one_writer_per_output_file():
     assert {file: sorted(w) for file, w in writers.items() if len(w) > 1} == {}
     tables = ("errors", "grad_errors", "row_errors", "timings", "breaks")
     assert not set(tables) & set(writers)  # written only through pipeline.write_tables
+
+
+def own_files(entry) -> set[Path]:
+    """A loss's own files: its folder under harness/losses/ and every module its entry names (`*_at`:
+    its references, paths, options, edge inputs, head), a package with its whole folder."""
+    owned = set((HARNESS / "losses" / entry.name).rglob("*.py"))
+    for field in (f for f in vars(entry) if f.endswith("_at")):
+        module = getattr(entry, field).partition(":")[0]
+        if not module:
+            continue
+        path = HARNESS.parent.joinpath(*module.split("."))
+        owned |= set(path.rglob("*.py")) if path.is_dir() else {path.with_suffix(".py")}
+    return owned
+
+
+def string_literals(path: Path) -> list[str]:
+    """The string constants of a module's code, docstrings left out (they may say what a module is for)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def names_loss(text: str, word: str) -> bool:
+    """`word` in `text` as a word of its own (binary_cross_entropy and F.cross_entropy do not name cross_entropy)."""
+    return re.search(rf"(?<![\w.-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+def test_no_module_outside_a_loss_names_it():
+    """Which loss runs is read from its entry, never from its name written elsewhere: the code of every
+    module outside a loss's own files holds no string naming it (harness/losses/__init__.py holds the
+    default's), and the reports' and plots' text (harness/outputs) takes its title from the entry."""
+    from harness import losses
+
+    default_home = HARNESS / "losses" / "__init__.py"
+    named = []
+    for name in losses.names():
+        entry = losses.entry(name)
+        owned = own_files(entry) | ({default_home} if name == losses.DEFAULT else set())
+        for path in sorted(set(modules()) - owned):
+            words = (name, entry.title) if path.relative_to(HARNESS).parts[0] == "outputs" else (name,)
+            named += [
+                f"{path.relative_to(HARNESS)}: {text!r}"
+                for text in string_literals(path)
+                if any(names_loss(text, word) for word in words)
+            ]
+    assert not named, named
+
+
+def test_the_check_sees_a_loss_named_outside_it(tmp_path):
+    assert "cross_entropy" in string_literals(HARNESS / "losses" / "__init__.py")
+    stray = tmp_path / "stray.py"
+    stray.write_text('"""A docstring may say cross-entropy."""\nTITLE = "cross-entropy error"\n')
+    assert string_literals(stray) == ["cross-entropy error"]
+    assert names_loss("cross-entropy error", "cross-entropy")
+    assert not names_loss("binary_cross_entropy", "cross_entropy")
+    assert not names_loss("F.cross_entropy", "cross_entropy")

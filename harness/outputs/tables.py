@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness import losses
 from harness.files import atomic_write, write_table, write_text  # noqa: F401 (outputs write through these)
 from harness.sweep import metrics
 from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
@@ -71,7 +72,7 @@ def loss_words(frame: pd.DataFrame) -> str:
     """The loss a table measures, in words: its `loss` column's names where it has one, else cross-entropy."""
     if "loss" in frame and frame["loss"].notna().any():
         return " and ".join(str(name).replace("_", " ") for name in dict.fromkeys(frame["loss"].dropna()))
-    return "cross-entropy"
+    return losses.entry().title
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -2,7 +2,8 @@
 
     custom_paths=[{framework: torch, name: mine, fn: 'mypkg.losses:my_cross_entropy'}]
 
-The callable takes the framework's own arrays, logits (N, C) in the tested dtype and integer
+An entry may name the loss it implements (`loss: cross_entropy`, the default); it must be the
+sweep's `loss`. The callable takes the framework's own arrays, logits (N, C) in the tested dtype and integer
 labels (N,), and returns the per-row loss (N,). It is imported, its signature checked and a tiny
 input run through it before any work, so a bad import path or signature fails in one line.
 """
@@ -17,8 +18,11 @@ import numpy as np
 
 from harness import backends, paths
 from harness.errors import ConfigError
+from harness.losses import DEFAULT
+from harness.losses import check as check_loss
 
 KEYS = ("framework", "name", "fn")
+OPTIONAL_KEYS = ("loss",)
 
 
 @dataclass(frozen=True)
@@ -26,15 +30,20 @@ class CustomPath:
     framework: str
     name: str
     fn: str  # "module:attribute"
+    loss: str = DEFAULT  # the loss it implements (harness.losses)
 
 
 def parse(entries) -> tuple[CustomPath, ...]:
     """The `custom_paths` setting as CustomPaths; every malformed entry fails in one line."""
     found, names = [], set()
     for entry in entries or ():
-        if not isinstance(entry, dict) or set(entry) != set(KEYS):
-            raise ConfigError(f"each custom_paths entry needs exactly the keys {', '.join(KEYS)}; got {entry!r}")
-        custom = CustomPath(**{k: str(entry[k]) for k in KEYS})
+        if not isinstance(entry, dict) or not set(KEYS) <= set(entry) <= set(KEYS + OPTIONAL_KEYS):
+            raise ConfigError(
+                f"each custom_paths entry needs exactly the keys {', '.join(KEYS)} (and optionally "
+                f"{', '.join(OPTIONAL_KEYS)}); got {entry!r}"
+            )
+        custom = CustomPath(**{k: str(entry[k]) for k in KEYS + OPTIONAL_KEYS if k in entry})
+        check_loss(custom.loss)
         if custom.framework not in backends.FRAMEWORKS:
             raise ConfigError(
                 f"unknown framework {custom.framework!r} in custom_paths; "
@@ -102,8 +111,13 @@ def check_runs(custom: CustomPath, fn) -> None:
         )
 
 
-def check(customs: tuple[CustomPath, ...], frameworks) -> None:
+def check(customs: tuple[CustomPath, ...], frameworks, loss: str = DEFAULT) -> None:
     for custom in customs:
+        if custom.loss != loss:
+            raise ConfigError(
+                f"custom path {custom.name!r} implements loss {custom.loss!r}, but the sweep measures "
+                f"loss={loss}; give the entry loss: {loss}, or run it with loss={custom.loss}"
+            )
         if custom.framework not in frameworks:
             raise ConfigError(
                 f"custom path {custom.name!r} is for framework {custom.framework!r}, which is not in "

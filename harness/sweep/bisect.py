@@ -37,7 +37,7 @@ from harness.sweep.cells import target_quantities
 log = logging.getLogger(__name__)
 
 REL_TOL = 1e-4  # the bracket's relative width at which bisection stops
-GROUP_COLUMNS = ("framework", "path", "dtype", "family", "device", "n_rows", "n_classes")
+GROUP_COLUMNS = ("loss", "framework", "path", "dtype", "family", "device", "n_rows", "n_classes")
 # the errors-table columns theory is stated in
 QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_target_gap", "max_neg_target_logit")
 BREAK_COLUMNS = (

@@ -11,7 +11,7 @@ from functools import cache
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness import package
+from harness import losses, package
 from harness.backends import FRAMEWORKS, check_device, missing_packages
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
@@ -75,6 +75,7 @@ class SweepConfig:
     mask_label: bool = False  # family `masked`: also mask the label (exact loss +inf)
     edge_cases: bool = False  # the edge-case stage instead of the grid (harness.sweep.edge_runner)
     workers: int | str = "auto"  # processes measuring the grid (harness.sweep.workers): auto or >= 1
+    loss: str = losses.DEFAULT  # the loss measured (harness.losses): the `loss` column of every table
 
     def __post_init__(self):
         for key in ("n_rows", "n_classes"):
@@ -325,13 +326,14 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         head=_head(cfg),
         edge_cases=_flag(cfg, None, "edge_cases"),
         workers=_workers(cfg.get("workers", "auto")),
+        loss=losses.check(cfg.get("loss", losses.DEFAULT)),
         **option_settings.loss_options(cfg),
     )
     _check_head_families(sweep)
     check_edge_settings(sweep)
     check_installed(sweep.frameworks)
     check_device(sweep.device, sweep.frameworks)
-    custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks)
+    custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks, sweep.loss)
     for family in sweep.families:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work

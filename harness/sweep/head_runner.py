@@ -196,7 +196,8 @@ def sweep_head(sweep, record, done=frozenset(), time_loss=None) -> None:
             for of_input, family, scale, draw, dtypes, path_names in inputs_of(sweep):
                 labels = head_inputs.choose_labels(draw, sweep.label)
                 n_rows, d, n_classes = draw.shape
-                key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "d": d}
+                key = {"loss": sweep.loss, "family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes}
+                key["d"] = d
                 for dtype in dtypes:
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                     _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss, pool)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-KEY_COLUMNS = ("framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
+from harness.losses import DEFAULT
+
+KEY_COLUMNS = ("loss", "framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
 # the loss options of a cell (harness.paths.options), in every table; a cell without them is a bare loss
 OPTION_COLUMNS = ("reduction", "ignore_fraction", "class_weights", "label_smoothing", "z_loss", "softcap", "target")
 # their values in a bare loss (harness.paths.options.CellOptions's defaults; a test keeps the two equal)
@@ -30,8 +32,10 @@ JOURNAL = "cells.jsonl"
 
 
 def cell_key(row: dict) -> tuple:
-    """The cell's key columns; a head cell adds its mode and reduction (harness.sweep.head_runner)."""
-    return tuple(row[k] for k in KEY_COLUMNS) + tuple(row[k] for k in ("mode", *OPTION_COLUMNS) if k in row)
+    """The cell's key columns; a head cell adds its mode and reduction (harness.sweep.head_runner). A cell
+    journaled before the `loss` column is one of the default loss."""
+    key = tuple(row.get(k, DEFAULT) if k == "loss" else row[k] for k in KEY_COLUMNS)
+    return key + tuple(row[k] for k in ("mode", *OPTION_COLUMNS) if k in row)
 
 
 def read(path: Path) -> list[dict]:

@@ -192,7 +192,8 @@ def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=
                 fraction, seed = sweep.mask_fraction, sweep.seed
                 logits = option_inputs.mask_logits(logits, labels, fraction, seed, sweep.mask_label)
             n_rows, n_classes = logits.shape
-            key = {"family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes, "device": sweep.device}
+            key = {"loss": sweep.loss, "family": family, "scale": scale, "n_rows": n_rows, "n_classes": n_classes}
+            key["device"] = sweep.device
             ahead = {}
             last_use = k == len(sweep.scales) - 1 and family != "masked"
             if logits.size > RELEASE_ELEMENTS and last_use and not np.isneginf(logits).any():

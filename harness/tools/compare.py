@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness.cli import OneLineParser, non_negative
+from harness.losses import DEFAULT
 from harness.outputs import tables
 from harness.sweep import metrics
 
@@ -44,6 +45,16 @@ SAME_ANYWHERE = ("experiment", "device", "progress", "timing", "gradient", "row_
 
 class BadInput(Exception):
     """An input the comparison cannot use; its message is the one line printed after 'error: '."""
+
+
+# a setting a run recorded before it existed has this value (sweep.json without `loss`: cross-entropy)
+SETTING_DEFAULTS = {"loss": DEFAULT}
+
+
+def with_loss(errors: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
+    """An errors table written before the `loss` column, with it where the other has it: every cell
+    of the default loss."""
+    return errors.assign(loss=DEFAULT) if "loss" in other and "loss" not in errors else errors
 
 
 def key_columns(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
@@ -144,6 +155,7 @@ def check_same_grid(a: pd.DataFrame, b: pd.DataFrame, key: list[str]) -> None:
 
 def different_settings(a: dict, b: dict) -> list[str]:
     """Keys of two runs' sweep.json that differ, beyond those a comparison may differ in (SAME_ANYWHERE)."""
+    a, b = SETTING_DEFAULTS | a, SETTING_DEFAULTS | b
     return sorted(k for k in a.keys() | b.keys() if k not in SAME_ANYWHERE and a.get(k) != b.get(k))
 
 
@@ -179,6 +191,7 @@ def compare_errors(
     where present. Rows in worst_first order. Raises BadInput for missing columns, duplicate or
     mismatched cells.
     """
+    a, b = with_loss(a, b), with_loss(b, a)
     key = key_columns(a, b)
     if not key:
         raise BadInput(f"the two tables share none of the key columns {', '.join(tables.KEY_COLUMNS)}")

@@ -99,7 +99,8 @@ def merged_timings(shards: list[Path]) -> pd.DataFrame | None:
     if not timed:
         return None
     stacked = pd.concat(timed, ignore_index=True)
-    return stacked.drop_duplicates(["framework", "path", "dtype", "n_rows", "n_classes"], keep="first")
+    key = [c for c in ("loss", "framework", "path", "dtype", "n_rows", "n_classes") if c in stacked]
+    return stacked.drop_duplicates(key, keep="first")
 
 
 def _command(shard: Path) -> dict:

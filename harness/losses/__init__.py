@@ -1,0 +1,69 @@
+"""Losses: everything the harness knows about one loss over logits, one entry per loss.
+
+A loss lives in its own folder, `harness/losses/<name>/`, whose `__init__.py` declares `ENTRY`, a
+`LossEntry`: its name and title in words, its formula, the arrays its paths take (by name), and
+where the rest is found, by module path, so that reading an entry imports no framework and no
+reference: the exact loss and gradient, theory's failure mechanisms, the path entries and their
+per-framework implementations, the options, the edge inputs, the head. Adding a loss adds a folder
+(see docs/pages/explanation/losses.md); `entry(name)` finds it, `names()` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError
+
+DEFAULT = "cross_entropy"  # the loss a setting, a table without a `loss` column, and a custom path mean
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    """One loss. The `*_at` fields name "module:attribute" of what the harness calls, imported when used."""
+
+    name: str  # the `loss` setting and column
+    title: str  # in words, for reports and plots ("cross-entropy")
+    formula: str  # per row, in the notation of the docs
+    arrays: tuple[str, ...]  # the arrays a path takes, in order (cross-entropy: logits, labels)
+    gradient_formula: str = ""  # d loss / d logits, in words
+    exact_at: str = ""  # per-row exact loss (arrays..., precision) -> ExactValue
+    exact_gradient_at: str = ""  # exact d(sum of losses)/d(logits)
+    paths_at: str = ""  # the module of its path entries (ENTRIES, PATH_NAMES)
+    options_at: str = ""  # the module of its options (CellOptions), empty where it has none
+    edge_cases_at: str = ""  # the module of its edge inputs (EDGE_CASES)
+    head_at: str = ""  # the module of its head paths (h, W, b), empty where it has none
+    mechanisms: tuple[str, ...] = ()  # theory's failure mechanisms (harness.mechanisms)
+    families: tuple[str, ...] = field(default_factory=tuple)  # input families it is measured on
+
+    def load(self, field_name: str):
+        """The object a `*_at` field names, imported now."""
+        where = getattr(self, f"{field_name}_at")
+        module, _, attribute = where.partition(":")
+        found = importlib.import_module(module)
+        return getattr(found, attribute) if attribute else found
+
+
+@functools.cache
+def names() -> tuple[str, ...]:
+    """Every loss whose folder beside this file declares its ENTRY (read, not imported), the default first."""
+    found = sorted(
+        p.name
+        for p in Path(__file__).parent.iterdir()
+        if (p / "__init__.py").is_file() and "\nENTRY = " in (p / "__init__.py").read_text()
+    )
+    return tuple(sorted(found, key=lambda name: name != DEFAULT))
+
+
+def entry(name: str = DEFAULT) -> LossEntry:
+    """The entry of a loss; an unknown name fails in one line naming the valid choices."""
+    check(name)
+    return importlib.import_module(f"harness.losses.{name}").ENTRY
+
+
+def check(name) -> str:
+    if name not in names():
+        raise ConfigError(f"unknown loss {name!r}; valid choices: {', '.join(names())}")
+    return name

@@ -1,0 +1,84 @@
+"""The `loss` setting and column: every table names the loss it measured, the journal keys on it,
+compare and merge read tables written before it as cross-entropy's, and custom paths and
+harness.measure name the loss they implement."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import small_sweep
+
+import harness
+from harness import api, losses, pipeline
+from harness.errors import ConfigError
+from harness.paths import custom
+from harness.sweep import journal
+from harness.tools import compare
+
+QUICK = ["timing.enabled=false", "progress=false", "workers=1", "frameworks=[numpy]", "paths=[fused]"]
+SMALL = ["families=[spread]", "scales=[1.0,1000.0]", "n_rows=4", "n_classes=6", "dtypes=[float32]"]
+
+
+def test_the_default_loss_is_cross_entropy_and_its_entry_says_so():
+    entry = losses.entry()
+    assert (losses.DEFAULT, entry.name, entry.title) == ("cross_entropy", "cross_entropy", "cross-entropy")
+    assert entry.arrays == ("logits", "labels")
+    assert entry.load("exact").__name__ == "exact_cross_entropy"
+    assert losses.names()[0] == "cross_entropy"
+
+
+def test_an_unknown_loss_fails_in_one_line_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"^unknown loss 'hinge'; valid choices: cross_entropy") as refused:
+        api.prepare(*api.settings_of(api.compose_config(["loss=hinge"])))
+    assert "\n" not in str(refused.value)
+
+
+def test_every_table_opens_with_the_loss(tmp_path):
+    run = harness.run(None, [*QUICK, *SMALL, "grad.enabled=true", "row_errors=true"], run_dir=tmp_path)
+    for name in ("errors", "grad_errors", "row_errors", "breaks"):
+        table = pd.read_parquet(tmp_path / f"{name}.parquet")
+        assert table.columns[0] == "loss", name
+        assert set(table["loss"]) == {"cross_entropy"}, name
+    assert run.errors.columns[0] == "loss"
+    records = journal.read(tmp_path / journal.JOURNAL)
+    assert {r["cell"]["loss"] for r in records} == {"cross_entropy"}
+
+
+def test_timings_open_with_the_loss(tmp_path):
+    harness.run(None, [*QUICK, *SMALL, "timing.enabled=true", "timing.budget_s=0.001", "timing.min_blocks=1"], tmp_path)
+    assert pd.read_parquet(tmp_path / "timings.parquet").columns[0] == "loss"
+
+
+def test_a_cell_journaled_before_the_loss_column_is_cross_entropys():
+    cell = {"framework": "numpy", "path": "fused", "dtype": "float32", "family": "spread", "scale": 1.0}
+    cell |= {"n_rows": 4, "n_classes": 6}
+    assert journal.cell_key(cell) == journal.cell_key(cell | {"loss": "cross_entropy"})
+    assert journal.cell_key(cell) != journal.cell_key(cell | {"loss": "kl_divergence"})
+
+
+def test_compare_reads_a_table_without_the_loss_column_as_cross_entropys():
+    errors = pipeline.sweep_errors(small_sweep(frameworks=("numpy",), paths=("fused",), dtypes=("float32",)))
+    before = errors.drop(columns="loss")
+    compared = compare.compare_errors(before, errors)
+    assert set(compared["change"]) == {compare.UNCHANGED} and set(compared["loss"]) == {"cross_entropy"}
+    assert compare.different_settings({"seed": 0}, {"seed": 0, "loss": "cross_entropy"}) == []
+    assert compare.different_settings({"seed": 0}, {"seed": 0, "loss": "kl_divergence"}) == ["loss"]
+
+
+def test_a_custom_path_names_the_loss_it_implements():
+    entry = {"framework": "numpy", "name": "mine", "fn": "harness.paths.numpy_paths:fused"}
+    assert custom.parse([entry])[0].loss == "cross_entropy"
+    assert custom.parse([entry | {"loss": "cross_entropy"}])[0].loss == "cross_entropy"
+    with pytest.raises(ConfigError, match=r"^unknown loss 'hinge'; valid choices: cross_entropy"):
+        custom.parse([entry | {"loss": "hinge"}])
+    with pytest.raises(ConfigError, match=r"needs exactly the keys framework, name, fn \(and optionally loss\)"):
+        custom.parse([entry | {"weight": 1}])
+
+
+def test_measure_names_the_loss():
+    from harness.paths.numpy_paths import fused
+
+    errors = harness.measure(fused, "numpy", dtypes=["float32"], scales=[1.0], n_rows=4, n_classes=6, name="mine")
+    assert set(errors["loss"]) == {"cross_entropy"} and set(errors["path"]) == {"mine"}
+    with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
+        harness.measure(fused, "numpy", dtypes=["float32"], scales=[1.0], loss="hinge")
