@@ -351,3 +351,22 @@ def test_a_path_the_loss_does_not_have_fails_in_one_line():
         ConfigError, match="unknown path 'fused' for loss binary_cross_entropy; valid choices: naive, probs"
     ):
         paths.check_paths(["naive", "fused"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("framework", [f for f in ("torch", "mlx") if f in INSTALLED])
+def test_log_clamp_reads_100_where_theory_says(framework, dtype):
+    """F.binary_cross_entropy and MLX's probability route return exactly 100 for t = 1 below
+    max(-100, where sigmoid returns 0) (-88.72 / -100 for PyTorch, -88.0 for MLX) and for t = 0 from where
+    sigmoid returns 1 (16.64 / 36.74 for PyTorch, 17.33 / 37.43 for MLX): measured to the 0.001 grid."""
+    low, high = theory.log_clamp_reads_cap(
+        framework, dtype, backends.exp_overflow(framework, dtype), backends.quotient_flushes(framework, dtype)
+    )
+    x = -np.linspace(-low - 1.0, -low + 1.0, 2001)
+    capped = bce(framework, "probs", x, np.ones_like(x), dtype) == theory.LOG_CLAMP_CAP
+    assert not capped[0] and capped[np.argmax(capped) :].all()
+    assert float(x[np.argmax(capped)]) == pytest.approx(low, abs=2e-3)
+    x = np.linspace(high - 1.0, high + 1.0, 2001)
+    capped = bce(framework, "probs", x, np.zeros_like(x), dtype) == theory.LOG_CLAMP_CAP
+    assert not capped[0] and capped[np.argmax(capped) :].all()
+    assert float(x[np.argmax(capped)]) == pytest.approx(high, abs=2e-3)

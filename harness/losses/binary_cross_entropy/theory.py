@@ -128,6 +128,14 @@ def sigmoid_is_zero_below(dtype: str, exp_overflow: float, quotient_flushes: boo
     return max(-exp_overflow, sigmoid_rounds_to_zero(dtype, quotient_flushes))
 
 
+def log_clamp_reads_cap(framework: str, dtype: str, exp_overflow: float, quotient_flushes: bool) -> tuple[float, float]:
+    """Where the clamped probability route (PyTorch, MLX) returns exactly 100: t = 1 below
+    max(-100, where sigmoid returns 0), the exact loss being about -x; t = 0 from where sigmoid
+    returns 1 (16.64 in float32 for PyTorch, while the exact loss there is 16.64)."""
+    zero = sigmoid_is_zero_below(dtype, exp_overflow, quotient_flushes)
+    return max(-LOG_CLAMP_CAP, zero), sigmoid_is_one_from(framework, dtype)
+
+
 def softplus_loss_is_zero_from(framework: str, dtype: str) -> float:
     """Where softplus(x) - x (the softplus path at t = 1, and MLX's fused form) is exactly 0 for every
     larger x: the framework's softplus threshold, or absorption, whichever comes first. Measured: exact
