@@ -126,3 +126,17 @@ def test_bad_targets_are_refused(targets, message):
 def test_non_finite_logits_are_refused():
     with pytest.raises(ValueError, match="finite logits"):
         exact_binary_cross_entropy(np.array([np.inf]), np.ones(1))
+
+
+def test_float64_route_for_outputs_of_24_bits_agrees_to_2_to_the_minus_48(rng):
+    x = np.concatenate([rng.standard_normal(2000) * 30, LOGITS])
+    t = np.concatenate([rng.uniform(0, 1, 1000), rng.integers(0, 2, 1000), np.resize(TARGETS, len(LOGITS))])
+    for pos_weight in (None, 3.5):
+        fast = exact_binary_cross_entropy(x, t, 24, pos_weight=pos_weight)
+        exact = exact_binary_cross_entropy(x, t, pos_weight=pos_weight)
+        with mpmath.workprec(256):
+            for i in range(len(x)):
+                e, f = held(exact, i), held(fast, i)
+                assert abs(f - e) <= mpmath.mpf(2) ** -48 * abs(e), (x[i], t[i])
+        held_small = fast.exponent != 0  # losses below 2**-960 come from the double-double route
+        assert (fast.hi[held_small] == exact.hi[held_small]).all()
