@@ -94,6 +94,7 @@ def _flushes_in(framework: str, dtype: str) -> bool:
     return all(float(np.asarray(r, dtype=np.float64)[0]) == 0.0 for r in results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
 def test_flush_table_matches_the_installed_frameworks_on_cpu(framework):
     for dtype in LARGEST:
@@ -353,6 +354,7 @@ def small_sweep_errors():
     return sweep_errors(sweep)
 
 
+@pytest.mark.slow
 def test_breakdown_csv_agrees_with_theory_on_a_small_sweep(small_sweep_errors, tmp_path):
     assert "max_exact_loss" in small_sweep_errors, "the runner must record max_exact_loss for the underflow theory"
     breakdown.write_breakdown(small_sweep_errors, tmp_path)

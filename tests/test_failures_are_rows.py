@@ -43,6 +43,7 @@ def grad_rows(folder) -> pd.DataFrame:
     return pd.read_parquet(folder / "grad_errors.parquet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_transfer_that_raises_is_a_row_in_every_kind_of_run(kind, tmp_path, monkeypatch):
     real = numpy_backend.to_native
@@ -65,6 +66,7 @@ def test_a_transfer_that_raises_is_a_row_in_every_kind_of_run(kind, tmp_path, mo
         assert set(grads.loc[grads["framework"] == "numpy", "status"]) == {"error"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_path_that_raises_is_a_row_in_every_kind_of_run(kind, tmp_path, monkeypatch):
     def raising(*args, **kwargs):

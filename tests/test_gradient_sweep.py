@@ -28,12 +28,14 @@ def grad_errors() -> pd.DataFrame:
     return tables.grad_errors_frame(records, runner.NAME_ORDER)
 
 
+@pytest.mark.slow
 def test_grad_errors_has_one_documented_row_per_cell(grad_errors):
     assert list(grad_errors.columns) == list(tables.GRAD_COLUMNS)
     assert len(grad_errors) == 3 * 4 * 2 * 3
     assert not grad_errors.duplicated(list(tables.KEY_COLUMNS)).any()
 
 
+@pytest.mark.slow
 def test_stable_gradients_are_accurate_relative_to_the_row(grad_errors):
     stable = grad_errors[grad_errors["path"].isin(["log_softmax_nll", "fused", "log1p_lse"])]
     assert stable["status"].isin(metrics.GOOD).all()  # a correctly rounded 0 entry (exact_underflow) is no failure
@@ -44,6 +46,7 @@ def test_stable_gradients_are_accurate_relative_to_the_row(grad_errors):
     assert (stable["max_row_rel_err"] <= u * (16 + 4 * stable["max_logit"].abs())).all()
 
 
+@pytest.mark.slow
 def test_naive_backward_breaks_where_its_forward_overflows(grad_errors):
     naive = grad_errors[(grad_errors["path"] == "naive") & (grad_errors["scale"] == 1000.0)]
     assert naive["status"].isin(["inf", "nan"]).all()

@@ -29,6 +29,7 @@ JOBS = [
 ]
 
 
+@pytest.mark.slow
 def test_a_pool_of_processes_gives_the_bits_of_this_process():
     pool = head_gradients.Pool()
     try:
@@ -73,6 +74,7 @@ def _records(sweep, pool_allowed: bool, monkeypatch) -> dict:
     return {tuple(r["cell"][n] for n in names): r for r in records}
 
 
+@pytest.mark.slow
 def test_a_sweep_records_the_same_gradient_metrics_with_the_pool_or_without(monkeypatch):
     overrides = ["families=[head]", "frameworks=[mlx,numpy]", "dtypes=[bfloat16,float32]", "n_rows=8"]
     overrides += ["n_classes=50", "head.d=16", "reduction=[none,mean]", "grad.enabled=true", "mode=[eager,compiled]"]

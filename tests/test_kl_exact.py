@@ -66,6 +66,7 @@ def test_near_family(delta, temperature):
     assert kl.to_float64() == pytest.approx(temperature**2 * variance / 2, rel=max(1e-9, 100 * delta))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [32_000, 128_000])
 def test_large_vocabularies_near_convergence(classes):
     rng = np.random.default_rng(classes)

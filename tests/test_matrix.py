@@ -115,6 +115,7 @@ def run_main(capsys, tmp_path, *argv):
     return code, err, cache, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -140,6 +141,7 @@ def test_bad_input_fails_before_any_environment(capsys, tmp_path, argv, words):
     assert not [p for p in cache.glob("*") if p.name != "resolved"]  # no environment (a set resolved is kept)
 
 
+@pytest.mark.slow
 def test_a_set_that_does_not_resolve_names_the_conflict(capsys, tmp_path):
     """SciPy 1.14.1 requires numpy<2.3; the base holds numpy at its pinned version."""
     code, err, _, _ = run_main(capsys, tmp_path, "frameworks=[numpy]", "--versions", "scipy==1.14.1,1.17.1")

@@ -39,6 +39,7 @@ def one_process(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_two_and_three_processes_write_the_tables_of_one(one_process, tmp_path):
     expected = tables(one_process)
     for n in (2, 3):
@@ -50,6 +51,7 @@ def test_two_and_three_processes_write_the_tables_of_one(one_process, tmp_path):
         assert len(journal.read(run_dir / journal.JOURNAL)) == len(expected["errors"]) == 2 * 4 * 3 * 2 * 7
 
 
+@pytest.mark.slow
 def test_a_resumed_run_gives_the_workers_only_the_missing_cells(one_process, tmp_path):
     run_dir = tmp_path / "resumed"
     run_dir.mkdir()
