@@ -123,10 +123,14 @@ def _who(hits: pd.DataFrame, of_case: pd.DataFrame) -> str:
     return ", ".join(named)
 
 
-def findings(frame: pd.DataFrame, column: str = "loss_outcome") -> list[str]:
+HARM = (WRONG, NUMBER, INF, NAN, ERROR)  # the most harmful first: a wrong or silent value, then a loud one
+
+
+def findings(frame: pd.DataFrame, column: str = "loss_outcome", order=tuple(SAID)) -> list[str]:
     """One sentence per outcome that is not `exact`: which frameworks (paths, dtypes) on which cases."""
     sentences = []
-    for outcome, said in SAID.items():
+    for outcome in order:
+        said = SAID[outcome]
         parts = []
         for case, of_case in frame.groupby("case", sort=False):
             hits = of_case[of_case[column] == outcome]
@@ -237,11 +241,13 @@ def edge_recommendation(frame: pd.DataFrame) -> str:
     )
 
 
-def edge_headlines(frame: pd.DataFrame, most: int = 8) -> list[str]:
-    """The recommendation, then what the frameworks return that is not exact: loss first, then gradient."""
+def edge_headlines(frame: pd.DataFrame, most: int = 6) -> list[str]:
+    """The recommendation, where the edge row spoils other rows, then what the frameworks return that is
+    not exact, the most harmful first (a raised error, the safest answer, last): loss, then gradient."""
     sentences = [edge_recommendation(frame), *spill_findings(frame)]
-    sentences += [f"Loss: {s}" for s in findings(frame)] + [f"Gradient: {s}" for s in findings(frame, "grad_outcome")]
-    return sentences[:most]
+    loss = [f"Loss: {s}" for s in findings(frame, order=HARM)]
+    gradient = [f"Gradient: {s}" for s in findings(frame, "grad_outcome", order=HARM)]
+    return (sentences + loss[:2] + gradient[:2] + loss[2:] + gradient[2:])[:most]
 
 
 def edge_section(run_dir: Path) -> list[str]:

@@ -19,12 +19,12 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; line-height: 1.4; color: #222; font-size: 14px; }
 h1 { font-size: 1.45em; margin: 0.2em 0; } h2 { font-size: 1.2em; margin: 0.6em 0 0.3em; }
 p { margin: 0.3em 0; } ul { margin: 0.3em 0; padding-left: 1.4em; } li { margin: 0.1em 0; }
-h2#headline-findings + ul { font-size: 13.5px; line-height: 1.35; }
+h2#headline-findings + ul { font-size: 13px; line-height: 1.35; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.82em; display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
-table.verdict { font-size: 12.5px; margin: 0.3em 0; } table.verdict td, table.verdict th { padding: 1px 6px;
-       line-height: 1.3; max-width: 17em; }
+table.verdict { font-size: 12px; margin: 0.3em 0; } table.verdict td, table.verdict th { padding: 1px 6px;
+       line-height: 1.25; max-width: 18em; }
 td.ok { background: #e3f4e1; } td.warn { background: #fdf1cf; } td.bad { background: #f9dcdc; }
 td.na { background: #eeeeee; color: #666; }
 p.legend { font-size: 12px; color: #555; }
