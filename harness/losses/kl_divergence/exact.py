@@ -37,7 +37,9 @@ from harness.exact import dd
 from harness.exact.dd import ExactValue
 from harness.exact.reference import by_row_blocks
 from harness.losses.binary_cross_entropy import dd_functions as ddf
+from harness.losses.kl_divergence import exact_float64
 
+FLOAT64_ROUTE_UP_TO = 24  # significand bits of the output for which the float64 route suffices
 NEAR_ROUTE_UP_TO = 0.5  # |S| up to this: u_j = w_j + log1p(S); beyond, the log-partition route
 _WIDE = 1.0  # |w_j| beyond this: p_j exp(-w_j) - p_j instead of p_j expm1(-w_j)
 _OVERFLOW_GUARD = 700.0  # log p_j - w_j above this: exp would overflow; the row takes the other route
@@ -165,11 +167,21 @@ def _gradient_rows(t: np.ndarray, s: np.ndarray, temperature: float) -> ExactVal
 
 
 def exact_kl_divergence(teacher, student, output_precision: int = 53, *, temperature: float = 1.0) -> ExactValue:
-    """T**2 KL(softmax(teacher / T) || softmax(student / T)) per row of (rows, classes) logits. One route
-    serves every output precision (`output_precision` is accepted for the references' common signature)."""
+    """T**2 KL(softmax(teacher / T) || softmax(student / T)) per row of (rows, classes) logits. For outputs
+    of at most 24 significand bits, a float64 route good to 2**-44 (`exact_float64`), rows it cannot
+    hold falling back to this double-double one."""
     t, s, temperature = _checked(teacher, student, temperature)
-    with np.errstate(under="ignore", over="ignore", invalid="ignore"):
-        return by_row_blocks(lambda a, b: _kl_rows(a, b, temperature), t, s)
+    with np.errstate(under="ignore", over="ignore", invalid="ignore", divide="ignore"):
+        if output_precision > FLOAT64_ROUTE_UP_TO:
+            return by_row_blocks(lambda a, b: _kl_rows(a, b, temperature), t, s)
+        fast, refused = exact_float64.kl_rows_by_blocks(t, s, temperature)
+        value = ExactValue.of(fast, np.zeros_like(fast))
+        if refused.any():
+            exact = by_row_blocks(lambda a, b: _kl_rows(a, b, temperature), t[refused], s[refused])
+            value = ExactValue(*(np.array(part, copy=True) for part in value))
+            for part, held in zip(value, exact, strict=True):
+                part[refused] = held
+        return value
 
 
 def exact_kl_divergence_gradient(teacher, student, *, temperature: float = 1.0) -> ExactValue:
