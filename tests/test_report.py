@@ -401,7 +401,8 @@ def test_the_loss_is_named_from_the_table():
     from harness.outputs.tables import loss_words
 
     assert loss_words(pd.DataFrame({"path": ["fused"]})) == "cross-entropy"  # a table from before the loss column
-    assert loss_words(pd.DataFrame({"loss": ["binary_cross_entropy"]})) == "binary cross entropy"
+    assert loss_words(pd.DataFrame({"loss": ["cross_entropy"]})) == "cross-entropy"  # the entry's title
+    assert loss_words(pd.DataFrame({"loss": ["focal_loss"]})) == "focal loss"  # no entry: the name in words
 
 
 def test_edge_findings_say_when_the_edge_row_changes_other_rows():

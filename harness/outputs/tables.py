@@ -69,10 +69,12 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
 
 
 def loss_words(frame: pd.DataFrame) -> str:
-    """The loss a table measures, in words: its `loss` column's names where it has one, else cross-entropy."""
-    if "loss" in frame and frame["loss"].notna().any():
-        return " and ".join(str(name).replace("_", " ") for name in dict.fromkeys(frame["loss"].dropna()))
-    return losses.entry().title
+    """The loss a table measures, in words: its entries' titles by the `loss` column where it has one (a
+    name with no entry in words), else the default entry's title."""
+    if "loss" not in frame or not frame["loss"].notna().any():
+        return losses.entry().title
+    named = dict.fromkeys(str(name) for name in frame["loss"].dropna())
+    return " and ".join(losses.entry(n).title if n in losses.names() else n.replace("_", " ") for n in named)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
