@@ -8,7 +8,8 @@ nothing else is changed, so default folders (results/<experiment>/<timestamp>/, 
 are exercised as written. Not run: `pip install` and `python3 -m venv` (no network in a test) and
 `python -m pytest` (the suite itself); a line for hardware this machine lacks (a Slurm cluster, a GPU) is composed
 and validated only. A Python block whose first line is `# some/file.py` is written
-to that file (e.g. *Your own path*'s module, which the next command imports); the others are executed.
+to that file (e.g. *Your own path*'s module, which the next command imports); the others are executed, except an
+excerpt, a block with a line of `...` standing for what is left out (shown, not run).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def readme_steps() -> list[tuple[str, str]]:
     steps, seen = [], set()
     for language, body in (block for page in reading_order() for block in code_blocks(page.read_text())):
         if language == "python":
-            steps.append(("python", body))
+            if not re.search(r"^\s*\.\.\.\s*$", body, flags=re.M):  # an excerpt is shown, not run
+                steps.append(("python", body))
             continue
         lines = [line.strip() for line in body.splitlines() if line.strip()]
         if not any(line.startswith(("python", ". ")) for line in lines):
