@@ -241,3 +241,45 @@ def test_a_path_the_loss_does_not_have_fails_in_one_line():
         ConfigError, match="unknown path 'log_sigmoid' for loss kl_divergence; valid choices: naive, kl_div"
     ):
         paths.check_paths(["log_sigmoid"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", INSTALLED)
+def test_half_precision_runs_and_returns_its_dtype(framework, dtype):
+    """Every BCE and KL path and gradient runs in float16 and bfloat16 and answers in that dtype; the losses
+    of ordinary inputs lie within 64 units of roundoff of the exact ones (measured up to 30), the gradients
+    are finite but for Keras's KL in float16."""
+    from harness.losses.binary_cross_entropy import inputs as bce_inputs
+    from harness.losses.binary_cross_entropy import paths as bce_paths
+    from harness.losses.binary_cross_entropy.exact import exact_binary_cross_entropy
+
+    backend = backends.load(framework)
+    arrays = bce_inputs.spread(bce_inputs.draw((16, 8), seed=0), 1.0, "soft")
+    bce_arrays = [round_to(arrays[k], dtype).astype(np.float64) for k in ("logits", "targets")]
+    kl_arrays = list(rounded(inputs.independent(inputs.draw(4, 50, seed=0), 1.0), dtype))
+    cases = [
+        (bce_paths.implementations_module(framework), bce_arrays, exact_binary_cross_entropy(*bce_arrays)),
+        (paths.implementations_module(framework), kl_arrays, exact_kl_divergence(*kl_arrays)),
+    ]
+    unit = DTYPES[dtype].unit_roundoff
+    for module, arrays, exact in cases:
+        for name in module.PATHS:
+            loss = run_in(framework, module.PATHS[name], arrays, dtype, backend.compile)
+            assert np.max(np.abs(loss - exact.to_float64()) / exact.to_float64()) <= 64 * unit, name
+            gradient = run_in(framework, module.GRADIENTS[name], arrays, dtype, backend.compile_gradient)
+            if (framework, name, dtype) == ("tensorflow", "kl_div", "float16"):
+                # autodiff of Keras's p log(p / q) forms p / q**2 on the way to -p / q: it overflows 65504
+                # where a student probability is small (3.5e-4 in the first row), and that row is inf or NaN
+                assert not np.isfinite(gradient[0]).any() and np.isfinite(gradient[1:]).all()
+                continue
+            assert np.isfinite(gradient).all(), name
+
+
+def run_in(framework, fn, arrays, dtype, compile_):
+    """fn compiled by the backend on the dtype-rounded arrays; asserts the answer comes in that dtype."""
+    backend = backends.load(framework)
+    with backend.dtype_scope(dtype), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values, returned = backend.to_numpy(compile_(fn)(*(native_in(framework, round_to(a, dtype)) for a in arrays)))
+    assert returned == dtype
+    return values

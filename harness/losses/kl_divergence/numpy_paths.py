@@ -58,7 +58,7 @@ PATHS = {
 }
 
 
-def _through_softmax_and_log(teacher, student, temperature):
+def _through_softmax_and_log(teacher, student, *, temperature=1.0):
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
     square = np.asarray(temperature**2, dtype=student.dtype)
