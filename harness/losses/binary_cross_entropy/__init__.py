@@ -1,0 +1,2 @@
+"""Binary cross-entropy over logits: its entry (`entry`), exact references (`exact`), path entries (`paths`)
+with one implementation module per framework, theory's thresholds (`theory`) and input families (`inputs`)."""
