@@ -32,6 +32,7 @@ from harness.dtypes import DTYPES, round_to
 from harness.exact.reference import exact_cross_entropy
 from harness.paths.options import CellOptions
 from harness.sweep import inputs, metrics
+from harness.sweep.calls import call
 from harness.sweep.cells import target_quantities
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,16 @@ def break_status(impl, framework: str, device: str, dtype: str, rounded, held, l
     """The status the grid would give this (framework, path) on this input where it is a break
     (nan, error, inf), else ok: a correctly rounded inf or 0 is no break. The exact reference runs
     only on infinite rows whose float64 estimate of the loss is near the overflow threshold."""
-    from harness.sweep.runner import compute  # the runner calls this module: imported when used
-
     backend = backends.load(framework)
+
+    def handed_over():  # the transfer inside the call: a transfer that fails is the call's status
+        return impl.loss(*backend.to_native(rounded, labels, device))
+
     with backend.dtype_scope(dtype):
-        try:
-            if impl.unsupported:
-                raise paths.Unsupported(impl.unsupported)
-            computed, _ = compute(impl.loss, backend.to_native(rounded, labels, device), backend, dtype)
-        except Exception as exc:  # a framework that breaks is a status, as in the grid
-            return metrics.failure(exc)["status"]
+        loss = call(handed_over, (), backend, dtype, impl.unsupported)
+    if loss.error is not None:  # a framework that breaks is a status, as in the grid
+        return loss.failure["status"]
+    computed = loss.values
     infinite = np.isinf(computed)
     if np.isnan(computed).any() or not infinite.any():
         return metrics.output_status(computed)

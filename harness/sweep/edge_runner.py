@@ -24,7 +24,8 @@ from harness.paths import edge_cases as edge_paths
 from harness.paths import options as opt
 from harness.paths.edge_cases import EDGE_ROW
 from harness.sweep import inputs, metrics, option_cells
-from harness.sweep.cells import compute, group_by_framework
+from harness.sweep.calls import call, each_framework
+from harness.sweep.cells import group_by_framework
 from harness.sweep.edge_cases import (
     EDGE_CASES,
     EdgeCase,
@@ -73,14 +74,13 @@ def failed(exc: BaseException) -> Call:
 
 def run_call(make, native, backend, dtype: str, size: int) -> Call:
     """Build and run one call; any exception, or a result of the wrong size, is the call's failure."""
-    try:
-        values, note = compute(make(), native, backend, dtype)
-    except Exception as exc:
-        return failed(exc)
-    values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    made = call(lambda *args: make()(*args), native, backend, dtype)
+    if made.error is not None:
+        return failed(made.error)
+    values = np.atleast_1d(np.asarray(made.values, dtype=np.float64))
     if values.size != size:
         return Call(status=metrics.ERROR, message=f"returned shape {values.shape}, expected {size} values")
-    return Call(values=values, message=note)
+    return Call(values=values, message=made.note)
 
 
 def bare_calls(impl: build.Implementation, native, backend, dtype: str, shape) -> tuple[Call, Call]:
@@ -197,38 +197,40 @@ def edge_row(case: EdgeCase, exact: EdgeExact, fmt: FloatFormat, loss: Call, gra
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def framework_rows(case, framework, by_path, rounded, labels, exact, sweep, raw_losses) -> list[dict]:
-    """Every path of one framework on one case and dtype."""
+def input_rows(case, grouped, rounded, labels, exact, sweep, raw_losses) -> list[dict]:
+    """Every framework and path on one case and dtype."""
     dtype, shape = rounded.dtype.name, rounded.shape
     fmt = DTYPES[dtype]
-    backend = backends.load(framework)
-    on = backends.row_device(framework, sweep.device)
-    where = {"case": case.name, "framework": framework, "dtype": dtype, "device": on}
-    where |= {"reduction": case.reduction, "label": shown_label(case, labels)}
-    reason = edge_paths.not_called(framework, on, case.name)
+    options = case_options(case)
     rows = []
-    with backend.dtype_scope(dtype):
-        try:
-            native = backend.to_native(rounded, labels, on)
-            arrays = None
-            if case_options(case) is not None:
-                made = option_inputs(labels, shape[1], case_options(case), sweep.seed)
-                arrays = native_arrays(backend, made, case_options(case), dtype, on)
-        except Exception as exc:
-            reason, native = "", exc
-        for path, impl in by_path.items():
+
+    def where(place) -> dict:
+        found = {"case": case.name, "framework": place.framework, "dtype": dtype, "device": place.device}
+        return found | {"reduction": case.reduction, "label": shown_label(case, labels)}
+
+    def transfer_failed(place, exc):
+        for path in grouped[place.framework]:
+            rows.append(where(place) | {"path": path} | edge_row(case, exact, fmt, failed(exc), failed(exc)))
+
+    def transfer(backend, on):
+        native, arrays = backend.to_native(rounded, labels, on), None
+        if options is not None:
+            made = option_inputs(labels, shape[1], options, sweep.seed)
+            arrays = native_arrays(backend, made, options, dtype, on)
+        return native, arrays
+
+    for place, (native, arrays) in each_framework(grouped, dtype, sweep.device, transfer, transfer_failed):
+        framework, backend = place.framework, place.backend
+        reason = edge_paths.not_called(framework, place.device, case.name)
+        for path, impl in grouped[framework].items():
             if reason:
                 calls = (Call(status=metrics.UNSUPPORTED, message=reason),) * 2
-            elif isinstance(native, Exception):
-                calls = (failed(native), failed(native))
-            elif case_options(case) is not None:
+            elif options is not None:
                 fn = raw_losses.get((framework, path))
                 calls = mean_calls(framework, path, fn, case, arrays, native, backend, dtype, shape)
             else:
                 calls = bare_calls(impl, native, backend, dtype, shape)
-            rows.append(where | {"path": path} | edge_row(case, exact, fmt, *calls))
-        del native
-    backend.release_memory()
+            rows.append(where(place) | {"path": path} | edge_row(case, exact, fmt, *calls))
     return rows
 
 
@@ -250,8 +252,7 @@ def measure(sweep) -> list[dict]:
             for dtype in sweep.dtypes:
                 rounded = round_to(logits, dtype)
                 exact = exact_values(case, rounded.astype(np.float64), labels, DTYPES[dtype], sweep.seed)
-                for framework, by_path in grouped.items():
-                    bar.set_postfix_str(f"{case.name} {dtype} {framework}")
-                    rows += framework_rows(case, framework, by_path, rounded, labels, exact, sweep, raw_losses)
-                    bar.update(len(by_path))
+                bar.set_postfix_str(f"{case.name} {dtype}")
+                rows += input_rows(case, grouped, rounded, labels, exact, sweep, raw_losses)
+                bar.update(len(implementations))
     return rows

@@ -32,6 +32,7 @@ from harness.exact.dd import ExactValue
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_gradients, head_inputs, journal, metrics
+from harness.sweep.calls import each_framework
 from harness.sweep.cells import measured_facts, target_quantities
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
@@ -238,55 +239,43 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
     cell_key |= target_quantities(logits_held, labels)
     u = upstream_none(len(labels))
     kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
-    for framework in dict.fromkeys(f for f, *_ in todo):
-        backend = backends.load(framework)
-        on = backends.row_device(framework, sweep.device)
+
+    def failed(place, exc):
+        status = metrics.failure(exc)
+        for cell in (c for c in todo if c[0] == place.framework):
+            grad = {"head_grad": _grad_status(status, draw)} if sweep.gradient else {}
+            record({"cell": cell_key | _names(*cell) | place.facts | status} | grad)
+
+    def transfer(backend, on):
+        native = head_gradients.native_arrays(backend, rounded, labels, on)
+        labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
+        return native, labelled, backend.to_native(round_to(u, dtype), labels, on)[0]
+
+    frameworks = (f for f, *_ in todo)
+    for place, (native, labelled, u_native) in each_framework(frameworks, dtype, sweep.device, transfer, failed):
+        framework, backend, on = place.framework, place.backend, place.device
         elsewhere = pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
         later = []  # (record, GradientCall, reduction, kept) of the gradient calls left to the pool
-        facts = measured_facts(framework, dtype, on)
-        with backend.dtype_scope(dtype):
-            try:
-                native = head_gradients.native_arrays(backend, rounded, labels, on)
-                labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
-                u_native = backend.to_native(round_to(u, dtype), labels, on)[0]
-            except Exception as exc:  # a transfer that fails is a row per cell, as in the logit grid
-                failed = metrics.failure(exc)
-                for cell in (c for c in todo if c[0] == framework):
-                    grad = {"head_grad": _grad_status(failed, draw)} if sweep.gradient else {}
-                    record({"cell": cell_key | _names(*cell) | facts | failed} | grad)
-                backend.release_memory()
+        for f, path, mode, reduction, i in todo:
+            if f != framework:
                 continue
-            for f, path, mode, reduction, i in todo:
-                if f != framework:
-                    continue
-                first = reduction == sweep.reduction[0] and i == sweep.ignore_fraction[0]
-                timed = time_loss if sweep.timing.enabled and first else None
-                measured = run_cell(
-                    framework,
-                    path,
-                    mode,
-                    reduction,
-                    (*native, labelled[i]),
-                    u_native,
-                    exact,
-                    sweep,
-                    timed,
-                    kept[i],
-                    elsewhere,
+            first = reduction == sweep.reduction[0] and i == sweep.ignore_fraction[0]
+            timed = time_loss if sweep.timing.enabled and first else None
+            arguments = (*native, labelled[i])
+            measured = run_cell(
+                framework, path, mode, reduction, arguments, u_native, exact, sweep, timed, kept[i], elsewhere
+            )
+            measured["cell"] = cell_key | _names(framework, path, mode, reduction, i) | place.facts | measured["cell"]
+            if sweep.gradient and "head_grad" not in measured:
+                inputs = (*rounded, ignore_labels(labels, kept[i]), round_to(u, dtype))
+                call = head_gradients.GradientCall(
+                    framework, path, reduction, mode, sweep.head["chunk_size"], not kept[i].all(), dtype, on, inputs
                 )
-                measured["cell"] = cell_key | _names(framework, path, mode, reduction, i) | facts | measured["cell"]
-                if sweep.gradient and "head_grad" not in measured:
-                    inputs = (*rounded, ignore_labels(labels, kept[i]), round_to(u, dtype))
-                    call = head_gradients.GradientCall(
-                        framework, path, reduction, mode, sweep.head["chunk_size"], not kept[i].all(), dtype, on, inputs
-                    )
-                    later.append((measured, call, reduction, kept[i]))
-                else:
-                    record(measured)
-            del native, labelled, u_native
+                later.append((measured, call, reduction, kept[i]))
+            else:
+                record(measured)
         if later:
             _finish_elsewhere(later, pool, exact, record)
-        backend.release_memory()
 
 
 def _grad_status(status: dict, draw) -> dict:

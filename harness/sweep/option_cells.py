@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import backends, paths
+from harness import paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
@@ -25,11 +25,10 @@ from harness.exact.reference import by_row_blocks
 from harness.mechanisms import OTHER_CLASS_UNDERFLOW, joined
 from harness.paths import options as opt
 from harness.sweep import metrics
+from harness.sweep.calls import Call, call, each_framework
 from harness.sweep.cells import (
     cell_key,
-    compute,
     group_by_framework,
-    measured_facts,
     named,
     per_row,
     record_failed,
@@ -183,10 +182,11 @@ class Run:
         return self.native[0], self.arrays.packed()
 
 
-def _loss_record(run: Run, fn, rows: bool) -> dict:
+def _loss_record(run: Run, loss: Call, rows: bool) -> dict:
     """The loss metrics of one cell (and its per-row errors for reduction none, if asked)."""
-    computed, note = compute(fn, run.arguments, run.backend, run.fmt.name)
-    computed = np.atleast_1d(computed)
+    if loss.error is not None:
+        return {"cell": loss.failure}
+    computed, note = np.atleast_1d(loss.values), loss.note
     if run.exact is None:
         return {"cell": _undefined(computed)}
     if computed.shape != np.shape(run.exact.hi):
@@ -205,15 +205,18 @@ def _gradient_record(run: Run, fn) -> dict:
     source = opt.option_gradient(run.backend, fn)
     if source is None:
         return {"status": metrics.UNSUPPORTED, "message": f"NotImplementedError: {opt.NUMPY_NO_GRADIENT}"}
-    try:
-        gradient = run.backend.compile_gradient(source)
-        computed, note = compute(gradient, run.arguments, run.backend, run.fmt.name)
-    except Exception as exc:
-        return metrics.failure(exc)
+    gradient = call(_compiled(run.backend.compile_gradient, source), run.arguments, run.backend, run.fmt.name)
+    if gradient.error is not None:
+        return gradient.failure
     if run.exact_grad is None:
-        return _undefined(computed)
+        return _undefined(gradient.values)
     hi, lo, exponent = run.exact_grad
-    return metrics.gradient_metrics(computed, hi, lo, run.fmt, exponent) | {"message": note}
+    return metrics.gradient_metrics(gradient.values, hi, lo, run.fmt, exponent) | {"message": gradient.note}
+
+
+def _compiled(compile, fn):
+    """fn compiled when first called, inside the call: a compiler that raises is the call's failure."""
+    return lambda *args: compile(fn)(*args)
 
 
 def measure_path(run: Run, path: str, impl, path_fn, rows: bool = False, gradient: bool = False) -> dict:
@@ -225,10 +228,8 @@ def measure_path(run: Run, path: str, impl, path_fn, rows: bool = False, gradien
     except Exception as exc:
         failed = metrics.failure(exc)
         return {"cell": failed} | ({"grad": failed} if gradient else {})
-    try:
-        record = _loss_record(run, run.backend.compile(fn), rows)
-    except Exception as exc:  # a framework that breaks is a row, never a crash
-        record = {"cell": metrics.failure(exc)}
+    loss = call(_compiled(run.backend.compile, fn), run.arguments, run.backend, run.fmt.name)
+    record = _loss_record(run, loss, rows)
     if gradient:
         record["grad"] = _gradient_record(run, fn)
     return record
@@ -338,25 +339,21 @@ def measure_options(
         return record_input_inf(cell | {"max_logit": facts["max_logit"]}, todo, fmt, device, record, gradient)
     inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
     cell |= {"max_exact_loss": _max_exact_loss(exact)} | _quantities(shared, labels, options, logits)
-    for framework, by_path in group_by_framework(todo).items():
-        backend = backends.load(framework)
-        on = backends.row_device(framework, device)
-        where = cell | measured_facts(framework, dtype, on)
-        with backend.dtype_scope(dtype):
-            try:
-                native = backend.to_native(rounded, labels, on)
-                arrays = native_arrays(backend, inputs, options, dtype, on)
-            except Exception as exc:  # a transfer that fails is a row per path, as in the plain route
-                record_failed(record, where, by_path, exc, gradient, lambda path: _dense_mechanism(path, options))
-                backend.release_memory()
-                continue
-            run = Run(framework, backend, native, arrays, inputs, options, fmt, exact, exact_grad)
-            for path, impl in by_path.items():
-                measured = measure_path(
-                    run, path, impl, losses.get((framework, path)), want.get("rows", False), gradient
-                )
-                measured["cell"] = where | named(path) | _dense_mechanism(path, options) | measured["cell"]
-                record(measured)
-            del native, arrays, run
-        backend.release_memory()
+    grouped = group_by_framework(todo)
+
+    def failed(place, exc):
+        dense = lambda path: _dense_mechanism(path, options)  # noqa: E731
+        record_failed(record, cell | place.facts, grouped[place.framework], exc, gradient, dense)
+
+    def transfer(backend, on):
+        return backend.to_native(rounded, labels, on), native_arrays(backend, inputs, options, dtype, on)
+
+    for place, (native, arrays) in each_framework(grouped, dtype, device, transfer, failed):
+        framework = place.framework
+        run = Run(framework, place.backend, native, arrays, inputs, options, fmt, exact, exact_grad)
+        for path, impl in grouped[framework].items():
+            measured = measure_path(run, path, impl, losses.get((framework, path)), want.get("rows", False), gradient)
+            measured["cell"] = cell | place.facts | named(path) | _dense_mechanism(path, options) | measured["cell"]
+            record(measured)
+        del native, arrays, run
     return len(todo)

@@ -23,11 +23,10 @@ from harness.exact.reference import exact_cross_entropy
 from harness.paths import build
 from harness.paths import custom as custom_paths
 from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
+from harness.sweep.calls import call, each_framework
 from harness.sweep.cells import (
     cell_key,
-    compute,
     group_by_framework,
-    measured_facts,
     named,
     per_row,
     record_failed,
@@ -58,36 +57,29 @@ def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradien
 
 
 def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, fmt: FloatFormat) -> dict:
-    if impl.gradient is None:
+    if impl.gradient is None and not impl.unsupported:
         return {"status": metrics.UNSUPPORTED, "message": impl.no_gradient}
-    try:
-        computed, note = compute(impl.gradient, native, backend, fmt.name)
-    except Exception as exc:
-        return metrics.failure(exc)
+    gradient = call(impl.gradient, native, backend, fmt.name, impl.unsupported)
+    if gradient.error is not None:
+        return gradient.failure
     hi, lo, exponent = exact.gradient
-    return metrics.gradient_metrics(computed, hi, lo, fmt, exponent) | {"message": note}
+    return metrics.gradient_metrics(gradient.values, hi, lo, fmt, exponent) | {"message": gradient.note}
 
 
 def measure_cell(
     impl: build.Implementation, native, backend, exact: Exact, labels, fmt: FloatFormat, rows: bool
 ) -> dict:
     """The journal record of one cell: its loss metrics, and per-row errors and gradient metrics if asked."""
-    try:
-        if impl.unsupported:
-            raise paths.Unsupported(impl.unsupported)
-        computed, note = compute(impl.loss, native, backend, fmt.name)
-        cell = metrics.cell_metrics(computed, exact.hi, exact.lo, fmt, exact.bound, exact.exponent)
-        record = {"cell": cell | {"message": note}}
+    loss = call(impl.loss, native, backend, fmt.name, impl.unsupported)
+    if loss.error is not None:
+        record = {"cell": loss.failure}
+    else:
+        cell = metrics.cell_metrics(loss.values, exact.hi, exact.lo, fmt, exact.bound, exact.exponent)
+        record = {"cell": cell | {"message": loss.note}}
         if rows:
-            record["rows"] = per_row(labels, computed, exact.hi, exact.lo, fmt, exact.exponent)
-    except Exception as exc:  # a framework that breaks is a row, never a crash
-        record = {"cell": metrics.failure(exc)}
+            record["rows"] = per_row(labels, loss.values, exact.hi, exact.lo, fmt, exact.exponent)
     if exact.gradient is not None:
-        record["grad"] = (
-            metrics.failure(paths.Unsupported(impl.unsupported))
-            if impl.unsupported
-            else measure_gradient(impl, native, backend, exact, fmt)
-        )
+        record["grad"] = measure_gradient(impl, native, backend, exact, fmt)
     return record
 
 
@@ -120,22 +112,19 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     cell["max_exact_loss"] = float(loss.max())
     cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
     cell |= target_quantities(held, labels)
-    for framework, by_path in group_by_framework(todo).items():
-        backend = backends.load(framework)
-        on = backends.row_device(framework, device)
-        where = cell | measured_facts(framework, dtype, on)
-        with backend.dtype_scope(dtype):
-            try:
-                native = backend.to_native(rounded, labels, on)
-            except Exception as exc:
-                record_failed(record, where, by_path, exc, exact.gradient is not None)
-                native = None
-            for path, impl in by_path.items() if native is not None else ():
-                measured = measure_cell(impl, native, backend, exact, labels, fmt, want.get("rows", False))
-                measured["cell"] = where | named(path) | measured["cell"]
-                record(measured)
-            del native
-        backend.release_memory()
+    grouped = group_by_framework(todo)
+
+    def failed(place, exc):
+        record_failed(record, cell | place.facts, grouped[place.framework], exc, exact.gradient is not None)
+
+    def transfer(backend, on):
+        return backend.to_native(rounded, labels, on)
+
+    for place, native in each_framework(grouped, dtype, device, transfer, failed):
+        for path, impl in grouped[place.framework].items():
+            measured = measure_cell(impl, native, place.backend, exact, labels, fmt, want.get("rows", False))
+            measured["cell"] = cell | place.facts | named(path) | measured["cell"]
+            record(measured)
     return len(todo)
 
 
