@@ -40,6 +40,7 @@ def api_run(tmp_path_factory):
     return harness.run("precision_sweep", [*SMALL, "timing.enabled=false"], run_dir=tmp_path_factory.mktemp("api"))
 
 
+@pytest.mark.slow
 def test_run_returns_the_tables_it_wrote(api_run):
     assert len(api_run.errors) == 4 * 2 * 2  # paths x dtypes x scales
     assert api_run.timings is None and api_run.grad_errors is None  # not asked for
@@ -92,6 +93,7 @@ def test_assert_accurate_passes_a_stable_loss_and_lists_the_cells_of_an_unstable
     assert "float16 offset scale=100 n_classes=8: nan" in message
 
 
+@pytest.mark.slow
 def test_an_edge_case_run_loads_with_its_table(tmp_path):
     run = harness.run(
         "edge_cases", ["frameworks=[numpy]", "dtypes=[float32]", "progress=false"], run_dir=tmp_path / "e"

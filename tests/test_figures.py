@@ -35,6 +35,7 @@ def test_save_gives_the_pixels_of_savefig_with_its_own_layout_pass(tmp_path):
     assert np.array_equal(pixels(tmp_path / "saved.png"), pixels(reference))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cores", [1, 2])
 def test_the_error_plots_are_drawn_by_the_end_of_the_block(tmp_path, cores):
     small_errors().to_parquet(tmp_path / "errors.parquet")
@@ -46,6 +47,7 @@ def test_the_error_plots_are_drawn_by_the_end_of_the_block(tmp_path, cores):
     assert np.array_equal(pixels(drawn), pixels(expected))
 
 
+@pytest.mark.slow
 def test_a_failed_drawing_process_is_an_error_with_its_message(tmp_path):
     with pytest.raises(RuntimeError, match="(?s)drawing the figures .* failed .*FileNotFoundError.*errors.parquet"):
         with figures.drawn_beside(tmp_path, cores=2):  # no errors.parquet to draw from

@@ -42,6 +42,7 @@ def test_tied_maxima_share_the_argmax_entry_exactly():
     assert argmax_errors(x, labels).max() <= 4 * DTYPES["float16"].unit_roundoff
 
 
+@pytest.mark.slow
 def test_grad_errors_say_whose_gradient_it_is(tmp_path):
     harness.run(
         None,

@@ -85,6 +85,7 @@ def test_ordinary_inputs(framework, dtype):
             assert relative <= ORDINARY_UNITS * unit, (path, temperature, relative / unit)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float64"])
 @pytest.mark.parametrize("framework", INSTALLED)
 def test_converging_student_within_the_cancellation_bound(framework, dtype):

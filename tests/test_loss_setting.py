@@ -33,6 +33,7 @@ def test_an_unknown_loss_fails_in_one_line_naming_the_choices():
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_every_table_opens_with_the_loss(tmp_path):
     run = harness.run(None, [*QUICK, *SMALL, "grad.enabled=true", "row_errors=true"], run_dir=tmp_path)
     for name in ("errors", "grad_errors", "row_errors", "breaks"):
@@ -44,6 +45,7 @@ def test_every_table_opens_with_the_loss(tmp_path):
     assert {r["cell"]["loss"] for r in records} == {"cross_entropy"}
 
 
+@pytest.mark.slow
 def test_timings_open_with_the_loss(tmp_path):
     harness.run(None, [*QUICK, *SMALL, "timing.enabled=true", "timing.budget_s=0.001", "timing.min_blocks=1"], tmp_path)
     assert pd.read_parquet(tmp_path / "timings.parquet").columns[0] == "loss"

@@ -212,6 +212,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_cli_rebuilds_a_report(run_dir):
     done = _cli(run_dir, "--bits-lost-limit", 3)
@@ -220,6 +221,7 @@ def test_cli_rebuilds_a_report(run_dir):
     assert set(pd.read_csv(run_dir / "breakdown.csv")["bits_lost_limit"]) == {3.0}
 
 
+@pytest.mark.slow
 @pytest.mark.cli
 def test_cli_bad_run_dir_fails_in_one_line(tmp_path):
     done = _cli(tmp_path / "missing")
@@ -238,6 +240,7 @@ def test_folder_without_a_readable_errors_table_fails_in_one_line(tmp_path, caps
     assert ("holds no errors.parquet" if content is None else "cannot read") in err
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_negative_bits_lost_limit(run_dir):
     done = _cli(run_dir, "--bits-lost-limit", "-3")
     assert done.returncode == 2
