@@ -42,6 +42,20 @@ def test_this_checkout_finds_its_configurations_and_studies_through_the_package(
     assert package.study("precision_sweep") is None  # configuration only
 
 
+def test_the_api_names_the_run_folder_as_its_user_gives_it(tmp_path):
+    import harness
+    from harness.errors import ConfigError
+    from harness.sweep.run_dir import SWEEP
+
+    (tmp_path / SWEEP).write_text("{}")
+    with pytest.raises(
+        ConfigError, match=r"already holds a run; resume it with resume=true, or choose another run_dir$"
+    ):
+        harness.run("seed_article", ["frameworks=[numpy]"], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"holds no run \(no sweep.json\); give run_dir=<the run folder>$"):
+        harness.run("seed_article", ["frameworks=[numpy]", "resume=true"], run_dir=tmp_path / "empty")
+
+
 def test_an_editable_install_is_told_to_install_the_extra_from_its_checkout(monkeypatch):
     monkeypatch.setattr(package, "editable_checkout", lambda dist=None: REPO)
     assert package.install_line("tensorflow", "declared") == f"pip install -e '{REPO}[tensorflow]'"
@@ -129,6 +143,11 @@ def test_the_installed_copy_runs_outside_the_checkout(installed):
     (run_dir,) = (work / "results" / "seed_article").iterdir()  # results/ in the working folder
     assert (run_dir / "errors.parquet").is_file() and (run_dir / "report.html").is_file()
     assert "5.0696199767698928e-09" in ran.stdout  # the exact third loss of the seed article's table
+
+    api = "import harness; print(len(harness.run('seed_article', ['frameworks=[numpy]'], run_dir='api').errors))"
+    through_api = _run([python, "-c", api], work)
+    assert through_api.returncode == 0, through_api.stderr[-3000:]
+    assert (work / "api" / "errors.parquet").is_file() and int(through_api.stdout.split()[-1]) > 0
 
 
 @pytest.mark.slow
