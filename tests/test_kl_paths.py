@@ -44,14 +44,20 @@ def native_in(framework: str, array: np.ndarray):
     return tf.cast(wide, tf.bfloat16)
 
 
+@functools.cache
+def compiled(framework, path, temperature):
+    """The path compiled once per temperature (JAX then traces once per shape and dtype)."""
+    fn = functools.partial(paths.implementation(framework, path), temperature=temperature)
+    return backends.load(framework).compile(fn)
+
+
 def kl(framework, path, teacher, student, dtype, temperature=1.0):
     """The path's per-row loss on the dtype-rounded logits, as float64."""
     backend = backends.load(framework)
-    fn = functools.partial(paths.implementation(framework, path), temperature=temperature)
     with backend.dtype_scope(dtype), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         args = [native_in(framework, round_to(np.asarray(a, dtype=np.float64), dtype)) for a in (teacher, student)]
-        values, returned = backend.to_numpy(backend.compile(fn)(*args))
+        values, returned = backend.to_numpy(compiled(framework, path, temperature)(*args))
     assert returned == dtype
     return values
 
