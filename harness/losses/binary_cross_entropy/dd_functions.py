@@ -17,8 +17,8 @@ import numpy as np
 from harness.exact import dd
 from harness.exact.dd import LN2_HI, LN2_LO, ExactValue
 
-SERIES_BELOW = 1.0 / 16  # |argument| below this: the power series, 18 terms, past 2**-116 of the first
-_TERMS = 18
+SERIES_BELOW = 0.5  # |argument| below this: the power series (up to 30 terms: 0.5**28 / 30! < 2**-136)
+_TERMS = 30
 _EXP_OVERFLOW = 709.78  # exp(y) overflows float64 beyond about this
 ZERO_EXPONENT = np.iinfo(np.int64).min // 4  # binary exponent given to an exact zero (below everything)
 
@@ -106,8 +106,8 @@ def _expm1_by_exp(yh, yl):
 
 
 def expm1(yh, yl):
-    """exp(y) - 1 of a dd argument (y up to about 709), as dd: the series below 1/16, else
-    exp(y) - 1, where exp(y) is at least 1/16 away from 1 (at most 4 bits cancel)."""
+    """exp(y) - 1 of a dd argument (y up to about 709), as dd: the series below 1/2, else exp(y) - 1,
+    where exp(y) is at least 0.39 away from 1 (at most 2 bits cancel)."""
     yh, yl = np.asarray(yh, dtype=np.float64), np.asarray(yl, dtype=np.float64)
     return _branches(np.abs(yh) < SERIES_BELOW, yh, yl, _expm1_series, _expm1_by_exp)
 
@@ -127,7 +127,8 @@ def _chi_by_exp(uh, ul):
 
 
 def chi(uh, ul):
-    """exp(-u) - 1 + u >= 0 for dd u >= -1/16 (a KL term over p), without cancellation for small u."""
+    """exp(-u) - 1 + u >= 0 for dd u >= -1/2 (a KL term over p): the series below 1/2 (no cancellation),
+    else expm1(-u) + u, where at most 3 bits cancel."""
     uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
     return _branches(np.abs(uh) < SERIES_BELOW, uh, ul, _u2_series(_CHI), _chi_by_exp)
 
@@ -140,32 +141,38 @@ def _phi_by_exp(uh, ul):
 
 
 def phi(uh, ul):
-    """1 + (u - 1) exp(u) >= 0 for dd u <= 1/16 (a KL term over q), without cancellation for small u."""
+    """1 + (u - 1) exp(u) >= 0 for dd u <= 1/2 (a KL term over q): the series below 1/2 (no cancellation),
+    else 1 + (u - 1) exp(u), where at most 4 bits cancel."""
     uh, ul = np.asarray(uh, dtype=np.float64), np.asarray(ul, dtype=np.float64)
     return _branches(np.abs(uh) < SERIES_BELOW, uh, ul, _u2_series(_PHI), _phi_by_exp)
 
 
-_LOG1P_SERIES_BELOW = 2.0**-20
+_LOG1P_SERIES_BELOW = 1.0 / 32  # |t| below this: t sum (-t)**k / (k + 1), up to 40 terms (32**-39 / 40 < 2**-200)
+_LOG1P = [as_dd(Fraction((-1) ** k, k + 1)) for k in range(40)]
+
+
+def _log1p_series(th, tl):
+    sh, sl = _horner(th, tl, _LOG1P)
+    return dd.mul(sh, sl, th, tl)
+
+
+def _log1p_by_newton(th, tl):
+    """One Newton step from float64's log1p: l0 + ((1 + t) exp(-l0) - 1); |l| > 1/45 here, so exp's
+    2**-90 stays within 2**-84 of the result."""
+    l0 = np.log1p(th)
+    eh, el = exp_any(-l0, np.zeros_like(l0))
+    uh, ul = dd.two_sum(np.ones_like(th), th)
+    uh, ul = dd.fast_two_sum(uh, ul + tl)
+    ph, pl = dd.mul(uh, ul, eh, el)
+    rh, rl = dd.add(ph, pl, -np.ones_like(ph), np.zeros_like(ph))
+    return dd.fast_two_sum(l0, rh + rl)
 
 
 def log1p(th, tl):
-    """log(1 + t) of a dd argument t > -1 of either sign, as dd: the series below 2**-20 in
-    magnitude, else one Newton step from float64's log1p, l0 + ((1 + t) exp(-l0) - 1)."""
+    """log(1 + t) of a dd argument t > -1 of either sign, as dd: the series below 1/32 in magnitude,
+    else one Newton step from float64's log1p."""
     th, tl = np.asarray(th, dtype=np.float64), np.asarray(tl, dtype=np.float64)
-    small = np.abs(th) < _LOG1P_SERIES_BELOW
-    sq_h, sq_l = dd.two_prod(th, th)
-    sq_l = sq_l + 2.0 * th * tl
-    rest = sq_h * th * (1 / 3 - th * (1 / 4 - th / 5))
-    sh, sl = dd.add(th, tl, -0.5 * sq_h, -0.5 * sq_l + rest)
-    safe = np.where(small, 1.0, th)
-    l0 = np.log1p(safe)
-    eh, el = exp_any(-l0, np.zeros_like(l0))
-    uh, ul = dd.two_sum(1.0, safe)
-    uh, ul = dd.fast_two_sum(uh, ul + np.where(small, 0.0, tl))
-    ph, pl = dd.mul(uh, ul, eh, el)
-    rh, rl = dd.add(ph, pl, -np.ones_like(ph), np.zeros_like(ph))
-    nh, nl = dd.fast_two_sum(l0, rh + rl)
-    return np.where(small, sh, nh), np.where(small, sl, nl)
+    return _branches(np.abs(th) < _LOG1P_SERIES_BELOW, th, tl, _log1p_series, _log1p_by_newton)
 
 
 def held_exactly(values) -> ExactValue:

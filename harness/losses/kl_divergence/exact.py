@@ -9,7 +9,7 @@ as a sum of non-negative terms, adding sum_j (q_j - p_j) = 0 term by term:
        + sum_j q_j                                                  where p_j = 0 (0 log 0 = 0)
 
 (p chi(u) = q phi(u) = p log(p / q) - p + q). Nothing cancels in the sum, and chi and phi are
-power series below |u| = 1/16 (u**2/2 - ...), so a KL of 1e-25 (a student within 1e-12 of its
+power series below |u| = 1/2 (u**2/2 - ...), so a KL of 1e-25 (a student within 1e-12 of its
 teacher) keeps its relative accuracy. The u_j carry it: u_j = w_j + log1p(S) with
 w_j = ((t_j - s_j) - (t_r - s_r)) / T, r the teacher's argmax, each difference formed exactly
 (two_sum), and S = sum_j p_j expm1(-w_j) (= e**-w_j p_j - p_j where |w_j| > 1), which is
