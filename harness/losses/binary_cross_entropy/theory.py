@@ -23,6 +23,11 @@ Mechanisms (the names path entries declare, the breakdown checks):
 - cancellation: softplus(x) - x (t = 1, x > 0) and x - logsigmoid(x) (t = 0, x < 0, PyTorch's
   fused form (1 - t) x - logsigmoid(x)) subtract two numbers within e**-|x| of each other: the loss
   is exactly 0 once x + e**-|x| rounds to x (`absorbed_from`: 14.56 in float32, 33.27 in float64).
+
+Measured on the CPU (NumPy 2.4, PyTorch 2.13, JAX 0.10.2, MLX 0.32.4, TensorFlow 2.21), float32 and
+float64, and tested: the naive loss is NaN from p ln 2 (NumPy, PyTorch, JAX, TensorFlow) and from
+ln(2**(p+1) - 1) (MLX); inf below -88.72 / -709.78 (NumPy, PyTorch: exp(-x) overflows), -87.34 /
+-708.40 (JAX, TensorFlow: the quotient flushes), -88.0 in both (MLX: its exp overflows from 88.0).
 """
 
 from __future__ import annotations
