@@ -47,14 +47,14 @@ def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
 def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.DataFrame:
     """Measure the sweep (the cells its journal lacks) and write tables, summary and plots into run_dir.
     `running`: the accuracy workers already started for it (harness.sweep.workers.start)."""
-    if sweep.edge_cases:  # a stage of its own: what each framework returns on edge cases
+    if sweep.kind == "edge_cases":  # what each framework returns on edge cases
         frame = edge_tables.write_results(sweep, run_dir, edge_runner.measure(sweep), edge_runner.NAMES)
         report.build_report(run_dir)
         return frame
     versions = ", ".join(f"{k} {v}" for f in sweep.frameworks for k, v in backends.load(f).versions().items())
     where = ", ".join(f"{f} on {backends.row_device(f, sweep.device)}" for f in sweep.frameworks)
     log.info("sweep %s: %d cells; %s (%s)", sweep.experiment, sweep.n_cells, where, versions)
-    if head_runner.is_head(sweep):
+    if sweep.kind == "head":
         records = head_runner.measure(sweep, run_dir, head_timing.time_loss)
         timings = with_loss(head_timing.timings_frame(records), sweep.loss) if sweep.timing.enabled else None
         return write_head_results(sweep, run_dir, records, timings)

@@ -27,9 +27,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from harness import backends, mechanisms, paths
+from harness import backends, losses, mechanisms, paths
 from harness.dtypes import DTYPES, round_to
-from harness.exact.reference import exact_cross_entropy
 from harness.paths.options import CellOptions
 from harness.sweep import inputs, metrics
 from harness.sweep.calls import call
@@ -120,7 +119,7 @@ def break_status(impl, framework: str, device: str, dtype: str, rounded, held, l
     estimate = top[:, 0] + np.log(np.exp(x - top).sum(axis=1)) - x[np.arange(len(y)), y]
     if (estimate < fmt.max_finite / 2).any():  # 2**-52 relative from exact: far from rounding to inf
         return metrics.INF
-    exact = exact_cross_entropy(x, y, fmt.precision)
+    exact = losses.entry().load("exact")(x, y, fmt.precision)
     return metrics.output_status(computed[infinite], exact.hi, exact.lo, fmt, exact.exponent)
 
 
@@ -133,7 +132,7 @@ def quantities(held: np.ndarray, labels: np.ndarray, dtype: str, candidates: int
         lse = top[:, 0] + np.log(np.exp(held - top).sum(axis=1))
     loss = lse - held[rows, labels]
     pick = np.unique(np.concatenate([np.argsort(loss)[-candidates:], np.argsort(lse)[-candidates:]]))
-    exact = exact_cross_entropy(held[pick], labels[pick], DTYPES[dtype].precision).to_float64()
+    exact = losses.entry().load("exact")(held[pick], labels[pick], DTYPES[dtype].precision).to_float64()
     return {
         "max_logit": float(top.max()),
         "max_lse": float((exact + held[pick, labels[pick]]).max()),
@@ -217,7 +216,8 @@ def break_row(cells: pd.DataFrame, impl, stream: Inputs) -> dict:
     """The breaks row of one combination, its cells sorted by scale."""
     first = cells.iloc[0]
     framework, path, dtype, device = (first[c] for c in ("framework", "path", "dtype", "device"))
-    row = {c: first[c] for c in GROUP_COLUMNS} | {"accumulation": accumulation(framework, path, dtype)}
+    row = {c: first.get(c, losses.DEFAULT) if c == "loss" else first[c] for c in GROUP_COLUMNS}  # loss: as journaled
+    row["accumulation"] = accumulation(framework, path, dtype)
     row["double_rounding"] = path in paths.ENTRIES_BY_NAME and paths.double_rounding(framework, path, dtype)
     scales = cells["scale"].to_numpy(dtype=np.float64)
     status = cells["status"].to_numpy()

@@ -87,6 +87,14 @@ class SweepConfig:
             object.__setattr__(self, "timing", TimingConfig(**self.timing))
 
     @property
+    def kind(self) -> str:
+        """Which kind of run this is, decided here once: `edge_cases` (edge_cases=true), `head` (the
+        language-model head's families) or `grid` (logits, with or without loss options)."""
+        if self.edge_cases:
+            return "edge_cases"
+        return "head" if any(f in HEAD_FAMILIES for f in self.families) else "grid"
+
+    @property
     def timing_sizes(self) -> tuple[tuple[int, int], ...]:
         return self.timing.sizes or ((self.n_rows[0], self.n_classes[0]),)
 

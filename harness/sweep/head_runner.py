@@ -310,10 +310,6 @@ def ignore_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def is_head(sweep) -> bool:
-    return any(f in head_inputs.HEAD_FAMILIES for f in sweep.families)
-
-
 def measure(sweep, run_dir: Path, time_loss=None) -> list[dict]:
     """Measure the head sweep's cells that its journal lacks; all its records (a cell recorded
     before the head took ignore_fraction is its ignore_fraction 0)."""

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from harness import backends, paths
+from harness import backends, losses, paths
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
-from harness.exact.gradient import exact_gradient
-from harness.exact.reference import exact_cross_entropy
 from harness.paths import build
 from harness.paths import custom as custom_paths
 from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
@@ -50,10 +48,13 @@ class Exact:
     exponent: np.ndarray | int = 0  # nonzero only for losses below 2**-960 (see harness.exact.dd)
 
 
-def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradient: bool) -> Exact:
-    loss = exact_cross_entropy(held, labels, fmt.precision)
-    bound = metrics.lse_bound(held, labels, loss.to_float64(), fmt)
-    return Exact(loss.hi, loss.lo, bound, exact_gradient(held, labels) if gradient else None, loss.exponent)
+def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradient: bool, loss=losses.DEFAULT) -> Exact:
+    """The loss entry's exact references (harness.losses) on one rounded input, and the error bound."""
+    entry = losses.entry(loss)
+    value = entry.load("exact")(held, labels, fmt.precision)
+    bound = metrics.lse_bound(held, labels, value.to_float64(), fmt)
+    exact_gradient = entry.load("exact_gradient")(held, labels) if gradient else None
+    return Exact(value.hi, value.lo, bound, exact_gradient, value.exponent)
 
 
 def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, fmt: FloatFormat) -> dict:
@@ -107,7 +108,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     cell["max_logit"] = float(held.max())
     if not np.isfinite(held).all():
         return record_input_inf(cell, todo, fmt, device, record, want.get("gradient", False))
-    exact = exact_values(held, labels, fmt, want.get("gradient", False))
+    exact = exact_values(held, labels, fmt, want.get("gradient", False), key.get("loss", losses.DEFAULT))
     loss = np.ldexp(exact.hi, exact.exponent)
     cell["max_exact_loss"] = float(loss.max())
     cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
@@ -225,7 +226,7 @@ def n_units(sweep: SweepConfig) -> int:
 def sweep_cells(sweep: SweepConfig, record, done=frozenset(), implementations=None) -> None:
     """Walk the grid in this process; every cell not in `done` is measured and its journal record
     passed to record(). (harness.sweep.workers spreads the grid over several processes.)"""
-    if head_runner.is_head(sweep):  # the language-model head has a stage of its own
+    if sweep.kind == "head":  # the language-model head has a stage of its own
         return head_runner.sweep_head(sweep, record, done)
     with tqdm(total=sweep.n_cells, initial=len(done), disable=not sweep.progress, desc="cells", unit="cell") as bar:
 

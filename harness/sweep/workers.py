@@ -32,7 +32,7 @@ import time
 from tqdm import tqdm
 
 from harness.processes import cores, exit_now, python_environment
-from harness.sweep import head_runner, runner
+from harness.sweep import runner
 from harness.sweep.config import SweepConfig
 
 AUTO_MIN_LOGITS = 10**8  # the main sweep measures 8.2e8 (3200 cells of 256 x 1000), training_losses 9.8e8
@@ -47,7 +47,7 @@ def largest_input(sweep: SweepConfig) -> int:
 
 def worker_count(sweep: SweepConfig, available: int | None = None) -> int:
     """How many processes measure the grid: the `workers` setting, or for auto, 2 where they pay."""
-    if head_runner.is_head(sweep) or sweep.edge_cases:
+    if sweep.kind != "grid":
         return 1  # stages of their own, in one process
     if sweep.workers != "auto":
         return int(sweep.workers)
