@@ -32,7 +32,7 @@ from harness.exact.dd import ExactValue
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_gradients, head_inputs, journal, metrics
-from harness.sweep.calls import each_framework
+from harness.sweep.calls import Call, call, each_framework
 from harness.sweep.cells import measured_facts, target_quantities
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
@@ -61,17 +61,26 @@ def _as_exact(value: ExactValue):
     return hi, lo, np.broadcast_to(exponent, hi.shape)
 
 
-def measure_loss(loss_fn, native, backend, exact: ExactValue, fmt: FloatFormat) -> tuple[dict, float]:
-    """Loss metrics of one cell and the wall time of its first call (compilation, where it compiles)."""
-    start = time.perf_counter()
-    result = backend.sync(loss_fn(*native))
-    first_call_s = time.perf_counter() - start
-    computed, note = _computed(backend.to_numpy(result), fmt.name)
+class FirstCall:
+    """How a head loss is read back (calls.call's `read`): as harness.sweep.cells.compute does, at least
+    one value, and the wall time of this first call kept (compilation, where it compiles)."""
+
+    seconds = 0.0
+
+    def __call__(self, fn, args, backend, dtype: str):
+        start = time.perf_counter()
+        result = backend.sync(fn(*args))
+        self.seconds = time.perf_counter() - start
+        return _computed(backend.to_numpy(result), dtype)
+
+
+def loss_metrics(loss: Call, exact: ExactValue | None, fmt: FloatFormat) -> dict:
+    """Loss metrics of one cell's call (exact None: the mean over no kept rows, undefined)."""
     if exact is None:
-        return _undefined(computed), first_call_s
+        return _undefined(loss.values)
     hi, lo, exponent = (np.atleast_1d(np.asarray(p)) for p in exact)
-    cell = metrics.cell_metrics(computed, hi, lo, fmt, None, np.broadcast_to(exponent, hi.shape))
-    return cell | {"message": note}, first_call_s
+    cell = metrics.cell_metrics(loss.values, hi, lo, fmt, None, np.broadcast_to(exponent, hi.shape))
+    return cell | {"message": loss.note}
 
 
 def gradient_record(returned: list | BaseException, exact, fmt: FloatFormat, with_bias: bool) -> dict:
@@ -121,6 +130,7 @@ def run_cell(
     ignore = kept is not None and not kept.all()
     undefined = mean_over_none(exact, reduction, kept)
     with_bias = exact.args[2] is not None
+    first = FirstCall()
     try:
         if reason:
             raise NotImplementedError(reason)
@@ -128,17 +138,26 @@ def run_cell(
         with_ignore = {"ignore": True} if ignore else {}  # older build()s take no ignore
         loss_fn, grad_fn = build(path, reduction, mode, sweep.head["chunk_size"], **with_ignore)
         exact_loss = None if undefined else exact.loss(reduction, kept)
-        cell, first_call_s = measure_loss(loss_fn, native, backend, exact_loss, fmt)
-        cell["message"] = "; ".join(m for m in (note, cell["message"]) if m)
-        record["cell"] = cell
+    except Exception as exc:  # a path that cannot be built is a row, never a crash
+        loss = Call(error=exc)
+    else:
+        loss = call(loss_fn, native, backend, fmt.name, read=first)
+    if loss.error is None:
+        cell = loss_metrics(loss, exact_loss, fmt)
+        record["cell"] = cell | {"message": "; ".join(m for m in (note, cell["message"]) if m)}
         if time_loss is not None:
             compiles = mode == "compiled" or framework == "jax"
             recompiles = mode == "compiled" and getattr(backend, "RECOMPILES_PER_THREAD_COUNT", False)
-            record["timing"] = time_loss(loss_fn, native, backend, sweep.timing, first_call_s, compiles, recompiles)
-    except Exception as exc:  # a path that breaks is a row, never a crash
-        record["cell"] = metrics.failure(exc)
+            try:
+                record["timing"] = time_loss(
+                    loss_fn, native, backend, sweep.timing, first.seconds, compiles, recompiles
+                )
+            except Exception as exc:  # a timing that breaks fails its cell
+                loss = Call(error=exc)
+    if loss.error is not None:
+        record["cell"] = loss.failure
         if time_loss is not None:
-            record["timing"] = metrics.failure(exc)
+            record["timing"] = loss.failure
         grad_fn = None
     if sweep.gradient:
         if grad_fn is None:
