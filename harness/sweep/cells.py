@@ -51,6 +51,15 @@ def record_failed(record, where: dict, by_path, exc: BaseException, gradient: bo
         record({"cell": where | named(path) | more(path) | failed} | ({"grad": failed} if gradient else {}))
 
 
+def input_quantities(held: np.ndarray, labels: np.ndarray, loss: np.ndarray) -> dict:
+    """Theory's quantities of one rounded input (float64-held logits) and its exact per-row losses:
+    max_exact_loss, max_lse (the loss plus the target logit) and the target quantities."""
+    return {
+        "max_exact_loss": float(loss.max()),
+        "max_lse": float((loss + held[np.arange(len(labels)), labels]).max()),
+    } | target_quantities(held, labels)
+
+
 def target_quantities(held: np.ndarray, labels: np.ndarray) -> dict:
     """max_target_gap, the largest max_j x_j - x_y over rows (the argument a shifting path's exp takes,
     negated), and max_neg_target_logit, the largest -x_y (an unshifted exp's): past the exp's measured

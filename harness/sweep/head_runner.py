@@ -33,7 +33,7 @@ from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_gradients, head_inputs, journal, metrics
 from harness.sweep.calls import Call, call, each_framework
-from harness.sweep.cells import measured_facts, target_quantities
+from harness.sweep.cells import input_quantities, measured_facts
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
 from harness.sweep.option_inputs import ignored_rows
@@ -252,10 +252,7 @@ def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, ti
             where = cell_key | _names(*cell) | measured_facts(cell[0], dtype, on)
             record({"cell": where | status} | ({"head_grad": _grad_status(status, draw)} if sweep.gradient else {}))
         return
-    loss = exact.loss("none").to_float64()
-    cell_key["max_exact_loss"] = float(loss.max())
-    cell_key["max_lse"] = float((loss + logits_held[np.arange(len(labels)), labels]).max())
-    cell_key |= target_quantities(logits_held, labels)
+    cell_key |= input_quantities(logits_held, labels, exact.loss("none").to_float64())
     u = upstream_none(len(labels))
     kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
 

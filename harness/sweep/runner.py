@@ -25,11 +25,11 @@ from harness.sweep.calls import call, each_framework
 from harness.sweep.cells import (
     cell_key,
     group_by_framework,
+    input_quantities,
     named,
     per_row,
     record_failed,
     record_input_inf,
-    target_quantities,
 )
 from harness.sweep.config import SweepConfig, given_draw
 
@@ -109,10 +109,7 @@ def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, 
     if not np.isfinite(held).all():
         return record_input_inf(cell, todo, fmt, device, record, want.get("gradient", False))
     exact = exact_values(held, labels, fmt, want.get("gradient", False), key.get("loss", losses.DEFAULT))
-    loss = np.ldexp(exact.hi, exact.exponent)
-    cell["max_exact_loss"] = float(loss.max())
-    cell["max_lse"] = float((loss + held[np.arange(len(labels)), labels]).max())
-    cell |= target_quantities(held, labels)
+    cell |= input_quantities(held, labels, np.ldexp(exact.hi, exact.exponent))
     grouped = group_by_framework(todo)
 
     def failed(place, exc):
