@@ -49,8 +49,8 @@ def assert_accurate(
 ) -> pd.DataFrame:
     """Raise AssertionError listing every failing cell; return the errors table when all pass.
 
-    `grid` may give families, n_rows and n_classes as harness.measure takes them; None (and what is
-    not given) means conf/config.yaml's default.
+    `grid` may give families, n_rows and n_classes as harness.measure takes them, and `loss`, the loss
+    fn implements (default cross-entropy); None (and what is not given) means conf/config.yaml's default.
     """
     errors = measure(fn, framework, dtypes=dtypes, scales=scales, **grid)
     failing = failing_cells(errors, max_ulp)
