@@ -1,8 +1,8 @@
 """The head's gradient calls of a framework whose ops run on one thread (MLX), several at a time.
 
 MLX's CPU backend runs every op on one thread (harness.backends.mlx.threads), so while one of its
-gradient calls runs, the other cores idle: in `lm_head` its gradient calls were about 130 s of a
-run's 220 s of MLX. The calls are independent and single-threaded, so in separate processes
+gradient calls runs, the other cores idle, and in `lm_head` those calls are most of MLX's time.
+The calls are independent and single-threaded, so in separate processes
 they give the same bits (tests/test_head_gradients.py) in a fraction of the wall time. The head
 stage measures such a framework's losses and their timings first, alone (a timing wants a quiet
 machine), then hands its gradient calls to a pool of processes, one per core (at most
