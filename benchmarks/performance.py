@@ -46,7 +46,7 @@ def machine() -> str:
     cores, load = len(os.sched_getaffinity(0)), os.getloadavg()
     shared = (
         " (other work was running: read the times as upper bounds, and compare only figures taken together)"
-        if max(load) > cores
+        if load[0] > cores  # the last minute's run queue longer than the cores
         else ""
     )
     return (
