@@ -18,21 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness import paths
-from harness.dtypes import DTYPES, FloatFormat, round_to
+from harness.dtypes import FloatFormat
 from harness.exact.dd import ExactValue
 from harness.exact.options import LossOptions, exact_option_gradient, exact_reduced, exact_row_losses, row_weights
 from harness.exact.reference import by_row_blocks
 from harness.mechanisms import OTHER_CLASS_UNDERFLOW, joined
 from harness.paths import options as opt
 from harness.sweep import metrics
-from harness.sweep.calls import Call, call, each_framework
+from harness.sweep.calls import Call, call
 from harness.sweep.cells import (
-    cell_key,
-    group_by_framework,
     named,
     per_row,
-    record_failed,
-    record_input_inf,
     target_quantities,
 )
 from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
@@ -315,45 +311,53 @@ def _dense_mechanism(path: str, options) -> dict:
     return {"mechanisms": joined(filter(None, [named(path)["mechanisms"], OTHER_CLASS_UNDERFLOW]))}
 
 
-def measure_options(
-    logits, labels, dtype, implementations, key, record, done, options, losses, seed, shared=None, **want
-) -> int:
-    """Measure every (framework, path) not yet done on one input, one dtype, one set of options.
-    `shared`: a dict the caller keeps per input, in which one dtype's rounded logits and exact
-    per-row losses wait for the next set of options (a mean and a sum share their rows)."""
-    device = key.get("device", "cpu")
-    cell = key | {"dtype": dtype}
-    todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
-    if not todo:
-        return 0
-    fmt = DTYPES[dtype]
-    shared = {} if shared is None else shared
-    if shared.get("dtype") != dtype:  # one dtype's rounding and exact rows at a time
-        shared.clear()
-        shared |= {"dtype": dtype, "rounded": round_to(logits, dtype)}
-    if "facts" not in shared:  # logits is None where the runner rounded ahead: none masked (-inf) there
-        shared["facts"] = _input_facts(shared["rounded"], logits)
-    rounded, facts = shared["rounded"], shared["facts"]
-    gradient = want.get("gradient", False)
-    if not facts["valid"]:  # -inf only where the input masks a class
-        return record_input_inf(cell | {"max_logit": facts["max_logit"]}, todo, fmt, device, record, gradient)
-    inputs, exact, exact_grad = _exact(rounded, labels, options, seed, gradient, fmt.precision, shared)
-    cell |= {"max_exact_loss": _max_exact_loss(exact)} | _quantities(shared, labels, options, logits)
-    grouped = group_by_framework(todo)
+class OptionInput:
+    """A cell with loss options (or -inf logits): the option inputs and exact references of
+    harness.exact.options, each path composed with its framework's option layer around its
+    uncompiled loss (`losses`, raw_losses). harness.sweep.runner.measure_input walks it; `shared`
+    keeps one dtype's input facts and exact per-row losses for the next set of options (a mean and
+    a sum share their rows)."""
 
-    def failed(place, exc):
-        dense = lambda path: _dense_mechanism(path, options)  # noqa: E731
-        record_failed(record, cell | place.facts, grouped[place.framework], exc, gradient, dense)
+    def __init__(
+        self, labels, fmt: FloatFormat, options: opt.CellOptions, losses: dict, seed: int, rows=False, gradient=False
+    ):
+        self.labels, self.fmt, self.options, self.losses = labels, fmt, options, losses
+        self.seed, self.rows, self.gradient = seed, rows, gradient
 
-    def transfer(backend, on):
-        return backend.to_native(rounded, labels, on), native_arrays(backend, inputs, options, dtype, on)
+    def prepare(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
+        """The columns an input_inf row records, and whether every entry is finite or -inf where the
+        input masks a class. `logits` is None where the runner rounded ahead: none masked there."""
+        if "facts" not in shared:
+            shared["facts"] = _input_facts(rounded, logits)
+        self.rounded, self.logits, self.shared = rounded, logits, shared
+        facts = shared["facts"]
+        return {"max_logit": facts["max_logit"]}, facts["valid"]
 
-    for place, (native, arrays) in each_framework(grouped, dtype, device, transfer, failed):
+    def quantities(self) -> dict:
+        """The option inputs and exact values (kept for the paths) and theory's quantities of the input."""
+        found = _exact(
+            self.rounded, self.labels, self.options, self.seed, self.gradient, self.fmt.precision, self.shared
+        )
+        self.inputs, self.exact, self.exact_grad = found
+        quantities = _quantities(self.shared, self.labels, self.options, self.logits)
+        return {"max_exact_loss": _max_exact_loss(self.exact)} | quantities
+
+    def transfer(self, backend, on):
+        arrays = native_arrays(backend, self.inputs, self.options, self.fmt.name, on)
+        return backend.to_native(self.rounded, self.labels, on), arrays
+
+    def measurer(self, place, native):
+        """measure(path, impl) -> the journal record of one cell of this framework."""
+        native, arrays = native
         framework = place.framework
-        run = Run(framework, place.backend, native, arrays, inputs, options, fmt, exact, exact_grad)
-        for path, impl in grouped[framework].items():
-            measured = measure_path(run, path, impl, losses.get((framework, path)), want.get("rows", False), gradient)
-            measured["cell"] = cell | place.facts | named(path) | _dense_mechanism(path, options) | measured["cell"]
-            record(measured)
-        del native, arrays, run
-    return len(todo)
+        run = Run(
+            framework, place.backend, native, arrays, self.inputs, self.options, self.fmt, self.exact, self.exact_grad
+        )
+
+        def measure(path: str, impl) -> dict:
+            return measure_path(run, path, impl, self.losses.get((framework, path)), self.rows, self.gradient)
+
+        return measure
+
+    def columns(self, path: str) -> dict:
+        return _dense_mechanism(path, self.options)

@@ -84,45 +84,73 @@ def measure_cell(
     return record
 
 
-def measure_input(logits, labels, dtype: str, implementations: dict, key: dict, record, done=frozenset(), **want):
-    """Measure every (framework, path) not yet done on one input rounded to one dtype.
+class PlainInput:
+    """A cell at its default options: the loss entry's exact references on the rounded input, and
+    each path called as compiled (harness.paths.build). The other kind of input, with loss options
+    or -inf logits, is harness.sweep.option_cells.OptionInput; measure_input walks either."""
 
-    `key` names the cell (family, scale, n_rows, n_classes, device). Each finished cell goes to
-    `record({"cell": ..., ["rows": ...], ["grad": ...]})` at once; returns how many ran.
-    `want` may ask for rows=True (per-row errors) and gradient=True; options=CellOptions with
-    losses= and seed= sends a cell with loss options (or -inf logits) to harness.sweep.option_cells.
-    """
-    if option_cells.needs_options(want.get("options"), key.get("family")):
-        return option_cells.measure_options(logits, labels, dtype, implementations, key, record, done, **want)
-    shared = want.pop("shared", None) or {}
-    for name in ("options", "losses", "seed"):  # the plain route takes none of them
-        want.pop(name, None)
+    def __init__(self, labels, fmt: FloatFormat, loss: str = losses.DEFAULT, rows=False, gradient=False):
+        self.labels, self.fmt, self.loss, self.rows, self.gradient = labels, fmt, loss, rows, gradient
+
+    def prepare(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
+        """The columns an input_inf row records, and whether the input is finite in its dtype."""
+        self.rounded, self.held = rounded, rounded.astype(np.float64)  # exact: what the reference sees
+        self.max_logit = float(self.held.max())
+        return {"max_logit": self.max_logit}, bool(np.isfinite(self.held).all())
+
+    def quantities(self) -> dict:
+        """The exact values (kept for the paths) and theory's quantities of the input."""
+        self.exact = exact_values(self.held, self.labels, self.fmt, self.gradient, self.loss)
+        loss = np.ldexp(self.exact.hi, self.exact.exponent)
+        return {"max_logit": self.max_logit} | input_quantities(self.held, self.labels, loss)
+
+    def transfer(self, backend, on):
+        return backend.to_native(self.rounded, self.labels, on)
+
+    def measurer(self, place, native):
+        """measure(path, impl) -> the journal record of one cell of this framework."""
+        return lambda path, impl: measure_cell(
+            impl, native, place.backend, self.exact, self.labels, self.fmt, self.rows
+        )
+
+    def columns(self, path: str) -> dict:
+        return {}
+
+
+def measure_input(logits, dtype: str, implementations: dict, key: dict, record, done, variant, shared=None) -> int:
+    """Measure every (framework, path) not yet done on one input rounded to one dtype: the one loop
+    of the grid, whatever kind of input `variant` is (PlainInput, option_cells.OptionInput).
+
+    `key` names the cell (loss, family, scale, n_rows, n_classes, device, options). Each finished
+    cell goes to `record({"cell": ..., ["rows": ...], ["grad": ...]})` at once; returns how many
+    ran. `shared`, a dict the caller keeps per input, holds one dtype's rounding (and what the
+    variant keeps there, such as exact per-row losses) for the next set of options."""
     device = key.get("device", "cpu")
     cell = key | {"dtype": dtype}
     todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
     if not todo:
         return 0
     fmt = DTYPES[dtype]
-    rounded = shared["rounded"] if shared.get("dtype") == dtype else round_to(logits, dtype)
-    held = rounded.astype(np.float64)  # exact: what the reference sees
-    cell["max_logit"] = float(held.max())
-    if not np.isfinite(held).all():
-        return record_input_inf(cell, todo, fmt, device, record, want.get("gradient", False))
-    exact = exact_values(held, labels, fmt, want.get("gradient", False), key.get("loss", losses.DEFAULT))
-    cell |= input_quantities(held, labels, np.ldexp(exact.hi, exact.exponent))
+    shared = {} if shared is None else shared
+    if shared.get("dtype") != dtype:  # one dtype's rounding at a time
+        shared.clear()
+        shared |= {"dtype": dtype, "rounded": round_to(logits, dtype)}
+    overflowing, finite = variant.prepare(shared["rounded"], logits, shared)
+    if not finite:
+        return record_input_inf(cell | overflowing, todo, fmt, device, record, variant.gradient)
+    cell |= variant.quantities()
     grouped = group_by_framework(todo)
 
     def failed(place, exc):
-        record_failed(record, cell | place.facts, grouped[place.framework], exc, exact.gradient is not None)
+        record_failed(record, cell | place.facts, grouped[place.framework], exc, variant.gradient, variant.columns)
 
-    def transfer(backend, on):
-        return backend.to_native(rounded, labels, on)
-
-    for place, native in each_framework(grouped, dtype, device, transfer, failed):
+    for place, native in each_framework(grouped, dtype, device, variant.transfer, failed):
+        measure = variant.measurer(place, native)
         for path, impl in grouped[place.framework].items():
-            measured = measure_cell(impl, native, place.backend, exact, labels, fmt, want.get("rows", False))
-            measured["cell"] = cell | place.facts | named(path) | measured["cell"]
+            measured = measure(path, impl)
+            measured["cell"] = cell | place.facts | named(path) | variant.columns(path) | measured["cell"]
             record(measured)
+        del native, measure
     return len(todo)
 
 
@@ -142,12 +170,15 @@ def bases(sweep: SweepConfig):
                 yield family, inputs.draw(*size, sweep.seed)
 
 
-def option_losses(sweep: SweepConfig, options, family: str) -> dict | None:
-    """The uncompiled losses the option layer composes around (None for a cell of the plain route)."""
+def input_variant(sweep: SweepConfig, labels, fmt: FloatFormat, options, family: str):
+    """The kind of input a cell is: PlainInput at the default options, or an OptionInput (loss options
+    off their defaults, or a family with -inf logits) around the uncompiled losses it composes."""
+    rows, gradient = sweep.row_errors, sweep.gradient
     if not option_cells.needs_options(options, family):
-        return None
+        return PlainInput(labels, fmt, sweep.loss, rows, gradient)
     customs = custom_paths.callables(custom_paths.parse(sweep.custom_paths))
-    return option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
+    raw = option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
+    return option_cells.OptionInput(labels, fmt, options, raw, sweep.seed, rows, gradient)
 
 
 RELEASE_ELEMENTS = 2**24  # an input this large is rounded to all its dtypes at once, then its draw let go
@@ -194,21 +225,11 @@ def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=
                     describe(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                 shared = ahead.pop(dtype, {})  # one dtype's rounding and exact rows, kept across its option cells
                 for options in sweep.option_grid:
+                    variant = input_variant(sweep, labels, DTYPES[dtype], options, family)
                     measure_input(
-                        logits,
-                        labels,
-                        dtype,
-                        implementations,
-                        key | options.columns(),
-                        record,
-                        done,
-                        rows=sweep.row_errors,
-                        gradient=sweep.gradient,
-                        options=options,
-                        losses=option_losses(sweep, options, family),
-                        seed=sweep.seed,
-                        shared=shared,
+                        logits, dtype, implementations, key | options.columns(), record, done, variant, shared
                     )
+                    del variant  # its rounded and float64 copies go with it
                 del shared
                 wanted = next(units, None)
                 if wanted is None:
