@@ -138,4 +138,4 @@ def test_command_line_run_writes_table_matrix_and_report(tmp_path):
     finite = table[table["case"] == "finite"]
     assert (finite["loss_outcome"] == "exact").all() and (finite["grad_outcome"] == "exact").all()
     report = (tmp_path / "report.md").read_text()
-    assert "## Edge cases" in report and (tmp_path / "report.html").is_file()
+    assert "<summary>Edge cases in full</summary>" in report and (tmp_path / "report.html").is_file()

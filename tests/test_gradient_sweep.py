@@ -78,7 +78,7 @@ def test_gradient_sweep_through_the_cli_with_a_custom_path(tmp_path):
     for name in ("grad_breakdown.csv", "plots/grad_error_vs_scale_spread.png", "report.html"):
         assert (tmp_path / name).is_file(), name
     report = (tmp_path / "report.md").read_text()
-    assert "## Gradients" in report and "grad_error_vs_scale_spread" in report
+    assert "<summary>Gradients</summary>" in report and "grad_error_vs_scale_spread" in report
 
 
 @pytest.mark.slow
