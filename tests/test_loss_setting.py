@@ -84,3 +84,31 @@ def test_measure_names_the_loss():
     assert set(errors["loss"]) == {"cross_entropy"} and set(errors["path"]) == {"mine"}
     with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
         harness.measure(fused, "numpy", dtypes=["float32"], scales=[1.0], loss="hinge")
+
+
+def test_the_error_bound_and_theorys_quantities_come_from_the_loss_entry(monkeypatch):
+    """Cross-entropy's entry names its error bound (lse_bound) and its input quantities; an entry that
+    names neither gets no bound (bound_ulp NaN) and max_exact_loss alone, by hand on two rows."""
+    import dataclasses
+
+    import numpy as np
+
+    from harness.dtypes import DTYPES
+    from harness.sweep import metrics, runner
+
+    held, labels, f64 = np.array([[0.0, 0.0], [3.0, 1.0]]), np.array([0, 1]), DTYPES["float64"]
+    exact = runner.exact_values(held, labels, f64, False)
+    losses_by_hand = np.array([np.log(2.0), 2.0 + np.log1p(np.exp(-2.0))])  # lse(x) - x_y
+    np.testing.assert_allclose(exact.hi, losses_by_hand, rtol=1e-15)
+    np.testing.assert_array_equal(exact.bound, metrics.lse_bound(held, labels, exact.hi, f64))
+    found = runner.quantities_of("cross_entropy", held, labels, exact)
+    assert found["max_target_gap"] == 2.0 and found["max_neg_target_logit"] == 0.0
+    assert found["max_lse"] == pytest.approx(3.0 + np.log1p(np.exp(-2.0)), rel=1e-15)
+
+    bare = dataclasses.replace(losses.entry(), error_bound_at="", quantities_at="")
+    monkeypatch.setattr(losses, "entry", lambda name=losses.DEFAULT: bare)
+    exact = runner.exact_values(held, labels, f64, False)
+    assert exact.bound is None
+    assert runner.quantities_of("cross_entropy", held, labels, exact) == {"max_exact_loss": float(exact.hi.max())}
+    cell = metrics.cell_metrics(exact.hi, exact.hi, exact.lo, f64, exact.bound)
+    assert np.isnan(cell["bound_ulp"]) and np.isnan(cell["frac_within_bound"])

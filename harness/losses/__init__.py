@@ -31,6 +31,8 @@ class LossEntry:
     gradient_formula: str = ""  # d loss / d logits, in words
     exact_at: str = ""  # per-row exact loss (arrays..., precision) -> ExactValue
     exact_gradient_at: str = ""  # exact d(sum of losses)/d(logits)
+    error_bound_at: str = ""  # (arrays..., exact loss, fmt) -> per-row absolute error bound; empty: none
+    quantities_at: str = ""  # (held arrays..., exact loss) -> theory's input quantities; empty: max_exact_loss only
     paths_at: str = ""  # the module of its path entries (ENTRIES, PATH_NAMES)
     options_at: str = ""  # the module of its options (CellOptions), empty where it has none
     edge_cases_at: str = ""  # the module of its edge inputs (EDGE_CASES)

@@ -25,7 +25,6 @@ from harness.sweep.calls import call, each_framework
 from harness.sweep.cells import (
     cell_key,
     group_by_framework,
-    input_quantities,
     named,
     per_row,
     record_failed,
@@ -43,18 +42,29 @@ class Exact:
 
     hi: np.ndarray
     lo: np.ndarray
-    bound: np.ndarray
+    bound: np.ndarray | None  # None where the loss entry declares no error bound
     gradient: ExactValue | None
     exponent: np.ndarray | int = 0  # nonzero only for losses below 2**-960 (see harness.exact.dd)
 
 
 def exact_values(held: np.ndarray, labels: np.ndarray, fmt: FloatFormat, gradient: bool, loss=losses.DEFAULT) -> Exact:
-    """The loss entry's exact references (harness.losses) on one rounded input, and the error bound."""
+    """The loss entry's exact references (harness.losses) on one rounded input, and its error bound
+    (None where the entry declares none: bound_ulp is NaN then)."""
     entry = losses.entry(loss)
     value = entry.load("exact")(held, labels, fmt.precision)
-    bound = metrics.lse_bound(held, labels, value.to_float64(), fmt)
+    bound = entry.load("error_bound")(held, labels, value.to_float64(), fmt) if entry.error_bound_at else None
     exact_gradient = entry.load("exact_gradient")(held, labels) if gradient else None
     return Exact(value.hi, value.lo, bound, exact_gradient, value.exponent)
+
+
+def quantities_of(loss: str, held: np.ndarray, labels: np.ndarray, exact: Exact) -> dict:
+    """Theory's quantities of one rounded input, as the loss entry computes them from its exact
+    per-row losses (cross-entropy: cells.input_quantities); max_exact_loss where it declares none."""
+    entry = losses.entry(loss)
+    values = np.ldexp(exact.hi, exact.exponent)
+    if not entry.quantities_at:
+        return {"max_exact_loss": float(values.max())}
+    return entry.load("quantities")(held, labels, values)
 
 
 def measure_gradient(impl: build.Implementation, native, backend, exact: Exact, fmt: FloatFormat) -> dict:
@@ -101,8 +111,7 @@ class PlainInput:
     def quantities(self) -> dict:
         """The exact values (kept for the paths) and theory's quantities of the input."""
         self.exact = exact_values(self.held, self.labels, self.fmt, self.gradient, self.loss)
-        loss = np.ldexp(self.exact.hi, self.exact.exponent)
-        return {"max_logit": self.max_logit} | input_quantities(self.held, self.labels, loss)
+        return {"max_logit": self.max_logit} | quantities_of(self.loss, self.held, self.labels, self.exact)
 
     def transfer(self, backend, on):
         return backend.to_native(self.rounded, self.labels, on)
