@@ -77,3 +77,38 @@ def each_framework(
                 yield place, native
                 del native
         backend.release_memory()
+
+
+def measure_input(logits, dtype: str, key: dict, record, done, variant, shared=None) -> int:
+    """Measure every cell not yet done of one input rounded to one dtype: the one loop of every
+    kind of input, which `variant` is (the grid's runner.PlainInput and option_cells.OptionInput, the
+    head's head_runner.HeadInput). The variant names its cells (a tuple whose first item is the
+    framework), rounds the input and says whether it is finite, supplies the exact values and
+    theory's quantities, hands the arrays over and measures each framework's cells; the loop does
+    the rest in the same order for every kind: skip the cells in `done`, an overflowing input's
+    input_inf rows, a transfer that fails as a row per cell, each framework's memory handed back.
+
+    `key` names the cells (loss, family, scale, sizes, options). Each finished cell goes to
+    `record({"cell": ..., ...})` at once; returns how many ran. `shared`, a dict the caller keeps
+    per input, holds one dtype's rounding (and what the variant keeps there) for the next variant."""
+    cell = key | {"dtype": dtype}
+    todo = variant.todo(cell, done)
+    if not todo:
+        return 0
+    overflowing, finite = variant.prepare(logits, {} if shared is None else shared)
+    if not finite:
+        variant.input_inf(cell | overflowing, todo, record)
+        return len(todo)
+    cell |= variant.quantities()
+    by_framework: dict = {}
+    for names, impl in todo.items():
+        by_framework.setdefault(names[0], {})[names] = impl
+
+    def failed(place, exc):
+        variant.failed(record, cell, place, by_framework[place.framework], exc)
+
+    for place, native in each_framework(by_framework, dtype, variant.device, variant.transfer, failed):
+        for measured in variant.measure(place, native, by_framework[place.framework], cell):
+            record(measured)
+        del native
+    return len(todo)

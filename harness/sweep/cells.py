@@ -108,6 +108,45 @@ def cell_key(cell: dict, framework: str, path: str) -> tuple:
     return journal.cell_key(cell | {"framework": framework, "path": path})
 
 
+class GridInput:
+    """What the grid's kinds of input (runner.PlainInput, option_cells.OptionInput) share for the one
+    loop (harness.sweep.calls.measure_input): cells named (framework, path), one rounding per dtype
+    kept in `shared`, input_inf rows, a failed transfer as a row per path. A kind supplies
+    prepare_rounded, quantities, transfer, measurer(place, native) -> measure(path, impl) and columns."""
+
+    def __init__(self, implementations: dict, fmt: FloatFormat, device: str, rows=False, gradient=False):
+        self.implementations, self.fmt, self.device = implementations, fmt, device
+        self.rows, self.gradient = rows, gradient
+
+    def todo(self, cell: dict, done) -> dict:
+        return {fp: impl for fp, impl in self.implementations.items() if cell_key(cell, *fp) not in done}
+
+    def prepare(self, logits, shared: dict) -> tuple[dict, bool]:
+        """The columns an input_inf row records, and whether the input is finite in its dtype."""
+        if shared.get("dtype") != self.fmt.name:  # one dtype's rounding at a time
+            shared.clear()
+            shared |= {"dtype": self.fmt.name, "rounded": round_to(logits, self.fmt.name)}
+        return self.prepare_rounded(shared["rounded"], logits, shared)
+
+    def input_inf(self, cell: dict, todo, record) -> None:
+        record_input_inf(cell, todo, self.fmt, self.device, record, self.gradient)
+
+    def failed(self, record, cell: dict, place, cells: dict, exc: BaseException) -> None:
+        paths = [path for _, path in cells]
+        record_failed(record, cell | place.facts, paths, exc, self.gradient, self.columns)
+
+    def measure(self, place, native, cells: dict, cell: dict):
+        """The journal record of each (framework, path) of `cells` on this framework."""
+        measure = self.measurer(place, native)
+        for (_, path), impl in cells.items():
+            measured = measure(path, impl)
+            measured["cell"] = cell | place.facts | named(path) | self.columns(path) | measured["cell"]
+            yield measured
+
+    def columns(self, path: str) -> dict:
+        return {}
+
+
 def group_by_framework(implementations: dict) -> dict:
     grouped: dict = {}
     for (framework, path), impl in implementations.items():

@@ -32,7 +32,7 @@ from harness.exact.dd import ExactValue
 from harness.paths import head as head_paths
 from harness.paths.options import IGNORE_INDEX
 from harness.sweep import head_gradients, head_inputs, journal, metrics
-from harness.sweep.calls import Call, call, each_framework
+from harness.sweep.calls import Call, call, measure_input
 from harness.sweep.cells import input_quantities, measured_facts
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
 from harness.sweep.option_cells import _undefined
@@ -220,78 +220,107 @@ def sweep_head(sweep, record, done=frozenset(), time_loss=None) -> None:
                 key["d"] = d
                 for dtype in dtypes:
                     bar.set_postfix_str(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
-                    _measure_input(of_input, draw, labels, dtype, path_names, key, record, done, time_loss, pool)
+                    variant = HeadInput(of_input, draw, labels, dtype, path_names, time_loss, pool)
+                    measure_input(None, dtype, key, record, done, variant)
                     bar.update(1)
     finally:
         pool.close()
 
 
-def _measure_input(sweep, draw, labels, dtype, path_names, key, record, done, time_loss, pool=None) -> None:
-    fmt = DTYPES[dtype]
-    rounded = [None if a is None else round_to(a, dtype) for a in (draw.hidden, draw.weight, draw.bias)]
-    held = [None if a is None else a.astype(np.float64) for a in rounded]
-    todo = [
-        (f, p, m, r, i)
-        for f in sweep.frameworks
-        if f in head_paths.HEAD_FRAMEWORKS
-        for p in path_names
-        for m in modes_of(sweep, p)
-        for r in sweep.reduction
-        for i in sweep.ignore_fraction
-        if journal.cell_key(key | {"dtype": dtype} | _names(f, p, m, r, i)) not in done
-    ]
-    if not todo:
-        return
-    exact = ExactHead(*held, labels, fmt)
-    logits_held = held[0] @ held[1].T + (0 if held[2] is None else held[2])
-    cell_key = key | {"dtype": dtype, "max_logit": float(logits_held.max())}
-    if not all(np.isfinite(a).all() for a in held if a is not None):
-        status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {dtype}"}
-        for cell in todo:
-            on = backends.row_device(cell[0], sweep.device)
-            where = cell_key | _names(*cell) | measured_facts(cell[0], dtype, on)
-            record({"cell": where | status} | ({"head_grad": _grad_status(status, draw)} if sweep.gradient else {}))
-        return
-    cell_key |= input_quantities(logits_held, labels, exact.loss("none").to_float64())
-    u = upstream_none(len(labels))
-    kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
+class HeadInput:
+    """The head's kind of input for the one loop (harness.sweep.calls.measure_input): (h, W, b) and
+    the labels, rounded to one dtype; its cells are (framework, path, mode, reduction,
+    ignore_fraction), measured against the exact head; a framework whose gradient calls run on one
+    thread leaves them to the pool (harness.sweep.head_gradients) and records those cells after."""
 
-    def failed(place, exc):
+    def __init__(self, sweep, draw, labels, dtype: str, path_names, time_loss=None, pool=None):
+        self.sweep, self.draw, self.labels, self.fmt = sweep, draw, labels, DTYPES[dtype]
+        self.path_names, self.time_loss, self.pool, self.device = path_names, time_loss, pool, sweep.device
+
+    def todo(self, cell: dict, done) -> dict:
+        sweep = self.sweep
+        cells = (
+            (f, p, m, r, i)
+            for f in sweep.frameworks
+            if f in head_paths.HEAD_FRAMEWORKS
+            for p in self.path_names
+            for m in modes_of(sweep, p)
+            for r in sweep.reduction
+            for i in sweep.ignore_fraction
+        )
+        return {names: None for names in cells if journal.cell_key(cell | _names(*names)) not in done}
+
+    def prepare(self, logits, shared: dict) -> tuple[dict, bool]:
+        """The columns an input_inf row records, and whether h, W and b are finite in the dtype."""
+        draw, dtype = self.draw, self.fmt.name
+        self.rounded = [None if a is None else round_to(a, dtype) for a in (draw.hidden, draw.weight, draw.bias)]
+        held = [None if a is None else a.astype(np.float64) for a in self.rounded]
+        self.exact = ExactHead(*held, self.labels, self.fmt)
+        self.logits_held = held[0] @ held[1].T + (0 if held[2] is None else held[2])
+        self.max_logit = float(self.logits_held.max())
+        return {"max_logit": self.max_logit}, all(np.isfinite(a).all() for a in held if a is not None)
+
+    def input_inf(self, cell: dict, todo, record) -> None:
+        status = {"status": metrics.INPUT_INF, "message": f"h, W or b overflow {self.fmt.name}"}
+        for names in todo:
+            on = backends.row_device(names[0], self.device)
+            where = cell | _names(*names) | measured_facts(names[0], self.fmt.name, on)
+            grad = {"head_grad": _grad_status(status, self.draw)} if self.sweep.gradient else {}
+            record({"cell": where | status} | grad)
+
+    def quantities(self) -> dict:
+        """Theory's quantities of the logits h W^T + b; the upstream gradient and each ignore_fraction's kept rows."""
+        labels, sweep = self.labels, self.sweep
+        found = input_quantities(self.logits_held, labels, self.exact.loss("none").to_float64())
+        self.u = upstream_none(len(labels))
+        self.kept = {i: ~ignored_rows(len(labels), i, sweep.seed) for i in sweep.ignore_fraction}
+        return {"max_logit": self.max_logit} | found
+
+    def failed(self, record, cell: dict, place, cells: dict, exc: BaseException) -> None:
         status = metrics.failure(exc)
-        for cell in (c for c in todo if c[0] == place.framework):
-            grad = {"head_grad": _grad_status(status, draw)} if sweep.gradient else {}
-            record({"cell": cell_key | _names(*cell) | place.facts | status} | grad)
+        for names in cells:
+            grad = {"head_grad": _grad_status(status, self.draw)} if self.sweep.gradient else {}
+            record({"cell": cell | _names(*names) | place.facts | status} | grad)
 
-    def transfer(backend, on):
+    def transfer(self, backend, on):
+        rounded, labels, dtype = self.rounded, self.labels, self.fmt.name
         native = head_gradients.native_arrays(backend, rounded, labels, on)
-        labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, kept[i]), on)[1] for i in kept}
-        return native, labelled, backend.to_native(round_to(u, dtype), labels, on)[0]
+        labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, k), on)[1] for i, k in self.kept.items()}
+        return native, labelled, backend.to_native(round_to(self.u, dtype), labels, on)[0]
 
-    frameworks = (f for f, *_ in todo)
-    for place, (native, labelled, u_native) in each_framework(frameworks, dtype, sweep.device, transfer, failed):
-        framework, backend, on = place.framework, place.backend, place.device
-        elsewhere = pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
+    def measure(self, place, native, cells: dict, cell: dict):
+        """The journal record of each cell of `cells` on this framework; those whose gradient call the
+        pool runs come last, once it has run them all."""
+        sweep, kept, exact = self.sweep, self.kept, self.exact
+        (arrays, labelled, u_native), framework, backend = native, place.framework, place.backend
+        elsewhere = self.pool is not None and sweep.gradient and head_gradients.runs_on_one_thread(backend)
         later = []  # (record, GradientCall, reduction, kept) of the gradient calls left to the pool
-        for f, path, mode, reduction, i in todo:
-            if f != framework:
-                continue
+        for _, path, mode, reduction, i in cells:
             first = reduction == sweep.reduction[0] and i == sweep.ignore_fraction[0]
-            timed = time_loss if sweep.timing.enabled and first else None
-            arguments = (*native, labelled[i])
+            timed = self.time_loss if sweep.timing.enabled and first else None
+            arguments = (*arrays, labelled[i])
             measured = run_cell(
                 framework, path, mode, reduction, arguments, u_native, exact, sweep, timed, kept[i], elsewhere
             )
-            measured["cell"] = cell_key | _names(framework, path, mode, reduction, i) | place.facts | measured["cell"]
+            measured["cell"] = cell | _names(framework, path, mode, reduction, i) | place.facts | measured["cell"]
             if sweep.gradient and "head_grad" not in measured:
-                inputs = (*rounded, ignore_labels(labels, kept[i]), round_to(u, dtype))
+                inputs = (*self.rounded, ignore_labels(self.labels, kept[i]), round_to(self.u, self.fmt.name))
                 call = head_gradients.GradientCall(
-                    framework, path, reduction, mode, sweep.head["chunk_size"], not kept[i].all(), dtype, on, inputs
+                    framework,
+                    path,
+                    reduction,
+                    mode,
+                    sweep.head["chunk_size"],
+                    not kept[i].all(),
+                    self.fmt.name,
+                    place.device,
+                    inputs,
                 )
                 later.append((measured, call, reduction, kept[i]))
             else:
-                record(measured)
+                yield measured
         if later:
-            _finish_elsewhere(later, pool, exact, record)
+            yield from _finish_elsewhere(later, self.pool, exact)
 
 
 def _grad_status(status: dict, draw) -> dict:
@@ -299,8 +328,8 @@ def _grad_status(status: dict, draw) -> dict:
     return {w: status for w in WRT if w != "b" or draw.bias is not None}
 
 
-def _finish_elsewhere(later: list, pool, exact: ExactHead, record) -> None:
-    """Run the gradient calls left to the pool, all at once, and record each cell as its call ends."""
+def _finish_elsewhere(later: list, pool, exact: ExactHead):
+    """Run the gradient calls left to the pool, all at once; each cell's record as its call ends."""
     futures = pool.run([call for _, call, *_ in later])
     for (measured, _, reduction, kept), future in zip(later, futures, strict=True):
         try:
@@ -309,7 +338,7 @@ def _finish_elsewhere(later: list, pool, exact: ExactHead, record) -> None:
             values = exc
         grads = exact_gradients(exact, reduction, kept)
         measured["head_grad"] = gradient_record(values, grads, exact.fmt, exact.args[2] is not None)
-        record(measured)
+        yield measured
 
 
 def _names(framework, path, mode, reduction, ignore_fraction) -> dict:

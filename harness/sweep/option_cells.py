@@ -26,11 +26,7 @@ from harness.mechanisms import OTHER_CLASS_UNDERFLOW, joined
 from harness.paths import options as opt
 from harness.sweep import metrics
 from harness.sweep.calls import Call, call
-from harness.sweep.cells import (
-    named,
-    per_row,
-    target_quantities,
-)
+from harness.sweep.cells import GridInput, named, per_row, target_quantities
 from harness.sweep.option_inputs import OptionInputs, native_arrays, option_inputs
 
 
@@ -311,22 +307,20 @@ def _dense_mechanism(path: str, options) -> dict:
     return {"mechanisms": joined(filter(None, [named(path)["mechanisms"], OTHER_CLASS_UNDERFLOW]))}
 
 
-class OptionInput:
+class OptionInput(GridInput):
     """A cell with loss options (or -inf logits): the option inputs and exact references of
     harness.exact.options, each path composed with its framework's option layer around its
-    uncompiled loss (`losses`, raw_losses). harness.sweep.runner.measure_input walks it; `shared`
+    uncompiled loss (`losses`, raw_losses). harness.sweep.calls.measure_input walks it; `shared`
     keeps one dtype's input facts and exact per-row losses for the next set of options (a mean and
     a sum share their rows)."""
 
-    def __init__(
-        self, labels, fmt: FloatFormat, options: opt.CellOptions, losses: dict, seed: int, rows=False, gradient=False
-    ):
-        self.labels, self.fmt, self.options, self.losses = labels, fmt, options, losses
-        self.seed, self.rows, self.gradient = seed, rows, gradient
+    def __init__(self, implementations, labels, fmt, device, options: opt.CellOptions, losses: dict, seed, **want):
+        super().__init__(implementations, fmt, device, **want)
+        self.labels, self.options, self.losses, self.seed = labels, options, losses, seed
 
-    def prepare(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
-        """The columns an input_inf row records, and whether every entry is finite or -inf where the
-        input masks a class. `logits` is None where the runner rounded ahead: none masked there."""
+    def prepare_rounded(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
+        """Whether every entry is finite or -inf where the input masks a class. `logits` is None
+        where the runner rounded ahead: none masked there."""
         if "facts" not in shared:
             shared["facts"] = _input_facts(rounded, logits)
         self.rounded, self.logits, self.shared = rounded, logits, shared

@@ -21,15 +21,8 @@ from harness.exact.dd import ExactValue
 from harness.paths import build
 from harness.paths import custom as custom_paths
 from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
-from harness.sweep.calls import call, each_framework
-from harness.sweep.cells import (
-    cell_key,
-    group_by_framework,
-    named,
-    per_row,
-    record_failed,
-    record_input_inf,
-)
+from harness.sweep.calls import call, measure_input
+from harness.sweep.cells import GridInput, per_row
 from harness.sweep.config import SweepConfig, given_draw
 
 log = logging.getLogger(__name__)
@@ -94,16 +87,16 @@ def measure_cell(
     return record
 
 
-class PlainInput:
+class PlainInput(GridInput):
     """A cell at its default options: the loss entry's exact references on the rounded input, and
-    each path called as compiled (harness.paths.build). The other kind of input, with loss options
-    or -inf logits, is harness.sweep.option_cells.OptionInput; measure_input walks either."""
+    each path called as compiled (harness.paths.build). The other kind of grid input, with loss
+    options or -inf logits, is harness.sweep.option_cells.OptionInput; calls.measure_input walks either."""
 
-    def __init__(self, labels, fmt: FloatFormat, loss: str = losses.DEFAULT, rows=False, gradient=False):
-        self.labels, self.fmt, self.loss, self.rows, self.gradient = labels, fmt, loss, rows, gradient
+    def __init__(self, implementations, labels, fmt: FloatFormat, device: str, loss=losses.DEFAULT, **want):
+        super().__init__(implementations, fmt, device, **want)
+        self.labels, self.loss = labels, loss
 
-    def prepare(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
-        """The columns an input_inf row records, and whether the input is finite in its dtype."""
+    def prepare_rounded(self, rounded, logits, shared: dict) -> tuple[dict, bool]:
         self.rounded, self.held = rounded, rounded.astype(np.float64)  # exact: what the reference sees
         self.max_logit = float(self.held.max())
         return {"max_logit": self.max_logit}, bool(np.isfinite(self.held).all())
@@ -118,49 +111,8 @@ class PlainInput:
 
     def measurer(self, place, native):
         """measure(path, impl) -> the journal record of one cell of this framework."""
-        return lambda path, impl: measure_cell(
-            impl, native, place.backend, self.exact, self.labels, self.fmt, self.rows
-        )
-
-    def columns(self, path: str) -> dict:
-        return {}
-
-
-def measure_input(logits, dtype: str, implementations: dict, key: dict, record, done, variant, shared=None) -> int:
-    """Measure every (framework, path) not yet done on one input rounded to one dtype: the one loop
-    of the grid, whatever kind of input `variant` is (PlainInput, option_cells.OptionInput).
-
-    `key` names the cell (loss, family, scale, n_rows, n_classes, device, options). Each finished
-    cell goes to `record({"cell": ..., ["rows": ...], ["grad": ...]})` at once; returns how many
-    ran. `shared`, a dict the caller keeps per input, holds one dtype's rounding (and what the
-    variant keeps there, such as exact per-row losses) for the next set of options."""
-    device = key.get("device", "cpu")
-    cell = key | {"dtype": dtype}
-    todo = {fp: impl for fp, impl in implementations.items() if cell_key(cell, *fp) not in done}
-    if not todo:
-        return 0
-    fmt = DTYPES[dtype]
-    shared = {} if shared is None else shared
-    if shared.get("dtype") != dtype:  # one dtype's rounding at a time
-        shared.clear()
-        shared |= {"dtype": dtype, "rounded": round_to(logits, dtype)}
-    overflowing, finite = variant.prepare(shared["rounded"], logits, shared)
-    if not finite:
-        return record_input_inf(cell | overflowing, todo, fmt, device, record, variant.gradient)
-    cell |= variant.quantities()
-    grouped = group_by_framework(todo)
-
-    def failed(place, exc):
-        record_failed(record, cell | place.facts, grouped[place.framework], exc, variant.gradient, variant.columns)
-
-    for place, native in each_framework(grouped, dtype, device, variant.transfer, failed):
-        measure = variant.measurer(place, native)
-        for path, impl in grouped[place.framework].items():
-            measured = measure(path, impl)
-            measured["cell"] = cell | place.facts | named(path) | variant.columns(path) | measured["cell"]
-            record(measured)
-        del native, measure
-    return len(todo)
+        backend, exact, labels, fmt, rows = place.backend, self.exact, self.labels, self.fmt, self.rows
+        return lambda path, impl: measure_cell(impl, native, backend, exact, labels, fmt, rows)
 
 
 def compile_implementations(sweep: SweepConfig) -> dict:
@@ -179,15 +131,15 @@ def bases(sweep: SweepConfig):
                 yield family, inputs.draw(*size, sweep.seed)
 
 
-def input_variant(sweep: SweepConfig, labels, fmt: FloatFormat, options, family: str):
+def input_variant(sweep: SweepConfig, implementations, labels, fmt: FloatFormat, options, family: str):
     """The kind of input a cell is: PlainInput at the default options, or an OptionInput (loss options
     off their defaults, or a family with -inf logits) around the uncompiled losses it composes."""
-    rows, gradient = sweep.row_errors, sweep.gradient
+    want = {"rows": sweep.row_errors, "gradient": sweep.gradient}
     if not option_cells.needs_options(options, family):
-        return PlainInput(labels, fmt, sweep.loss, rows, gradient)
+        return PlainInput(implementations, labels, fmt, sweep.device, sweep.loss, **want)
     customs = custom_paths.callables(custom_paths.parse(sweep.custom_paths))
     raw = option_cells.raw_losses(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
-    return option_cells.OptionInput(labels, fmt, options, raw, sweep.seed, rows, gradient)
+    return option_cells.OptionInput(implementations, labels, fmt, sweep.device, options, raw, sweep.seed, **want)
 
 
 RELEASE_ELEMENTS = 2**24  # an input this large is rounded to all its dtypes at once, then its draw let go
@@ -234,10 +186,8 @@ def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=
                     describe(f"{family} C={n_classes} scale={scale:.3g} {dtype}")
                 shared = ahead.pop(dtype, {})  # one dtype's rounding and exact rows, kept across its option cells
                 for options in sweep.option_grid:
-                    variant = input_variant(sweep, labels, DTYPES[dtype], options, family)
-                    measure_input(
-                        logits, dtype, implementations, key | options.columns(), record, done, variant, shared
-                    )
+                    variant = input_variant(sweep, implementations, labels, DTYPES[dtype], options, family)
+                    measure_input(logits, dtype, key | options.columns(), record, done, variant, shared)
                     del variant  # its rounded and float64 copies go with it
                 del shared
                 wanted = next(units, None)
