@@ -7,7 +7,8 @@ what the backend measured there, enters the dtype's scope and hands the arrays o
 memory goes back when its cells are done. Then per path it calls a loss or a gradient (`call`):
 a declared reason not to call, an exception or a result read back in another dtype all end in a
 `Call`, never in a crash. What each kind of run makes of a Call (metrics, an edge outcome, a break
-status) is its own.
+status) is its own; the loop around both, from the cells not yet done to the last framework's
+rows, is one too (`measure_input`), whatever kind of input it walks.
 """
 
 from __future__ import annotations

@@ -145,10 +145,3 @@ class GridInput:
 
     def columns(self, path: str) -> dict:
         return {}
-
-
-def group_by_framework(implementations: dict) -> dict:
-    grouped: dict = {}
-    for (framework, path), impl in implementations.items():
-        grouped.setdefault(framework, {})[path] = impl
-    return grouped

@@ -24,8 +24,7 @@ from harness.paths import edge_cases as edge_paths
 from harness.paths import options as opt
 from harness.paths.edge_cases import EDGE_ROW
 from harness.sweep import inputs, metrics, option_cells
-from harness.sweep.calls import call, each_framework
-from harness.sweep.cells import group_by_framework
+from harness.sweep.calls import call, measure_input
 from harness.sweep.edge_cases import (
     EDGE_CASES,
     EdgeCase,
@@ -197,41 +196,59 @@ def edge_row(case: EdgeCase, exact: EdgeExact, fmt: FloatFormat, loss: Call, gra
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def input_rows(case, grouped, rounded, labels, exact, sweep, raw_losses) -> list[dict]:
-    """Every framework and path on one case and dtype."""
-    dtype, shape = rounded.dtype.name, rounded.shape
-    fmt = DTYPES[dtype]
-    options = case_options(case)
-    rows = []
+class EdgeInput:
+    """One edge case rounded to one dtype, as a kind of input for the one loop
+    (harness.sweep.calls.measure_input): every (framework, path) is measured every time (the stage
+    keeps no journal), and a non-finite input is the case itself, never input_inf. The bare cases
+    call each path as built; the mean over no kept rows goes through the option layer."""
 
-    def where(place) -> dict:
-        found = {"case": case.name, "framework": place.framework, "dtype": dtype, "device": place.device}
-        return found | {"reduction": case.reduction, "label": shown_label(case, labels)}
+    def __init__(self, case: EdgeCase, implementations: dict, labels, dtype: str, sweep, raw_losses: dict):
+        self.case, self.implementations, self.labels, self.fmt = case, implementations, labels, DTYPES[dtype]
+        self.sweep, self.raw_losses, self.device = sweep, raw_losses, sweep.device
+        self.options = case_options(case)
 
-    def transfer_failed(place, exc):
-        for path in grouped[place.framework]:
-            rows.append(where(place) | {"path": path} | edge_row(case, exact, fmt, failed(exc), failed(exc)))
+    def todo(self, cell: dict, done) -> dict:
+        return dict(self.implementations)
 
-    def transfer(backend, on):
+    def prepare(self, logits, shared: dict) -> tuple[dict, bool]:
+        self.rounded = round_to(logits, self.fmt.name)
+        self.exact = exact_values(self.case, self.rounded.astype(np.float64), self.labels, self.fmt, self.sweep.seed)
+        return {}, True
+
+    def quantities(self) -> dict:
+        return {}
+
+    def where(self, place, path: str) -> dict:
+        case, fmt = self.case, self.fmt
+        found = {"case": case.name, "framework": place.framework, "dtype": fmt.name, "device": place.device}
+        return found | {"reduction": case.reduction, "label": shown_label(case, self.labels), "path": path}
+
+    def failed(self, record, cell: dict, place, cells: dict, exc: BaseException) -> None:
+        for _, path in cells:
+            record(self.where(place, path) | edge_row(self.case, self.exact, self.fmt, failed(exc), failed(exc)))
+
+    def transfer(self, backend, on):
+        rounded, labels, options = self.rounded, self.labels, self.options
         native, arrays = backend.to_native(rounded, labels, on), None
         if options is not None:
-            made = option_inputs(labels, shape[1], options, sweep.seed)
-            arrays = native_arrays(backend, made, options, dtype, on)
+            made = option_inputs(labels, rounded.shape[1], options, self.sweep.seed)
+            arrays = native_arrays(backend, made, options, self.fmt.name, on)
         return native, arrays
 
-    for place, (native, arrays) in each_framework(grouped, dtype, sweep.device, transfer, transfer_failed):
-        framework, backend = place.framework, place.backend
+    def measure(self, place, native, cells: dict, cell: dict):
+        """The edge row of each (framework, path) of `cells` on this framework."""
+        (native, arrays), framework, backend = native, place.framework, place.backend
+        case, dtype, shape = self.case, self.fmt.name, self.rounded.shape
         reason = edge_paths.not_called(framework, place.device, case.name)
-        for path, impl in grouped[framework].items():
+        for (_, path), impl in cells.items():
             if reason:
                 calls = (Call(status=metrics.UNSUPPORTED, message=reason),) * 2
-            elif options is not None:
-                fn = raw_losses.get((framework, path))
+            elif self.options is not None:
+                fn = self.raw_losses.get((framework, path))
                 calls = mean_calls(framework, path, fn, case, arrays, native, backend, dtype, shape)
             else:
                 calls = bare_calls(impl, native, backend, dtype, shape)
-            rows.append(where(place) | {"path": path} | edge_row(case, exact, fmt, *calls))
-    return rows
+            yield self.where(place, path) | edge_row(case, self.exact, self.fmt, *calls)
 
 
 def measure(sweep) -> list[dict]:
@@ -240,19 +257,17 @@ def measure(sweep) -> list[dict]:
     base = inputs.draw(n_rows, n_classes, sweep.seed)
     implementations = build.implementations(sweep.frameworks, sweep.paths, None, sweep.chunk_size, sweep.block_size)
     raw_losses = option_cells.raw_losses(sweep.frameworks, sweep.paths, {}, sweep.chunk_size, sweep.block_size)
-    grouped = group_by_framework(implementations)
     log.info(
         "edge cases: %d cases x %d paths, %d x %d logits", len(EDGE_CASES), len(implementations), n_rows, n_classes
     )
-    rows = []
+    rows: list[dict] = []
     total = len(EDGE_CASES) * len(sweep.dtypes) * len(implementations)
     with tqdm(total=total, disable=not sweep.progress, desc="edge cases", unit="cell") as bar:
         for case in EDGE_CASES:
             logits, labels = edge_input(case, base.z, base.labels)
             for dtype in sweep.dtypes:
-                rounded = round_to(logits, dtype)
-                exact = exact_values(case, rounded.astype(np.float64), labels, DTYPES[dtype], sweep.seed)
                 bar.set_postfix_str(f"{case.name} {dtype}")
-                rows += input_rows(case, grouped, rounded, labels, exact, sweep, raw_losses)
+                variant = EdgeInput(case, implementations, labels, dtype, sweep, raw_losses)
+                measure_input(logits, dtype, {}, rows.append, frozenset(), variant)
                 bar.update(len(implementations))
     return rows
