@@ -20,11 +20,7 @@ from harness.package import study
 from harness.paths import custom as custom_paths
 from harness.sweep import bisect, edge_runner, head_runner, journal, workers
 from harness.sweep.config import SweepConfig
-from harness.sweep.runner import (
-    NAME_ORDER,
-    compile_implementations,
-    sweep_cells,
-)
+from harness.sweep.runner import compile_implementations, name_order, sweep_cells
 from harness.timing import head as head_timing
 from harness.timing import stage as timing
 
@@ -35,7 +31,7 @@ def sweep_errors(sweep: SweepConfig) -> pd.DataFrame:
     """The errors table of a sweep, in memory: one row per cell."""
     cells = []
     sweep_cells(sweep, lambda record: cells.append(record["cell"]))
-    return tables.errors_frame(cells, names=NAME_ORDER)
+    return tables.errors_frame(cells, names=name_order(sweep.loss))
 
 
 def study_summary(sweep: SweepConfig, run_dir: Path) -> str:
@@ -116,9 +112,10 @@ def write_results(sweep: SweepConfig, run_dir: Path, records: list[dict], timing
 
 def write_error_tables(sweep: SweepConfig, run_dir: Path, records: list[dict]) -> pd.DataFrame:
     """errors (and grad_errors, row_errors where the sweep asks) from the journal's records."""
-    errors = tables.errors_frame([r["cell"] for r in records], names=NAME_ORDER)
-    grad_errors = tables.grad_errors_frame(records, NAME_ORDER) if sweep.gradient else None
-    row_errors = tables.row_errors_frame(records, NAME_ORDER) if sweep.row_errors else None
+    names = name_order(sweep.loss)
+    errors = tables.errors_frame([r["cell"] for r in records], names=names)
+    grad_errors = tables.grad_errors_frame(records, names) if sweep.gradient else None
+    row_errors = tables.row_errors_frame(records, names) if sweep.row_errors else None
     write_tables(run_dir, errors=errors, grad_errors=grad_errors, row_errors=row_errors)
     return errors
 

@@ -112,3 +112,30 @@ def test_the_error_bound_and_theorys_quantities_come_from_the_loss_entry(monkeyp
     assert runner.quantities_of("cross_entropy", held, labels, exact) == {"max_exact_loss": float(exact.hi.max())}
     cell = metrics.cell_metrics(exact.hi, exact.hi, exact.lo, f64, exact.bound)
     assert np.isnan(cell["bound_ulp"]) and np.isnan(cell["frac_within_bound"])
+
+
+def test_the_paths_a_setting_may_name_are_the_losss_own(monkeypatch):
+    """`paths` is checked against the loss's path entries (losses.path_names), and so are custom path
+    names and the tables' row order: an entry whose paths module is binary cross-entropy's takes
+    with_logits and refuses fused, in one line naming its own paths."""
+    import dataclasses
+
+    from harness.paths import PATH_NAMES
+    from harness.sweep import runner
+
+    assert losses.path_names() == PATH_NAMES
+    assert runner.name_order()["path"] == list(PATH_NAMES)
+    other = dataclasses.replace(losses.entry(), paths_at="harness.losses.binary_cross_entropy.paths")
+    monkeypatch.setattr(losses, "entry", lambda name=losses.DEFAULT: other)
+    own = ("naive", "probs", "with_logits", "log_sigmoid", "softplus")
+    assert losses.path_names() == own and runner.name_order()["path"] == list(own)
+
+    sweep = api.prepare(*api.settings_of(api.compose_config(QUICK[:-1] + ["paths=[with_logits]"])))[0]
+    assert sweep.paths == ("with_logits",)
+    with pytest.raises(ConfigError, match=r"^unknown path 'fused' in paths; valid choices: naive, probs, ") as refused:
+        api.prepare(*api.settings_of(api.compose_config(QUICK)))
+    assert "\n" not in str(refused.value)
+    entry = {"framework": "numpy", "name": "with_logits", "fn": "numpy:log"}
+    with pytest.raises(ConfigError, match="not a built-in path \\(naive, probs, with_logits"):
+        custom.parse([entry])
+    assert custom.parse([entry | {"name": "fused"}])[0].name == "fused"

@@ -65,6 +65,12 @@ def entry(name: str = DEFAULT) -> LossEntry:
     return importlib.import_module(f"harness.losses.{name}").ENTRY
 
 
+def path_names(name: str = DEFAULT) -> tuple[str, ...]:
+    """The names of a loss's built-in paths (its paths module's PATH_NAMES): what `paths` may list
+    for it, and what a custom path of that loss may not be called."""
+    return tuple(entry(name).load("paths").PATH_NAMES)
+
+
 def check(name) -> str:
     if name not in names():
         raise ConfigError(f"unknown loss {name!r}; valid choices: {', '.join(names())}")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import backends, paths
+from harness import backends
 from harness.errors import ConfigError
-from harness.losses import DEFAULT
+from harness.losses import DEFAULT, path_names
 from harness.losses import check as check_loss
 
 KEYS = ("framework", "name", "fn")
@@ -49,10 +49,11 @@ def parse(entries) -> tuple[CustomPath, ...]:
                 f"unknown framework {custom.framework!r} in custom_paths; "
                 f"valid choices: {', '.join(backends.FRAMEWORKS)}"
             )
-        if not custom.name.isidentifier() or custom.name in paths.PATH_NAMES:
+        built_in = path_names(custom.loss)
+        if not custom.name.isidentifier() or custom.name in built_in:
             raise ConfigError(
                 f"custom path name {custom.name!r} must be a Python identifier that is not a built-in path "
-                f"({', '.join(paths.PATH_NAMES)})"
+                f"({', '.join(built_in)})"
             )
         if (custom.framework, custom.name) in names:
             raise ConfigError(f"custom path {custom.framework}/{custom.name} is given twice")

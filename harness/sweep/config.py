@@ -15,7 +15,6 @@ from harness import losses, package
 from harness.backends import FRAMEWORKS, check_device, missing_packages
 from harness.dtypes import DTYPES
 from harness.errors import ConfigError
-from harness.paths import PATH_NAMES
 from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.paths.options import OPTION_NAMES
@@ -307,10 +306,11 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     if label not in LABEL_CHOICES:
         raise ConfigError(f"unknown label {label!r}; valid choices: {', '.join(LABEL_CHOICES)}")
     seed = _integer(cfg, "seed", 0)
+    loss = losses.check(cfg.get("loss", losses.DEFAULT))  # first: its paths are the valid choices of `paths`
     sweep = SweepConfig(
         experiment=experiment,
         frameworks=_choices(cfg, "frameworks", "framework", tuple(FRAMEWORKS)),
-        paths=_choices(cfg, "paths", "path", PATH_NAMES),
+        paths=_choices(cfg, "paths", "path", losses.path_names(loss)),
         dtypes=_choices(cfg, "dtypes", "dtype", tuple(DTYPES)),
         families=_choices(cfg, "families", "family", tuple(FAMILIES) + HEAD_FAMILIES),
         scales=_scales(cfg),
@@ -334,7 +334,7 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         head=_head(cfg),
         edge_cases=_flag(cfg, None, "edge_cases"),
         workers=_workers(cfg.get("workers", "auto")),
-        loss=losses.check(cfg.get("loss", losses.DEFAULT)),
+        loss=loss,
         **option_settings.loss_options(cfg),
     )
     _check_head_families(sweep)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from harness import backends, losses, paths
+from harness import backends, losses
 from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.paths import build
@@ -26,7 +26,14 @@ from harness.sweep.cells import GridInput, per_row
 from harness.sweep.config import SweepConfig, given_draw
 
 log = logging.getLogger(__name__)
-NAME_ORDER = {"framework": list(backends.FRAMEWORKS), "path": list(paths.PATH_NAMES)}  # table row order
+
+
+def name_order(loss: str = losses.DEFAULT) -> dict:
+    """The order of a loss's table rows: frameworks, then its built-in paths (harness.losses.path_names)."""
+    return {"framework": list(backends.FRAMEWORKS), "path": list(losses.path_names(loss))}
+
+
+NAME_ORDER = name_order()  # the default loss's
 
 
 @dataclass(frozen=True)
