@@ -110,6 +110,13 @@ def check_device(device: str, frameworks) -> None:
             backend.check_device(device)
 
 
+def native_arrays(backend, arrays: dict, device: str = "cpu") -> dict:
+    """A loss's named input arrays (its entry's `arrays`: cross-entropy's logits and labels, a float
+    targets array, two logit matrices) handed to a backend by name, each with the same bits and its
+    own kind: floats stay floats in their dtype, integer arrays become the backend's class indices."""
+    return {name: backend.transfer(np.asarray(array), device) for name, array in arrays.items()}
+
+
 def row_device(framework: str, device: str) -> str:
     """The device a framework's rows run on: NumPy (and any CPU-only framework) always the CPU."""
     return device if device in load(framework).DEVICES else "cpu"

@@ -62,12 +62,20 @@ def _device(device: str):
     return jax.devices("gpu")[0] if device == "cuda" else jax.devices("cpu")[0]
 
 
+def transfer(array: np.ndarray, device: str = "cpu"):
+    """One array with the same bits on `device`, integers (class indices) as int32. Call inside
+    `dtype_scope(dtype)`: without x64, float64 would become float32."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.int32)
+    elif array.dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 arrays reach JAX outside dtype_scope('float64'): they would be cast to float32")
+    return jax.device_put(array, _device(device))  # straight to the device: jnp.asarray would compile a copy per shape
+
+
 def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits on `device`. Call inside `dtype_scope(dtype)`: without x64, float64 would become float32."""
-    if logits.dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise RuntimeError("float64 logits reach JAX outside dtype_scope('float64'): they would be cast to float32")
-    where = _device(device)  # NumPy arrays straight to the device: jnp.asarray would compile a copy per shape
-    return jax.device_put(np.asarray(logits), where), jax.device_put(np.asarray(labels, dtype=np.int32), where)
+    """Same bits on `device`, the labels as int32 (see transfer)."""
+    return transfer(logits, device), transfer(np.asarray(labels, dtype=np.int64), device)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:

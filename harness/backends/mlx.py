@@ -53,15 +53,21 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device} but MLX runs on the CPU only here (the mlx-cpu build); use device=cpu")
 
 
-def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits as the NumPy array. bfloat16 travels as its 16-bit pattern; the dtype is always
-    given, because mx.array turns float64 NumPy arrays into float32 by default."""
+def transfer(array: np.ndarray, device: str = "cpu"):
+    """One array with the same bits; integers (class indices) as int32. bfloat16 travels as its
+    16-bit pattern; a float's dtype is always given, because mx.array turns float64 NumPy arrays
+    into float32 by default."""
     check_device(device)
-    if logits.dtype.name == "bfloat16":
-        x = mx.array(np.ascontiguousarray(logits).view(np.uint16)).view(mx.bfloat16)
-    else:
-        x = mx.array(np.ascontiguousarray(logits), dtype=_NATIVE[logits.dtype.name])
-    return x, mx.array(np.asarray(labels, dtype=np.int32))
+    if np.issubdtype(array.dtype, np.integer):
+        return mx.array(np.asarray(array, dtype=np.int32))
+    if array.dtype.name == "bfloat16":
+        return mx.array(np.ascontiguousarray(array).view(np.uint16)).view(mx.bfloat16)
+    return mx.array(np.ascontiguousarray(array), dtype=_NATIVE[array.dtype.name])
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits as the NumPy arrays, the labels as int32 (see transfer)."""
+    return transfer(logits, device), transfer(np.asarray(labels, dtype=np.int64), device)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:

@@ -37,8 +37,13 @@ def check_device(device: str) -> None:
         raise ConfigError(f"NumPy runs on the CPU only, not {device!r}")
 
 
+def transfer(array: np.ndarray, device: str = "cpu"):
+    """One array as the paths take it: floats as they are, integers (class indices) as int64."""
+    return np.asarray(array, dtype=np.int64) if np.issubdtype(np.asarray(array).dtype, np.integer) else array
+
+
 def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    return logits, np.asarray(labels, dtype=np.int64)
+    return transfer(logits, device), transfer(np.asarray(labels, dtype=np.int64), device)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:

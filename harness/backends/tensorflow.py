@@ -58,11 +58,19 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device} but TensorFlow runs on the CPU only here (tensorflow-cpu); use device=cpu")
 
 
-def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits as the NumPy array (TF's bfloat16 is ml_dtypes.bfloat16), on the CPU."""
+def transfer(array: np.ndarray, device: str = "cpu"):
+    """One array with the same bits (TF's bfloat16 is ml_dtypes.bfloat16), on the CPU; integers
+    (class indices) as int32."""
     check_device(device)
+    if np.issubdtype(array.dtype, np.integer):
+        array = np.asarray(array, dtype=np.int32)
     with tf.device("/CPU:0"):
-        return tf.constant(np.ascontiguousarray(logits)), tf.constant(np.asarray(labels, dtype=np.int32))
+        return tf.constant(np.ascontiguousarray(array))
+
+
+def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
+    """Same bits as the NumPy arrays, the labels as int32 (see transfer)."""
+    return transfer(logits, device), transfer(np.asarray(labels, dtype=np.int64), device)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:

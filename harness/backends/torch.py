@@ -40,14 +40,19 @@ def check_device(device: str) -> None:
         )
 
 
+def transfer(array: np.ndarray, device: str = "cpu"):
+    """One array with the same bits, on `device`: bfloat16 travels as its 16-bit pattern, integers
+    (class indices) as int64."""
+    if np.issubdtype(array.dtype, np.integer):
+        return torch.from_numpy(np.asarray(array, dtype=np.int64)).to(device)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16).copy()).view(torch.bfloat16).to(device)
+    return torch.from_numpy(np.ascontiguousarray(array).copy()).to(device)
+
+
 def to_native(logits: np.ndarray, labels: np.ndarray, device: str = "cpu"):
-    """Same bits as the NumPy array, on `device`; bfloat16 travels as its 16-bit pattern."""
-    if logits.dtype.name == "bfloat16":
-        x = torch.from_numpy(logits.view(np.uint16).copy()).view(torch.bfloat16)
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(logits).copy())
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    return x.to(device), y.to(device)
+    """Same bits as the NumPy arrays, on `device`; the labels as int64."""
+    return transfer(logits, device), transfer(np.asarray(labels, dtype=np.int64), device)
 
 
 def to_numpy(result) -> tuple[np.ndarray, str]:
