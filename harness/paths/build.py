@@ -6,6 +6,7 @@ run, differentiated and timed exactly like a built-in one.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,11 +32,42 @@ def builtin(framework: str, path: str, chunk_size: int | None = None, block_size
     module = paths.implementations_module(framework)
     if path not in module.PATHS:
         return Implementation(None, None, unsupported=f"{framework} has no implementation of {path}")
+    lacking = missing_api(getattr(module, "NEEDS", {}).get(path, ()))
+    if lacking:
+        return Implementation(None, None, unsupported=lacking)
     loss = backend.compile(paths.bind_sizes(module.PATHS[path], chunk_size, block_size))
     gradients = getattr(module, "GRADIENTS", {})
     if not entry.gradient or path not in gradients:
         return Implementation(loss, None, no_gradient=f"{path} has no gradient in {framework}")
     return Implementation(loss, backend.compile_gradient(paths.bind_sizes(gradients[path], chunk_size, block_size)))
+
+
+def _release(package: str) -> str:
+    try:
+        return f"{package} {importlib.import_module(package).__version__}"
+    except (ImportError, AttributeError):
+        return package
+
+
+def missing_api(needs: tuple[str, ...]) -> str:
+    """Why the installed releases cannot run a path ('' where they can): the first library function it
+    calls (dotted names, declared beside the implementation as NEEDS[path]) that a release lacks, as
+    'optax 0.1.4 has no optax.softmax_cross_entropy_with_integer_labels'. An older release is then a
+    row with status unsupported, never a call that fails."""
+    for name in needs:
+        parts = name.split(".")
+        found = None
+        for split in range(len(parts), 0, -1):
+            try:
+                found = importlib.import_module(".".join(parts[:split]))
+            except ImportError:
+                continue
+            for attribute in parts[split:]:
+                found = getattr(found, attribute, None)
+            break
+        if found is None:
+            return f"{_release(parts[0])} has no {name}"
+    return ""
 
 
 def custom(framework: str, fn: Callable) -> Implementation:

@@ -79,6 +79,14 @@ def chunked(x, y, chunk_size=None):
     return lse - _pick(x, y)
 
 
+NEEDS = {  # the library functions each path calls: a release that lacks one runs it as unsupported
+    "softmax_log": ("jax.nn.softmax",),
+    "log_softmax_nll": ("jax.nn.log_softmax",),
+    "fused": ("optax.softmax_cross_entropy_with_integer_labels",),
+    "upcast_fused": ("optax.softmax_cross_entropy_with_integer_labels",),
+    "chunked": ("jax.nn.logsumexp",),
+}
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,

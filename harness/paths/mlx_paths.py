@@ -84,6 +84,14 @@ def chunked(x, y, chunk_size=None):
     return lse - _pick(x, y)
 
 
+NEEDS = {  # the library functions each path calls: a release that lacks one runs it as unsupported
+    "softmax_log": ("mlx.core.softmax",),
+    "log_softmax_nll": ("mlx.core.logsumexp",),
+    "fused": ("mlx.nn.losses.cross_entropy",),
+    "upcast_fused": ("mlx.nn.losses.cross_entropy",),
+    "chunked": ("mlx.core.logsumexp",),
+}
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,

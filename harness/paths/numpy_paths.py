@@ -324,6 +324,12 @@ def chunked_gradient(x, y, chunk_size=None):
         return _minus_onehot(g, y)
 
 
+NEEDS = {  # the library functions each path calls: a release that lacks one runs it as unsupported
+    "softmax_log": ("scipy.special.softmax",),
+    "fused": ("scipy.special.logsumexp",),
+    "upcast_fused": ("scipy.special.logsumexp",),
+}
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,

@@ -117,6 +117,14 @@ def keras_probs(x, y):
     return keras.losses.sparse_categorical_crossentropy(y, probabilities, from_logits=False)
 
 
+NEEDS = {  # the library functions each path calls: a release that lacks one runs it as unsupported
+    "softmax_log": ("tensorflow.nn.softmax",),
+    "log_softmax_nll": ("tensorflow.nn.log_softmax",),
+    "fused": ("tensorflow.nn.sparse_softmax_cross_entropy_with_logits",),
+    "upcast_fused": ("tensorflow.nn.sparse_softmax_cross_entropy_with_logits",),
+    "keras_probs": ("keras.losses.sparse_categorical_crossentropy",),
+}
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,

@@ -72,6 +72,14 @@ def chunked(x, y, chunk_size=None):
     return lse - _pick(x, y)
 
 
+NEEDS = {  # the library functions each path calls: a release that lacks one runs it as unsupported
+    "softmax_log": ("torch.softmax",),
+    "log_softmax_nll": ("torch.nn.functional.log_softmax", "torch.nn.functional.nll_loss"),
+    "fused": ("torch.nn.functional.cross_entropy",),
+    "upcast_fused": ("torch.nn.functional.cross_entropy",),
+    "chunked": ("torch.logsumexp",),
+}
+
 PATHS = {
     "naive": naive,
     "softmax_log": softmax_log,
