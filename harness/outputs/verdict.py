@@ -75,6 +75,7 @@ class BreakFinder:
         self.keys = [c for c in GROUP_COLUMNS if c in errors]
         self.bisected = self._index(breaks) if breaks is not None else {}
         self.theory = self._index(breakdown) if breakdown is not None else {}
+        self._found: dict[tuple, Break | None] = {}
 
     def _index(self, frame: pd.DataFrame) -> dict:
         keys = [c for c in self.keys if c in frame]
@@ -84,11 +85,23 @@ class BreakFinder:
         return index.get(tuple(_plain(cell[c]) for c in self.keys)) if index else None
 
     def earliest(self, cells: pd.DataFrame) -> Break | None:
-        """The earliest break among one framework/path/dtype's settings (None: it never fails)."""
-        failed = cells[cells["status"].isin(metrics.FAILED)].sort_values("scale", kind="stable")
+        """The earliest break among one framework/path/dtype's settings (None: it never fails); the verdict
+        and the headlines ask for the same groups, so each answer is kept by the rows it was asked of."""
+        asked = tuple(cells.index)
+        if asked not in self._found:
+            self._found[asked] = self._earliest(cells)
+        return self._found[asked]
+
+    def _earliest(self, cells: pd.DataFrame) -> Break | None:
+        failed = cells[cells["status"].isin(metrics.FAILED)]
+        if failed.empty:
+            return None
+        keys = [c for c in self.keys if c in failed]
+        firsts = {}  # each setting's first failing cell along scale, in order of first appearance
+        for row in failed.sort_values("scale", kind="stable").to_dict("records"):
+            firsts.setdefault(tuple(_plain(row[c]) for c in keys), row)
         found = []
-        for _, first in failed.groupby([c for c in self.keys if c in failed], sort=False, dropna=False):
-            cell = first.iloc[0]
+        for cell in firsts.values():
             bisected = self._lookup(self.bisected, cell)
             theory = self._lookup(self.theory, cell) or {}
             agrees = theory.get("matches_theory")
