@@ -75,3 +75,16 @@ def check(name) -> str:
     if name not in names():
         raise ConfigError(f"unknown loss {name!r}; valid choices: {', '.join(names())}")
     return name
+
+
+def implementations_of(package: str, framework: str):
+    """A loss's implementations in one framework: the module `<framework>_paths` of its folder
+    (`package`, e.g. "harness.losses.kl_divergence"); importing it imports the framework."""
+    return importlib.import_module(f"{package}.{framework}_paths")
+
+
+def check_path_names(loss: str, names, valid) -> None:
+    """One line naming a path `loss` does not have, and the valid choices."""
+    for name in names:
+        if name not in valid:
+            raise ConfigError(f"unknown path {name!r} for loss {loss}; valid choices: {', '.join(valid)}")

@@ -10,11 +10,10 @@ finds one or raises `Unsupported` with the declared reason, never by trying the 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 from harness.backends import FRAMEWORKS
-from harness.errors import ConfigError
+from harness.losses import check_path_names, implementations_of
 from harness.losses.binary_cross_entropy.theory import (
     CANCELLATION,
     EXP_OVERFLOW,
@@ -119,7 +118,7 @@ FRAMEWORK_NAMES = tuple(FRAMEWORKS)
 
 def implementations_module(framework: str):
     """The framework's BCE implementations (imports the framework)."""
-    return importlib.import_module(f"harness.losses.binary_cross_entropy.{framework}_paths")
+    return implementations_of("harness.losses.binary_cross_entropy", framework)
 
 
 def unsupported_reason(framework: str, path: str, options: dict | None = None) -> str:
@@ -143,8 +142,4 @@ def implementation(framework: str, path: str, options: dict | None = None):
 
 def check_paths(names) -> None:
     """One line naming a path this loss does not have, and the valid choices."""
-    for name in names:
-        if name not in ENTRIES_BY_NAME:
-            raise ConfigError(
-                f"unknown path {name!r} for loss binary_cross_entropy; valid choices: {', '.join(PATH_NAMES)}"
-            )
+    check_path_names("binary_cross_entropy", names, PATH_NAMES)

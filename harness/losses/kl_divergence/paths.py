@@ -7,9 +7,7 @@ raises `Unsupported` with the declared reason.
 
 from __future__ import annotations
 
-import importlib
-
-from harness.errors import ConfigError
+from harness.losses import check_path_names, implementations_of
 from harness.losses.kl_divergence.theory import CANCELLATION, NEGATIVE_KL, PROBABILITY_CLIP, PROBABILITY_UNDERFLOW
 from harness.paths import PathEntry, Unsupported
 
@@ -64,7 +62,7 @@ PATH_NAMES = tuple(ENTRIES_BY_NAME)
 
 def implementations_module(framework: str):
     """The framework's KL implementations (imports the framework)."""
-    return importlib.import_module(f"harness.losses.kl_divergence.{framework}_paths")
+    return implementations_of("harness.losses.kl_divergence", framework)
 
 
 def unsupported_reason(framework: str, path: str) -> str:
@@ -82,7 +80,4 @@ def implementation(framework: str, path: str):
 
 def check_paths(names) -> None:
     """One line naming a path this loss does not have, and the valid choices."""
-    for name in names:
-        if name not in ENTRIES_BY_NAME:
-            choices = ", ".join(PATH_NAMES)
-            raise ConfigError(f"unknown path {name!r} for loss kl_divergence; valid choices: {choices}")
+    check_path_names("kl_divergence", names, PATH_NAMES)
