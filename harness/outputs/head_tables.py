@@ -11,7 +11,7 @@ import pandas as pd
 
 from harness.outputs import tables
 from harness.outputs.headlines import path_stats, recommendation
-from harness.outputs.theory import default_bits_lost_limit
+from harness.outputs.theory import bits_lost_limits
 from harness.outputs.verdict import BreakFinder
 from harness.sweep import metrics
 from harness.sweep.journal import HEAD_COLUMNS
@@ -62,5 +62,5 @@ def head_summary(errors: pd.DataFrame, experiment: str) -> str:
             of_dtype = [of_path[of_path["dtype"] == d] for d in dtypes]
             rows.append([f"{framework}/{path} ({mode})"] + [_outcome(c) if not c.empty else "" for c in of_dtype])
         lines += ["", f"## {shape}, reduction {reduction}", "", tables.markdown_table(["path (mode)", *dtypes], rows)]
-    stats = path_stats(errors, BreakFinder(errors, None, None), {d: default_bits_lost_limit(d) for d in dtypes})
+    stats = path_stats(errors, BreakFinder(errors, None, None), bits_lost_limits(errors))
     return "\n".join(lines + ["", recommendation(stats)] if stats else lines) + "\n"

@@ -26,7 +26,7 @@ from harness.outputs.headlines import headline_findings
 from harness.outputs.heatmaps import HEATMAP_NOTE, write_heatmaps
 from harness.outputs.html_page import markdown_to_html
 from harness.outputs.provenance import configured_bits_lost_limit, experiment_name, provenance_section, run_config
-from harness.outputs.theory import default_bits_lost_limit
+from harness.outputs.theory import bits_lost_limits
 from harness.outputs.verdict import BreakFinder, entry_class, verdict_markdown
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -209,13 +209,6 @@ def details(title: str, lines: list[str]) -> list[str]:
 def _table(run_dir: Path, name: str) -> pd.DataFrame | None:
     path = run_dir / f"{name}.parquet"
     return pd.read_parquet(path) if path.is_file() else None
-
-
-def bits_lost_limits(errors: pd.DataFrame, bits_lost_limit: float | None) -> dict[str, float]:
-    """k of "more than k bits lost" per dtype: the run's, else half the dtype's significand bits."""
-    return {
-        d: default_bits_lost_limit(d) if bits_lost_limit is None else bits_lost_limit for d in errors["dtype"].unique()
-    }
 
 
 def answer_section(run_dir: Path, errors: pd.DataFrame, table: pd.DataFrame, limits: dict) -> list[str]:

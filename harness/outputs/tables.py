@@ -156,7 +156,7 @@ def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = 
     """Per family (and scale, when class counts vary): worst ulp error over ok cells, the first failure
     as the largest logit and loss there (bisected where `breaks` has it), and which path to use."""
     from harness.outputs.headlines import path_stats, recommendation
-    from harness.outputs.theory import default_bits_lost_limit
+    from harness.outputs.theory import bits_lost_limits
     from harness.outputs.verdict import BreakFinder
 
     finder = BreakFinder(errors, breaks, None)
@@ -177,8 +177,7 @@ def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = 
         for scale, at_scale in cells.groupby("scale"):
             lines += ["", f"## family {family}, scale {_fmt(scale)}, along n_classes", ""]
             lines += [outcome_table(at_scale, "n_classes"), *_input_inf_note(at_scale, "n_classes")]
-    limit = getattr(sweep, "bits_lost_limit", None)
-    limits = {d: default_bits_lost_limit(d) if limit is None else limit for d in errors["dtype"].unique()}
+    limits = bits_lost_limits(errors, getattr(sweep, "bits_lost_limit", None))
     stats = path_stats(errors[errors["status"] != metrics.UNSUPPORTED], finder, limits) if len(errors) else []
     if stats:
         lines += ["", recommendation(stats)]

@@ -102,6 +102,13 @@ def default_bits_lost_limit(dtype: str) -> float:
     return DTYPES[dtype].precision / 2
 
 
+def bits_lost_limits(errors: pd.DataFrame, bits_lost_limit: float | None = None) -> dict[str, float]:
+    """k of "more than k bits lost" per dtype of `errors`: the run's, else half the dtype's significand bits."""
+    return {
+        d: default_bits_lost_limit(d) if bits_lost_limit is None else bits_lost_limit for d in errors["dtype"].unique()
+    }
+
+
 # --- theory on the grid ---------------------------------------------------------------------
 
 
