@@ -260,7 +260,8 @@ def edge_section(run_dir: Path) -> list[str]:
     lines += [f"- {s}" for s in findings(frame)] or ["- Every loss is exact."]
     lines += ["", "### Gradient", ""]
     lines += [f"- {s}" for s in findings(frame, "grad_outcome")] or ["- Every gradient is exact."]
-    lines += ["", *[f"- {s}" for s in spill_findings(frame)]] if spill_findings(frame) else []
+    spilled = spill_findings(frame)
+    lines += ["", *[f"- {s}" for s in spilled]] if spilled else []
     lines += ["", "### The matrix", "", edge_matrix(frame), "", *cases_list(), ""]
     return lines + [f"{EDGE_TABLE}.csv / .parquet has a row per case, framework, path and dtype.", ""]
 

@@ -11,16 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.outputs.findings import _and
 from harness.outputs.verdict import BreakFinder, _num, bits_lost, row_columns, row_label, worst_ulp
 from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
 
 MAX_HEADLINES = 8
-
-
-def _and(items) -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 class PathStats:

@@ -133,8 +133,9 @@ def worst_ulp(cells: pd.DataFrame) -> float:
 
 
 def bits_lost(ulp: float) -> float:
-    """Bits lost at an error of `ulp` ulps, as the breakdown counts them: max(0, log2(2 ulp))."""
-    return max(0.0, float(np.log2(2 * ulp))) if np.isfinite(ulp) and ulp > 0 else 0.0
+    """Bits lost at an error of `ulp` ulps, as the breakdown counts them (metrics.bits_lost); 0 where
+    the error is missing or not finite."""
+    return float(metrics.bits_lost(ulp)) if np.isfinite(ulp) and ulp > 0 else 0.0
 
 
 def entry(cells: pd.DataFrame, found: Break | None, bits_lost_limit: float) -> Entry:
