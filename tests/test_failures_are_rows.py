@@ -46,14 +46,14 @@ def grad_rows(folder) -> pd.DataFrame:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_transfer_that_raises_is_a_row_in_every_kind_of_run(kind, tmp_path, monkeypatch):
-    real = numpy_backend.to_native
+    real = numpy_backend.transfer  # every hand-over goes through it (to_native too)
 
-    def refusing(logits, labels, device="cpu"):
-        if np.shape(logits)[0] > 1:  # the measured facts' one-row samples still pass
+    def refusing(array, device="cpu"):
+        if np.shape(array)[0] > 1:  # the measured facts' one-row samples still pass
             raise RuntimeError("cannot hand this array over")
-        return real(logits, labels, device)
+        return real(array, device)
 
-    monkeypatch.setattr(numpy_backend, "to_native", refusing)
+    monkeypatch.setattr(numpy_backend, "transfer", refusing)
     table = run_kind(kind, tmp_path, "grad.enabled=true")
     mine = table[table["framework"] == "numpy"]
     assert len(mine) > 0
@@ -87,9 +87,9 @@ def fake_cuda(monkeypatch):
     """PyTorch on a device named cuda that computes on the CPU: what a row records, without a GPU."""
     from harness.backends import torch as torch_backend
 
-    real_native, real_flushes = torch_backend.to_native, torch_backend.flushes_subnormals
+    real_transfer, real_flushes = torch_backend.transfer, torch_backend.flushes_subnormals
     monkeypatch.setattr(torch_backend, "check_device", lambda device: None)
-    monkeypatch.setattr(torch_backend, "to_native", lambda x, y, device="cpu": real_native(x, y, "cpu"))
+    monkeypatch.setattr(torch_backend, "transfer", lambda array, device="cpu": real_transfer(array, "cpu"))
     monkeypatch.setattr(torch_backend, "flushes_subnormals", lambda dtype, device="cpu": real_flushes(dtype, "cpu"))
 
 

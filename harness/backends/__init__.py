@@ -196,7 +196,7 @@ def _exp_of(framework: str, dtype: str, device: str, points: np.ndarray) -> tupl
     rounded = round_to(np.asarray(points, dtype=np.float64), dtype)  # in the dtype's NumPy type
     backend = load(framework)
     with backend.dtype_scope(dtype):
-        native, _ = backend.to_native(rounded[None, :], np.zeros(1, dtype=np.int64), device)
+        native = backend.transfer(rounded[None, :], device)
         with np.errstate(over="ignore", under="ignore"):  # float64 inputs reach JAX only in float64's scope
             values, _ = backend.to_numpy(backend.exp(native))
     return rounded.astype(np.float64), np.asarray(values[0], dtype=np.float64)
@@ -251,8 +251,7 @@ def quotient_flushes(framework: str, dtype: str, device: str = "cpu") -> bool:
     fmt = DTYPES[dtype]
     backend = load(framework)
     with backend.dtype_scope(dtype):
-        label = np.zeros(1, dtype=np.int64)
-        normal, _ = backend.to_native(np.array([[fmt.smallest_normal]], dtype=fmt.numpy_type), label, device)
-        four, _ = backend.to_native(np.array([[4.0]], dtype=fmt.numpy_type), label, device)
+        normal = backend.transfer(np.array([[fmt.smallest_normal]], dtype=fmt.numpy_type), device)
+        four = backend.transfer(np.array([[4.0]], dtype=fmt.numpy_type), device)
         quarter, _ = backend.to_numpy(normal / four)
     return bool(np.asarray(quarter, dtype=np.float64).ravel()[0] == 0)

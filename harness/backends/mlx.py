@@ -117,8 +117,8 @@ def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
     fmt = DTYPES[dtype]
     normal = np.array([fmt.smallest_normal], dtype=fmt.numpy_type)
     log_quarter = np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type)
-    quarter, _ = to_numpy(to_native(normal, np.zeros(1))[0] * 0.25)
-    via_exp, _ = to_numpy(mx.exp(to_native(log_quarter, np.zeros(1))[0]))
+    quarter, _ = to_numpy(transfer(normal) * 0.25)
+    via_exp, _ = to_numpy(mx.exp(transfer(log_quarter)))
     return bool(quarter[0] == 0 or via_exp[0] == 0)
 
 

@@ -114,8 +114,8 @@ def flushes_subnormals(dtype: str, device: str = "cpu") -> bool:
     from harness.dtypes import DTYPES
 
     fmt = DTYPES[dtype]
-    normal, _ = to_native(np.array([fmt.smallest_normal], dtype=fmt.numpy_type), np.zeros(1), device)
-    log_quarter, _ = to_native(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type), np.zeros(1), device)
+    normal = transfer(np.array([fmt.smallest_normal], dtype=fmt.numpy_type), device)
+    log_quarter = transfer(np.array([np.log(fmt.smallest_normal / 4)], dtype=fmt.numpy_type), device)
     quarter = to_numpy(normal * tf.constant(0.25, normal.dtype))[0]
     via_exp = to_numpy(tf.exp(log_quarter))[0]
     return bool(quarter[0] == 0 or via_exp[0] == 0)

@@ -19,6 +19,8 @@ import concurrent.futures
 import multiprocessing
 from dataclasses import dataclass
 
+import numpy as np
+
 from harness import backends
 from harness.paths import head as head_paths
 from harness.processes import cores
@@ -43,9 +45,9 @@ class GradientCall:
     inputs: tuple
 
 
-def native_arrays(backend, arrays, labels, device: str) -> list:
+def native_arrays(backend, arrays, device: str) -> list:
     """Each NumPy array (h, W, b; None stays None) as the framework's, same bits, on the device."""
-    return [None if a is None else backend.to_native(a, labels, device)[0] for a in arrays]
+    return [None if a is None else backend.transfer(a, device) for a in arrays]
 
 
 def gradient_values(grad_fn, native, u, backend) -> list:
@@ -62,9 +64,9 @@ def call(job: GradientCall) -> list:
     _, grad_fn = build(job.path, job.reduction, job.mode, job.chunk_size, **with_ignore)
     h, W, b, labels, u = job.inputs
     with backend.dtype_scope(job.dtype):
-        native = native_arrays(backend, (h, W, b), labels, job.device)
-        y = backend.to_native(h, labels, job.device)[1]
-        u_native = backend.to_native(u, labels, job.device)[0]
+        native = native_arrays(backend, (h, W, b), job.device)
+        y = backend.transfer(np.asarray(labels, dtype=np.int64), job.device)
+        u_native = backend.transfer(u, job.device)
         return gradient_values(grad_fn, (*native, y), u_native, backend)
 
 

@@ -284,9 +284,11 @@ class HeadInput:
 
     def transfer(self, backend, on):
         rounded, labels, dtype = self.rounded, self.labels, self.fmt.name
-        native = head_gradients.native_arrays(backend, rounded, labels, on)
-        labelled = {i: backend.to_native(rounded[0], ignore_labels(labels, k), on)[1] for i, k in self.kept.items()}
-        return native, labelled, backend.to_native(round_to(self.u, dtype), labels, on)[0]
+        native = head_gradients.native_arrays(backend, rounded, on)
+        labelled = {
+            i: backend.transfer(np.asarray(ignore_labels(labels, k), dtype=np.int64), on) for i, k in self.kept.items()
+        }
+        return native, labelled, backend.transfer(round_to(self.u, dtype), on)
 
     def measure(self, place, native, cells: dict, cell: dict):
         """The journal record of each cell of `cells` on this framework; those whose gradient call the

@@ -89,13 +89,12 @@ def option_inputs(labels: np.ndarray, n_classes: int, options: CellOptions, seed
 def native_arrays(backend, inputs: OptionInputs, options: CellOptions, dtype: str, device: str) -> NativeArrays:
     """The option arrays in a framework's own types through its backend's bit-exact transfer
     (call inside the backend's dtype_scope). Weights and targets are in `dtype`."""
-    one_row = round_to(np.zeros((1, 2)), dtype)
 
     def labels_of(values):
-        return backend.to_native(one_row, values, device)[1]
+        return backend.transfer(np.asarray(values, dtype=np.int64), device)
 
     def floats_of(values):
-        return backend.to_native(round_to(values, dtype), np.zeros(len(values), dtype=np.int64), device)[0]
+        return backend.transfer(round_to(values, dtype), device)
 
     kept = labels_of(inputs.kept.astype(np.int64)) != 0
     weights = None if inputs.weights is None else floats_of(inputs.weights[None, :])[0]
