@@ -16,16 +16,12 @@ import pandas as pd
 
 from harness.dtypes import DTYPES
 from harness.outputs import breakdown
+from harness.outputs.verdict import _and
 from harness.sweep import metrics
 
 
 def _g(value) -> str:
     return "-" if value is None or pd.isna(value) or not np.isfinite(value) else f"{value:.4g}"
-
-
-def _and(items) -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _who(frameworks, all_frameworks) -> str:

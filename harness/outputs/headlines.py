@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.outputs.findings import _and
-from harness.outputs.verdict import BreakFinder, _num, bits_lost, row_columns, row_label, worst_ulp
+from harness.outputs.verdict import BreakFinder, _and, _num, bits_lost, row_columns, row_label, worst_ulp
 from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
 

@@ -27,6 +27,12 @@ def _num(value, digits: int = 4) -> str:
     return "-" if value is None or pd.isna(value) or not np.isfinite(value) else f"{value:.{digits}g}"
 
 
+def _and(items) -> str:
+    """ "a", "a and b", "a, b and c": a list in a sentence."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _plain(value):
     """A key part that compares equal across tables: NaN and None both become None."""
     return None if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA else value
