@@ -18,7 +18,7 @@ from harness import backends
 from harness.outputs import edge_tables, figures, head_tables, heatmaps, pareto, report, tables
 from harness.package import study
 from harness.paths import custom as custom_paths
-from harness.sweep import bisect, edge_runner, head_runner, journal, workers
+from harness.sweep import bisect, edge_runner, head_runner, journal, named_bisect, workers
 from harness.sweep.config import SweepConfig
 from harness.sweep.runner import compile_implementations, name_order, sweep_cells
 from harness.timing import head as head_timing
@@ -66,7 +66,10 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     timings = time_paths(sweep) if sweep.timing.enabled else None  # on a quiet machine: nothing drawn yet
     write_tables(run_dir, timings=timings)
     with figures.drawn_beside(run_dir):  # error and timing plots, on the core the bisection and heatmaps leave idle
-        breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
+        if sweep.named:
+            breaks = named_bisect.breaks_frame(sweep, cells.records)
+        else:
+            breaks = bisect.breaks_frame(sweep, cells.records, implementations)  # before the breakdown reads it
         write_tables(run_dir, breaks=breaks)
         heatmaps.write_heatmaps(errors, run_dir)
     return write_summary_and_report(sweep, run_dir, errors)

@@ -24,14 +24,15 @@ def test_entry_names_what_exists(name):
     exact, gradient = entry.load("exact"), entry.load("exact_gradient")
     assert tuple(inspect.signature(exact).parameters)[:3] == (*entry.arrays, "output_precision")
     assert tuple(inspect.signature(gradient).parameters)[:2] == entry.arrays
-    assert set(module.OPTIONS) <= set(inspect.signature(exact).parameters)
+    assert set(entry.options) <= set(inspect.signature(exact).parameters)
     paths = entry.load("paths")
     assert paths.PATH_NAMES and all(e.name in paths.PATH_NAMES for e in paths.ENTRIES)
     for path_entry in paths.ENTRIES:
         assert set(path_entry.mechanisms) <= set(entry.mechanisms), path_entry.name
-    families = __import__(module.INPUTS_AT, fromlist=["FAMILIES"]).FAMILIES
+    families = entry.load("inputs").FAMILIES
     assert tuple(families) == entry.families
-    assert module.DIFFERENTIATED in entry.arrays
+    assert entry.differentiated in entry.arrays
+    assert set(entry.options) <= set(entry.setting_names)
 
 
 def test_families_make_the_entrys_arrays():

@@ -39,6 +39,26 @@ class LossEntry:
     head_at: str = ""  # the module of its head paths (h, W, b), empty where it has none
     mechanisms: tuple[str, ...] = ()  # theory's failure mechanisms (harness.mechanisms)
     families: tuple[str, ...] = field(default_factory=tuple)  # input families it is measured on
+    default_paths: tuple[str, ...] = ()  # what `paths: null` measures; empty: every path
+    default_families: tuple[str, ...] = ()  # what `families: null` measures; empty: every family
+    # A loss measured on named arrays (harness.sweep.named_inputs) also declares these; cross-entropy,
+    # whose inputs, options and theory the stages keep, leaves them empty.
+    inputs_at: str = ""  # the module of its families: FAMILIES, base, arrays, check_settings, quantities
+    theory_at: str = ""  # the module of its thresholds: limits(framework, path, dtype, facts, settings)
+    settings: tuple[tuple[str, tuple], ...] = ()  # (name, default values): its own settings, swept, a column each
+    options: tuple[str, ...] = ()  # the settings its paths and references take as keywords
+    differentiated: str = ""  # the array its gradient is taken with respect to
+    per: str = "row"  # one loss per row, or per element (binary cross-entropy)
+    quantities: tuple[str, ...] = ()  # theory's input quantities, columns of its tables (harness.sweep.named_inputs)
+
+    @property
+    def named(self) -> bool:
+        """Whether the loss is measured on named arrays by harness.sweep.named_inputs."""
+        return bool(self.inputs_at)
+
+    @property
+    def setting_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.settings)
 
     def load(self, field_name: str):
         """The object a `*_at` field names, imported now."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import losses
 from harness.mechanisms import (  # noqa: F401 (re-exported: the breakdown's public theory)
     SUM_OVERFLOW,
     TARGET_UNDERFLOW,
@@ -28,7 +29,7 @@ from harness.mechanisms import (  # noqa: F401 (re-exported: the breakdown's pub
     threshold,
     underflow_threshold,
 )
-from harness.outputs import tables
+from harness.outputs import named_breakdown, tables
 from harness.outputs.explain import (  # noqa: F401 (re-exported for the findings)
     QUANTITY_WORDS,
     double_rounding_facts,
@@ -66,6 +67,7 @@ from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots an
     unbisected_note,
 )
 from harness.sweep import metrics
+from harness.sweep.journal import setting_columns
 
 BREAKDOWN_COLUMNS = GROUP_COLUMNS + (
     "n_scales",
@@ -162,7 +164,7 @@ def breakdown_row(
     def scale_of(index):
         return scales[index] if index is not None else np.nan
 
-    row = {column: first[column] for column in GROUP_COLUMNS if column in cells} | {
+    row = {column: first[column] for column in GROUP_COLUMNS + setting_columns() if column in cells} | {
         "n_scales": len(cells),
         "first_fail_scale": scale_of(measured),
         "first_fail_max_logit": max_logit[measured] if measured is not None else np.nan,
@@ -177,6 +179,8 @@ def breakdown_row(
         "n_unsupported": int((status == metrics.UNSUPPORTED).sum()),
         "flushes_subnormals": flushes,
     }
+    if losses.entry(str(first.get("loss", losses.DEFAULT))).named:  # its own theory (its entry's theory module)
+        return row | named_breakdown.theory_columns(cells, framework, path, dtype, measured, bisected)
     brk = measured_break(cells, measured, bisected, unbisected_note(first, breaks_table))
     accumulation = str(bisected.get("accumulation", "") or "") if bisected is not None else ""
     double = bisected is not None and bool(bisected.get("double_rounding", False))
@@ -293,7 +297,7 @@ def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, 
     bits_lost_limit is k of "more than k bits lost"; None means half each dtype's significand bits.
     `breaks` is the run's breaks table (harness.sweep.bisect), whose brackets replace the grid's.
     """
-    keys = [column for column in GROUP_COLUMNS if column in errors]
+    keys = [column for column in GROUP_COLUMNS + setting_columns() if column in errors]
     bisected = _breaks_by_group(breaks, keys)
     groups = errors.groupby(keys, sort=False, dropna=False)
     rows = [
@@ -305,7 +309,7 @@ def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, 
         )
         for key, cells in groups
     ]
-    frame = pd.DataFrame(rows, columns=[c for c in BREAKDOWN_COLUMNS if c in keys or c not in GROUP_COLUMNS])
+    frame = pd.DataFrame(rows, columns=keys + [c for c in BREAKDOWN_COLUMNS if c not in GROUP_COLUMNS])
     frame["grid_steps_off"] = frame["grid_steps_off"].astype("Int64")
     frame["matches_theory"] = frame["matches_theory"].astype("boolean")
     frame["flushes_subnormals"] = frame["flushes_subnormals"].astype(bool)

@@ -53,8 +53,30 @@ def canonical_order(frame: pd.DataFrame, names: dict[str, list[str]] | None = No
     return frame.loc[order].reset_index(drop=True)
 
 
+def loss_columns(columns, loss: str) -> tuple[str, ...]:
+    """A table's columns for the loss it measures: cross-entropy's as documented; a loss measured on named
+    arrays has its own settings after the key instead of cross-entropy's options, and its theory
+    quantities beside cross-entropy's (harness.losses)."""
+    entry = losses.entry(loss)
+    if not entry.named:
+        return tuple(columns)
+    kept = [c for c in columns if c not in OPTION_COLUMNS]
+    at = kept.index(KEY_COLUMNS[-1]) + 1
+    kept[at:at] = entry.setting_names
+    at = kept.index("status")
+    kept[at:at] = [q for q in entry.quantities if q not in kept]
+    return tuple(kept)
+
+
+def table_loss(rows) -> str:
+    """The one loss a table's rows measure (the default where they do not say, or mix losses)."""
+    found = {row.get("loss", losses.DEFAULT) for row in rows}
+    return found.pop() if len(found) == 1 else losses.DEFAULT
+
+
 def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = None) -> pd.DataFrame:
     """Rows of cells -> an errors table (loss or gradient), documented columns, grid order, NaN if missing."""
+    columns = loss_columns(columns, table_loss(rows))
     frame = canonical_order(pd.DataFrame(rows), names).reindex(columns=list(columns))
     frame["n_nonfinite"] = frame["n_nonfinite"].fillna(-1).astype("int64")
     frame["message"] = frame["message"].fillna("").astype(str)
@@ -65,6 +87,9 @@ def errors_frame(rows: list[dict], columns=ERROR_COLUMNS, names: dict | None = N
     frame["quotient_flushes"] = frame["quotient_flushes"].astype("boolean")
     for column in QUANTITY_COLUMNS:  # None where a cell has no such quantity (max_class_loss: dense targets only)
         frame[column] = pd.to_numeric(frame[column]).astype("float64")
+    for column in set(columns) - set(ERROR_COLUMNS) - set(GRAD_COLUMNS):  # a loss's own settings and quantities
+        if frame[column].dtype == object and frame[column].map(lambda v: v is None or isinstance(v, float)).all():
+            frame[column] = pd.to_numeric(frame[column]).astype("float64")
     return frame
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.dtypes import DTYPES
+from harness.losses.limits import TOLERANCE  # a threshold within 1% of the measured break agrees with it
 from harness.mechanisms import (
     EXP_OVERFLOW,
     MAX_CLASS_GAP,
@@ -34,7 +35,6 @@ from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
 
 NO_BREAK = "none"
-TOLERANCE = 0.01  # a threshold within 1% of the measured break quantity agrees with it
 MEASURABLY = TOLERANCE / 2  # a measured exp range this far inside the dtype's own sets a threshold of its own
 
 QUANTITIES = ("max_logit", "max_lse", "max_exact_loss", "max_class_loss", MAX_CLASS_GAP, MAX_TARGET_GAP)

@@ -151,7 +151,7 @@ def entry(cells: pd.DataFrame, found: Break | None, bits_lost_limit: float) -> E
     if statuses <= {metrics.UNSUPPORTED, metrics.INPUT_INF}:
         return Entry(metrics.UNSUPPORTED if metrics.UNSUPPORTED in statuses else "no finite input", NA_CLASS)
     ulp = worst_ulp(cells)
-    error = f"{_num(ulp, 3)} ulp" if np.isfinite(ulp) else "never finite"
+    error = f"{_num(ulp, 3)} ulp" if np.isfinite(ulp) else ("never finite" if np.isnan(ulp) else "> 1.8e308 ulp")
     if found is None:
         lossy = bits_lost(ulp) > bits_lost_limit
         text = f"never; {error}" + (f" ({bits_lost(ulp):.0f} bits lost)" if lossy else "")

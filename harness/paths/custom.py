@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness import backends
+from harness import backends, losses
 from harness.errors import ConfigError
 from harness.losses import DEFAULT, path_names
 from harness.losses import check as check_loss
@@ -92,22 +92,36 @@ def load_callable(custom: CustomPath):
     return fn
 
 
+def trial_input(loss: str) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """A 2 x 3 float32 input of the loss's arrays, and the shape of the losses a path returns for it."""
+    entry = losses.entry(loss)
+    if not entry.named:
+        return [np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32), np.array([2, 0])], (2,)
+    make = entry.load("inputs")
+    settings = {name: default[0] for name, default in entry.settings}
+    family = (entry.default_families or entry.families)[0]
+    made = make.arrays(family, make.base(2, 3, 0), 1.0, settings)
+    arrays = [np.asarray(made[name], dtype=np.float32) for name in entry.arrays]
+    return arrays, (2, 3) if entry.per == "element" else (2,)
+
+
 def check_runs(custom: CustomPath, fn) -> None:
-    """Run the callable on a 2 x 3 float32 input: it must return one finite loss per row."""
+    """Run the callable on a 2 x 3 float32 input: it must return one finite loss per row (per element
+    for a loss with one per element)."""
     backend = backends.load(custom.framework)
-    logits = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32)
-    labels = np.array([2, 0])
+    arrays, shape = trial_input(custom.loss)
     try:
-        values, _ = backend.to_numpy(backend.compile(fn)(*backend.to_native(logits, labels)))
+        values, _ = backend.to_numpy(backend.compile(fn)(*[backend.transfer(a) for a in arrays]))
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(
             f"custom path {custom.name!r}: {custom.fn} failed on a 2x3 float32 trial input: "
             f"{type(exc).__name__}: {first}"
         ) from None
-    if values.shape != (2,):
+    if values.shape != shape:
+        per = "element" if len(shape) == 2 else "row"
         raise ConfigError(
-            f"custom path {custom.name!r}: {custom.fn} must return one loss per row, shape (2,) for a 2x3 "
+            f"custom path {custom.name!r}: {custom.fn} must return one loss per {per}, shape {shape} for a 2x3 "
             f"trial input; it returned shape {values.shape}"
         )
 
@@ -130,3 +144,8 @@ def check(customs: tuple[CustomPath, ...], frameworks, loss: str = DEFAULT) -> N
 def callables(customs: tuple[CustomPath, ...]) -> dict:
     """(framework, name) -> the user's callable, as imported."""
     return {(custom.framework, custom.name): load_callable(custom) for custom in customs}
+
+
+def named_callables(settings) -> dict:
+    """(framework, name) -> callable, from the `custom_paths` setting (checked when the sweep was read)."""
+    return callables(parse(settings))

@@ -19,10 +19,10 @@ from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.paths.options import OPTION_NAMES
 from harness.processes import cores
-from harness.sweep import inputs, option_settings, resolvers  # noqa: F401  resolvers: registers logspace, or_default
+from harness.sweep import head_settings, inputs, loss_settings, option_settings, resolvers  # noqa: F401  resolvers: registers logspace, or_default
 from harness.sweep.edge_cases import check_settings as check_edge_settings
-from harness.sweep.head_inputs import HEAD_FAMILIES, read_head_file
-from harness.sweep.inputs import FAMILIES, GIVEN_FAMILIES, LABEL_CHOICES
+from harness.sweep.head_inputs import HEAD_FAMILIES
+from harness.sweep.inputs import GIVEN_FAMILIES, LABEL_CHOICES
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class SweepConfig:
     edge_cases: bool = False  # the edge-case stage instead of the grid (harness.sweep.edge_runner)
     workers: int | str = "auto"  # processes measuring the grid (harness.sweep.workers): auto or >= 1
     loss: str = losses.DEFAULT  # the loss measured (harness.losses): the `loss` column of every table
+    loss_settings: dict = field(default_factory=dict)  # a named-array loss's own settings: name -> values
 
     def __post_init__(self):
         for key in ("n_rows", "n_classes"):
@@ -104,7 +105,16 @@ class SweepConfig:
         return tuple(itertools.product(self.n_rows, self.n_classes))
 
     @property
+    def named(self) -> bool:
+        """Whether the loss is measured on named arrays (harness.sweep.named_inputs), not as cross-entropy."""
+        return losses.entry(self.loss).named
+
+    @property
     def n_cells(self) -> int:
+        if self.named:
+            from harness.sweep import named_inputs
+
+            return named_inputs.n_cells(self)
         per_input = (len(self.frameworks) * len(self.paths) + len(self.custom_paths)) * len(self.dtypes)
         return per_input * len(self.scales) * sum(len(self.sizes(f)) for f in self.families) * len(self.option_grid)
 
@@ -307,12 +317,13 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         raise ConfigError(f"unknown label {label!r}; valid choices: {', '.join(LABEL_CHOICES)}")
     seed = _integer(cfg, "seed", 0)
     loss = losses.check(cfg.get("loss", losses.DEFAULT))  # first: its paths are the valid choices of `paths`
+    entry = losses.entry(loss)
     sweep = SweepConfig(
         experiment=experiment,
         frameworks=_choices(cfg, "frameworks", "framework", tuple(FRAMEWORKS)),
-        paths=_choices(cfg, "paths", "path", losses.path_names(loss)),
+        paths=_loss_choices(cfg, "paths", "path", losses.path_names(loss), entry.default_paths),
         dtypes=_choices(cfg, "dtypes", "dtype", tuple(DTYPES)),
-        families=_choices(cfg, "families", "family", tuple(FAMILIES) + HEAD_FAMILIES),
+        families=_loss_choices(cfg, "families", "family", loss_settings.families(entry), entry.default_families),
         scales=_scales(cfg),
         n_rows=_counts(cfg, "n_rows", 1),
         n_classes=_counts(cfg, "n_classes", 2),
@@ -335,9 +346,11 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         edge_cases=_flag(cfg, None, "edge_cases"),
         workers=_workers(cfg.get("workers", "auto")),
         loss=loss,
+        loss_settings=loss_settings.read(_plain(cfg, entry.name), entry),
         **option_settings.loss_options(cfg),
     )
-    _check_head_families(sweep)
+    loss_settings.check(sweep)
+    head_settings.check(sweep)
     check_edge_settings(sweep)
     check_installed(sweep.frameworks)
     check_device(sweep.device, sweep.frameworks)
@@ -346,6 +359,13 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
         if family in GIVEN_FAMILIES:
             given_draw(sweep, family)  # a bad file or inline table fails here, before any work
     return sweep
+
+
+def _loss_choices(cfg: DictConfig, key: str, singular: str, valid, default) -> tuple[str, ...]:
+    """A list of names, or null for the loss's defaults (every valid one where it declares none)."""
+    if cfg.get(key) is None:
+        return tuple(default or valid)
+    return _choices(cfg, key, singular, valid)
 
 
 def _head(cfg: DictConfig) -> dict:
@@ -368,41 +388,6 @@ def _head(cfg: DictConfig) -> dict:
 
 def _head_paths(value, key: str) -> tuple[str, ...]:
     return _choices({key: value}, key, "head path", HEAD_PATH_NAMES)
-
-
-def _check_head_families(sweep: SweepConfig) -> None:
-    """Head families run apart from the logit families; a head file is read now, before any work."""
-    heads = [f for f in sweep.families if f in HEAD_FAMILIES]
-    if heads and len(heads) != len(sweep.families):
-        others = [f for f in sweep.families if f not in HEAD_FAMILIES]
-        raise ConfigError(
-            f"families {heads} (the language-model head) and {others} (logits) cannot share a run; "
-            f"run them separately, e.g. families=[{','.join(heads)}]"
-        )
-    unsupported = [
-        f"{name}={list(getattr(sweep, name))}"
-        for name, default in (
-            ("class_weights", (None,)),
-            ("label_smoothing", (0.0,)),
-            ("z_loss", (0.0,)),
-            ("softcap", (None,)),
-            ("target", ("index",)),
-        )
-        if getattr(sweep, name) != default
-    ] + (["option_sets"] if sweep.option_sets is not None else [])
-    if heads and unsupported:
-        raise ConfigError(
-            f"the head families take reduction and ignore_fraction of the loss options, not {', '.join(unsupported)}; "
-            "leave those at their defaults"
-        )
-    if heads and sweep.row_errors:
-        raise ConfigError(
-            "row_errors=true: the head families write no row errors (their losses are reduced); use row_errors=false"
-        )
-    if heads and len(sweep.n_rows) > 1:
-        raise ConfigError(f"n_rows {list(sweep.n_rows)}: the head families take one n_rows; run one at a time")
-    if "head_file" in heads:
-        read_head_file(sweep.file.get("path"))
 
 
 def given_draw(sweep: SweepConfig, family: str) -> inputs.Draw:

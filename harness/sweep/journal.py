@@ -7,9 +7,11 @@ the same tables as an uninterrupted one. A last line torn by a kill is dropped o
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+from harness import losses
 from harness.losses import DEFAULT
 
 KEY_COLUMNS = ("loss", "framework", "path", "dtype", "family", "scale", "n_rows", "n_classes")  # what names a cell
@@ -35,7 +37,13 @@ def cell_key(row: dict) -> tuple:
     """The cell's key columns; a head cell adds its mode and reduction (harness.sweep.head_runner). A cell
     journaled before the `loss` column is one of the default loss."""
     key = tuple(row.get(k, DEFAULT) if k == "loss" else row[k] for k in KEY_COLUMNS)
-    return key + tuple(row[k] for k in ("mode", *OPTION_COLUMNS) if k in row)
+    return key + tuple(row[k] for k in ("mode", *OPTION_COLUMNS, *setting_columns()) if k in row)
+
+
+@functools.cache
+def setting_columns() -> tuple[str, ...]:
+    """The columns of every loss's own settings (harness.losses: binary cross-entropy's targets, ...)."""
+    return tuple(dict.fromkeys(name for loss in losses.names() for name in losses.entry(loss).setting_names))
 
 
 def read(path: Path) -> list[dict]:

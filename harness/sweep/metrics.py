@@ -21,8 +21,9 @@ from harness.dtypes import FloatFormat
 OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF = "ok", "inf", "nan", "error", "unsupported", "input_inf"
 EXACT_OVERFLOW, EXACT_UNDERFLOW = "exact_overflow", "exact_underflow"
 UNDEFINED = "undefined"  # the exact value is undefined (a mean over no kept rows): not a failure
-STATUSES = (OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF, EXACT_OVERFLOW, EXACT_UNDERFLOW, UNDEFINED)
-FAILED = (INF, NAN, ERROR)  # the path itself broke
+NEGATIVE = "negative"  # a finite loss below zero, which the exact one never is (harness.sweep.named_inputs)
+STATUSES = (OK, INF, NAN, ERROR, UNSUPPORTED, INPUT_INF, EXACT_OVERFLOW, EXACT_UNDERFLOW, UNDEFINED, NEGATIVE)
+FAILED = (INF, NAN, ERROR, NEGATIVE)  # the path itself broke
 CORRECTLY_ROUNDED = (EXACT_OVERFLOW, EXACT_UNDERFLOW)  # inf or 0 because the exact value rounds to it
 GOOD = (OK,) + CORRECTLY_ROUNDED  # the path did not break; errors are over the finite rows
 

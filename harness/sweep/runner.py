@@ -20,7 +20,7 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.paths import build
 from harness.paths import custom as custom_paths
-from harness.sweep import head_runner, inputs, metrics, option_cells, option_inputs
+from harness.sweep import head_runner, inputs, metrics, named_inputs, option_cells, option_inputs
 from harness.sweep.calls import call, measure_input
 from harness.sweep.cells import GridInput, per_row
 from harness.sweep.config import SweepConfig, given_draw
@@ -123,7 +123,10 @@ class PlainInput(GridInput):
 
 
 def compile_implementations(sweep: SweepConfig) -> dict:
-    """(framework, path) -> Implementation ready to run (jitted for JAX), user-supplied paths last."""
+    """(framework, path) -> Implementation ready to run (jitted for JAX), user-supplied paths last; a loss
+    measured on named arrays compiles its paths as it meets them (harness.sweep.named_inputs)."""
+    if sweep.named:
+        return {}
     customs = custom_paths.callables(custom_paths.parse(sweep.custom_paths))
     return build.implementations(sweep.frameworks, sweep.paths, customs, sweep.chunk_size, sweep.block_size)
 
@@ -162,6 +165,9 @@ def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=
     the input is rounded to its remaining dtypes at once and the float64 draw let go before any
     framework runs: the rounded copies together are no larger than the draw, and each goes when
     its dtype is done (same bits: rounding is elementwise)."""
+    if sweep.named:  # a loss measured on named arrays walks its own grid through the same loop
+        customs = custom_paths.named_callables(sweep.custom_paths)
+        return named_inputs.measure_units(sweep, record, done, units, describe, customs)
     implementations = implementations or compile_implementations(sweep)
     units = iter(units) if units is not None else itertools.count()
     wanted, per_input, index = next(units, None), len(sweep.dtypes), -1
@@ -204,6 +210,8 @@ def measure_units(sweep: SweepConfig, record, done=frozenset(), implementations=
 
 def n_units(sweep: SweepConfig) -> int:
     """How many units of work (input x dtype) the grid has."""
+    if sweep.named:
+        return named_inputs.n_units(sweep)
     return sum(len(sweep.sizes(f)) for f in sweep.families) * len(sweep.scales) * len(sweep.dtypes)
 
 

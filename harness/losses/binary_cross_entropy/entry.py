@@ -22,11 +22,15 @@ ENTRY = LossEntry(
     exact_at=f"{_HERE}.exact:exact_binary_cross_entropy",
     exact_gradient_at=f"{_HERE}.exact:exact_binary_cross_entropy_gradient",
     paths_at=f"{_HERE}.paths",
+    quantities_at=f"{_HERE}.inputs:quantities",
     mechanisms=MECHANISMS,
     families=("spread", "offset"),
+    inputs_at=f"{_HERE}.inputs",
+    theory_at=f"{_HERE}.theory",
+    # targets: hard, smoothed or soft (inputs.TARGET_KINDS); pos_weight: None, or w >= 0 (PyTorch's meaning)
+    settings=(("targets", ("hard",)), ("pos_weight", (None,))),
+    options=("pos_weight",),  # keyword-only in every path and reference, passed as an array in the dtype
+    differentiated="logits",
+    per="element",  # one loss per logit (cross-entropy: one per row)
+    quantities=("max_logit", "min_logit", "max_exact_loss"),
 )
-DIFFERENTIATED = "logits"  # the array the gradient is taken with respect to
-PER = "element"  # one loss per logit (cross-entropy: one per row)
-OPTIONS = {"pos_weight": None}  # keyword-only in every path and reference: None, or w >= 0 broadcast to the logits
-INPUTS_AT = f"{_HERE}.inputs"  # FAMILIES, draw, TARGET_KINDS, check_inputs
-THEORY_AT = f"{_HERE}.theory"  # the thresholds per dtype

@@ -79,3 +79,40 @@ def check_inputs(logits, targets, pos_weight=None) -> None:
             np.broadcast_shapes(w.shape, x.shape)
         except ValueError:
             raise ConfigError(f"pos_weight of shape {w.shape} does not broadcast to logits {x.shape}") from None
+
+
+# The sweep's side (harness.sweep.named_inputs): a base per (rows, columns, seed), the arrays of a family
+# at a scale under the loss's settings, the settings checked in one line, theory's quantities.
+def base(n_rows: int, n_classes: int, seed: int) -> Draw:
+    """One draw per size: (n_rows, n_classes) logits, one label per logit."""
+    return draw((n_rows, n_classes), seed)
+
+
+def arrays(family: str, base: Draw, scale: float, settings: dict) -> dict:
+    return FAMILIES[family](base, scale, targets=settings["targets"])
+
+
+def family_settings(family: str) -> tuple[str, ...]:
+    """The settings a family's cells vary over: every one, in both families."""
+    return ("targets", "pos_weight")
+
+
+def check_settings(settings: dict) -> None:
+    """targets among TARGET_KINDS; each pos_weight None or a finite number >= 0."""
+    for kind in settings["targets"]:
+        if kind not in TARGET_KINDS:
+            raise ConfigError(
+                f"unknown targets {kind!r} in binary_cross_entropy.targets; valid choices: {', '.join(TARGET_KINDS)}"
+            )
+    for weight in settings["pos_weight"]:
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0
+        ):
+            raise ConfigError(f"binary_cross_entropy.pos_weight must be null or a finite number >= 0, got {weight!r}")
+
+
+def quantities(held: dict, loss: np.ndarray, settings: dict) -> dict:
+    """The quantities theory states its thresholds in: the largest and smallest logit (where sigmoid
+    rounds to 1 and to 0) and the largest exact loss."""
+    x = held["logits"]
+    return {"max_logit": float(x.max()), "min_logit": float(x.min()), "max_exact_loss": float(loss.max())}

@@ -165,3 +165,48 @@ def thresholds(dtype: str, flushes_subnormals: bool = False) -> dict[str, float]
         "keras_clip_cap_t0": clip_zero,
         "absorbed_from": absorbed_from(dtype),
     }
+
+
+# Where the sigmoid of a 16-bit dtype returns 1, measured on the CPU: NumPy, PyTorch and MLX compute it in
+# float32 and round (ln(2**(p+1) - 1): correct rounding), JAX in the dtype itself as 1 / (1 + exp(-x))
+# (p ln 2); TensorFlow's half-precision and float64 sigmoids return 1 at inputs between the two, which
+# differ by family (7.62 and 7.67 in float16, 5.86 and 6.24 in bfloat16, 37.06 in float64).
+IN_DTYPE_SIGMOID = ("jax",)
+BETWEEN = ("tensorflow",)
+
+
+def sigmoid_one_limit(framework: str, dtype: str):
+    """The Limit on max_logit where the framework's sigmoid returns 1 in `dtype`: a threshold, or for
+    TensorFlow outside float32 the range from p ln 2 to ln(2**(p+1) - 1)."""
+    from harness.losses.limits import Limit
+
+    half = dtype in ("float16", "bfloat16")
+    if framework in BETWEEN and dtype != "float32":
+        low, high = one_plus_exp_rounds_to_one(dtype), sigmoid_rounds_to_one(dtype)
+        why = "between where 1 + exp(-x) rounds to 1 and where a correctly rounded sigmoid is 1"
+        return Limit(SIGMOID_ROUNDS_TO_ONE, "max_logit", low, upper=high, why=why)
+    if half and framework not in IN_DTYPE_SIGMOID:
+        why = "computed in float32, rounded"
+        return Limit(SIGMOID_ROUNDS_TO_ONE, "max_logit", sigmoid_rounds_to_one(dtype), why=why)
+    if framework in ROUNDED_SIGMOID:
+        return Limit(SIGMOID_ROUNDS_TO_ONE, "max_logit", sigmoid_rounds_to_one(dtype), why="correctly rounded")
+    return Limit(SIGMOID_ROUNDS_TO_ONE, "max_logit", one_plus_exp_rounds_to_one(dtype), why="1 + exp(-x) rounds to 1")
+
+
+def limits(framework: str, path: str, dtype: str, facts: dict) -> list:
+    """Where each path fails (inf or nan) in `dtype`, at the facts the backend measured (exp_overflow,
+    quotient_flushes): thresholds on max_logit (sigmoid rounds to 1) and min_logit (to 0), for the
+    breakdown (harness.outputs.named_breakdown). The fused, log-sigmoid and softplus paths and the clamped
+    probability route never fail: they lose accuracy (cancellation, the cap, the threshold) instead."""
+    from dataclasses import replace
+
+    from harness.losses.limits import Limit
+
+    one = sigmoid_one_limit(framework, dtype)
+    if path == "naive":
+        overflow = float(facts.get("exp_overflow", DTYPES[dtype].exp_overflow_threshold))
+        zero = sigmoid_is_zero_below(dtype, overflow, bool(facts.get("quotient_flushes", False)))
+        return [one, Limit(SIGMOID_ROUNDS_TO_ZERO, "min_logit", zero, sense=-1)]
+    if path == "probs" and framework == "tensorflow" and math.isinf(keras_clip_caps(dtype)[1]):
+        return [replace(one, cause=PROBABILITY_CLIP, why="1 - 1e-7 rounds to 1: the clip keeps sigmoid's 1")]
+    return []

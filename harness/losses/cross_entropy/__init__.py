@@ -26,4 +26,6 @@ ENTRY = LossEntry(
     head_at="harness.paths.head",
     mechanisms=tuple(FAILURE_MECHANISMS),
     families=("spread", "offset", "masked", "file", "inline", "head", "head_file"),
+    default_paths=("naive", "softmax_log", "log_softmax_nll", "fused"),
+    default_families=("spread", "offset"),
 )

@@ -22,11 +22,22 @@ ENTRY = LossEntry(
     exact_at=f"{_HERE}.exact:exact_kl_divergence",
     exact_gradient_at=f"{_HERE}.exact:exact_kl_divergence_gradient",
     paths_at=f"{_HERE}.paths",
+    quantities_at=f"{_HERE}.inputs:quantities",
     mechanisms=MECHANISMS,
     families=("independent", "near"),
+    inputs_at=f"{_HERE}.inputs",
+    theory_at=f"{_HERE}.theory",
+    # delta: the near family's distance of the student from its teacher; temperature: T > 0, loss times T**2
+    settings=(("delta", (1e-3,)), ("temperature", (1.0,))),
+    options=("temperature",),  # keyword-only in every path and reference
+    differentiated="student",
+    per="row",
+    quantities=(
+        "max_logit",
+        "min_teacher_log_prob",
+        "min_student_log_prob",
+        "max_exact_loss",
+        "min_exact_loss",
+        "max_condition",
+    ),
 )
-DIFFERENTIATED = "student"  # the array the gradient is taken with respect to
-PER = "row"
-OPTIONS = {"temperature": 1.0}  # keyword-only in every path and reference: T > 0, the loss scaled by T**2
-INPUTS_AT = f"{_HERE}.inputs"  # FAMILIES, draw, check_inputs
-THEORY_AT = f"{_HERE}.theory"  # condition, cancellation_bound, noise_below_delta, probability_is_zero_below

@@ -65,14 +65,15 @@ def implementations_module(framework: str):
     return implementations_of("harness.losses.kl_divergence", framework)
 
 
-def unsupported_reason(framework: str, path: str) -> str:
-    """Why `framework` has no `path` ('' where it has one), from the declarations only."""
+def unsupported_reason(framework: str, path: str, options: dict | None = None) -> str:
+    """Why `framework` has no `path` ('' where it has one), from the declarations only (every path
+    takes the temperature)."""
     return ENTRIES_BY_NAME[path].unsupported.get(framework, "")
 
 
-def implementation(framework: str, path: str):
+def implementation(framework: str, path: str, options: dict | None = None):
     """The path's loss function in `framework`; Unsupported with the declared reason where it has none."""
-    reason = unsupported_reason(framework, path)
+    reason = unsupported_reason(framework, path, options)
     if reason:
         raise Unsupported(reason)
     return implementations_module(framework).PATHS[path]

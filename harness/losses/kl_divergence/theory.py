@@ -76,3 +76,44 @@ def noise_below_delta(dtype: str, entropy: float, variance: float, temperature: 
 def keras_clip_floor() -> float:
     """Keras's floor on each probability before p log(p / q)."""
     return KERAS_EPSILON
+
+
+def negative_limits(dtype: str, n_classes: int) -> list:
+    """Where a computed KL can turn negative: once its rounding error, up to about C u kappa KL for a sum
+    of C terms each rounded to u (kappa: the inputs' max_condition), can reach KL itself, i.e. from
+    u kappa = 1 / C on; past it the sign is noise, so the first negative row comes at a random scale
+    beyond (an open range on max_condition). And at once where a row's exact KL is 0 (teacher and
+    student round to the same logits)."""
+    from harness.losses.limits import Limit
+
+    u = DTYPES[dtype].unit_roundoff
+    why = f"from u kappa = 1 / C on, u = {u:.3g} ({dtype}), C = {n_classes}: the sign is noise"
+    return [
+        Limit(NEGATIVE_KL, "max_condition", 1.0 / (u * n_classes), upper=math.inf, why=why),
+        Limit(NEGATIVE_KL, "min_exact_loss", 0.0, sense=-1, why="an exact KL of 0: any rounding error shows its sign"),
+    ]
+
+
+def limits(framework: str, path: str, dtype: str, facts: dict) -> list:
+    """Where each path fails in `dtype`, at the facts the backend measured, for the breakdown
+    (harness.outputs.named_breakdown): thresholds on the smallest log-probability of the teacher
+    (0 * log 0 = NaN in the naive path) and of the student (a zero q under a positive p: inf in the naive
+    path and in SciPy's rel_entr; Keras's q clipped at 1e-7 makes p / q overflow float16), and the range
+    of the condition number where a negative KL can appear (in the dtype the path accumulates in: the
+    breaks table's `accumulation`, in `facts`)."""
+    from harness.losses.limits import Limit
+
+    underflow = float(facts.get("exp_underflow", DTYPES[dtype].exp_underflow_threshold))
+    zero = probability_is_zero_below(dtype, underflow, bool(facts.get("quotient_flushes", False)))
+    teacher = Limit(PROBABILITY_UNDERFLOW, "min_teacher_log_prob", zero, sense=-1, why="a teacher p of 0")
+    student = Limit(PROBABILITY_UNDERFLOW, "min_student_log_prob", zero, sense=-1, why="a student q of 0")
+    negative = negative_limits(facts.get("accumulation") or dtype, int(facts.get("n_classes", 2)))
+    if path == "naive":
+        return [teacher, student, *negative]
+    if path == "kl_div" and framework == "numpy":
+        return [student, *negative]
+    if path == "kl_div" and framework == "tensorflow" and dtype == "float16":
+        clip = math.log(float(np.float16(KERAS_EPSILON)))
+        why = "Keras clips q at 1e-7, and p / q overflows float16"
+        return [Limit(PROBABILITY_CLIP, "min_student_log_prob", clip, sense=-1, why=why), *negative]
+    return negative
