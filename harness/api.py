@@ -192,12 +192,18 @@ def measure(
     n_classes: int | Sequence[int] | None = None,
     name: str | None = None,
     loss: str = losses.DEFAULT,
+    paths: Sequence[str] = (),
+    loss_settings: dict | None = None,
 ) -> pd.DataFrame:
-    """The errors table of one callable fn(logits, labels) -> per-row losses, in the framework's own arrays.
+    """The errors table of one callable in the framework's own arrays: fn(logits, labels) -> per-row
+    losses for cross-entropy, fn(*arrays) for another loss (its entry's arrays: binary cross-entropy's
+    logits and targets -> per-element losses, KL's teacher and student -> per-row losses).
 
     It is swept like a `custom_paths` entry over conf/config.yaml's grid (None: that setting's default)
     and measured in memory: nothing is written. `name` (default fn.__name__) is its `path` column;
-    `loss` names the loss it implements (harness.losses), the `loss` column.
+    `loss` names the loss it implements (harness.losses), the `loss` column; `paths`, built-in paths of
+    that loss measured beside it (a baseline); `loss_settings`, the loss's own settings, e.g.
+    {"targets": ["hard", "soft"]} for binary cross-entropy.
     """
     name = name or (fn.__name__ if fn.__name__.isidentifier() else "custom")
     setattr(MEASURED, name, fn)
@@ -209,8 +215,10 @@ def measure(
     ]
     custom = f"{{framework: {framework}, name: {name}, fn: 'harness.api:MEASURED.{name}', loss: {loss}}}"
     overrides += [f"loss={loss}", f"frameworks=[{framework}]", f"custom_paths=[{custom}]", "progress=false"]
+    overrides += [f"{loss}.{key}={_list(value)}" for key, value in (loss_settings or {}).items()]
     job, experiment = settings_of(compose_config(overrides))
     sweep, _ = prepare(job, experiment)
+    losses.check_path_names(loss, paths, losses.path_names(loss))
     from harness import pipeline
 
-    return pipeline.sweep_errors(replace(sweep, paths=()))  # the callable only, none of the built-in paths
+    return pipeline.sweep_errors(replace(sweep, paths=tuple(paths)))  # the callable, and the paths asked for
