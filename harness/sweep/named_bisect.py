@@ -21,6 +21,8 @@ from harness.sweep.bisect import FAILS_FIRST, GROUP_COLUMNS, NEVER_FAILS, NO_GOO
 from harness.sweep.calls import call
 
 log = logging.getLogger(__name__)
+NOISE = "grid only: where a sum turns negative is decided by rounding noise, not by a threshold to bisect"
+QUANTITY_BITS = 24  # the exact loss's precision for theory's quantities and for telling a correct inf
 
 
 def columns(entry) -> tuple[str, ...]:
@@ -41,6 +43,7 @@ class Stream:
         self.entry, self.family, self.base, self.settings, self.dtype = entry, family, base, settings, dtype
         self.make = entry.load("inputs")
         self.kept: dict = {}
+        self.exacts: dict = {}  # (scale, precision) -> the exact loss, shared by the paths bisected on the same draw
 
     def at(self, scale: float) -> dict:
         """The rounded arrays at a scale (by name), kept for the bracket's other runs."""
@@ -49,14 +52,21 @@ class Stream:
             self.kept[scale] = {name: round_to(made[name], self.dtype) for name in self.entry.arrays}
         return self.kept[scale]
 
-    def exact(self, rounded: dict):
-        held = [rounded[name].astype(np.float64) for name in self.entry.arrays]
-        options = named_inputs.path_options(self.entry, self.settings)
-        return self.entry.load("exact")(*held, DTYPES[self.dtype].precision, **options)
+    def exact(self, scale: float, precision: int | None = None):
+        """The exact loss of the rounded inputs at a scale, correctly rounded to `precision` bits (default:
+        the dtype's); kept, since the paths of one draw bisect the same brackets."""
+        precision = precision or DTYPES[self.dtype].precision
+        if (scale, precision) not in self.exacts:
+            held = [self.at(scale)[name].astype(np.float64) for name in self.entry.arrays]
+            options = named_inputs.path_options(self.entry, self.settings)
+            self.exacts[scale, precision] = self.entry.load("exact")(*held, precision, **options)
+        return self.exacts[scale, precision]
 
     def quantities(self, scale: float) -> dict:
+        """Theory's quantities at a scale, from the exact loss to 24 bits: what they need (the
+        references take their float64 routes there, good to 2**-48)."""
         rounded = self.at(scale)
-        exact = self.exact(rounded)
+        exact = self.exact(scale, min(DTYPES[self.dtype].precision, QUANTITY_BITS))
         values = np.ldexp(exact.hi, exact.exponent).ravel()
         held = {name: array.astype(np.float64) for name, array in rounded.items()}
         return self.entry.load("quantities")(held, values, self.settings)
@@ -82,7 +92,11 @@ def status_at(paths: named_inputs.Paths, stream: Stream, framework: str, path: s
         return loss.failure["status"]
     computed = loss.values.ravel()
     if np.isinf(computed).any() and not np.isnan(computed).any():
-        exact = stream.exact(rounded)
+        held = {name: array.astype(np.float64) for name, array in rounded.items()}
+        rough = stream.make.estimate(held, stream.settings).ravel()  # the loss's float64 estimate
+        if (rough[np.isinf(computed)] < fmt.max_finite / 2).any():  # far from rounding to inf: a break
+            return metrics.INF
+        exact = stream.exact(scale)
         hi, lo = exact.hi.ravel(), exact.lo.ravel()
         return named_inputs.loss_status(computed, hi, lo, fmt, np.broadcast_to(exact.exponent, exact.hi.shape).ravel())
     if np.isnan(computed).any():
@@ -106,10 +120,13 @@ def break_row(cells: pd.DataFrame, paths: named_inputs.Paths, stream: Stream) ->
     if not failing.size:
         return row | empty | nothing | {"bisection": NEVER_FAILS, "break_status": ""}
     at = int(failing[0])
-    if at == 0 or status[at - 1] not in metrics.GOOD:
+    if at == 0 or status[at - 1] not in metrics.GOOD or status[at] == metrics.NEGATIVE:
         note = FAILS_FIRST if at == 0 else NO_GOOD_BEFORE
+        note = NOISE if status[at] == metrics.NEGATIVE and at > 0 and status[at - 1] in metrics.GOOD else note
         hi_end = {f"{q}_hi": cells[q].iloc[at] for q in entry.quantities if q in cells}
+        hi_end |= {f"{q}_lo": cells[q].iloc[at - 1] for q in entry.quantities if q in cells and at > 0}
         found = {"bisection": note, "break_scale_hi": scales[at], "break_status": status[at]}
+        found |= {"break_scale_lo": scales[at - 1]} if note == NOISE else {}
         return row | empty | nothing | hi_end | found
     statuses = {True: status[at]}
     runs = 0

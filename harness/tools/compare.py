@@ -27,6 +27,7 @@ from harness.cli import OneLineParser, non_negative
 from harness.losses import DEFAULT
 from harness.outputs import tables
 from harness.sweep import metrics
+from harness.sweep.journal import setting_columns
 
 ERRORS_FILE = "errors.parquet"
 REQUIRED_COLUMNS = ("status", "max_ulp_err")
@@ -58,8 +59,9 @@ def with_loss(errors: pd.DataFrame, other: pd.DataFrame) -> pd.DataFrame:
 
 
 def key_columns(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    """The key columns (harness.outputs.tables.KEY_COLUMNS, read now) that both tables carry."""
-    return [c for c in tables.KEY_COLUMNS if c in a.columns and c in b.columns]
+    """The key columns (harness.outputs.tables.KEY_COLUMNS, read now, and the losses' own settings) that
+    both tables carry."""
+    return [c for c in (*tables.KEY_COLUMNS, *setting_columns()) if c in a.columns and c in b.columns]
 
 
 def describe_key(row, key: list[str]) -> str:
@@ -250,7 +252,7 @@ def summary_markdown(
         ]
     regressed = comparison[comparison["change"] == REGRESSED]
     if not regressed.empty:
-        key = [c for c in tables.KEY_COLUMNS if c in comparison.columns]
+        key = [c for c in (*tables.KEY_COLUMNS, *setting_columns()) if c in comparison.columns]
         shown = ["status_a", "status_b", "max_ulp_err_a", "max_ulp_err_b", "ulp_err_ratio"]
         rows = [[_fmt(row[c]) for c in key + shown] for _, row in regressed.head(WORST_SHOWN).iterrows()]
         title = (

@@ -15,6 +15,7 @@ import pandas as pd
 from harness.files import atomic_write, write_table, write_text
 from harness.outputs import tables
 from harness.sweep import metrics
+from harness.sweep.journal import setting_columns
 from harness.tools import compare
 
 MATRIX_COLUMNS = ("status", "max_ulp_err", "median_ulp_err", "n_nonfinite", "message")
@@ -24,7 +25,7 @@ SHOWN_CHANGES = 15
 
 def key_of(frame: pd.DataFrame) -> list[str]:
     """What names a cell: the key columns and the loss options the table has."""
-    return [c for c in (*tables.KEY_COLUMNS, *tables.OPTION_COLUMNS) if c in frame.columns]
+    return [c for c in (*tables.KEY_COLUMNS, *tables.OPTION_COLUMNS, *setting_columns()) if c in frame.columns]
 
 
 def option_groups(a: pd.DataFrame, b: pd.DataFrame):

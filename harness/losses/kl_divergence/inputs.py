@@ -111,3 +111,11 @@ def quantities(held: dict, loss: np.ndarray, settings: dict) -> dict:
         "min_exact_loss": float(loss.min()),
         "max_condition": float(kappa.max()),
     }
+
+
+def estimate(held: dict, settings: dict) -> np.ndarray:
+    """Each row's loss in plain float64, sum p (log p - log q) T**2: right in size where it is large (for
+    telling an overflow that is correct from one that is not), noise where it is tiny."""
+    temperature = float(settings["temperature"])
+    (log_p, _), (log_q, _) = _log_softmax(held["teacher"] / temperature), _log_softmax(held["student"] / temperature)
+    return temperature**2 * (np.exp(log_p) * (log_p - log_q)).sum(axis=1)

@@ -1,0 +1,204 @@
+"""Binary cross-entropy and KL divergence run like cross-entropy: through the one loop, bisected, broken
+down against their own theory, with their settings as columns, resumable, comparable, and guarded by
+harness.testing. Thresholds checked here by hand: a float32 sigmoid computed as 1 / (1 + exp(-x)) is 1 from
+x = 24 ln 2 = 16.6355 (MLX's, correctly rounded, from ln(2**25 - 1) = 17.3287); a float32 probability made
+by exp (and a division that keeps subnormals) is 0 below ln(2**-150) = -103.97."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import harness
+from harness import api, losses
+from harness.dtypes import DTYPES
+from harness.errors import ConfigError
+from harness.sweep.named_inputs import loss_status
+from harness.testing import assert_accurate
+from harness.tools import compare
+
+QUICK = ["timing.enabled=false", "progress=false", "workers=1"]
+BCE = [
+    "loss=binary_cross_entropy",
+    "frameworks=[numpy,torch,mlx]",
+    "dtypes=[float32,float64]",
+    "families=[spread]",
+    "scales=[1,10,100]",
+    "n_rows=4",
+    "n_classes=8",
+    "binary_cross_entropy.targets=[hard,soft]",
+    "grad.enabled=true",
+]
+KL = [
+    "loss=kl_divergence",
+    "frameworks=[numpy,torch]",
+    "dtypes=[bfloat16,float32]",
+    "families=[independent,near]",
+    "scales=[0.1,1,10,100]",
+    "n_rows=2",
+    "n_classes=64",
+    "kl_divergence.delta=[1e-2]",
+    "grad.enabled=true",
+]
+
+
+@pytest.fixture(scope="module")
+def bce_run(tmp_path_factory):
+    return harness.run(None, [*QUICK, *BCE], run_dir=tmp_path_factory.mktemp("bce"))
+
+
+@pytest.fixture(scope="module")
+def kl_run(tmp_path_factory):
+    return harness.run(None, [*QUICK, *KL], run_dir=tmp_path_factory.mktemp("kl"))
+
+
+def test_the_three_losses_are_registered_with_their_paths():
+    assert losses.names() == ("cross_entropy", "binary_cross_entropy", "kl_divergence")
+    assert losses.path_names("binary_cross_entropy") == ("naive", "probs", "with_logits", "log_sigmoid", "softplus")
+    assert losses.path_names("kl_divergence") == ("naive", "kl_div", "kl_div_log_target", "ce_minus_entropy")
+
+
+def test_bce_tables_carry_the_loss_its_settings_and_quantities(bce_run):
+    errors = bce_run.errors
+    assert set(errors["loss"]) == {"binary_cross_entropy"}
+    assert set(errors["targets"]) == {"hard", "soft"}
+    assert errors["pos_weight"].isna().all()
+    for column in ("max_logit", "min_logit", "max_exact_loss"):
+        assert errors[column].notna().all(), column
+    assert "label_smoothing" not in errors  # cross-entropy's options are not a binary cross-entropy's columns
+    # 4 x 8 logits: each cell holds 32 losses, one per logit; 3 frameworks x 5 paths x 2 dtypes x 3 scales x 2 targets
+    assert len(errors) == 3 * 5 * 2 * 3 * 2
+    unsupported = errors[errors["status"] == "unsupported"]
+    assert set(zip(unsupported["framework"], unsupported["path"], strict=True)) == {("numpy", "probs")}
+    assert set(bce_run.grad_errors["gradient_by"]) == {"harness", "framework"}
+
+
+def test_bce_log_sigmoid_is_accurate_where_it_never_fails(bce_run):
+    errors = bce_run.errors
+    fine = errors[(errors["path"] == "log_sigmoid") & (errors["framework"] != "mlx")]
+    assert (fine["status"].isin(["ok", "exact_underflow"])).all()
+    assert fine["max_ulp_err"].max() < 4
+
+
+def test_bce_naive_breaks_where_sigmoid_rounds_to_one(bce_run):
+    breaks = pd.read_parquet(bce_run.dir / "breaks.parquet")
+    naive = breaks[(breaks["path"] == "naive") & (breaks["dtype"] == "float32") & (breaks["targets"] == "hard")]
+    by_framework = naive.set_index("framework")
+    for framework, threshold in (
+        ("numpy", 24 * math.log(2)),
+        ("torch", 24 * math.log(2)),
+        ("mlx", math.log(2**25 - 1)),
+    ):
+        lo, hi = by_framework.loc[framework, ["max_logit_lo", "max_logit_hi"]]
+        assert lo <= threshold * 1.0001 and hi >= threshold * 0.9999, (framework, lo, hi, threshold)
+        assert hi / lo - 1 < 1e-3  # bisected: the bracket is narrow
+    breakdown = bce_run.breakdown
+    failing = breakdown[breakdown["first_fail_status"] != ""]
+    assert len(failing) and failing["matches_theory"].all(), failing["explanation"].tolist()
+    assert set(failing["theory_cause"]) == {"sigmoid rounds to 1"}
+
+
+def test_kl_naive_breaks_once_a_probability_underflows(kl_run):
+    """A teacher probability of 0 makes 0 * log 0 = NaN, a student one under a positive teacher one inf."""
+    breaks = pd.read_parquet(kl_run.dir / "breaks.parquet")
+    naive = breaks[(breaks["path"] == "naive") & (breaks["family"] == "independent") & (breaks["dtype"] == "float32")]
+    naive = naive.set_index("framework")
+    for framework in ("numpy", "torch"):
+        status = naive.loc[framework, "break_status"]
+        hi = naive.loc[framework, "min_teacher_log_prob_hi" if status == "nan" else "min_student_log_prob_hi"]
+        assert status in ("nan", "inf")
+        assert abs(hi - math.log(2.0**-150)) <= 0.01 * 103.97, (framework, hi)
+    breakdown = kl_run.breakdown
+    failing = breakdown[breakdown["first_fail_status"] != ""]
+    assert len(failing) and failing["matches_theory"].all(), failing["explanation"].tolist()
+
+
+def test_kl_near_family_sweeps_delta_and_independent_ignores_it(kl_run):
+    errors = kl_run.errors
+    assert errors.loc[errors["family"] == "near", "delta"].eq(1e-2).all()
+    assert errors.loc[errors["family"] == "independent", "delta"].isna().all()
+    assert set(errors["temperature"]) == {1.0}
+    near = errors[(errors["family"] == "near") & (errors["scale"] == 1) & (errors["path"] == "kl_div")]
+    # KL of a student 1e-2 * z away, rows of 64 classes: about 1e-4 / 2 * Var_p(z), far below 1
+    assert (near["max_exact_loss"] < 1e-3).all() and (near["max_exact_loss"] > 1e-6).all()
+
+
+def test_a_negative_kl_is_a_status_of_its_own(kl_run):
+    errors = kl_run.errors
+    assert "negative" in set(errors["status"])  # a near student's bfloat16 sums cancel below zero
+    negative = errors[errors["status"] == "negative"]
+    assert (negative["n_nonfinite"] == 0).all() and (negative["dtype"] == "bfloat16").all()
+    breakdown = kl_run.breakdown
+    assert set(breakdown.loc[breakdown["first_fail_status"] == "negative", "theory_cause"]) == {"negative KL"}
+    assert loss_status(np.array([-1e-9, 0.5]), np.array([1e-12, 0.5]), np.zeros(2), DTYPES["float32"], 0) == "negative"
+    assert loss_status(np.array([1e-9, 0.5]), np.array([1e-12, 0.5]), np.zeros(2), DTYPES["float32"], 0) == "ok"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss=kl_divergence", "kl_divergence.temperature=[0]"], "temperature 0.0 is not positive"),
+        (["loss=binary_cross_entropy", "binary_cross_entropy.targets=[fuzzy]"], "unknown targets 'fuzzy'"),
+        (["loss=binary_cross_entropy", "binary_cross_entropy.pos_weight=[-1]"], "pos_weight must be null or"),
+        (["loss=binary_cross_entropy", "label_smoothing=[0.1]"], "are cross-entropy's; loss=binary_cross_entropy"),
+        (["loss=binary_cross_entropy", "timing.enabled=true"], "timing.enabled=true is measured for cross-entropy"),
+        (
+            ["loss=kl_divergence", "families=[spread]"],
+            "unknown family 'spread' in families; valid choices: independent",
+        ),
+        (["loss=binary_cross_entropy", "paths=[fused]"], "unknown path 'fused' in paths; valid choices: naive, probs"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_any_work(overrides, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        api.prepare(*api.settings_of(api.compose_config(overrides)))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_resumed_run_measures_nothing_again_and_writes_the_same_tables(tmp_path):
+    first = harness.run(None, [*QUICK, *KL[:-1], "frameworks=[numpy]"], run_dir=tmp_path)
+    journal = (tmp_path / "cells.jsonl").read_text()
+    again = harness.run(None, [*QUICK, *KL[:-1], "frameworks=[numpy]", "resume=true"], run_dir=tmp_path)
+    assert (tmp_path / "cells.jsonl").read_text() == journal
+    pd.testing.assert_frame_equal(first.errors, again.errors)
+
+
+def test_compare_keys_on_the_losses_settings(bce_run):
+    comparison = compare.compare_errors(bce_run.errors, bce_run.errors)
+    assert len(comparison) == len(bce_run.errors)
+    assert set(comparison["change"]) == {"unchanged"}
+
+
+def torch_bce(logits, targets):
+    """max(x, 0) - x t + log1p(exp(-|x|)): the form TensorFlow documents."""
+    import torch
+
+    return torch.clamp(logits, min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))
+
+
+def torch_softplus_bce(logits, targets):
+    import torch
+
+    return torch.nn.functional.softplus(logits) - logits * targets
+
+
+GRID = dict(loss="binary_cross_entropy", dtypes=["float32"], scales=[1, 100], n_rows=4, n_classes=8)
+
+
+def test_assert_accurate_against_a_baseline_path():
+    errors = assert_accurate(torch_bce, "torch", baseline="log_sigmoid", factor=4, **GRID)
+    assert set(errors["path"]) == {"torch_bce", "log_sigmoid"}
+    with pytest.raises(AssertionError, match=r"over 4 x log_sigmoid's") as failed:
+        assert_accurate(torch_softplus_bce, "torch", baseline="log_sigmoid", factor=4, **GRID)
+    assert "cells of torch/torch_softplus_bce exceed 4 x log_sigmoid's error" in str(failed.value)
+    with pytest.raises(ValueError, match="baseline= and factor= go together"):
+        assert_accurate(torch_bce, "torch", baseline="log_sigmoid", **GRID)
+
+
+def test_measure_takes_a_losses_own_settings():
+    errors = harness.measure(torch_bce, "torch", loss_settings={"targets": ["soft"]}, **GRID)
+    assert set(errors["targets"]) == {"soft"} and set(errors["path"]) == {"torch_bce"}
+    assert np.isfinite(errors["max_ulp_err"]).all()
