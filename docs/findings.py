@@ -22,10 +22,17 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loss_findings  # noqa: E402  (docs/loss_findings.py: the binary cross-entropy and KL sentences)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "data"
 FIGURE = REPO / "docs" / "pages" / "assets" / "error_vs_scale_spread.png"
-TARGETS = (REPO / "README.md", REPO / "docs" / "pages" / "explanation" / "findings.md")
+TARGETS = (
+    REPO / "README.md",
+    REPO / "docs" / "pages" / "explanation" / "findings.md",
+    REPO / "docs" / "pages" / "how-to" / "other-losses.md",
+)
 
 # study -> (its table, the columns kept, overrides of its run)
 STUDIES = {
@@ -63,7 +70,9 @@ STUDIES = {
         ["frameworks=[torch,jax,mlx,tensorflow]"],
     ),
 }
+STUDIES |= loss_findings.STUDIES
 EXPERIMENT = {"precision_errors": "precision_sweep", "training_gradients": "training_losses"}  # another table
+EXPERIMENT |= loss_findings.EXPERIMENT
 GOOD = ("ok", "exact_overflow", "exact_underflow")
 NAMES = {"numpy": "NumPy", "torch": "PyTorch", "jax": "JAX", "mlx": "MLX", "tensorflow": "TensorFlow"}
 
@@ -275,7 +284,7 @@ def render(t: dict[str, pd.DataFrame]) -> dict[str, str]:
         "training_losses": bullets(["smoothing", "mlx32", "numpy_gradients"]),
         "token_sweep": bullets(["tokens", "mlx_drift"]),
         "edge_cases": bullets(["labels"]),
-    }
+    } | loss_findings.render(t, g)
 
 
 BLOCK = re.compile(r"(<!-- findings:(\w+) -->\n)(.*?)(<!-- /findings:\2 -->)", re.S)

@@ -24,7 +24,7 @@ class Limit:
     threshold: float
     sense: int = 1
     upper: float | None = None  # a range [threshold, upper] where theory bounds the break but cannot place it
-    # (upper inf: anywhere from the threshold on, as a sign that rounding noise decides)
+    # (upper inf: anywhere past the threshold, where it is necessary but not sufficient)
     why: str = ""  # what sets it, in words, for the explanation
 
     def fits(self, lo: float, hi: float) -> bool:
@@ -44,5 +44,5 @@ class Limit:
 
     def words(self) -> str:
         at = g(self.threshold) if self.upper is None else f"{g(self.threshold)} to {g(self.upper)}"
-        at = f"{g(self.threshold)} on" if self.upper == np.inf else at
+        at = f"{g(self.threshold)} on" if self.upper is not None and np.isinf(self.upper) else at
         return f"{self.cause} at {self.quantity} {at}" + (f" ({self.why})" if self.why else "")

@@ -52,8 +52,8 @@ def _ends(cells: pd.DataFrame, entry, index: int | None, bisected) -> tuple[floa
 
 def _passed_before(limit: Limit, lo: float) -> bool:
     """Whether the quantity was already more than 1% past the threshold at the last good scale."""
-    if not np.isfinite(lo):
-        return False
+    if not np.isfinite(lo) or (limit.upper is not None and np.isinf(limit.upper)):
+        return False  # an open range is never passed before: anywhere beyond its start agrees
     far = limit.upper if limit.upper is not None and limit.sense > 0 else limit.threshold  # a range's far end
     return bool(limit.sense * (lo - far) > TOLERANCE * abs(far))
 

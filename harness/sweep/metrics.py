@@ -134,7 +134,7 @@ def rel_error(computed: np.ndarray, hi: np.ndarray, lo: np.ndarray, exponent=0) 
     """|computed - exact| / |exact|; 0 for an exact hit, inf for a miss of an exact 0."""
     mantissa, e = np.frexp(hi)  # |hi| = |mantissa| 2**e
     err = _error_in_units(computed, hi, lo, exponent, e + np.asarray(exponent, dtype=np.int64))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # beyond float64: inf
         return np.where(err == 0, 0.0, err / np.abs(mantissa))
 
 

@@ -172,6 +172,7 @@ def thresholds(dtype: str, flushes_subnormals: bool = False) -> dict[str, float]
 # (p ln 2); TensorFlow's half-precision and float64 sigmoids return 1 at inputs between the two, which
 # differ by family (7.62 and 7.67 in float16, 5.86 and 6.24 in bfloat16, 37.06 in float64).
 IN_DTYPE_SIGMOID = ("jax",)
+SOFTPLUS_BELOW_X = ("tensorflow",)  # its softplus is log1p(exp(x)) below its threshold, up to an ulp of x off
 BETWEEN = ("tensorflow",)
 
 
@@ -209,4 +210,9 @@ def limits(framework: str, path: str, dtype: str, facts: dict) -> list:
         return [one, Limit(SIGMOID_ROUNDS_TO_ZERO, "min_logit", zero, sense=-1)]
     if path == "probs" and framework == "tensorflow" and math.isinf(keras_clip_caps(dtype)[1]):
         return [replace(one, cause=PROBABILITY_CLIP, why="1 - 1e-7 rounds to 1: the clip keeps sigmoid's 1")]
+    if path == "softplus" and framework in SOFTPLUS_BELOW_X:
+        # softplus(x) - x for t = 1 is below 0 where the softplus rounds an ulp below x: possible once
+        # exp(-x) is within two ulps of x (ln 4 before absorption), at inputs rounding decides
+        why = "log1p(exp(x)) can round an ulp below x once exp(-x) is within two ulps of x"
+        return [Limit(CANCELLATION, "max_logit", absorbed_from(dtype) - math.log(4.0), upper=math.inf, why=why)]
     return []

@@ -27,7 +27,7 @@ def _scaled(x, temperature):
 def naive(teacher, student, *, temperature=1.0):
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         kl = (p * (np.log(p) - np.log(q))).sum(axis=1)
     return (temperature**2 * kl).astype(teacher.dtype)
 
@@ -45,7 +45,7 @@ def kl_div(teacher, student, *, temperature=1.0):
 def ce_minus_entropy(teacher, student, *, temperature=1.0):
     """-sum p log_softmax(s / T) + sum p log_softmax(t / T) (scipy.special): 0 * -inf = NaN where p = 0."""
     p = special.softmax(_scaled(teacher, temperature), axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         cross = -(p * special.log_softmax(_scaled(student, temperature), axis=1)).sum(axis=1)
         entropy = -(p * special.log_softmax(_scaled(teacher, temperature), axis=1)).sum(axis=1)
     return (temperature**2 * (cross - entropy)).astype(teacher.dtype)
@@ -62,7 +62,7 @@ def _through_softmax_and_log(teacher, student, *, temperature=1.0):
     p = special.softmax(_scaled(teacher, temperature), axis=1)
     q = special.softmax(_scaled(student, temperature), axis=1)
     square = np.asarray(temperature**2, dtype=student.dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         by_q = -square * p / q
         by_z = q * (by_q - (q * by_q).sum(axis=1, keepdims=True))
     return (by_z / np.asarray(temperature, dtype=student.dtype)).astype(student.dtype)

@@ -105,8 +105,9 @@ def limits(framework: str, path: str, dtype: str, facts: dict) -> list:
 
     underflow = float(facts.get("exp_underflow", DTYPES[dtype].exp_underflow_threshold))
     zero = probability_is_zero_below(dtype, underflow, bool(facts.get("quotient_flushes", False)))
-    teacher = Limit(PROBABILITY_UNDERFLOW, "min_teacher_log_prob", zero, sense=-1, why="a teacher p of 0")
-    student = Limit(PROBABILITY_UNDERFLOW, "min_student_log_prob", zero, sense=-1, why="a student q of 0")
+    teacher = Limit(PROBABILITY_UNDERFLOW, "min_teacher_log_prob", zero, sense=-1, why="a teacher p of 0: 0 * log 0")
+    why = "a student q of 0 makes inf where its p is not 0 too: from there on"
+    student = Limit(PROBABILITY_UNDERFLOW, "min_student_log_prob", zero, sense=-1, upper=-math.inf, why=why)
     negative = negative_limits(facts.get("accumulation") or dtype, int(facts.get("n_classes", 2)))
     if path == "naive":
         return [teacher, student, *negative]
@@ -114,6 +115,6 @@ def limits(framework: str, path: str, dtype: str, facts: dict) -> list:
         return [student, *negative]
     if path == "kl_div" and framework == "tensorflow" and dtype == "float16":
         clip = math.log(float(np.float16(KERAS_EPSILON)))
-        why = "Keras clips q at 1e-7, and p / q overflows float16"
-        return [Limit(PROBABILITY_CLIP, "min_student_log_prob", clip, sense=-1, why=why), *negative]
+        why = "Keras clips q at 1e-7; p / q overflows float16 from there on, once p > 65504 q"
+        return [Limit(PROBABILITY_CLIP, "min_student_log_prob", clip, sense=-1, upper=-math.inf, why=why), *negative]
     return negative
