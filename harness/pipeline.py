@@ -22,6 +22,7 @@ from harness.sweep import bisect, edge_runner, head_runner, journal, named_bisec
 from harness.sweep.config import SweepConfig
 from harness.sweep.runner import compile_implementations, name_order, sweep_cells
 from harness.timing import head as head_timing
+from harness.timing import named as named_timing
 from harness.timing import stage as timing
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def time_paths(sweep: SweepConfig) -> pd.DataFrame:
     """The timing stage: every framework/path/dtype at the timing sizes, on the accuracy stage's bits."""
     settings = sweep.timing
     log.info("timing %d sizes, %d threads", len(sweep.timing_sizes), settings.threads)
+    if sweep.named:  # a loss measured on named arrays, timed on its own inputs
+        customs = custom_paths.named_callables(sweep.custom_paths)
+        return with_loss(named_timing.time_sweep(sweep, custom_callables=customs), sweep.loss)
     timings = timing.time_sweep(
         sweep.frameworks,
         sweep.paths,

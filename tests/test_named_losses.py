@@ -144,7 +144,7 @@ def test_a_negative_kl_is_a_status_of_its_own(kl_run):
         (["loss=binary_cross_entropy", "binary_cross_entropy.targets=[fuzzy]"], "unknown targets 'fuzzy'"),
         (["loss=binary_cross_entropy", "binary_cross_entropy.pos_weight=[-1]"], "pos_weight must be null or"),
         (["loss=binary_cross_entropy", "label_smoothing=[0.1]"], "are cross-entropy's; loss=binary_cross_entropy"),
-        (["loss=binary_cross_entropy", "timing.enabled=true"], "timing.enabled=true is measured for cross-entropy"),
+        (["loss=binary_cross_entropy", "row_errors=true"], "row_errors=true is measured for cross-entropy only"),
         (
             ["loss=kl_divergence", "families=[spread]"],
             "unknown family 'spread' in families; valid choices: independent",
@@ -202,3 +202,28 @@ def test_measure_takes_a_losses_own_settings():
     errors = harness.measure(torch_bce, "torch", loss_settings={"targets": ["soft"]}, **GRID)
     assert set(errors["targets"]) == {"soft"} and set(errors["path"]) == {"torch_bce"}
     assert np.isfinite(errors["max_ulp_err"]).all()
+
+
+def test_a_named_loss_is_timed_on_its_own_arrays(tmp_path):
+    timed = ["timing.enabled=true", "timing.budget_s=0.01", "timing.min_blocks=2", "frameworks=[numpy,torch]"]
+    run = harness.run(None, [*QUICK, *KL[:-1], *timed, "scales=[1]", "dtypes=[float32]"], run_dir=tmp_path)
+    timings = run.timings
+    assert set(timings["loss"]) == {"kl_divergence"} and set(timings["temperature"]) == {1.0}
+    assert "label_smoothing" not in timings
+    ran = timings[timings["status"] == "ok"]
+    assert len(ran) == 2 * 4 - 1  # NumPy has no log-target form
+    assert (ran["bytes_min"] == 2 * 2 * 64 * 4).all()  # teacher and student, 2 x 64 float32 each, read once
+    assert (ran["gb_per_s"] > 0).all()
+
+
+def test_workers_and_a_custom_path_give_the_tables_one_process_gives(tmp_path):
+    custom = (
+        "custom_paths=[{framework: torch, name: mine, fn: 'test_named_losses:torch_bce', loss: binary_cross_entropy}]"
+    )
+    grid = [*QUICK[:-1], *BCE[:-1], "frameworks=[torch]", "dtypes=[float32]", custom]
+    one = harness.run(None, [*grid, "workers=1"], run_dir=tmp_path / "one")
+    assert "mine" in set(one.errors["path"])
+    mine = one.errors[one.errors["path"] == "mine"]
+    assert set(mine["status"]) <= {"ok", "exact_underflow"} and len(mine) == 3 * 2  # 3 scales x 2 targets
+    two = harness.run(None, [*grid[:-1], "workers=2"], run_dir=tmp_path / "two")
+    pd.testing.assert_frame_equal(one.errors[one.errors["path"] != "mine"].reset_index(drop=True), two.errors)

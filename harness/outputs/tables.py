@@ -8,7 +8,7 @@ import pandas as pd
 from harness import losses
 from harness.files import atomic_write, write_table, write_text  # noqa: F401 (outputs write through these)
 from harness.sweep import metrics
-from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS
+from harness.sweep.journal import KEY_COLUMNS, OPTION_COLUMNS, setting_columns
 
 # what a cell records beside its key: device, theory's mechanisms, the backend's measured facts, the
 # quantities theory's thresholds are stated in, the status
@@ -47,8 +47,13 @@ def canonical_order(frame: pd.DataFrame, names: dict[str, list[str]] | None = No
         for column in ("framework", "path")
         if column in frame
     }
+    settings = [c for c in setting_columns() if c in frame]  # a loss's own settings, after the family, as text
+    known |= {c: sorted(set(frame[c].map(str))) for c in settings}
     by = [c for c in SORT_COLUMNS if c in frame] + (["row"] if "row" in frame else [])
-    keys = pd.DataFrame({c: _rank(frame[c], known[c]) if c in known else frame[c] for c in by})
+    by[1:1] = settings if "family" in by else []
+    keys = pd.DataFrame(
+        {c: _rank(frame[c].map(str) if c in settings else frame[c], known[c]) if c in known else frame[c] for c in by}
+    )
     order = keys.sort_values(by, kind="stable").index
     return frame.loc[order].reset_index(drop=True)
 

@@ -46,6 +46,5 @@ def check(sweep) -> None:
             f"option_sets) are cross-entropy's; loss={sweep.loss} takes {own}: leave them at their defaults"
         )
     on = [name for name in CROSS_ENTROPY_ONLY if getattr(sweep, name)]
-    on += ["timing.enabled"] if sweep.timing.enabled else []
     if on:
         raise ConfigError(f"{on[0]}=true is measured for cross-entropy only; use {on[0]}=false with loss={sweep.loss}")

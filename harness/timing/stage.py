@@ -160,15 +160,21 @@ def time_framework(
 ):
     """Rows for every path of one framework on one rounded input, on `device`; failures are rows.
 
-    The inputs are moved to the device once; every call is waited on (the backend's `sync`), so a
-    CUDA or JAX call is timed until its result exists."""
-    n_elements = rounded.size
+    `rounded` is the logits (with `labels`), or a loss's named arrays, all read by every call (labels
+    None). The inputs are moved to the device once; every call is waited on (the backend's `sync`),
+    so a CUDA or JAX call is timed until its result exists."""
+    named = isinstance(rounded, dict)
+    n_elements = next(iter(rounded.values())).size if named else rounded.size
+    read = sum(a.nbytes for a in rounded.values()) if named else n_elements * rounded.dtype.itemsize
     backend = backends.load(framework)
     on = backends.row_device(framework, device)
-    key = key | {"framework": framework, "bytes_min": n_elements * rounded.dtype.itemsize, "device": on}
+    key = key | {"framework": framework, "bytes_min": read, "device": on}
     with backend.dtype_scope(key["dtype"]):
         try:
-            native = backend.to_native(rounded, labels, on)
+            if named:
+                native = [backend.transfer(array, on) for array in rounded.values()]
+            else:
+                native = backend.to_native(rounded, labels, on)
         except Exception as exc:
             for path in implementations:
                 yield key | {"path": path} | metrics.failure(exc)
