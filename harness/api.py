@@ -194,6 +194,7 @@ def measure(
     loss: str = losses.DEFAULT,
     paths: Sequence[str] = (),
     loss_settings: dict | None = None,
+    reduction: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The errors table of one callable in the framework's own arrays: fn(logits, labels) -> per-row
     losses for cross-entropy, fn(*arrays) for another loss (its entry's arrays: binary cross-entropy's
@@ -202,12 +203,13 @@ def measure(
     It is swept like a `custom_paths` entry over conf/config.yaml's grid (None: that setting's default)
     and measured in memory: nothing is written. `name` (default fn.__name__) is its `path` column;
     `loss` names the loss it implements (harness.losses), the `loss` column; `paths`, built-in paths of
-    that loss measured beside it (a baseline); `loss_settings`, the loss's own settings, e.g.
-    {"targets": ["hard", "soft"]} for binary cross-entropy.
+    that loss measured beside it (a baseline); `reduction`, e.g. ["none", "mean"]; `loss_settings`, the
+    loss's own settings, e.g. {"targets": ["hard", "soft"]} for binary cross-entropy.
     """
     name = name or (fn.__name__ if fn.__name__.isidentifier() else "custom")
     setattr(MEASURED, name, fn)
     settings = {"dtypes": dtypes, "scales": scales, "families": families, "n_rows": n_rows, "n_classes": n_classes}
+    settings["reduction"] = reduction
     overrides = [
         f"{key}={_list(value) if isinstance(value, list | tuple) else value}"
         for key, value in settings.items()

@@ -227,3 +227,25 @@ def test_workers_and_a_custom_path_give_the_tables_one_process_gives(tmp_path):
     assert set(mine["status"]) <= {"ok", "exact_underflow"} and len(mine) == 3 * 2  # 3 scales x 2 targets
     two = harness.run(None, [*grid[:-1], "workers=2"], run_dir=tmp_path / "two")
     pd.testing.assert_frame_equal(one.errors[one.errors["path"] != "mine"].reset_index(drop=True), two.errors)
+
+
+def mpmath_kl(teacher, student):
+    """KL(softmax(t) || softmax(s)) per row in mpmath at 256 bits, rounded once to float64."""
+    import mpmath
+
+    rows = []
+    for t, s in zip(teacher, student, strict=True):
+        t, s = [mpmath.mpf(float(v)) for v in t], [mpmath.mpf(float(v)) for v in s]
+        lt, ls = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in t)), mpmath.log(mpmath.fsum(mpmath.exp(v) for v in s))
+        rows.append(float(mpmath.fsum(mpmath.exp(a - lt) * ((a - lt) - (b - ls)) for a, b in zip(t, s, strict=True))))
+    return np.array(rows)
+
+
+def test_reductions_are_the_frameworks_own_against_the_exact_sum_and_mean():
+    """KL's mean over rows is PyTorch's batchmean; a callable exact per row leaves only the mean's own rounding."""
+    grid = dict(loss="kl_divergence", dtypes=["float64"], scales=[1, 10], families=["independent"], n_rows=4)
+    errors = harness.measure(mpmath_kl, "numpy", n_classes=16, **grid, reduction=["none", "mean", "sum"])
+    assert set(errors["reduction"]) == {"none", "mean", "sum"} and (errors["status"] == "ok").all()
+    assert errors.loc[errors["reduction"] == "none", "max_ulp_err"].max() <= 0.5  # correctly rounded rows
+    assert errors.loc[errors["reduction"] != "none", "max_ulp_err"].max() <= 2  # 4 roundings of a 4-row sum
+    assert len(errors) == 2 * 3

@@ -65,8 +65,8 @@ def loss_columns(columns, loss: str) -> tuple[str, ...]:
     entry = losses.entry(loss)
     if not entry.named:
         return tuple(columns)
-    kept = [c for c in columns if c not in OPTION_COLUMNS]
-    at = kept.index(KEY_COLUMNS[-1]) + 1
+    kept = [c for c in columns if c not in OPTION_COLUMNS or c == "reduction"]  # reduction: every loss has one
+    at = kept.index("reduction") + 1
     kept[at:at] = entry.setting_names
     at = kept.index("status")
     kept[at:at] = [q for q in entry.quantities if q not in kept]

@@ -4,6 +4,8 @@ cross-entropy's settings it refuses, each in one line before any work."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness import losses
 from harness.errors import ConfigError
 from harness.paths.options import CellOptions
@@ -40,10 +42,11 @@ def check(sweep) -> None:
     if not sweep.named:
         return
     own = ", ".join(f"{sweep.loss}.{name}" for name in losses.entry(sweep.loss).setting_names)
-    if sweep.option_grid != (CellOptions(),):
+    if {replace(options, reduction="none") for options in sweep.option_grid} != {CellOptions()}:
         raise ConfigError(
             f"the loss options (ignore_fraction, class_weights, label_smoothing, z_loss, softcap, target, "
-            f"option_sets) are cross-entropy's; loss={sweep.loss} takes {own}: leave them at their defaults"
+            f"option_sets) are cross-entropy's; loss={sweep.loss} takes reduction and {own}: leave them at "
+            "their defaults"
         )
     on = [name for name in CROSS_ENTROPY_ONLY if getattr(sweep, name)]
     if on:

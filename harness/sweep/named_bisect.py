@@ -29,6 +29,7 @@ def columns(entry) -> tuple[str, ...]:
     """The breaks table's columns for a loss: cross-entropy's group, its settings, the bracket, its quantities."""
     return (
         GROUP_COLUMNS
+        + ("reduction",)
         + entry.setting_names
         + ("bisection", "n_bisection_steps", "n_bisection_runs", "break_scale_lo", "break_scale_hi", "break_status")
         + tuple(f"{q}_{end}" for q in entry.quantities for end in ("lo", "hi"))
@@ -109,7 +110,7 @@ def break_row(cells: pd.DataFrame, paths: named_inputs.Paths, stream: Stream) ->
     entry = stream.entry
     first = cells.iloc[0]
     framework, path, dtype, device = (first[c] for c in ("framework", "path", "dtype", "device"))
-    row = {c: first[c] for c in GROUP_COLUMNS + entry.setting_names}
+    row = {c: first[c] for c in GROUP_COLUMNS + entry.setting_names} | {"reduction": "none"}
     declared = entry.load("paths").ENTRIES_BY_NAME.get(path)
     row["accumulation"] = declared.accumulation.get(framework, {}).get(dtype, dtype) if declared else ""
     scales = cells["scale"].to_numpy(dtype=np.float64)
@@ -160,6 +161,8 @@ def breaks_frame(sweep, records: list[dict]) -> pd.DataFrame:
     entry = losses.entry(sweep.loss)
     names = columns(entry)
     cells = pd.DataFrame([r["cell"] for r in records])
+    if not cells.empty and "reduction" in cells:
+        cells = cells[cells["reduction"] == "none"]  # reduced cells keep the grid's brackets
     if cells.empty:
         return pd.DataFrame(columns=list(names))
     from harness.paths import custom as custom_paths

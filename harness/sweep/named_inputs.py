@@ -13,12 +13,16 @@ zero, a sign the exact value never has, is the status `negative`.
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 
 import numpy as np
 
 from harness import backends, losses, mechanisms
 from harness.dtypes import DTYPES, FloatFormat, round_to
+from harness.exact.dd import ExactValue
+from harness.exact.head import divided
+from harness.exact.reduction import exact_reduced
 from harness.sweep import metrics
 from harness.sweep.calls import call, measure_input
 from harness.sweep.cells import gradient_by, record_failed
@@ -49,7 +53,7 @@ def n_units(sweep) -> int:
 
 
 def n_cells(sweep) -> int:
-    return n_units(sweep) * (len(sweep.frameworks) * len(sweep.paths) + len(sweep.custom_paths))
+    return n_units(sweep) * (len(sweep.frameworks) * len(sweep.paths) + len(sweep.custom_paths)) * len(sweep.reduction)
 
 
 def path_options(entry, settings: dict) -> dict:
@@ -68,25 +72,93 @@ class Paths:
 
     def unsupported(self, framework: str, path: str, options: dict) -> str:
         if (framework, path) in self.customs:
-            return ""
+            defaults = {name: values[0] for name, values in self.entry.settings}
+            missing = [
+                n for n in options if n not in _keywords(self.customs[framework, path]) and options[n] != defaults[n]
+            ]
+            return f"custom path {path} takes no {missing[0]} keyword" if missing else ""
         return self.module.unsupported_reason(framework, path, options)
 
-    def callables(self, framework: str, path: str, fmt: FloatFormat, options: dict, device: str):
-        """(loss, gradient or None) of one path in one dtype and options, compiled by its backend."""
-        key = (framework, path, fmt.name, tuple(sorted(options.items())), device)
+    def callables(self, framework: str, path: str, fmt: FloatFormat, options: dict, device: str, reduction="none"):
+        """(loss, gradient or None) of one path in one dtype and options, reduced (`mean` or `sum` of its
+        losses by the framework's own mean or sum, in the same call), compiled by its backend."""
+        key = (framework, path, fmt.name, tuple(sorted(options.items())), device, reduction)
         if key not in self.compiled:
             backend = backends.load(framework)
             bound = {name: _option(backend, name, value, fmt, device) for name, value in options.items()}
-            if (framework, path) in self.customs:
-                loss, gradient = self.customs[framework, path], None
+            if (framework, path) in self.customs:  # the options it takes as keywords (checked by unsupported)
+                fn = self.customs[framework, path]
+                loss, gradient = functools.partial(fn, **{n: v for n, v in bound.items() if n in _keywords(fn)}), None
             else:
                 module = self.module.implementations_module(framework)
-                loss, gradient = module.PATHS[path], module.GRADIENTS.get(path)
+                loss = functools.partial(module.PATHS[path], **bound)
+                gradient = module.GRADIENTS.get(path)
+                gradient = None if gradient is None else functools.partial(gradient, **bound)
+            if reduction != "none":
+                loss, gradient = reduced(loss, reduction), self.reduced_gradient(backend, loss, gradient, reduction)
             self.compiled[key] = (
-                backend.compile(functools.partial(loss, **bound)),
-                None if gradient is None else backend.compile_gradient(functools.partial(gradient, **bound)),
+                backend.compile(loss),
+                None if gradient is None else backend.compile_gradient(gradient),
             )
         return self.compiled[key]
+
+    def reduced_gradient(self, backend, loss, gradient, reduction: str):
+        """The gradient of the reduced loss: the framework's autodiff of it, with respect to the entry's
+        differentiated array; NumPy's hand-written backward of the sum, divided by the count for a mean."""
+        if gradient is None:
+            return None
+        if backend.autodiff_gradient is None:
+            return functools.partial(_divided_gradient, gradient, reduction, self.entry)
+        at = self.entry.arrays.index(self.entry.differentiated)
+        total = reduced(loss, reduction)
+
+        def first(x, *others):  # the differentiated array first, as autodiff_gradient takes it
+            args = list(others)
+            args.insert(at, x)
+            return total(*args)
+
+        by_first = backend.autodiff_gradient(first)
+
+        def in_order(*arrays):
+            others = [a for i, a in enumerate(arrays) if i != at]
+            return by_first(arrays[at], *others)
+
+        return in_order
+
+
+def _keywords(fn) -> set[str]:
+    """The keyword arguments a callable takes by name (all, for one taking **kwargs)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return {"pos_weight", "temperature"} | {p.name for p in parameters}
+    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def reduced(loss, reduction: str):
+    """loss(*arrays) reduced by the framework's own mean or sum (TensorFlow's reduce_mean, reduce_sum)."""
+
+    def reduce(*arrays):
+        values = loss(*arrays)
+        if hasattr(values, "mean"):
+            return values.mean() if reduction == "mean" else values.sum()
+        import tensorflow as tf  # its tensors have no mean method
+
+        return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+
+    return reduce
+
+
+def _divided_gradient(gradient, reduction: str, entry, *arrays):
+    """A hand-written backward of the sum, for the sum; divided by the count of losses for the mean."""
+    g = gradient(*arrays)
+    if reduction == "sum":
+        return g
+    shape = arrays[entry.arrays.index(entry.differentiated)].shape
+    count = int(np.prod(shape)) if entry.per == "element" else shape[0]
+    return g / np.asarray(count, dtype=g.dtype)
 
 
 def _option(backend, name: str, value, fmt: FloatFormat, device: str):
@@ -114,8 +186,9 @@ class NamedInput:
     """One input of a named-array loss rounded to one dtype, for calls.measure_input: cells named
     (framework, path); the exact loss and gradient from the entry; each path called on the same bits."""
 
-    def __init__(self, sweep, paths: Paths, settings: dict, fmt: FloatFormat):
+    def __init__(self, sweep, paths: Paths, settings: dict, fmt: FloatFormat, reduction: str = "none"):
         self.entry, self.paths, self.fmt, self.device = paths.entry, paths, fmt, sweep.device
+        self.reduction = reduction
         self.settings, self.options = settings, path_options(paths.entry, settings)
         self.gradient = sweep.gradient
         self.cells = {(f, p): None for f in sweep.frameworks for p in sweep.paths}
@@ -127,7 +200,12 @@ class NamedInput:
         return {fp: None for fp in self.cells if cell_key(cell | {"framework": fp[0], "path": fp[1]}) not in done}
 
     def prepare(self, arrays: dict, shared: dict) -> tuple[dict, bool]:
-        self.rounded = {name: round_to(array, self.fmt.name) for name, array in arrays.items()}
+        """Round the arrays to the dtype, once for every reduction of the input (kept in `shared`)."""
+        if shared.get("dtype") != self.fmt.name:
+            shared.clear()
+            shared["dtype"] = self.fmt.name
+            shared["rounded"] = {name: round_to(array, self.fmt.name) for name, array in arrays.items()}
+        self.shared, self.rounded = shared, shared["rounded"]
         self.held = {name: array.astype(np.float64) for name, array in self.rounded.items()}
         finite = all(np.isfinite(array).all() for array in self.held.values())
         return {}, bool(finite)
@@ -140,13 +218,25 @@ class NamedInput:
             record({"cell": where | status} | ({"grad": status} if self.gradient else {}))
 
     def quantities(self) -> dict:
-        """The exact loss (and gradient) of the rounded input, and theory's quantities."""
+        """The exact loss (and gradient) of the rounded input under the reduction, and theory's quantities
+        (of the unreduced losses); the unreduced exact values are computed once per input and dtype."""
         args = [self.held[name] for name in self.entry.arrays]
-        exact = self.entry.load("exact")(*args, self.fmt.precision, **self.options)
-        self.exact = (exact.hi.ravel(), exact.lo.ravel(), np.broadcast_to(exact.exponent, exact.hi.shape).ravel())
-        self.exact_gradient = self.entry.load("exact_gradient")(*args, **self.options) if self.gradient else None
-        values = np.ldexp(self.exact[0], self.exact[2])
-        return self.entry.load("quantities")(self.held, values, self.settings)
+        if "exact" not in self.shared:
+            exact = self.entry.load("exact")(*args, self.fmt.precision, **self.options)
+            self.shared["exact"] = ExactValue(exact.hi.ravel(), exact.lo.ravel(), _exponents(exact))
+            self.shared["gradient"] = (
+                self.entry.load("exact_gradient")(*args, **self.options) if self.gradient else None
+            )
+        exact, gradient = self.shared["exact"], self.shared["gradient"]
+        values = np.ldexp(exact.hi, exact.exponent)
+        found = self.entry.load("quantities")(self.held, values, self.settings)
+        if self.reduction != "none":
+            exact = exact_reduced(exact, None, np.ones(len(exact.hi), bool), self.reduction)
+            count = len(values) if self.entry.per == "element" else self.held[self.entry.differentiated].shape[0]
+            gradient = divided(gradient, count) if gradient is not None and self.reduction == "mean" else gradient
+        self.exact = (exact.hi, exact.lo, _exponents(exact))
+        self.exact_gradient = gradient
+        return found
 
     def transfer(self, backend, on):
         return [backend.transfer(self.rounded[name], on) for name in self.entry.arrays]
@@ -166,12 +256,13 @@ class NamedInput:
         unsupported = self.paths.unsupported(place.framework, path, self.options)
         loss_fn = gradient_fn = None
         if not unsupported:
-            loss_fn, gradient_fn = self.paths.callables(place.framework, path, fmt, self.options, place.device)
+            on = (place.framework, path, fmt, self.options, place.device, self.reduction)
+            loss_fn, gradient_fn = self.paths.callables(*on)
         loss = call(loss_fn, native, place.backend, fmt.name, unsupported)
         if loss.error is not None:
             record = {"cell": loss.failure}
         else:
-            values = loss.values.ravel()
+            values = np.atleast_1d(loss.values).ravel()
             cell = metrics.cell_metrics(values, hi, lo, fmt, None, exponent)
             cell["status"] = loss_status(values, hi, lo, fmt, exponent)
             record = {"cell": cell | {"message": loss.note}}
@@ -217,11 +308,18 @@ def measure_units(sweep, record, done=frozenset(), units=None, describe=None, cu
                             continue
                         if describe is not None:
                             describe(f"{family} {_words(settings)} scale={scale:.3g} {dtype}")
-                        variant = NamedInput(sweep, paths, settings, DTYPES[dtype])
-                        measure_input(arrays, dtype, key, record, done, variant)
+                        shared: dict = {}  # the rounding and the exact losses, for every reduction
+                        for reduction in sweep.reduction:
+                            variant = NamedInput(sweep, paths, settings, DTYPES[dtype], reduction)
+                            at = key | {"reduction": reduction}
+                            measure_input(arrays, dtype, at, record, done, variant, shared)
                         wanted = next(units, None)
                         if wanted is None:
                             return
+
+
+def _exponents(value: ExactValue) -> np.ndarray:
+    return np.broadcast_to(value.exponent, value.hi.shape).ravel()
 
 
 def _words(settings: dict) -> str:
