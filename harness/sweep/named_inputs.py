@@ -73,9 +73,8 @@ class Paths:
     def unsupported(self, framework: str, path: str, options: dict) -> str:
         if (framework, path) in self.customs:
             defaults = {name: values[0] for name, values in self.entry.settings}
-            missing = [
-                n for n in options if n not in _keywords(self.customs[framework, path]) and options[n] != defaults[n]
-            ]
+            takes = _keywords(self.customs[framework, path], self.entry.options)
+            missing = [n for n in options if n not in takes and options[n] != defaults[n]]
             return f"custom path {path} takes no {missing[0]} keyword" if missing else ""
         return self.module.unsupported_reason(framework, path, options)
 
@@ -88,7 +87,8 @@ class Paths:
             bound = {name: _option(backend, name, value, fmt, device) for name, value in options.items()}
             if (framework, path) in self.customs:  # the options it takes as keywords (checked by unsupported)
                 fn = self.customs[framework, path]
-                loss, gradient = functools.partial(fn, **{n: v for n, v in bound.items() if n in _keywords(fn)}), None
+                takes = _keywords(fn, self.entry.options)
+                loss, gradient = functools.partial(fn, **{n: v for n, v in bound.items() if n in takes}), None
             else:
                 module = self.module.implementations_module(framework)
                 loss = functools.partial(module.PATHS[path], **bound)
@@ -126,14 +126,14 @@ class Paths:
         return in_order
 
 
-def _keywords(fn) -> set[str]:
-    """The keyword arguments a callable takes by name (all, for one taking **kwargs)."""
+def _keywords(fn, options) -> set[str]:
+    """The keyword arguments a callable takes by name (every option, for one taking **kwargs)."""
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return set()
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return {"pos_weight", "temperature"} | {p.name for p in parameters}
+        return set(options) | {p.name for p in parameters}
     return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
