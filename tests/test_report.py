@@ -439,3 +439,25 @@ def test_recommendation_between_equally_accurate_paths_takes_the_smaller_peak_me
         "worst error while finite is 0.5 ulp, in numpy/linear_chunked float32, peak memory 16 MiB; linear_fused "
         "never fails either (worst 0.5 ulp, peak memory 64 MiB)."
     )
+
+
+def test_where_every_path_fails_no_single_path_is_recommended():
+    from harness.outputs import headlines
+
+    class Stats:
+        def __init__(self, path, failed, worst, logit):
+            self.path, self.failed, self.worst, self.fails = path, failed, (worst, f"torch/{path} float32"), True
+            self.found = type("Break", (), {"max_logit": logit})()
+
+        def earliest(self):
+            return self.found, f"torch/{self.path}", "float32"
+
+        def rank(self):
+            return (True, -self.found.max_logit)
+
+        def worst_words(self):
+            return f"{self.worst[0]:.3g} ulp, in {self.worst[1]}"
+
+    text = headlines.recommendation([Stats("a", (10, 40), 5.0, 2.0), Stats("b", (2, 40), 900.0, 1.0)])
+    assert text.startswith("No path holds everywhere: each fails somewhere, b in the fewest cells (2 of 40;")
+    assert text.endswith("a with the smallest worst error while finite (5 ulp, in torch/a float32).")

@@ -33,6 +33,8 @@ class PathStats:
                 self.worst = (ulp, f"{row_label(key[:-1])} {dtype}")
             if bits_lost(ulp) - limits[dtype] > self.excess:
                 self.excess, self.lossiest = bits_lost(ulp) - limits[dtype], (bits_lost(ulp), f"{dtype} ({key[0]})")
+        ran = cells[~cells["status"].isin([metrics.INPUT_INF, metrics.UNSUPPORTED])]
+        self.failed = (int(ran["status"].isin(metrics.FAILED).sum()), len(ran))  # failing cells, cells run
         finite = cells[cells["status"] != metrics.INPUT_INF]["max_logit"]
         self.reach = float(finite.max()) if finite.notna().any() else float("nan")
         self.peak = float("nan")
@@ -71,7 +73,10 @@ def _memory(stats: PathStats) -> str:
 
 
 def recommendation(stats: list[PathStats]) -> str:
-    """'Use P: ...' with the reason, from the paths ranked (never failing, then accuracy, then memory)."""
+    """'Use P: ...' with the reason, from the paths ranked (never failing, then accuracy, then memory);
+    where every path fails somewhere, the one failing in the smallest share of its cells."""
+    if all(s.fails for s in stats) and len(stats) > 1:
+        return no_path_holds(stats)
     best, others = stats[0], stats[1:]
     if not best.fails:
         scope = "in any framework or dtype measured" if len(stats) > 1 else "(the only path measured)"
@@ -101,6 +106,19 @@ def recommendation(stats: list[PathStats]) -> str:
         contrasts.append(f"{_and(o.path for o in failing)} {_verb(failing, 'fails')} from largest logit {where}")
     tail = f"; {'; '.join(contrasts)}" if contrasts else ""
     return f"Use {best.path}: {reason}{tail}."
+
+
+def no_path_holds(stats: list[PathStats]) -> str:
+    """Every path fails somewhere: which fails in the smallest share of its cells, which keeps the
+    smallest worst error while finite (one sentence, no single path to use)."""
+    fewest = min(stats, key=lambda s: (s.failed[0] / max(1, s.failed[1]), s.rank()))
+    accurate = min(stats, key=lambda s: (np.nan_to_num(s.worst[0], nan=np.inf), s.rank()))
+    found, who, dtype = fewest.earliest()
+    text = (
+        f"No path holds everywhere: each fails somewhere, {fewest.path} in the fewest cells "
+        f"({fewest.failed[0]} of {fewest.failed[1]}; first at largest logit {_num(found.max_logit, 3)}, {dtype}, {who})"
+    )
+    return text + f", {accurate.path} with the smallest worst error while finite ({accurate.worst_words()})."
 
 
 def _verb(subjects: list, singular: str) -> str:
