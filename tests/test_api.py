@@ -61,7 +61,7 @@ def test_the_command_line_with_the_same_settings_gives_the_same_table(api_run, t
 def test_bad_settings_raise_the_command_lines_line_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="^unknown dtype 'float99' in dtypes; valid choices: float16, "):
         harness.run("precision_sweep", ["dtypes=[float99]"], run_dir=tmp_path / "run")
-    with pytest.raises(ConfigError, match="^unknown experiment 'nope'; valid choices: blanchard2021_mnist, "):
+    with pytest.raises(ConfigError, match="^unknown experiment 'nope'; valid choices: bce_sweep, blanchard2021"):
         harness.run("nope", run_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="^unknown setting 'n_row'; valid settings: frameworks, "):
         harness.run(overrides=["+n_row=4"], run_dir=tmp_path / "run")
