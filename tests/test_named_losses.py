@@ -249,3 +249,34 @@ def test_reductions_are_the_frameworks_own_against_the_exact_sum_and_mean():
     assert errors.loc[errors["reduction"] == "none", "max_ulp_err"].max() <= 0.5  # correctly rounded rows
     assert errors.loc[errors["reduction"] != "none", "max_ulp_err"].max() <= 2  # 4 roundings of a 4-row sum
     assert len(errors) == 2 * 3
+
+
+def test_given_inputs_from_a_file_and_inline(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "kl.npz", t=rng.standard_normal((3, 50)), s=rng.standard_normal((3, 50)))
+    given = [f"file.path={tmp_path / 'kl.npz'}", "file.teacher_key=t", "file.student_key=s", "families=[file]"]
+    run = harness.run(None, [*QUICK, *KL[:4], *given, "scales=[1]", "dtypes=[float64]"], run_dir=tmp_path / "kl")
+    assert set(zip(run.errors["n_rows"], run.errors["n_classes"], strict=True)) == {(3, 50)}
+    assert run.errors["delta"].isna().all()  # the student is given: no delta
+    inline = ["families=[inline]", "inline.logits=[[30,-30,1]]", "inline.targets=[[1,0,0.5]]", "scales=[1]"]
+    run = harness.run(None, [*QUICK, *BCE[:3], *inline], run_dir=tmp_path / "bce")
+    # one row of three losses: about e**-30 for the two confident right answers, softplus(1) - 0.5 for the third
+    torch = run.errors[(run.errors["framework"] == "torch") & (run.errors["path"] == "log_sigmoid")]
+    assert set(torch["status"]) == {"ok"} and torch["max_ulp_err"].max() <= 2
+    assert set(run.errors["n_rows"]) == {1} and set(run.errors["n_classes"]) == {3}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["inline.logits=[[1,2]]", "inline.targets=[[1,1.5]]"], "target 1.5 is outside"),
+        (["inline.logits=[[1,2]]", "inline.targets=[[1]]"], "targets of shape"),
+        (["inline.logits=[[1,2]]"], "family 'inline' needs inline.targets"),
+    ],
+)
+def test_bad_given_inputs_fail_in_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message) as refused:
+        api.prepare(
+            *api.settings_of(api.compose_config(["loss=binary_cross_entropy", "families=[inline]", *overrides]))
+        )
+    assert "\n" not in str(refused.value)

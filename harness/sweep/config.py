@@ -19,7 +19,7 @@ from harness.paths import custom as custom_paths
 from harness.paths.head import HEAD_PATH_NAMES, MODES, REDUCTIONS
 from harness.paths.options import OPTION_NAMES
 from harness.processes import cores
-from harness.sweep import head_settings, inputs, loss_settings, option_settings, resolvers  # noqa: F401  resolvers: registers logspace, or_default
+from harness.sweep import head_settings, inputs, loss_settings, named_files, option_settings, resolvers  # noqa: F401  resolvers: registers logspace, or_default
 from harness.sweep.edge_cases import check_settings as check_edge_settings
 from harness.sweep.head_inputs import HEAD_FAMILIES
 from harness.sweep.inputs import GIVEN_FAMILIES, LABEL_CHOICES
@@ -356,8 +356,8 @@ def _sweep_config(cfg: DictConfig, experiment: str) -> SweepConfig:
     check_device(sweep.device, sweep.frameworks)
     custom_paths.check(custom_paths.parse(sweep.custom_paths), sweep.frameworks, sweep.loss)
     for family in sweep.families:
-        if family in GIVEN_FAMILIES:
-            given_draw(sweep, family)  # a bad file or inline table fails here, before any work
+        if family in GIVEN_FAMILIES:  # a bad file or inline table fails here, before any work
+            given_inputs(sweep, family)
     return sweep
 
 
@@ -388,6 +388,14 @@ def _head(cfg: DictConfig) -> dict:
 
 def _head_paths(value, key: str) -> tuple[str, ...]:
     return _choices({key: value}, key, "head path", HEAD_PATH_NAMES)
+
+
+def given_inputs(sweep: SweepConfig, family: str):
+    """The given family's inputs, checked: cross-entropy's logits and labels, another loss's named arrays."""
+    entry = losses.entry(sweep.loss)
+    if entry.named:
+        return named_files.given(entry, family, sweep.file, sweep.inline)
+    return given_draw(sweep, family)
 
 
 def given_draw(sweep: SweepConfig, family: str) -> inputs.Draw:

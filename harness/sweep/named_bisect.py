@@ -168,14 +168,16 @@ def breaks_frame(sweep, records: list[dict]) -> pd.DataFrame:
     from harness.paths import custom as custom_paths
 
     paths = named_inputs.Paths(sweep.loss, custom_paths.named_callables(sweep.custom_paths))
-    make = entry.load("inputs")
     settings_columns = list(entry.setting_names)
+    bases: dict = {}  # family -> (n_rows, n_classes) -> its base draw or given arrays
     rows = []
     by = ["family", "n_rows", "n_classes", "dtype", *settings_columns]
     for key, of_input in cells.groupby(by, sort=False, dropna=False):
         family, n_rows, n_classes, dtype, *values = key
         settings = {name: (None if _missing(v) else v) for name, v in zip(settings_columns, values, strict=True)}
-        stream = Stream(entry, family, make.base(int(n_rows), int(n_classes), sweep.seed), settings, dtype)
+        if family not in bases:
+            bases[family] = {(r, c): base for r, c, base in named_inputs.bases(sweep, entry, family)}
+        stream = Stream(entry, family, bases[family][int(n_rows), int(n_classes)], settings, dtype)
         for _, combination in of_input.groupby(["framework", "path", "device"], sort=False):
             combination = combination.sort_values("scale", kind="stable").reset_index(drop=True)
             rows.append(break_row(combination, paths, stream))

@@ -23,7 +23,7 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.head import divided
 from harness.exact.reduction import exact_reduced
-from harness.sweep import metrics
+from harness.sweep import metrics, named_files
 from harness.sweep.calls import call, measure_input
 from harness.sweep.cells import gradient_by, record_failed
 
@@ -37,15 +37,23 @@ def setting_grid(entry, settings: dict, family: str) -> list[dict]:
     return [dict(zip(entry.setting_names, combo, strict=True)) for combo in itertools.product(*lists)]
 
 
-def sizes(sweep) -> list[tuple[int, int]]:
-    return list(itertools.product(sweep.n_rows, sweep.n_classes))
+def bases(sweep, entry, family: str):
+    """(n_rows, n_classes, base) per size of a family: a draw per size, or the given arrays (their shape)."""
+    if family in named_files.GIVEN:
+        arrays = named_files.given(entry, family, sweep.file, sweep.inline)
+        yield (*next(iter(arrays.values())).shape, arrays)
+        return
+    make = entry.load("inputs")
+    for n_rows, n_classes in itertools.product(sweep.n_rows, sweep.n_classes):
+        yield n_rows, n_classes, make.base(n_rows, n_classes, sweep.seed)
 
 
 def n_inputs(sweep) -> int:
     """How many inputs (family, size, settings, scale) the grid has."""
     entry = losses.entry(sweep.loss)
-    per_family = [len(setting_grid(entry, sweep.loss_settings, family)) for family in sweep.families]
-    return sum(per_family) * len(sizes(sweep)) * len(sweep.scales)
+    sizes = {f: 1 if f in named_files.GIVEN else len(sweep.n_rows) * len(sweep.n_classes) for f in sweep.families}
+    per_family = [len(setting_grid(entry, sweep.loss_settings, f)) * sizes[f] for f in sweep.families]
+    return sum(per_family) * len(sweep.scales)
 
 
 def n_units(sweep) -> int:
@@ -291,8 +299,7 @@ def measure_units(sweep, record, done=frozenset(), units=None, describe=None, cu
     units = iter(units) if units is not None else itertools.count()
     wanted, per_input, index = next(units, None), len(sweep.dtypes), -1
     for family in sweep.families:
-        for n_rows, n_classes in sizes(sweep):
-            base = make.base(n_rows, n_classes, sweep.seed)
+        for n_rows, n_classes, base in bases(sweep, entry, family):
             for settings in setting_grid(entry, sweep.loss_settings, family):
                 for scale in sweep.scales:
                     index += 1

@@ -58,6 +58,7 @@ def offset(base: Draw, scale: float, targets: str = "hard", smoothing: float = D
     return {"logits": base.z + float(scale), "targets": targets_of(base, targets, smoothing)}
 
 
+GIVEN = ("file", "inline")  # the given families (harness.sweep.named_files): their arrays are read, not drawn
 FAMILIES = {"spread": spread, "offset": offset}
 
 
@@ -89,11 +90,15 @@ def base(n_rows: int, n_classes: int, seed: int) -> Draw:
 
 
 def arrays(family: str, base: Draw, scale: float, settings: dict) -> dict:
+    if family in GIVEN:  # the given logits scaled, the targets as given
+        return {"logits": float(scale) * base["logits"], "targets": base["targets"]}
     return FAMILIES[family](base, scale, targets=settings["targets"])
 
 
 def family_settings(family: str) -> tuple[str, ...]:
     """The settings a family's cells vary over: every one, in both families."""
+    if family in GIVEN:
+        return ("pos_weight",)  # the targets are given
     return ("targets", "pos_weight")
 
 

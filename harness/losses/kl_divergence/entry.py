@@ -24,7 +24,8 @@ ENTRY = LossEntry(
     paths_at=f"{_HERE}.paths",
     quantities_at=f"{_HERE}.inputs:quantities",
     mechanisms=MECHANISMS,
-    families=("independent", "near"),
+    families=("independent", "near", "file", "inline"),
+    default_families=("independent", "near"),
     inputs_at=f"{_HERE}.inputs",
     theory_at=f"{_HERE}.theory",
     # delta: the near family's distance of the student from its teacher; temperature: T > 0, loss times T**2

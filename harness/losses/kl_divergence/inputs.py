@@ -39,6 +39,7 @@ def near(base: Draw, scale: float, delta: float) -> dict:
     return {"teacher": teacher, "student": teacher + float(delta) * base.student_z}
 
 
+GIVEN = ("file", "inline")  # the given families (harness.sweep.named_files): their arrays are read, not drawn
 FAMILIES = {"independent": independent, "near": near}
 
 
@@ -60,6 +61,8 @@ def base(n_rows: int, n_classes: int, seed: int) -> Draw:
 
 
 def arrays(family: str, base: Draw, scale: float, settings: dict) -> dict:
+    if family in GIVEN:  # both models' given logits scaled
+        return {"teacher": float(scale) * base["teacher"], "student": float(scale) * base["student"]}
     if family == "near":
         return near(base, scale, settings["delta"])
     return independent(base, scale)
@@ -67,6 +70,8 @@ def arrays(family: str, base: Draw, scale: float, settings: dict) -> dict:
 
 def family_settings(family: str) -> tuple[str, ...]:
     """The settings a family's cells vary over: delta only moves the near family's student."""
+    if family in GIVEN:
+        return ("temperature",)
     return ("delta", "temperature") if family == "near" else ("temperature",)
 
 
