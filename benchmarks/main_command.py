@@ -12,6 +12,8 @@ split into stages (read from when each stage's last file was written), then the 
 worktree, run with this interpreter), in turn with this one, and prints the ratio of each pair and
 their median: on a machine whose speed drifts, code is compared through a ratio measured in turn.
 `--experiment lm_head` measures another experiment the same way (its stage split is not printed).
+`--beside bce_sweep` runs that experiment of this code in turn with the main command, and prints the
+ratio of its wall time to the main command's (a budget stated as "at most the main command's time").
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--against", metavar="REV", help="a commit run in turn with this code, for a ratio")
     parser.add_argument("--experiment", default="precision_sweep", help="another experiment, e.g. lm_head")
+    parser.add_argument("--beside", metavar="NAME", help="an experiment run in turn with this one, for a ratio")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. timing.enabled=false")
     args = parser.parse_args()
     other = worktree(args.against) if args.against else None
@@ -96,6 +99,10 @@ def main() -> None:
                 base, _, _ = one_run(args.overrides, other[0], args.experiment)
                 ratios.append(wall / base)
                 print(f"  {args.against}: {base:.1f} s wall; ratio {ratios[-1]:.3f}")
+            if args.beside:
+                beside, beside_peak, _ = one_run([], experiment=args.beside)
+                ratios.append(beside / wall)
+                print(f"  {args.beside}: {beside:.1f} s wall, peak RSS {beside_peak:.0f} MiB; ratio {ratios[-1]:.3f}")
     finally:
         if other:
             subprocess.run(["git", "worktree", "remove", "--force", str(other[0])], cwd=REPO, check=False)
@@ -103,7 +110,8 @@ def main() -> None:
     print(f"median of {args.runs}: {statistics.median(walls):.1f} s (min {min(walls):.1f}, max {max(walls):.1f})")
     if ratios:
         spread = f"min {min(ratios):.3f}, max {max(ratios):.3f}"
-        print(f"median ratio to {args.against}: {statistics.median(ratios):.3f} ({spread})")
+        which = f"of {args.beside} to {args.experiment}" if args.beside else f"to {args.against}"
+        print(f"median ratio {which}: {statistics.median(ratios):.3f} ({spread})")
 
 
 if __name__ == "__main__":

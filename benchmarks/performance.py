@@ -26,6 +26,7 @@ from pathlib import Path
 from main_command import REPO, one_run
 
 EXPERIMENTS = ("precision_sweep", "seed_article", "edge_cases", "gradient_sweep", "training_losses", "token_sweep")
+EXPERIMENTS += ("bce_sweep", "distillation_kl")
 PACKAGES = ("numpy", "scipy", "torch", "jax", "jaxlib", "optax", "mlx", "tensorflow-cpu", "pandas", "hydra-core")
 
 
