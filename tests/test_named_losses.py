@@ -158,6 +158,7 @@ def test_bad_settings_fail_in_one_line_before_any_work(overrides, message):
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_measures_nothing_again_and_writes_the_same_tables(tmp_path):
     first = harness.run(None, [*QUICK, *KL[:-1], "frameworks=[numpy]"], run_dir=tmp_path)
     journal = (tmp_path / "cells.jsonl").read_text()
@@ -216,6 +217,7 @@ def test_a_named_loss_is_timed_on_its_own_arrays(tmp_path):
     assert (ran["gb_per_s"] > 0).all()
 
 
+@pytest.mark.slow
 def test_workers_and_a_custom_path_give_the_tables_one_process_gives(tmp_path):
     custom = (
         "custom_paths=[{framework: torch, name: mine, fn: 'test_named_losses:torch_bce', loss: binary_cross_entropy}]"
