@@ -1,9 +1,11 @@
 """Shared inputs and helpers: the seed article's logits, an independent high-precision cross-entropy in
-mpmath, the CLI runner; and when tests run in worker processes (pytest_cmdline_main below)."""
+mpmath, the CLI runner; and when and in which order tests run in worker processes (pytest_cmdline_main and
+the scheduler below)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +27,9 @@ SEED_LABELS = np.array([0, 1, 2])
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
     """Two or more test files selected and no -n given: run them in worker processes (-n auto, at most 4),
-    each file whole on one worker (module fixtures run once). One file, or one test, runs in this process:
-    with whole files per worker it would gain nothing from workers and would pay their start."""
+    each file whole on one worker (module fixtures run once; the files of SPLIT go by parameter, see
+    HeaviestFirst). One file, or one test, runs in this process: with whole files per worker it would gain
+    nothing from workers and would pay their start."""
     if os.environ.get("PYTEST_XDIST_WORKER") or hasattr(config, "workerinput"):
         return  # a worker itself: it must never start workers of its own
     if getattr(config.option, "numprocesses", 0) is not None or config.getoption("collectonly"):
@@ -40,6 +43,98 @@ def pytest_cmdline_main(config):
             config.option.maxprocesses = config.option.maxprocesses or 4
             config.option.dist = "loadfile"
             return
+
+
+# --- which tests go together to a worker, and in which order ------------------------------------------
+# Files whose tests share no module fixture across parameters: each parameter (with every test of the file
+# that has it) is a unit of its own, so that one long file is spread over the workers.
+SPLIT = ("test_readme.py", "test_baseline_tables.py")
+# Seconds per file measured on 2 cores (the order of a first run; later runs order by the seconds they
+# recorded, in .pytest_cache). Files not named here count 0.05 s a test.
+FIRST_ORDER = {
+    "test_readme.py": 110,
+    "test_baseline_tables.py": 85,
+    "test_matrix.py": 80,
+    "test_cli.py": 62,
+    "test_shards.py": 58,
+    "test_gradient_sweep.py": 40,
+    "test_experiments.py": 33,
+    "test_resume.py": 28,
+    "test_install.py": 28,
+    "test_custom_paths.py": 26,
+    "test_kl_paths.py": 22,
+    "test_workers.py": 20,
+}
+UNIT_SECONDS = "harness/unit_seconds"  # the cache's key
+
+
+def unit_of(nodeid: str) -> str:
+    """The scheduling unit of a test: its file, or for a file of SPLIT its file and parameter."""
+    file = nodeid.split("::", 1)[0]
+    param = re.search(r"\[(.*)\]$", nodeid)
+    return f"{file}[{param.group(1)}]" if Path(file).name in SPLIT and param else file
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None  # another --dist asked for: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class HeaviestFirst(LoadScopeScheduling):
+        """Whole files (units: unit_of) to workers, the longest first by the seconds last recorded, each
+        worker given the next unit when it is down to the test it runs: the workers end within about one
+        short unit of each other. (xdist's loadfile sends the files with most tests first, which puts the
+        one-test files of minutes last, and hands out units two ahead.)"""
+
+        def _split_scope(self, nodeid):
+            return unit_of(nodeid)
+
+        def _assign_work_unit(self, node):
+            if not getattr(self, "ordered", False):  # the first unit handed out: the queue is complete
+                self.ordered = True
+                seconds = getattr(config, "cache", None) and config.cache.get(UNIT_SECONDS, {}) or {}
+                files = [unit.split("[", 1)[0] for unit in self.workqueue]
+
+                def weight(item):
+                    unit, tests = item
+                    file = unit.split("[", 1)[0]
+                    first = FIRST_ORDER.get(Path(file).name, 0.05 * len(tests) * files.count(file))
+                    return seconds.get(unit, first / files.count(file))
+
+                units = sorted(self.workqueue.items(), key=weight, reverse=True)
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node):
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) >= 2:
+                return  # the test it runs and the next one: enough to go on
+            self._assign_work_unit(node)
+
+    return HeaviestFirst(config, log)
+
+
+_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _seconds[unit_of(report.nodeid)] = _seconds.get(unit_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """Record each unit's seconds (in the process that schedules; a worker's are sent to it too)."""
+    config = session.config
+    if hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER") or not _seconds:
+        return
+    if getattr(config, "cache", None) is None:
+        return
+    config.cache.set(UNIT_SECONDS, config.cache.get(UNIT_SECONDS, {}) | {k: round(v, 2) for k, v in _seconds.items()})
 
 
 def mp_cross_entropy(row, label: int) -> mpmath.mpf:
