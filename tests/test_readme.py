@@ -10,6 +10,10 @@ are exercised as written. Not run: `pip install` and `python3 -m venv` (no netwo
 and validated only. A Python block whose first line is `# some/file.py` is written
 to that file (e.g. *Your own path*'s module, which the next command imports); the others are executed, except an
 excerpt, a block with a line of `...` standing for what is left out (shown, not run).
+
+The steps run in PARTS runs of consecutive steps, each in its own scratch folder (so that workers can share
+them out), cut only where no later step reads a folder an earlier one wrote; each part first writes the
+files of the blocks before it.
 """
 
 from __future__ import annotations
@@ -86,7 +90,22 @@ def small_overrides(words: list[str]) -> list[str]:
     custom = re.search(r"custom_paths=\[\{framework: (\w+)", " ".join(words))
     if custom and "frameworks" in small:
         small["frameworks"] = f"[{custom.group(1)}]"
+    if "families" in small and (families := loss_families(words)) and "spread" not in families:
+        small["families"] = f"[{families[0]}]"  # a loss without spread logits (KL: independent, near)
     return [f"{k}={v}" for k, v in small.items()]
+
+
+def loss_families(words: list[str]) -> list[str]:
+    """The families a command of a loss other than cross-entropy runs, composed as its command line composes
+    them; none for cross-entropy (SMALL's spread replaces its studies' own), none where they cannot be
+    composed here (a multirun's list of values) or the loss chooses its own."""
+    from harness import api
+
+    try:
+        config = api.compose_config([w for w in words if "=" in w and "," not in w])
+    except Exception:
+        return []
+    return [] if config.get("loss") in (None, "cross_entropy") else list(config.families or [])
 
 
 def run(words: list[str], cwd) -> subprocess.CompletedProcess:
@@ -123,19 +142,79 @@ def interrupted_run(words: list[str], cwd) -> None:
     journal.write_text(journal.read_text().splitlines(keepends=True)[0])
 
 
+def written_file(kind: str, text: str) -> str | None:
+    """The file a Python block is written to (its first line `# some/file.py`), or None."""
+    first_line = text.splitlines()[0]
+    return first_line[2:] if kind == "python" and re.fullmatch(r"# [\w/]+\.py", first_line) else None
+
+
+def folders(kind: str, text: str) -> tuple[set[str], set[str]]:
+    """The folders a step writes (hydra.run.dir) and reads (a tool's folder arguments; any results/... a
+    Python block names)."""
+    if kind == "python":
+        return set(), set(re.findall(r"results/[\w./-]+", text))
+    words = shlex.split(text)
+    writes = {w.split("=", 1)[1] for w in words if w.startswith("hydra.run.dir=")}
+    tool = words[2] if len(words) > 2 and words[:2] == ["python", "-m"] else ""
+    reads = {w for w in words[3:] if tool != "harness" and not w.startswith("-") and "=" not in w}
+    return writes, reads
+
+
+def parts(steps: list[tuple[str, str]], count: int) -> list[list[int]]:
+    """The indices of `steps` in at most `count` runs of consecutive steps with about as many commands
+    each, cut only where no later step reads a folder that an earlier one writes."""
+    later_reads = [set() for _ in range(len(steps) + 1)]
+    for i in reversed(range(len(steps))):
+        later_reads[i] = later_reads[i + 1] | folders(*steps[i])[1]
+    commands = sum(kind == "command" for kind, _ in steps)
+    cut, done, written = [[]], 0, set()
+    for i, (kind, text) in enumerate(steps):
+        cut[-1].append(i)
+        done += kind == "command"
+        written |= folders(kind, text)[0]
+        if done >= commands * len(cut) / count and len(cut) < count and not written & later_reads[i + 1]:
+            cut.append([])
+    return [part for part in cut if part]
+
+
+PARTS = 8
+STEPS = readme_steps()
+PART_STEPS = parts(STEPS, PARTS)
+
+
+def test_the_readme_and_the_docs_show_the_commands_checked_here():
+    """What the parts below must find: the commands and examples, the folder of the fine scan, and the
+    multiruns of the two local launchers."""
+    commands = [text for kind, text in STEPS if kind == "command"]
+    assert len(commands) >= 20 and sum(kind == "python" for kind, _ in STEPS) >= 3
+    assert any("hydra.run.dir=results/fine" in shlex.split(text) for text in commands)
+    assert [c for c in commands if runs_a_multirun(shlex.split(c))] == [
+        c for c in commands if "hydra/launcher=joblib" in c or "hydra/launcher=submitit_local" in c
+    ]
+    assert len([c for c in commands if runs_a_multirun(shlex.split(c))]) == 2
+    assert sorted(i for part in PART_STEPS for i in part) == list(range(len(STEPS)))
+
+
+def runs_a_multirun(words: list[str]) -> bool:
+    return "-m" in words[3:] and not any(hardware in w for w in words for hardware in NO_HARDWARE)
+
+
 @pytest.mark.slow
-def test_every_command_and_example_of_the_readme_and_the_docs_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("part", range(len(PART_STEPS)), ids=lambda i: f"part{i + 1}of{len(PART_STEPS)}")
+def test_every_command_and_example_of_the_readme_and_the_docs_runs(part, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "my_logits.npz", logits=rng.standard_normal((3, 5)), labels=np.array([0, 4, 2]))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    steps = readme_steps()
-    assert sum(kind == "command" for kind, _ in steps) >= 20 and sum(kind == "python" for kind, _ in steps) >= 3
-    for kind, text in steps:
-        first_line = text.splitlines()[0]
-        if kind == "python" and re.fullmatch(r"# [\w/]+\.py", first_line):
-            (tmp_path / first_line[2:]).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / first_line[2:]).write_text(text)
+    for kind, text in STEPS[: PART_STEPS[part][0]]:  # the files that the blocks before this part write
+        if name := written_file(kind, text):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+    multiruns = 0
+    for kind, text in (STEPS[i] for i in PART_STEPS[part]):
+        if name := written_file(kind, text):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
         elif kind == "python":
             exec(compile(text, "<python block>", "exec"), {})
         else:
@@ -148,7 +227,9 @@ def test_every_command_and_example_of_the_readme_and_the_docs_runs(tmp_path, mon
             result = run(words, tmp_path)
             assert result.returncode == 0, f"{text}\n{result.stderr[-2000:]}"
             assert "Traceback" not in result.stderr, text
-    assert (tmp_path / "results" / "fine" / "errors.parquet").is_file()  # hydra.run.dir as written
-    multiruns = [d for d in (tmp_path / "results" / "precision_sweep").glob("multirun_*") if (d / "0").is_dir()]
-    assert len(multiruns) == 2  # joblib and submitit_local, in the default sweep folders, shards merged
-    assert all((d / "errors.parquet").is_file() for d in multiruns)
+            if "hydra.run.dir=results/fine" in words:
+                assert (tmp_path / "results" / "fine" / "errors.parquet").is_file()  # hydra.run.dir as written
+            multiruns += runs_a_multirun(words)
+    found = [d for d in (tmp_path / "results" / "precision_sweep").glob("multirun_*") if (d / "0").is_dir()]
+    assert len(found) == multiruns  # joblib and submitit_local, in the default sweep folders, shards merged
+    assert all((d / "errors.parquet").is_file() for d in found)
