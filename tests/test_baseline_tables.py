@@ -3,11 +3,21 @@ precision_sweep, gradient_sweep, training_losses, edge_cases and lm_head, run ag
 with the tables kept in tests/fixtures/baseline/ (measured by the harness as it stood before the
 loss became an entry of its own). Timing values and columns that depend on the machine are left out.
 
+The same runs' report.html, as a browser lays it out: the title, the verdict table and the headline findings
+lie within the first 1400 x 900 pixels, for the main studies. Headless Chromium loads a copy of the page with
+a short script appended that writes the boxes of those elements into the DOM, which `--dump-dom` prints.
+Skipped where no Chromium is installed.
+
 `python tests/test_baseline_tables.py` writes the fixtures again (with the code on sys.path).
 """
 
 from __future__ import annotations
 
+import html
+import json
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -130,12 +140,28 @@ def corrected_apart(now: pd.DataFrame, before: pd.DataFrame, table: str) -> tupl
     return now, before
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """experiment -> (its run folder, its tables): each study's grid runs once for the tests of this file
+    (tests/conftest.py sends a study's tests to one worker together)."""
+    done = {}
+
+    def run(experiment: str) -> tuple[Path, dict[str, pd.DataFrame]]:
+        if experiment not in done:
+            folder = tmp_path_factory.mktemp(experiment)
+            done[experiment] = folder, run_grid(experiment, folder)
+        folder, tables = done[experiment]
+        return folder, dict(tables)
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(GRIDS))
-def test_tables_as_before(experiment, tmp_path):
+def test_tables_as_before(experiment, runs):
     before = kept_tables(experiment)
     assert before, f"no fixtures for {experiment}"
-    now = run_grid(experiment, tmp_path)
+    _, now = runs(experiment)
     assert set(now) >= set(before)
     filled = FILLED.get(experiment, ())
     for table, frame in before.items():
@@ -146,6 +172,59 @@ def test_tables_as_before(experiment, tmp_path):
             if column in frame:
                 assert (frame[column].isna() | (frame[column] == "")).all()
                 assert now[table][column].notna().all() and (now[table][column] != "").all(), column
+
+
+# --- the report's first screen in a browser -----------------------------------------------------------
+
+WIDTH, HEIGHT = 1400, 900
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PROBE = """<script>
+const box = e => { if (!e) return null; const r = e.getBoundingClientRect();
+  return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
+const heading = document.getElementById("headline-findings");
+document.body.setAttribute("data-layout", JSON.stringify({
+  width: window.innerWidth,
+  title: box(document.querySelector("h1")), verdict: box(document.querySelector("table.verdict")),
+  heading: box(heading), headlines: box(heading && heading.nextElementSibling),
+  n_headlines: heading ? heading.nextElementSibling.querySelectorAll("li").length : 0,
+  verdict_rows: document.querySelectorAll("table.verdict tbody tr").length}));
+</script>"""
+LAID_OUT = ("precision_sweep", "training_losses", "lm_head", "edge_cases")  # the main studies
+
+
+def browser() -> str | None:
+    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
+
+
+def layout(page, tmp_path) -> dict:
+    """The boxes (CSS pixels, from the top left of the first screen) of the page's first elements."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    command = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    command += [f"--window-size={WIDTH},{HEIGHT}", "--dump-dom", probe.as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    found = re.search(r'data-layout="([^"]*)"', done.stdout)
+    assert found, f"no layout in the browser's DOM (exit {done.returncode}): {done.stderr[-500:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def within_first_screen(box: dict) -> bool:
+    """Inside the page's first WIDTH x HEIGHT pixels (boxes are measured before any scrolling)."""
+    return box["left"] >= 0 and box["top"] >= 0 and box["right"] <= WIDTH and box["bottom"] <= HEIGHT
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(browser() is None, reason="no Chromium installed (apt-get install chromium)")
+@pytest.mark.parametrize("experiment", LAID_OUT)
+def test_verdict_and_headlines_fit_the_first_screen(experiment, runs, tmp_path):
+    folder, _ = runs(experiment)
+    boxes = layout(folder / "report.html", tmp_path)
+    assert boxes["width"] == WIDTH  # the layout's width; its height does not depend on the window's
+    for name in ("title", "verdict", "heading", "headlines"):
+        assert boxes[name] is not None, f"{name} missing from the page"
+        assert within_first_screen(boxes[name]), f"{name} at {boxes[name]} leaves the first {WIDTH} x {HEIGHT}"
+    assert boxes["title"]["bottom"] <= boxes["verdict"]["top"] < boxes["headlines"]["top"]
+    assert 1 <= boxes["n_headlines"] <= 8 and boxes["verdict_rows"] >= 2
 
 
 if __name__ == "__main__":
