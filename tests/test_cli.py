@@ -1,5 +1,7 @@
 """The real command line, end to end, in subprocesses with small grids."""
 
+import re
+
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli
@@ -12,18 +14,21 @@ SMALL += ["timing.budget_s=0.01", "timing.min_blocks=2"]  # timing on, as in the
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path_factory.mktemp("cli") / name
-        result = run_cli(*SMALL, f"hydra.run.dir={out}")
-        assert result.returncode == 0, result.stderr
-        runs.append((out, result))
-    return runs
+    """The same command twice: into hydra.run.dir, and with none given, from a scratch working folder (its
+    default folder, results/<experiment>/<timestamp>/); (run folder, result, working folder) each."""
+    out = tmp_path_factory.mktemp("cli") / "a"
+    first = run_cli(*SMALL, f"hydra.run.dir={out}")
+    assert first.returncode == 0, first.stderr
+    cwd = tmp_path_factory.mktemp("cli_default")
+    second = run_cli(*SMALL, cwd=cwd)
+    assert second.returncode == 0, second.stderr
+    (default,) = (cwd / "results" / "precision_sweep").iterdir()
+    return [(out, first, out.parent), (default, second, cwd)]
 
 
 @pytest.mark.slow
 def test_a_run_writes_tables_summary_plots_and_config(two_runs):
-    out, result = two_runs[0]
+    out, result, _ = two_runs[0]
     for name in ("errors.parquet", "errors.csv", "summary.md", ".hydra/config.yaml"):
         assert (out / name).is_file(), name
     for family in ("spread", "offset"):
@@ -38,15 +43,15 @@ def test_a_run_writes_tables_summary_plots_and_config(two_runs):
 
 @pytest.mark.slow
 def test_same_config_gives_identical_error_tables(two_runs):
-    (a, _), (b, _) = two_runs
+    (a, _, _), (b, _, _) = two_runs
     pd.testing.assert_frame_equal(pd.read_parquet(a / "errors.parquet"), pd.read_parquet(b / "errors.parquet"))
 
 
 @pytest.mark.slow
-def test_default_output_folder_is_results_experiment_timestamp(tmp_path):
-    result = run_cli(*SMALL, "frameworks=[numpy]", "dtypes=[float32]", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    (run_dir,) = (tmp_path / "results" / "precision_sweep").iterdir()
+def test_default_output_folder_is_results_experiment_timestamp(two_runs):
+    run_dir, _, cwd = two_runs[1]  # the run with no hydra.run.dir
+    assert list((cwd / "results" / "precision_sweep").iterdir()) == [run_dir]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run_dir.name), run_dir.name
     assert (run_dir / "errors.parquet").is_file()
 
 
@@ -79,7 +84,7 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
 
 @pytest.mark.slow
 def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
-    out, _ = two_runs[0]
+    out, _, _ = two_runs[0]
     timings = pd.read_parquet(out / "timings.parquet")
     assert len(timings) == 4 * 4 * 4  # frameworks x paths x dtypes at n_rows x n_classes
     assert set(zip(timings["n_rows"], timings["n_classes"], strict=True)) == {(4, 20)}

@@ -127,7 +127,6 @@ def run_main(capsys, tmp_path, *argv):
             "unknown package 'harness-no-such-package-x7q'",
         ),
         ([*GRID, "--versions", "optax==0.2.5,9.9.9"], "optax==9.9.9 is not on the package index; versions it has:"),
-        (["frameworks=[numpy]", "--versions", "scipy==1.14.1,1.17.1"], "does not resolve"),
         (GRID, "no --versions given"),
         ([*GRID, "hydra.run.dir=x", "--versions", "optax==0.2.5,0.2.8"], "'hydra.run.dir=x': the matrix runs each"),
     ],
@@ -143,9 +142,14 @@ def test_bad_input_fails_before_any_environment(capsys, tmp_path, argv, words):
 
 @pytest.mark.slow
 def test_a_set_that_does_not_resolve_names_the_conflict(capsys, tmp_path):
-    """SciPy 1.14.1 requires numpy<2.3; the base holds numpy at its pinned version."""
-    code, err, _, _ = run_main(capsys, tmp_path, "frameworks=[numpy]", "--versions", "scipy==1.14.1,1.17.1")
+    """SciPy 1.14.1 requires numpy<2.3; the base holds numpy at its pinned version. Bad input as above: one
+    line, exit 2, no environment."""
+    code, err, cache, out = run_main(capsys, tmp_path, "frameworks=[numpy]", "--versions", "scipy==1.14.1,1.17.1")
     assert code == 2 and "scipy==1.14.1" in err and "numpy" in err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "does not resolve" in err
+    assert not out.exists()
+    assert not [p for p in cache.glob("*") if p.name != "resolved"]
 
 
 def test_resume_needs_a_matrix_folder_and_the_same_request(capsys, tmp_path):

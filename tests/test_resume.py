@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,10 +119,17 @@ def test_journal_drops_a_torn_last_line(tmp_path):
     assert [r["cell"]["scale"] for r in journal.read(tmp_path / journal.JOURNAL)] == [1.0, 2.0]
 
 
-@pytest.mark.slow
-def test_environment_records_what_produced_the_result(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_scale(tmp_path_factory):
+    """A finished run of one scale; tests that change it take a copy."""
+    run_dir = tmp_path_factory.mktemp("one_scale") / "run"
     assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_environment_records_what_produced_the_result(one_scale):
+    run_dir = one_scale
     env = json.loads((run_dir / "environment.json").read_text())
     for package in ("numpy", "torch", "jax", "jaxlib", "optax", "pandas", "hydra-core", "ml_dtypes", "mpmath"):
         assert env["packages"][package] == importlib.metadata.version(package)
@@ -138,9 +146,9 @@ def test_environment_records_what_produced_the_result(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_under_other_software_is_refused(tmp_path):
+def test_resume_under_other_software_is_refused(tmp_path, one_scale):
     run_dir = tmp_path / "run"
-    assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
+    shutil.copytree(one_scale, run_dir)  # as if run with hydra.run.dir=run_dir
     environment = json.loads((run_dir / "environment.json").read_text())
     environment["packages"]["numpy"] = "1.0.0"  # as if made by another NumPy
     (run_dir / "environment.json").write_text(json.dumps(environment))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -49,12 +50,27 @@ def merge_cli(*args):
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow
-def test_merge_by_hand_and_its_errors(tmp_path):
-    sweep_dir = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Two shards of one sweep, run by hand: job 0 float16, job 1 float32 (seed 0, the default)."""
+    sweep_dir = tmp_path_factory.mktemp("shards") / "sweep"
     for job, dtype in (("0", "float16"), ("1", "float32")):
         result = run_cli(*GRID, f"dtypes=[{dtype}]", f"hydra.run.dir={sweep_dir / job}")
         assert result.returncode == 0, result.stderr
+    return sweep_dir
+
+
+def copy_shard(shards, job: str, to) -> None:
+    """A copy of a shard: the same folder as a second run of the same command gives (its tables do not
+    depend on the run: tests/test_cli.py)."""
+    shutil.copytree(shards / job, to)
+
+
+@pytest.mark.slow
+def test_merge_by_hand_and_its_errors(tmp_path, shards):
+    sweep_dir = tmp_path / "sweep"
+    for job in ("0", "1"):
+        copy_shard(shards, job, sweep_dir / job)
     assert merge_cli(sweep_dir).returncode == 0
     assert set(pd.read_parquet(sweep_dir / "errors.parquet")["dtype"]) == {"float16", "float32"}
 
@@ -65,23 +81,23 @@ def test_merge_by_hand_and_its_errors(tmp_path):
     assert merge_cli(empty).returncode == 2
 
     clash = tmp_path / "clash"
-    for job, seed in (("0", 0), ("1", 1)):
-        assert run_cli(*GRID, "dtypes=[float16]", f"seed={seed}", f"hydra.run.dir={clash / job}").returncode == 0
+    copy_shard(shards, "0", clash / "0")  # float16, seed 0
+    assert run_cli(*GRID, "dtypes=[float16]", "seed=1", f"hydra.run.dir={clash / '1'}").returncode == 0
     result = merge_cli(clash)
     assert result.returncode == 2 and "shards differ in seed" in result.stderr
 
     twice = tmp_path / "twice"
     for job in ("0", "1"):
-        assert run_cli(*GRID, "dtypes=[float16]", f"hydra.run.dir={twice / job}").returncode == 0
+        copy_shard(shards, "0", twice / job)  # the float16 run twice
     result = merge_cli(twice)
     assert result.returncode == 2 and "is in two shards" in result.stderr
 
 
 @pytest.mark.slow
-def test_merge_refuses_an_unfinished_shard(tmp_path):
+def test_merge_refuses_an_unfinished_shard(tmp_path, shards):
     sweep_dir = tmp_path / "sweep"
-    for job, dtype in (("0", "float16"), ("1", "float32")):
-        assert run_cli(*GRID, f"dtypes=[{dtype}]", f"hydra.run.dir={sweep_dir / job}").returncode == 0
+    for job in ("0", "1"):
+        copy_shard(shards, job, sweep_dir / job)
     journal_file = sweep_dir / "1" / "cells.jsonl"
     journal_file.write_text("".join(journal_file.read_text().splitlines(keepends=True)[:3]))  # killed early
     result = merge_cli(sweep_dir)
