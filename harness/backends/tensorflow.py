@@ -31,6 +31,11 @@ COMPILES = True  # tf.function traces on the first call of each shape and dtype
 COMPILE_NOTE = "tf.function without XLA (same bits as eager; 2-5x faster on log1p_lse, online, chunked)"
 
 
+def reduce(values, reduction: str):
+    """The mean or sum of a tensor (TensorFlow's tensors have no mean method)."""
+    return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+
+
 def autodiff_gradient(path):
     """(x, y) -> d(sum of path(x, y))/dx by tf.GradientTape, in x's dtype."""
 

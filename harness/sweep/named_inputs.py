@@ -103,7 +103,10 @@ class Paths:
                 gradient = module.GRADIENTS.get(path)
                 gradient = None if gradient is None else functools.partial(gradient, **bound)
             if reduction != "none":
-                loss, gradient = reduced(loss, reduction), self.reduced_gradient(backend, loss, gradient, reduction)
+                loss, gradient = (
+                    reduced(loss, reduction, backend),
+                    self.reduced_gradient(backend, loss, gradient, reduction),
+                )
             self.compiled[key] = (
                 backend.compile(loss),
                 None if gradient is None else backend.compile_gradient(gradient),
@@ -118,7 +121,7 @@ class Paths:
         if backend.autodiff_gradient is None:
             return functools.partial(_divided_gradient, gradient, reduction, self.entry)
         at = self.entry.arrays.index(self.entry.differentiated)
-        total = reduced(loss, reduction)
+        total = reduced(loss, reduction, backend)
 
         def first(x, *others):  # the differentiated array first, as autodiff_gradient takes it
             args = list(others)
@@ -145,16 +148,15 @@ def _keywords(fn, options) -> set[str]:
     return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def reduced(loss, reduction: str):
-    """loss(*arrays) reduced by the framework's own mean or sum (TensorFlow's reduce_mean, reduce_sum)."""
+def reduced(loss, reduction: str, backend):
+    """loss(*arrays) reduced by the framework's own mean or sum: the array's methods, or the backend's
+    `reduce` where its arrays have none (TensorFlow's reduce_mean, reduce_sum)."""
 
     def reduce(*arrays):
         values = loss(*arrays)
         if hasattr(values, "mean"):
             return values.mean() if reduction == "mean" else values.sum()
-        import tensorflow as tf  # its tensors have no mean method
-
-        return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+        return backend.reduce(values, reduction)
 
     return reduce
 
