@@ -204,6 +204,7 @@ def runs_a_multirun(words: list[str]) -> bool:
 def test_every_command_and_example_of_the_readme_and_the_docs_runs(part, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "my_logits.npz", logits=rng.standard_normal((3, 5)), labels=np.array([0, 4, 2]))
+    np.savez(tmp_path / "distill.npz", teacher=rng.standard_normal((3, 5)), student=rng.standard_normal((3, 5)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for kind, text in STEPS[: PART_STEPS[part][0]]:  # the files that the blocks before this part write

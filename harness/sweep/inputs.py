@@ -9,6 +9,7 @@ Rounding to each dtype happens later, once, so that every framework sees bit-ide
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,8 @@ def file_draw(settings: dict) -> Draw:
 
     if not settings.get("path"):
         raise ConfigError("family 'file' needs file.path=<.npy/.npz/.pt/.mat file>")
-    logits, labels = load_logits(**settings)
+    own = inspect.signature(load_logits).parameters  # the group also holds other losses' keys (named_files)
+    logits, labels = load_logits(**{k: v for k, v in settings.items() if k in own})
     return Draw(z=logits, labels=labels)
 
 
