@@ -32,6 +32,8 @@ of at most 24 significand bits the loss takes a float64 route of the same terms 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from harness.exact import dd
@@ -77,7 +79,28 @@ def _log_partition(z_h, z_l, masked):
     return dd.log1p(*dd.sum_rows(eh, el))
 
 
+_KEPT_PARTS = 4  # blocks whose parts are kept: the gradient of an input follows its loss
+
+
+@functools.lru_cache(maxsize=_KEPT_PARTS)
+def _kept_parts(t_bytes: bytes, s_bytes: bytes, shape: tuple[int, int], temperature: float):
+    t = np.frombuffer(t_bytes, dtype=np.float64).reshape(shape)
+    s = np.frombuffer(s_bytes, dtype=np.float64).reshape(shape)
+    p, u, q, masked = _computed_parts(t, s, temperature)
+    for array in (*p, *u, *q, masked):
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False  # shared by the loss and the gradient: never changed in place
+    return p, u, q, masked
+
+
 def _parts(t: np.ndarray, s: np.ndarray, temperature: float):
+    """(p, u, q, teacher's -inf mask) of a block, computed once for its loss and its gradient (the
+    double-double terms are most of either's cost); keyed by the logits' bytes."""
+    t, s = np.ascontiguousarray(t, dtype=np.float64), np.ascontiguousarray(s, dtype=np.float64)
+    return _kept_parts(t.tobytes(), s.tobytes(), t.shape, float(temperature))
+
+
+def _computed_parts(t: np.ndarray, s: np.ndarray, temperature: float):
     """(log p, u, log q) per entry as dd pairs, and the mask of the teacher's -inf entries."""
     masked = t == -np.inf
     rows = np.arange(t.shape[0])
