@@ -143,7 +143,12 @@ def test_a_negative_kl_is_a_status_of_its_own(kl_run):
         (["loss=kl_divergence", "kl_divergence.temperature=[0]"], "temperature 0.0 is not positive"),
         (["loss=binary_cross_entropy", "binary_cross_entropy.targets=[fuzzy]"], "unknown targets 'fuzzy'"),
         (["loss=binary_cross_entropy", "binary_cross_entropy.pos_weight=[-1]"], "pos_weight must be null or"),
-        (["loss=binary_cross_entropy", "label_smoothing=[0.1]"], "are cross-entropy's; loss=binary_cross_entropy"),
+        (
+            ["loss=binary_cross_entropy", "label_smoothing=[0.1]"],
+            "label_smoothing=0.1 is a cross-entropy option that loss=binary_cross_entropy does not take; it takes "
+            "reduction, ignore_fraction, class_weights, binary_cross_entropy.targets",
+        ),
+        (["loss=kl_divergence", "class_weights=[random]"], "class_weights=random is a cross-entropy option that"),
         (["loss=binary_cross_entropy", "row_errors=true"], "row_errors=true is measured for cross-entropy only"),
         (
             ["loss=kl_divergence", "families=[spread]"],
@@ -282,3 +287,68 @@ def test_bad_given_inputs_fail_in_one_line(overrides, message):
             *api.settings_of(api.compose_config(["loss=binary_cross_entropy", "families=[inline]", *overrides]))
         )
     assert "\n" not in str(refused.value)
+
+
+def test_bce_ignored_rows_and_class_weights_against_mpmath():
+    """sum(w l) / (kept count), w = mask x the label's weight, by hand in mpmath at 60 digits, is the
+    reference the composed cells are measured against; its gradient is w sigmoid(x) - w t, over the count."""
+    import mpmath
+
+    from harness.paths.options import CellOptions
+    from harness.sweep.named_options import Weights
+
+    entry = losses.entry("binary_cross_entropy")
+    rng = np.random.default_rng(3)
+    x, t = 30 * rng.standard_normal((6, 5)), rng.integers(0, 2, (6, 5)).astype(float)
+    weights = Weights(entry, CellOptions(ignore_fraction=0.5, class_weights="random"), x.shape, seed=4)
+    assert weights.count == 3 * 5 and set(weights.weights.ravel()) - {0.0} <= {k / 8 for k in range(4, 17)}
+    exact = entry.load("exact")(x, t)
+    exact = type(exact)(exact.hi.ravel(), exact.lo.ravel(), np.broadcast_to(exact.exponent, exact.hi.shape).ravel())
+    mpmath.mp.dps = 60
+    softplus = [mpmath.log1p(mpmath.exp(-mpmath.mpf(v))) for v in x.ravel()]  # -log sigmoid(x)
+    triples = zip(t.ravel(), softplus, x.ravel(), strict=True)
+    losses_mp = [ti * sp + (1 - ti) * (sp + mpmath.mpf(v)) for ti, sp, v in triples]
+    total = mpmath.fsum(w * l for w, l in zip(weights.weights.ravel(), losses_mp, strict=True))
+    for reduction, expected in (("sum", total), ("mean", total / weights.count)):
+        value = weights.exact(exact, reduction)
+        got = (mpmath.mpf(value.hi[0]) + mpmath.mpf(value.lo[0])) * mpmath.mpf(2) ** int(value.exponent[0])
+        assert abs(got - expected) <= 2**-60 * expected
+    gradient = weights.exact_gradient(entry.load("exact_gradient")(x, t), "mean")
+    for (i, j), w in np.ndenumerate(weights.weights):
+        by_hand = w * (1 / (1 + mpmath.exp(-mpmath.mpf(x[i, j]))) - t[i, j]) / weights.count
+        exponent = int(np.broadcast_to(gradient.exponent, x.shape)[i, j])
+        got = (mpmath.mpf(gradient.hi[i, j]) + mpmath.mpf(gradient.lo[i, j])) * mpmath.mpf(2) ** exponent
+        assert abs(got - by_hand) <= 2**-60 * abs(by_hand) + mpmath.mpf(2) ** -1000
+
+
+def test_ignored_rows_and_class_weights_are_composed_in_every_framework(tmp_path):
+    """Ignored rows and a weight per label (BCE), ignored rows (KL): each framework's multiply, sum and divide
+    around its losses, within a few ulps of the exact composition in float64 where its path is accurate; a
+    mean over no kept row is `undefined`, not a failure."""
+    bce = harness.run(
+        None,
+        [*QUICK, *BCE[:-2], "frameworks=[numpy,torch,jax]", "dtypes=[float64]", "binary_cross_entropy.targets=[hard]"]
+        + ["reduction=[none,mean,sum]", "ignore_fraction=[0.5]", "class_weights=[null,random]", "grad.enabled=true"],
+        run_dir=tmp_path / "bce",
+    )
+    for table in (bce.errors, bce.grad_errors):
+        assert {"ignore_fraction", "class_weights"} <= set(table.columns)
+        accurate = table[table["path"] == "log_sigmoid"]
+        assert len(accurate) == 3 * 3 * 2 * 3 and set(accurate["status"]) == {"ok"}
+        assert accurate.loc[accurate["framework"] != "jax", "max_ulp_err"].max() <= 4
+        assert accurate["max_ulp_err"].max() <= 16  # JAX's log_sigmoid gradient: 15.5 ulps without options too
+    kl = harness.run(
+        None,
+        [*QUICK, *KL[:-1], "frameworks=[numpy,torch]", "dtypes=[float64]", "families=[independent]"]
+        + ["reduction=[mean]", "ignore_fraction=[0.5,1.0]", "grad.enabled=true"],
+        run_dir=tmp_path / "kl",
+    )
+    ran = kl.errors[kl.errors["status"] != "unsupported"]
+    kept = ran[ran["ignore_fraction"] == 0.5]
+    assert len(kept) == 7 * 4 and set(kept["status"]) == {"ok"}
+    # at logits of 0.1 z every path's sum cancels (KL about 1e-2 of its terms); from 1 up one path holds
+    best = kept[kept["scale"] >= 1].groupby(["framework", "scale"])["max_ulp_err"].min()
+    assert best.max() <= 4
+    assert set(ran.loc[ran["ignore_fraction"] == 1.0, "status"]) == {"undefined"}
+    gradients = kl.grad_errors[kl.grad_errors["status"] != "unsupported"]
+    assert set(gradients.loc[gradients["ignore_fraction"] == 1.0, "status"]) == {"undefined"}

@@ -50,6 +50,7 @@ class LossEntry:
     differentiated: str = ""  # the array its gradient is taken with respect to
     per: str = "row"  # one loss per row, or per element (binary cross-entropy)
     quantities: tuple[str, ...] = ()  # theory's input quantities, columns of its tables (harness.sweep.named_inputs)
+    loss_options: tuple[str, ...] = ()  # cross-entropy's options it takes beside reduction (sweep.named_options)
 
     @property
     def named(self) -> bool:

@@ -60,13 +60,14 @@ def canonical_order(frame: pd.DataFrame, names: dict[str, list[str]] | None = No
 
 def loss_columns(columns, loss: str) -> tuple[str, ...]:
     """A table's columns for the loss it measures: cross-entropy's as documented; a loss measured on named
-    arrays has its own settings after the key instead of cross-entropy's options, and its theory
-    quantities beside cross-entropy's (harness.losses)."""
+    arrays keeps the loss options it takes (reduction, and its entry's `loss_options`), then its own
+    settings, and its theory quantities beside cross-entropy's (harness.losses)."""
     entry = losses.entry(loss)
     if not entry.named:
         return tuple(columns)
-    kept = [c for c in columns if c not in OPTION_COLUMNS or c == "reduction"]  # reduction: every loss has one
-    at = kept.index("reduction") + 1
+    taken = ("reduction", *entry.loss_options)  # reduction: every loss has one
+    kept = [c for c in columns if c not in OPTION_COLUMNS or c in taken]
+    at = max(kept.index(c) for c in taken) + 1
     kept[at:at] = entry.setting_names
     at = kept.index("status")
     kept[at:at] = [q for q in entry.quantities if q not in kept]

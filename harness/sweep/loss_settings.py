@@ -4,11 +4,9 @@ cross-entropy's settings it refuses, each in one line before any work."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from harness import losses
 from harness.errors import ConfigError
-from harness.paths.options import CellOptions
+from harness.paths.options import OPTION_NAMES, CellOptions
 from harness.sweep.families import FAMILIES
 from harness.sweep.head_inputs import HEAD_FAMILIES
 
@@ -38,16 +36,21 @@ CROSS_ENTROPY_ONLY = ("edge_cases", "row_errors")
 
 
 def check(sweep) -> None:
-    """A named-array loss takes its own settings, not cross-entropy's options, edge cases or row errors."""
+    """A named-array loss takes its own settings and the loss options its entry names (reduction, ignored
+    rows, class weights), not cross-entropy's others, edge cases or row errors."""
     if not sweep.named:
         return
-    own = ", ".join(f"{sweep.loss}.{name}" for name in losses.entry(sweep.loss).setting_names)
-    if {replace(options, reduction="none") for options in sweep.option_grid} != {CellOptions()}:
-        raise ConfigError(
-            f"the loss options (ignore_fraction, class_weights, label_smoothing, z_loss, softcap, target, "
-            f"option_sets) are cross-entropy's; loss={sweep.loss} takes reduction and {own}: leave them at "
-            "their defaults"
-        )
+    entry = losses.entry(sweep.loss)
+    takes = ", ".join(("reduction", *entry.loss_options, *(f"{sweep.loss}.{name}" for name in entry.setting_names)))
+    default = CellOptions()
+    for options in sweep.option_grid:
+        changed = [name for name in OPTION_NAMES if getattr(options, name) != getattr(default, name)]
+        foreign = [name for name in changed if name != "reduction" and name not in entry.loss_options]
+        if foreign:
+            raise ConfigError(
+                f"{foreign[0]}={getattr(options, foreign[0])} is a cross-entropy option that loss={sweep.loss} "
+                f"does not take; it takes {takes}"
+            )
     on = [name for name in CROSS_ENTROPY_ONLY if getattr(sweep, name)]
     if on:
         raise ConfigError(f"{on[0]}=true is measured for cross-entropy only; use {on[0]}=false with loss={sweep.loss}")

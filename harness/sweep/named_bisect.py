@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness import losses
 from harness.dtypes import DTYPES, round_to
-from harness.sweep import metrics, named_inputs
+from harness.sweep import metrics, named_inputs, named_options
 from harness.sweep.bisect import FAILS_FIRST, GROUP_COLUMNS, NEVER_FAILS, NO_GOOD_BEFORE, REL_TOL, bisect_scale
 from harness.sweep.calls import call
 
@@ -163,6 +163,10 @@ def breaks_frame(sweep, records: list[dict]) -> pd.DataFrame:
     cells = pd.DataFrame([r["cell"] for r in records])
     if not cells.empty and "reduction" in cells:
         cells = cells[cells["reduction"] == "none"]  # reduced cells keep the grid's brackets
+    for option in named_options.NAMES:  # so do weighted and masked ones
+        if not cells.empty and option in cells:
+            plain = cells[option].isna() if option == "class_weights" else cells[option] == 0
+            cells = cells[plain]
     if cells.empty:
         return pd.DataFrame(columns=list(names))
     from harness.paths import custom as custom_paths

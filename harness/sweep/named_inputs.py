@@ -23,10 +23,12 @@ from harness.dtypes import DTYPES, FloatFormat, round_to
 from harness.exact.dd import ExactValue
 from harness.exact.head import divided
 from harness.exact.reduction import exact_reduced
-from harness.sweep import metrics, named_files
+from harness.paths.options import CellOptions
+from harness.sweep import metrics, named_files, named_options
 from harness.sweep.calls import call, measure_input
 from harness.sweep.cells import gradient_by, record_failed
 
+PLAIN = CellOptions()  # no ignored rows, no class weights, no reduction
 ARRAY_OPTIONS = ("pos_weight",)  # options handed to a path as an array of the cell's dtype
 
 
@@ -61,7 +63,8 @@ def n_units(sweep) -> int:
 
 
 def n_cells(sweep) -> int:
-    return n_units(sweep) * (len(sweep.frameworks) * len(sweep.paths) + len(sweep.custom_paths)) * len(sweep.reduction)
+    per_unit = len(sweep.frameworks) * len(sweep.paths) + len(sweep.custom_paths)
+    return n_units(sweep) * per_unit * len(sweep.option_grid)
 
 
 def path_options(entry, settings: dict) -> dict:
@@ -86,10 +89,12 @@ class Paths:
             return f"custom path {path} takes no {missing[0]} keyword" if missing else ""
         return self.module.unsupported_reason(framework, path, options)
 
-    def callables(self, framework: str, path: str, fmt: FloatFormat, options: dict, device: str, reduction="none"):
+    def callables(self, framework, path, fmt: FloatFormat, options: dict, device, reduction="none", count=None):
         """(loss, gradient or None) of one path in one dtype and options, reduced (`mean` or `sum` of its
-        losses by the framework's own mean or sum, in the same call), compiled by its backend."""
-        key = (framework, path, fmt.name, tuple(sorted(options.items())), device, reduction)
+        losses by the framework's own mean or sum, in the same call), compiled by its backend. With a kept
+        `count` (ignored rows or class weights) the losses are composed with weights and a mask handed in
+        after the arrays (harness.sweep.named_options)."""
+        key = (framework, path, fmt.name, tuple(sorted(options.items())), device, reduction, count)
         if key not in self.compiled:
             backend = backends.load(framework)
             bound = {name: _option(backend, name, value, fmt, device) for name, value in options.items()}
@@ -102,7 +107,12 @@ class Paths:
                 loss = functools.partial(module.PATHS[path], **bound)
                 gradient = module.GRADIENTS.get(path)
                 gradient = None if gradient is None else functools.partial(gradient, **bound)
-            if reduction != "none":
+            if count is not None:
+                loss, gradient = (
+                    named_options.reduced(loss, reduction, backend),
+                    self.composed_gradient(backend, loss, gradient, reduction, count),
+                )
+            elif reduction != "none":
                 loss, gradient = (
                     reduced(loss, reduction, backend),
                     self.reduced_gradient(backend, loss, gradient, reduction),
@@ -120,8 +130,35 @@ class Paths:
             return None
         if backend.autodiff_gradient is None:
             return functools.partial(_divided_gradient, gradient, reduction, self.entry)
+        return self.autodiff(backend, reduced(loss, reduction, backend))
+
+    def composed_gradient(self, backend, loss, gradient, reduction: str, count: int):
+        """The gradient of the weighted, masked losses (their sum for `none`): the framework's autodiff of
+        the composition; NumPy's hand-written backward times the weights (over the count for a mean)."""
+        if gradient is None:
+            return None
+        if backend.autodiff_gradient is None:
+            return named_options.hand_gradient(gradient, reduction, count)
+        total = named_options.reduced(loss, "sum" if reduction == "none" else reduction, backend)
+        at, n = self.entry.arrays.index(self.entry.differentiated), len(self.entry.arrays)
+
+        def first(x, rest):  # the differentiated array first; rest: the other arrays, then w and m
+            arrays = list(rest[: n - 1])
+            arrays.insert(at, x)
+            return total(arrays[0], (*arrays[1:], *rest[n - 1 :]))
+
+        by_first = backend.autodiff_gradient(first)
+
+        def in_order(a, packed):
+            arrays = [a, *packed[: n - 1]]
+            x = arrays.pop(at)
+            return by_first(x, (*arrays, *packed[n - 1 :]))
+
+        return in_order
+
+    def autodiff(self, backend, total):
+        """The framework's gradient of a scalar total(*arrays, ...) with respect to the differentiated array."""
         at = self.entry.arrays.index(self.entry.differentiated)
-        total = reduced(loss, reduction, backend)
 
         def first(x, *others):  # the differentiated array first, as autodiff_gradient takes it
             args = list(others)
@@ -196,9 +233,10 @@ class NamedInput:
     """One input of a named-array loss rounded to one dtype, for calls.measure_input: cells named
     (framework, path); the exact loss and gradient from the entry; each path called on the same bits."""
 
-    def __init__(self, sweep, paths: Paths, settings: dict, fmt: FloatFormat, reduction: str = "none"):
+    def __init__(self, sweep, paths: Paths, settings: dict, fmt: FloatFormat, options=PLAIN):
         self.entry, self.paths, self.fmt, self.device = paths.entry, paths, fmt, sweep.device
-        self.reduction = reduction
+        self.reduction, self.cell_options, self.seed = options.reduction, options, sweep.seed
+        self.weights = None  # named_options.Weights where rows are ignored or classes weighted
         self.settings, self.options = settings, path_options(paths.entry, settings)
         self.gradient = sweep.gradient
         self.cells = {(f, p): None for f in sweep.frameworks for p in sweep.paths}
@@ -217,6 +255,9 @@ class NamedInput:
             shared["rounded"] = {name: round_to(array, self.fmt.name) for name, array in arrays.items()}
         self.shared, self.rounded = shared, shared["rounded"]
         self.held = {name: array.astype(np.float64) for name, array in self.rounded.items()}
+        if named_options.composed(self.cell_options):
+            shape = self.held[self.entry.differentiated].shape
+            self.weights = named_options.Weights(self.entry, self.cell_options, shape, self.seed)
         finite = all(np.isfinite(array).all() for array in self.held.values())
         return {}, bool(finite)
 
@@ -240,16 +281,23 @@ class NamedInput:
         exact, gradient = self.shared["exact"], self.shared["gradient"]
         values = np.ldexp(exact.hi, exact.exponent)
         found = self.entry.load("quantities")(self.held, values, self.settings)
-        if self.reduction != "none":
+        if self.weights is not None:
+            exact = self.weights.exact(exact, self.reduction)
+            gradient = None if gradient is None else self.weights.exact_gradient(gradient, self.reduction)
+        elif self.reduction != "none":
             exact = exact_reduced(exact, None, np.ones(len(exact.hi), bool), self.reduction)
             count = len(values) if self.entry.per == "element" else self.held[self.entry.differentiated].shape[0]
             gradient = divided(gradient, count) if gradient is not None and self.reduction == "mean" else gradient
-        self.exact = (exact.hi, exact.lo, _exponents(exact))
+        self.exact = None if exact is None else (exact.hi, exact.lo, _exponents(exact))
         self.exact_gradient = gradient
         return found
 
     def transfer(self, backend, on):
-        return [backend.transfer(self.rounded[name], on) for name in self.entry.arrays]
+        arrays = [self.rounded[name] for name in self.entry.arrays]
+        if self.weights is None:
+            return [backend.transfer(array, on) for array in arrays]
+        arrays += self.weights.rounded(self.fmt.name)
+        return named_options.packed([backend.transfer(array, on) for array in arrays])
 
     def failed(self, record, cell: dict, place, cells: dict, exc: BaseException) -> None:
         names = [path for _, path in cells]
@@ -262,16 +310,20 @@ class NamedInput:
             yield record
 
     def measure_path(self, place, native, path: str) -> dict:
-        fmt, hi, lo, exponent = self.fmt, *self.exact
+        fmt = self.fmt
         unsupported = self.paths.unsupported(place.framework, path, self.options)
         loss_fn = gradient_fn = None
         if not unsupported:
-            on = (place.framework, path, fmt, self.options, place.device, self.reduction)
+            count = None if self.weights is None else self.weights.count
+            on = (place.framework, path, fmt, self.options, place.device, self.reduction, count)
             loss_fn, gradient_fn = self.paths.callables(*on)
         loss = call(loss_fn, native, place.backend, fmt.name, unsupported)
         if loss.error is not None:
             record = {"cell": loss.failure}
+        elif self.exact is None:  # a mean over no kept rows
+            record = {"cell": undefined(loss.values)}
         else:
+            hi, lo, exponent = self.exact
             values = np.atleast_1d(loss.values).ravel()
             cell = metrics.cell_metrics(values, hi, lo, fmt, None, exponent)
             cell["status"] = loss_status(values, hi, lo, fmt, exponent)
@@ -286,10 +338,22 @@ class NamedInput:
         gradient = call(gradient_fn, native, place.backend, self.fmt.name, unsupported)
         if gradient.error is not None:
             return gradient.failure
+        if self.exact is None:  # the gradient of a mean over no kept rows
+            return undefined(gradient.values)
         hi, lo, exponent = self.exact_gradient
         shape = self.held[self.entry.differentiated].shape
         computed = gradient.values.reshape(shape)
         return metrics.gradient_metrics(computed, hi, lo, self.fmt, exponent) | {"message": gradient.note}
+
+
+def undefined(computed) -> dict:
+    shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
+    return {"status": metrics.UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
+
+
+def option_columns(entry, options: CellOptions) -> dict:
+    """A cell's loss options as columns: reduction, and the ones the loss takes (named_options.NAMES)."""
+    return {name: getattr(options, name) for name in ("reduction", *entry.loss_options)}
 
 
 def measure_units(sweep, record, done=frozenset(), units=None, describe=None, customs=None) -> None:
@@ -318,9 +382,9 @@ def measure_units(sweep, record, done=frozenset(), units=None, describe=None, cu
                         if describe is not None:
                             describe(f"{family} {_words(settings)} scale={scale:.3g} {dtype}")
                         shared: dict = {}  # the rounding and the exact losses, for every reduction
-                        for reduction in sweep.reduction:
-                            variant = NamedInput(sweep, paths, settings, DTYPES[dtype], reduction)
-                            at = key | {"reduction": reduction}
+                        for options in sweep.option_grid:
+                            variant = NamedInput(sweep, paths, settings, DTYPES[dtype], options)
+                            at = key | option_columns(entry, options)
                             measure_input(arrays, dtype, at, record, done, variant, shared)
                         wanted = next(units, None)
                         if wanted is None:

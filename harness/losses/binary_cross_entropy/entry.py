@@ -34,4 +34,5 @@ ENTRY = LossEntry(
     differentiated="logits",
     per="element",  # one loss per logit (cross-entropy: one per row)
     quantities=("max_logit", "min_logit", "max_exact_loss"),
+    loss_options=("ignore_fraction", "class_weights"),  # ignored rows, and a weight per label, composed by hand
 )

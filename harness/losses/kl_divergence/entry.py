@@ -41,4 +41,5 @@ ENTRY = LossEntry(
         "min_exact_loss",
         "max_condition",
     ),
+    loss_options=("ignore_fraction",),  # ignored rows (padding tokens), composed by hand
 )
