@@ -65,6 +65,7 @@ from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots an
     theory_causes,
     theory_dtype,
     unbisected_note,
+    unmatched,
 )
 from harness.sweep import metrics
 from harness.sweep.journal import setting_columns
@@ -214,21 +215,7 @@ def theory_columns(
     double_rounding: bool = False,
 ) -> dict:
     """theory_* columns, the measured break, matches_theory and explanation of one group."""
-    columns = {
-        "theory_cause": "",
-        "theory_quantity": "",
-        "theory_threshold": np.nan,
-        "theory_scale": np.nan,
-        "quantity_before_fail": np.nan,
-        "quantity_at_fail": np.nan,
-        "grid_steps_off": pd.NA,
-        "bisection": brk.bisection,
-        "break_scale_lo": brk.scale_lo,
-        "break_scale_hi": brk.scale_hi,
-        "break_quantity_lo": np.nan,
-        "break_quantity_hi": np.nan,
-        "matches_theory": pd.NA,
-    }
+    columns = unmatched(brk.bisection, brk.scale_lo, brk.scale_hi)
     mechanisms = group_mechanisms(cells)
     measured = group_exp_facts(cells)
     dtype = dtype if measured is not None else theory_dtype(cells, dtype)  # a table before the exp facts

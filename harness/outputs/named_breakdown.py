@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness import losses
 from harness.losses.limits import TOLERANCE, Limit, g
-from harness.outputs.theory import NO_BREAK
+from harness.outputs.theory import NO_BREAK, unmatched
 
 
 def group_facts(cells: pd.DataFrame) -> dict:
@@ -71,21 +71,7 @@ def theory_columns(cells: pd.DataFrame, framework: str, path: str, dtype: str, i
     """theory_* columns, the measured break, matches_theory and explanation of one group (its cells by scale)."""
     entry = losses.entry(str(cells["loss"].iloc[0]))
     scale_lo, scale_hi, lo, hi, note = _ends(cells, entry, index, bisected)
-    columns = {
-        "theory_cause": "",
-        "theory_quantity": "",
-        "theory_threshold": np.nan,
-        "theory_scale": np.nan,
-        "quantity_before_fail": np.nan,
-        "quantity_at_fail": np.nan,
-        "grid_steps_off": pd.NA,
-        "bisection": note,
-        "break_scale_lo": scale_lo,
-        "break_scale_hi": scale_hi,
-        "break_quantity_lo": np.nan,
-        "break_quantity_hi": np.nan,
-        "matches_theory": pd.NA,
-    }
+    columns = unmatched(note, scale_lo, scale_hi)
     status = cells["status"]
     if status.isin(("unsupported", "input_inf")).all():
         message = str(cells["message"].iloc[0]) if "message" in cells else ""

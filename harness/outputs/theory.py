@@ -248,3 +248,22 @@ def lower_bound_slack(cells: pd.DataFrame, p: Prediction) -> float:
 def passed_before(limit: float, lo: float) -> bool:
     """Whether the quantity was already more than TOLERANCE past `limit` at the last good scale."""
     return bool(np.isfinite(lo) and lo > limit + TOLERANCE * abs(limit))
+
+
+def unmatched(bisection: str, scale_lo, scale_hi) -> dict:
+    """A breakdown row's theory columns before theory is read: the measured bracket, nothing matched."""
+    return {
+        "theory_cause": "",
+        "theory_quantity": "",
+        "theory_threshold": np.nan,
+        "theory_scale": np.nan,
+        "quantity_before_fail": np.nan,
+        "quantity_at_fail": np.nan,
+        "grid_steps_off": pd.NA,
+        "bisection": bisection,
+        "break_scale_lo": scale_lo,
+        "break_scale_hi": scale_hi,
+        "break_quantity_lo": np.nan,
+        "break_quantity_hi": np.nan,
+        "matches_theory": pd.NA,
+    }
