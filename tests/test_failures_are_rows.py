@@ -158,3 +158,14 @@ def test_the_articles_dense_form_is_nan_at_scale_21_in_float64():
     assert numpy_row["status"] == "nan"
     assert numpy_row["n_nonfinite"] == 3
     assert numpy_row["max_exact_loss"] == pytest.approx((31.4 - -5.2) * 21, rel=1e-12)
+
+
+def test_every_row_ignored_gives_a_table_for_every_reduction(tmp_path):
+    """ignore_fraction=1: reduction none keeps no row (status ok, no errors to report), a mean is undefined."""
+    settings = [*QUICK, "families=[inline]", "inline.logits=[[-0.8,7.0],[-0.7,1.59]]", "inline.labels=[1,1]"]
+    settings += ["frameworks=[numpy]", "paths=[naive]", "dtypes=[bfloat16]", "scales=[0.3]", "grad.enabled=true"]
+    settings += ["ignore_fraction=[1.0]", "class_weights=[random]", "z_loss=[0.0001]", "reduction=[none,mean]"]
+    run = harness.run(None, settings, run_dir=tmp_path)
+    statuses = dict(zip(run.errors["reduction"], run.errors["status"], strict=True))
+    assert statuses == {"none": "ok", "mean": "undefined"}
+    assert run.errors.loc[run.errors["reduction"] == "none", "max_ulp_err"].isna().all()

@@ -189,6 +189,8 @@ def output_status(computed: np.ndarray, hi=None, lo=None, fmt: FloatFormat | Non
         correct = fmt.rounds_to_inf(hi, lo) & (np.sign(hi) == np.sign(computed))
         return EXACT_OVERFLOW if correct[infinite].all() else INF
     rows = len(computed)
+    if rows == 0:  # no kept row (reduction none with every row ignored): nothing to be wrong
+        return OK
     zero = (computed == 0).reshape(rows, -1).all(axis=1)
     underflowed = zero & ~(np.asarray(hi) == 0).reshape(rows, -1).all(axis=1)
     if not underflowed.any():
