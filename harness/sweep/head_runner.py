@@ -35,7 +35,6 @@ from harness.sweep import head_gradients, head_inputs, journal, metrics
 from harness.sweep.calls import Call, call, measure_input
 from harness.sweep.cells import input_quantities, measured_facts
 from harness.sweep.head_exact import ExactHead, n_kept, upstream_none
-from harness.sweep.option_cells import _undefined
 from harness.sweep.option_inputs import ignored_rows
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class FirstCall:
 def loss_metrics(loss: Call, exact: ExactValue | None, fmt: FloatFormat) -> dict:
     """Loss metrics of one cell's call (exact None: the mean over no kept rows, undefined)."""
     if exact is None:
-        return _undefined(loss.values)
+        return metrics.undefined(loss.values)
     hi, lo, exponent = (np.atleast_1d(np.asarray(p)) for p in exact)
     cell = metrics.cell_metrics(loss.values, hi, lo, fmt, None, np.broadcast_to(exponent, hi.shape))
     return cell | {"message": loss.note}
@@ -96,7 +95,7 @@ def gradient_record(returned: list | BaseException, exact, fmt: FloatFormat, wit
             continue
         values, note = _computed(computed, fmt.name)
         if exact is None:
-            record[wrt] = _undefined(values)
+            record[wrt] = metrics.undefined(values)
             continue
         values = values.reshape(1, -1) if values.ndim == 1 else values
         hi, lo, exponent = _as_exact(getattr(exact, wrt))

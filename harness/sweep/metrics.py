@@ -296,3 +296,9 @@ def failure(exc: BaseException) -> dict:
     status = UNSUPPORTED if isinstance(exc, NotImplementedError) else ERROR
     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
     return {"status": status, "message": f"{type(exc).__name__}: {first_line}"}
+
+
+def undefined(computed) -> dict:
+    """The row of a cell whose exact value is undefined (a mean over no kept rows), with what it returned."""
+    shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
+    return {"status": UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}

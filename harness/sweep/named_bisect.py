@@ -16,8 +16,16 @@ import pandas as pd
 
 from harness import losses
 from harness.dtypes import DTYPES, round_to
-from harness.sweep import metrics, named_inputs, named_options
-from harness.sweep.bisect import FAILS_FIRST, GROUP_COLUMNS, NEVER_FAILS, NO_GOOD_BEFORE, REL_TOL, bisect_scale
+from harness.sweep import metrics, named_inputs
+from harness.sweep.bisect import (
+    FAILS_FIRST,
+    GROUP_COLUMNS,
+    NEVER_FAILS,
+    NO_GOOD_BEFORE,
+    REL_TOL,
+    bisect_scale,
+    plain_cells,
+)
 from harness.sweep.calls import call
 
 log = logging.getLogger(__name__)
@@ -161,12 +169,7 @@ def breaks_frame(sweep, records: list[dict]) -> pd.DataFrame:
     entry = losses.entry(sweep.loss)
     names = columns(entry)
     cells = pd.DataFrame([r["cell"] for r in records])
-    if not cells.empty and "reduction" in cells:
-        cells = cells[cells["reduction"] == "none"]  # reduced cells keep the grid's brackets
-    for option in named_options.NAMES:  # so do weighted and masked ones
-        if not cells.empty and option in cells:
-            plain = cells[option].isna() if option == "class_weights" else cells[option] == 0
-            cells = cells[plain]
+    cells = plain_cells(cells)  # reduced, weighted and masked cells keep the grid's brackets
     if cells.empty:
         return pd.DataFrame(columns=list(names))
     from harness.paths import custom as custom_paths

@@ -140,27 +140,15 @@ class Paths:
         if backend.autodiff_gradient is None:
             return named_options.hand_gradient(gradient, reduction, count)
         total = named_options.reduced(loss, "sum" if reduction == "none" else reduction, backend)
-        at, n = self.entry.arrays.index(self.entry.differentiated), len(self.entry.arrays)
-
-        def first(x, rest):  # the differentiated array first; rest: the other arrays, then w and m
-            arrays = list(rest[: n - 1])
-            arrays.insert(at, x)
-            return total(arrays[0], (*arrays[1:], *rest[n - 1 :]))
-
-        by_first = backend.autodiff_gradient(first)
-
-        def in_order(a, packed):
-            arrays = [a, *packed[: n - 1]]
-            x = arrays.pop(at)
-            return by_first(x, (*arrays, *packed[n - 1 :]))
-
-        return in_order
+        by_arrays = self.autodiff(backend, lambda *arrays: total(*named_options.packed(list(arrays))))
+        return lambda first, packed: by_arrays(first, *packed)
 
     def autodiff(self, backend, total):
-        """The framework's gradient of a scalar total(*arrays, ...) with respect to the differentiated array."""
+        """The framework's gradient of a scalar total(*arrays) with respect to the differentiated array: the
+        backends differentiate their first argument, so it goes first and the others follow as one tuple."""
         at = self.entry.arrays.index(self.entry.differentiated)
 
-        def first(x, *others):  # the differentiated array first, as autodiff_gradient takes it
+        def first(x, others):
             args = list(others)
             args.insert(at, x)
             return total(*args)
@@ -168,8 +156,7 @@ class Paths:
         by_first = backend.autodiff_gradient(first)
 
         def in_order(*arrays):
-            others = [a for i, a in enumerate(arrays) if i != at]
-            return by_first(arrays[at], *others)
+            return by_first(arrays[at], tuple(a for i, a in enumerate(arrays) if i != at))
 
         return in_order
 
@@ -321,7 +308,7 @@ class NamedInput:
         if loss.error is not None:
             record = {"cell": loss.failure}
         elif self.exact is None:  # a mean over no kept rows
-            record = {"cell": undefined(loss.values)}
+            record = {"cell": metrics.undefined(loss.values)}
         else:
             hi, lo, exponent = self.exact
             values = np.atleast_1d(loss.values).ravel()
@@ -339,16 +326,11 @@ class NamedInput:
         if gradient.error is not None:
             return gradient.failure
         if self.exact is None:  # the gradient of a mean over no kept rows
-            return undefined(gradient.values)
+            return metrics.undefined(gradient.values)
         hi, lo, exponent = self.exact_gradient
         shape = self.held[self.entry.differentiated].shape
         computed = gradient.values.reshape(shape)
         return metrics.gradient_metrics(computed, hi, lo, self.fmt, exponent) | {"message": gradient.note}
-
-
-def undefined(computed) -> dict:
-    shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
-    return {"status": metrics.UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
 
 
 def option_columns(entry, options: CellOptions) -> dict:

@@ -51,9 +51,9 @@ class Weights:
 
     def exact(self, losses: ExactValue, reduction: str) -> ExactValue | None:
         """The exact w * l, its sum, or the sum over the kept count (None when no row is kept)."""
-        total = exact_reduced(losses, self.weights.ravel(), np.ones(losses.hi.size, bool), "sum")
         if reduction == "none":
             return _weighted(losses, self.weights.ravel())
+        total = exact_reduced(losses, self.weights.ravel(), np.ones(losses.hi.size, bool), "sum")
         if reduction == "sum":
             return total
         return divided(total, self.count) if self.count else None

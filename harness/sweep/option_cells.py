@@ -149,11 +149,6 @@ def _max_exact_loss(exact) -> float:
     return float(loss.max()) if loss.size else float("nan")
 
 
-def _undefined(computed) -> dict:
-    shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
-    return {"status": metrics.UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
-
-
 @dataclass(frozen=True)
 class Run:
     """What every path of one framework shares on one input, dtype and set of options."""
@@ -180,7 +175,7 @@ def _loss_record(run: Run, loss: Call, rows: bool) -> dict:
         return {"cell": loss.failure}
     computed, note = np.atleast_1d(loss.values), loss.note
     if run.exact is None:
-        return {"cell": _undefined(computed)}
+        return {"cell": metrics.undefined(computed)}
     if computed.shape != np.shape(run.exact.hi):
         computed = computed[run.inputs.kept]  # reduction none: the kept rows
     hi, lo, exponent = run.exact
@@ -201,7 +196,7 @@ def _gradient_record(run: Run, fn) -> dict:
     if gradient.error is not None:
         return gradient.failure
     if run.exact_grad is None:
-        return _undefined(gradient.values)
+        return metrics.undefined(gradient.values)
     hi, lo, exponent = run.exact_grad
     return metrics.gradient_metrics(gradient.values, hi, lo, run.fmt, exponent) | {"message": gradient.note}
 
