@@ -66,7 +66,8 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     errors = write_error_tables(sweep, run_dir, cells.records)
     timings = time_paths(sweep) if sweep.timing.enabled else None  # on a quiet machine: nothing drawn yet
     write_tables(run_dir, timings=timings)
-    with figures.drawn_beside(run_dir):  # error and timing plots, on the core the bisection and heatmaps leave idle
+    # error and timing plots, on the core the bisection and heatmaps leave idle where the grid is large
+    with figures.drawn_beside(run_dir, pays=workers.second_process_pays(sweep)):
         if sweep.named:
             breaks = named_bisect.breaks_frame(sweep, cells.records)
         else:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mpmath
@@ -22,6 +24,20 @@ mpmath.mp.prec = 256  # every mpmath value in the tests, unless a test says othe
 SEED_ROW = (12.3, -5.2, 31.4)
 SEED_LOGITS = np.array([SEED_ROW] * 3)
 SEED_LABELS = np.array([0, 1, 2])
+
+
+# JAX's persistent compilation cache, shared by every process of one test session (the worker processes and
+# every command they start inherit these variables): the suite compiles the same small paths in many
+# processes, and a compiled program read back is the one XLA would compile again. Empty at each session's start.
+JAX_CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # given by the session that started this one (a worker), or by whoever runs the tests
+    folder = tempfile.mkdtemp(prefix="jax_cache_")
+    os.environ.update(JAX_CACHE, JAX_COMPILATION_CACHE_DIR=folder)
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -36,10 +36,10 @@ def test_save_gives_the_pixels_of_savefig_with_its_own_layout_pass(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cores", [1, 2])
-def test_the_error_plots_are_drawn_by_the_end_of_the_block(tmp_path, cores):
+@pytest.mark.parametrize(("cores", "pays"), [(1, True), (2, True), (2, False)])
+def test_the_error_plots_are_drawn_by_the_end_of_the_block(tmp_path, cores, pays):
     small_errors().to_parquet(tmp_path / "errors.parquet")
-    with figures.drawn_beside(tmp_path, cores=cores):
+    with figures.drawn_beside(tmp_path, cores=cores, pays=pays):
         pass
     drawn = tmp_path / "plots" / "error_vs_scale_spread.png"
     expected = tmp_path / "expected.png"

@@ -78,6 +78,8 @@ def test_auto_uses_two_processes_only_where_they_pay():
     assert workers.worker_count(huge, available=16) == 1
     assert workers.worker_count(replace(main, workers=3), available=1) == 3  # asked for: given
     assert workers.worker_count(replace(main, edge_cases=True), available=16) == 1
+    # the same measure decides where the figures are drawn beside the bisection (harness.outputs.figures)
+    assert workers.second_process_pays(main) and not workers.second_process_pays(replace(main, scales=(1.0,)))
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "true"])

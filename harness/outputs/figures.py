@@ -4,7 +4,8 @@ tables alone.
 `python -m harness.outputs.figures RUN_DIR` draws them from errors.parquet (grad_errors.parquet,
 timings.parquet). The pipeline runs that command as a second process once the timing stage, which
 needs a quiet machine, is over, while the bisection runs and the heatmaps are drawn
-(`drawn_beside`): those leave the second core idle. On one core they are drawn in this process.
+(`drawn_beside`): those leave the second core idle. On one core, or for a small grid (whose
+bisection takes less than the second process's start), they are drawn in this process.
 Not during the timing stage: with these figures drawn on the other core, the main sweep's JAX
 timings came out 1.8 times slower (median over its 16 cells; NumPy's and PyTorch's moved within
 the run-to-run spread), on a machine whose two quiet runs differed by 12%.
@@ -41,11 +42,11 @@ def draw(run_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def drawn_beside(run_dir: Path, cores: int | None = None):
+def drawn_beside(run_dir: Path, cores: int | None = None, pays: bool = True):
     """Draw the error plots of run_dir in a second process while the `with` block runs; at its end
-    wait for them, and raise with the process's error output if drawing failed. With one core, draw
-    them here first."""
-    if (cores or processes.cores()) < 2:
+    wait for them, and raise with the process's error output if drawing failed. With one core, or
+    where a second process does not pay, draw them here first."""
+    if not pays or (cores or processes.cores()) < 2:
         draw(run_dir)
         yield
         return

@@ -8,6 +8,7 @@ harness.sweep.environment records it with the backends' facts (environment.json)
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import subprocess
@@ -32,6 +33,13 @@ def package_versions(packages=HARNESS_PACKAGES) -> dict[str, str | None]:
 
 
 def _version_by_import_name(name: str) -> str | None:
+    """Not installed where nothing imports as `name`; else the distribution whose top_level.txt names it
+    (cheap), or, for one without that file, the one whose files hold it (a scan of every distribution)."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    for distribution in importlib.metadata.distributions():
+        if name in (distribution.read_text("top_level.txt") or "").split():
+            return distribution.version
     for distribution in importlib.metadata.packages_distributions().get(name, []):
         try:
             return importlib.metadata.version(distribution)

@@ -45,6 +45,12 @@ def largest_input(sweep: SweepConfig) -> int:
     return max((size[0] * size[1] for f in sweep.families for size in sweep.sizes(f) if size), default=0)
 
 
+def second_process_pays(sweep: SweepConfig) -> bool:
+    """Whether the grid measures enough logits (AUTO_MIN_LOGITS) that work taken to a second process
+    outweighs that process's start."""
+    return sweep.n_cells * largest_input(sweep) >= AUTO_MIN_LOGITS
+
+
 def worker_count(sweep: SweepConfig, available: int | None = None) -> int:
     """How many processes measure the grid: the `workers` setting, or for auto, 2 where they pay."""
     if sweep.kind != "grid":
@@ -53,7 +59,7 @@ def worker_count(sweep: SweepConfig, available: int | None = None) -> int:
         return int(sweep.workers)
     available = cores() if available is None else available
     largest = largest_input(sweep)
-    if available < 2 or sweep.n_cells * largest < AUTO_MIN_LOGITS or largest > AUTO_MAX_ELEMENTS:
+    if available < 2 or not second_process_pays(sweep) or largest > AUTO_MAX_ELEMENTS:
         return 1
     if runner.n_units(sweep) < 2:
         return 1
