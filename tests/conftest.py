@@ -26,17 +26,20 @@ SEED_LOGITS = np.array([SEED_ROW] * 3)
 SEED_LABELS = np.array([0, 1, 2])
 
 
-# JAX's persistent compilation cache, shared by every process of one test session (the worker processes and
-# every command they start inherit these variables): the suite compiles the same small paths in many
-# processes, and a compiled program read back is the one XLA would compile again. Empty at each session's start.
-JAX_CACHE = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+# Settings of every process of one test session (the worker processes and every command they start inherit
+# them). JAX's persistent compilation cache: the suite compiles the same small paths in many processes, and a
+# compiled program read back is the one XLA would compile again; empty at each session's start. Idle OpenMP
+# threads sleep instead of spinning on the core that the other worker needs (as a run sets for itself,
+# harness.timing.stage.quiet_idle_threads; it governs only waiting, not results).
+SESSION = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def pytest_configure(config):
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # given by the session that started this one (a worker), or by whoever runs the tests
     folder = tempfile.mkdtemp(prefix="jax_cache_")
-    os.environ.update(JAX_CACHE, JAX_COMPILATION_CACHE_DIR=folder)
+    os.environ.update(SESSION, JAX_COMPILATION_CACHE_DIR=folder)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 

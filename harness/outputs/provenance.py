@@ -9,6 +9,7 @@ and the list of files.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -25,11 +26,21 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def _yaml(path: Path):
-    """The YAML file as an OmegaConf node; None where absent or unreadable (the report goes on)."""
+    """The YAML file as an OmegaConf node; None where absent or unreadable (the report goes on). Read once
+    while the file is unchanged: the report reads .hydra/hydra.yaml (about 200 lines) for several sections."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return _read_yaml(str(path), found.st_mtime_ns, found.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_yaml(path: str, mtime_ns: int, size: int):
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.load(path) if path.is_file() else None
+        return OmegaConf.load(path)
     except Exception:
         return None
 
