@@ -354,8 +354,9 @@ def test_pip_builds_the_same_overlay(tmp_path):
     if matrix_sets.index_versions("optax", matrix_sets.Sources()) is None:
         pytest.skip("the package index is out of reach")
     vset = matrix_sets.parse_versions(["optax==0.2.5,0.2.8"])[0]
-    sources = matrix_sets.Sources()
+    sources = matrix_sets.Sources(find_links=matrix_sets.pip_find_links())  # as the matrix passes them
     pins = matrix_envs.overlay_pins(matrix_envs.resolve(vset, sources, "pip"), vset)
+    assert pins == matrix_envs.overlay_pins(matrix_envs.resolve(vset, sources, "uv"), vset)
     assert "optax==0.2.5" in pins and any(p.startswith("chex==") for p in pins)
     env = matrix_envs.build(vset, pins, sources, tmp_path, "pip")
     found = matrix_envs.probe(env, vset, ["jax"], REPO)

@@ -92,8 +92,10 @@ def resolver_inputs(vset: VersionSet, base: dict) -> tuple[list[str], list[str]]
 
 
 def resolve(vset: VersionSet, sources: Sources, tool: str, cache: Path | None = None) -> dict[str, tuple[str, str]]:
-    """normalized name -> (name, version) the set resolves to, or BadInput naming the conflict; kept in
-    cache/resolved/ under a hash of what decides it, so a second matrix over the same sets resolves nothing."""
+    """normalized name -> (name, version) the set resolves to (uv: every package; pip, which resolves against
+    the installed base: what it would install, the rest staying at the base's versions), or BadInput naming
+    the conflict; kept in cache/resolved/ under a hash of what decides it, so a second matrix over the same
+    sets resolves nothing."""
     base = base_distributions()
     roots, constraints = resolver_inputs(vset, base)
     record = json.dumps([sys.version, tool, roots, constraints, sources.options()], sort_keys=True).encode()
@@ -116,7 +118,8 @@ def _resolve(vset: VersionSet, roots: list[str], constraints: list[str], sources
             command = [_uv(), "pip", "compile", str(roots_file), "-c", str(constraints_file), "--python"]
             command += [sys.executable, "--no-header", "--no-annotate", "--quiet", *sources.options(tool)]
         else:
-            command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
+            # against what is installed: only what differs is fetched (every other package is held to it)
+            command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet"]
             command += ["--report", str(report), "-r", str(roots_file), "-c", str(constraints_file)]
             command += sources.options()
         result = run_quiet(command, check=False)
