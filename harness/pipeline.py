@@ -66,8 +66,7 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
     errors = write_error_tables(sweep, run_dir, cells.records)
     timings = time_paths(sweep) if sweep.timing.enabled else None  # on a quiet machine: nothing drawn yet
     write_tables(run_dir, timings=timings)
-    # error and timing plots, on the core the bisection and heatmaps leave idle where the grid is large
-    with figures.drawn_beside(run_dir, pays=workers.second_process_pays(sweep)):
+    with figures.drawn_beside(run_dir, pays=figures_beside(sweep)):  # on the core the bisection leaves idle
         if sweep.named:
             breaks = named_bisect.breaks_frame(sweep, cells.records)
         else:
@@ -75,6 +74,16 @@ def run(sweep: SweepConfig, run_dir: Path, running: list | None = None) -> pd.Da
         write_tables(run_dir, breaks=breaks)
         heatmaps.write_heatmaps(errors, run_dir)
     return write_summary_and_report(sweep, run_dir, errors)
+
+
+BESIDE_MIN_CELLS = 500
+
+
+def figures_beside(sweep: SweepConfig) -> bool:
+    """Whether the figures are drawn by a second process while the bisection and heatmaps run: where that
+    work outlasts the second process's start (Python and matplotlib), for grids of BESIDE_MIN_CELLS cells
+    or more, or of enough logits that accuracy workers pay (workers.second_process_pays)."""
+    return sweep.n_cells >= BESIDE_MIN_CELLS or workers.second_process_pays(sweep)
 
 
 def time_paths(sweep: SweepConfig) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from harness import api
+from harness import api, pipeline
 from harness.errors import ConfigError
 from harness.sweep import journal, workers
 
@@ -78,8 +78,15 @@ def test_auto_uses_two_processes_only_where_they_pay():
     assert workers.worker_count(huge, available=16) == 1
     assert workers.worker_count(replace(main, workers=3), available=1) == 3  # asked for: given
     assert workers.worker_count(replace(main, edge_cases=True), available=16) == 1
-    # the same measure decides where the figures are drawn beside the bisection (harness.outputs.figures)
     assert workers.second_process_pays(main) and not workers.second_process_pays(replace(main, scales=(1.0,)))
+
+
+def test_figures_are_drawn_beside_the_bisection_of_a_large_grid_only():
+    main = sweep_of("experiment=precision_sweep")  # 3200 cells
+    assert pipeline.figures_beside(main)
+    assert pipeline.figures_beside(sweep_of("experiment=distillation_kl"))  # 960 cells of 2 x 32000
+    assert not pipeline.figures_beside(replace(main, scales=(1.0,)))  # 128 cells
+    assert not pipeline.figures_beside(sweep_of("experiment=seed_article"))
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "true"])

@@ -5,10 +5,9 @@ tables alone.
 timings.parquet). The pipeline runs that command as a second process once the timing stage, which
 needs a quiet machine, is over, while the bisection runs and the heatmaps are drawn
 (`drawn_beside`): those leave the second core idle. On one core, or for a small grid (whose
-bisection takes less than the second process's start), they are drawn in this process.
-Not during the timing stage: with these figures drawn on the other core, the main sweep's JAX
-timings came out 1.8 times slower (median over its 16 cells; NumPy's and PyTorch's moved within
-the run-to-run spread), on a machine whose two quiet runs differed by 12%.
+bisection takes less than the second process's start: harness.pipeline.figures_beside), they are
+drawn in this process. Not during the timing stage: drawing on the other core slows the timings
+(JAX's most).
 """
 
 from __future__ import annotations
