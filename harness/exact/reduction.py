@@ -65,7 +65,7 @@ def _sliced_sum(values) -> tuple[float, float]:
     return float(hi), float(lo)
 
 
-def _weighted(value: ExactValue, w) -> ExactValue:
+def weighted(value: ExactValue, w) -> ExactValue:
     """w * value: w hi exactly by two_prod, plus w lo; rows with an exponent or a product below
     2**-960 (where two_prod's low part may underflow) by `_times`; inf and NaN times w as they are."""
     p, e = dd.two_prod(w, value.hi)
@@ -93,7 +93,7 @@ def exact_reduced(row_losses: ExactValue, weights, kept, reduction: str) -> Exac
         rows = row_losses
         if weights is not None:
             w = np.where(kept, np.asarray(weights, dtype=np.float64), 0.0)
-            rows = _weighted(row_losses, w)
+            rows = weighted(row_losses, w)
         if not kept.all():
             rows = ExactValue(*(np.where(kept, part, 0) for part in rows))
         if reduction == "none":

@@ -334,7 +334,7 @@ class NamedInput:
 
 
 def option_columns(entry, options: CellOptions) -> dict:
-    """A cell's loss options as columns: reduction, and the ones the loss takes (named_options.NAMES)."""
+    """A cell's loss options as columns: reduction, and the ones the loss takes (its entry's `loss_options`)."""
     return {name: getattr(options, name) for name in ("reduction", *entry.loss_options)}
 
 

@@ -19,11 +19,9 @@ import numpy as np
 from harness.dtypes import round_to
 from harness.exact.dd import ExactValue
 from harness.exact.head import divided
-from harness.exact.reduction import _weighted, exact_reduced
+from harness.exact.reduction import exact_reduced, weighted
 from harness.paths.options import CellOptions
 from harness.sweep import option_inputs
-
-NAMES = ("ignore_fraction", "class_weights")  # cross-entropy's loss options a named-array loss may take
 
 
 def composed(options: CellOptions) -> bool:
@@ -38,8 +36,7 @@ class Weights:
         rows = shape[0]
         losses_shape = shape if entry.per == "element" else (rows,)
         kept = ~option_inputs.ignored_rows(rows, options.ignore_fraction, seed)
-        self.mask = np.broadcast_to(kept.reshape((rows,) + (1,) * (len(losses_shape) - 1)), losses_shape)
-        self.mask = self.mask.astype(np.float64)
+        self.mask = np.broadcast_to(kept.reshape((rows,) + (1,) * (len(losses_shape) - 1)), losses_shape).astype(float)
         self.weights = self.mask.copy()
         if options.class_weights is not None:
             self.weights = self.weights * option_inputs.class_weights(shape[-1], seed)
@@ -52,7 +49,7 @@ class Weights:
     def exact(self, losses: ExactValue, reduction: str) -> ExactValue | None:
         """The exact w * l, its sum, or the sum over the kept count (None when no row is kept)."""
         if reduction == "none":
-            return _weighted(losses, self.weights.ravel())
+            return weighted(losses, self.weights.ravel())
         total = exact_reduced(losses, self.weights.ravel(), np.ones(losses.hi.size, bool), "sum")
         if reduction == "sum":
             return total
@@ -64,7 +61,7 @@ class Weights:
         shape = gradient.hi.shape
         w = np.broadcast_to(self.weights.reshape(self.weights.shape + (1,) * (len(shape) - self.weights.ndim)), shape)
         flat = ExactValue(gradient.hi.ravel(), gradient.lo.ravel(), np.broadcast_to(gradient.exponent, shape).ravel())
-        scaled = _weighted(flat, np.ascontiguousarray(w).ravel())
+        scaled = weighted(flat, np.ascontiguousarray(w).ravel())
         scaled = ExactValue(*(part.reshape(shape) for part in scaled))
         if reduction == "mean" and self.count:
             return divided(scaled, self.count)
@@ -82,10 +79,10 @@ def reduced(loss, reduction: str, backend):
     def compose(first, packed):
         *others, weights, mask = packed
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NumPy's 0 * inf and 0 / 0 are rows
-            weighted = loss(first, *others) * weights
+            products = loss(first, *others) * weights
             if reduction == "none":
-                return weighted
-            return total(weighted) if reduction == "sum" else total(weighted) / total(mask)
+                return products
+            return total(products) if reduction == "sum" else total(products) / total(mask)
 
     return compose
 
