@@ -45,6 +45,7 @@ def correct_bits_figure(errors: pd.DataFrame, dtype: str) -> Figure:
     several_sizes = len({key[1:] for key, _ in panels}) > 1
     line_keys = ["framework", "path"] + (["device"] if "device" in cells and cells["device"].nunique() > 1 else [])
     lines = list(dict.fromkeys(cells[line_keys].itertuples(index=False, name=None)))
+    line_row = {line: i for i, line in enumerate(lines)}
     widths = [max(len(panel["scale"].unique()), 1) for _, panel in panels]
     fig = new_figure(max(3.5 + 0.26 * sum(widths), 6.4), 2.0 + 0.3 * len(lines))
     axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw={"width_ratios": widths})
@@ -54,13 +55,15 @@ def correct_bits_figure(errors: pd.DataFrame, dtype: str) -> Figure:
         grid = np.full((len(lines), len(scales)), np.nan)
         marked = np.zeros((len(lines), len(scales), 4))  # the status cells' colours over the image (alpha 0 elsewhere)
         marks: dict[str, list[tuple[int, int]]] = {}
-        for line, row in zip(panel[line_keys].itertuples(index=False, name=None), panel.itertuples(), strict=True):
-            i, j = lines.index(line), int(np.searchsorted(scales, row.scale))
-            if row.status in metrics.GOOD:  # correctly rounded inf or 0 rows aside, its errors are real
-                grid[i, j] = metrics.correct_bits(row.max_ulp_err, fmt.precision)
-            elif row.status in STATUS_MARKS:
-                marked[i, j] = to_rgba(STATUS_MARKS[row.status][0])
-                marks.setdefault(row.status, []).append((j, i))
+        rows = [line_row[line] for line in panel[line_keys].itertuples(index=False, name=None)]
+        columns = np.searchsorted(scales, panel["scale"].to_numpy()).tolist()
+        statuses, ulps = panel["status"].tolist(), panel["max_ulp_err"].tolist()
+        for i, j, status, ulp in zip(rows, columns, statuses, ulps, strict=True):
+            if status in metrics.GOOD:  # correctly rounded inf or 0 rows aside, its errors are real
+                grid[i, j] = metrics.correct_bits(ulp, fmt.precision)
+            elif status in STATUS_MARKS:
+                marked[i, j] = to_rgba(STATUS_MARKS[status][0])
+                marks.setdefault(status, []).append((j, i))
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=fmt.precision, interpolation="nearest")
         ax.imshow(marked, aspect="auto", interpolation="nearest", zorder=2)
         for status, where in marks.items():  # one collection per status: thousands of texts take seconds to lay out
