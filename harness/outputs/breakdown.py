@@ -60,8 +60,10 @@ from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots an
     group_mechanisms,
     lower_bound_slack,
     measured_break,
+    object_strings,
     passed_before,
     predictions,
+    status_in,
     theory_causes,
     theory_dtype,
     unbisected_note,
@@ -148,15 +150,17 @@ def breakdown_row(
 ) -> dict:
     """The breakdown of one framework/path/dtype/family (one device, n_rows, n_classes) over its
     scales; `bisected` is its row of the breaks table, if the run has one (`breaks_table`)."""
-    cells = cells.sort_values("scale", kind="stable").reset_index(drop=True)
+    scales = cells["scale"].to_numpy(dtype=np.float64)
+    if not (np.diff(scales) >= 0).all():  # the grid's cells come by scale: sorted only where they do not
+        cells = cells.sort_values("scale", kind="stable", ignore_index=True)
+        scales = cells["scale"].to_numpy(dtype=np.float64)
     first = cells.iloc[0]
     framework, path, dtype = first["framework"], first["path"], first["dtype"]
     limit = default_bits_lost_limit(dtype) if bits_lost_limit is None else float(bits_lost_limit)
-    scales = cells["scale"].to_numpy(dtype=np.float64)
     max_logit = cells["max_logit"].to_numpy(dtype=np.float64)
     status = cells["status"].to_numpy()
-    failed = np.isin(status, metrics.FAILED)
-    good = np.isin(status, metrics.GOOD)
+    failed = status_in(cells, metrics.FAILED)
+    good = status_in(cells, metrics.GOOD)
     lost = metrics.bits_lost(cells["max_ulp_err"].to_numpy(dtype=np.float64))
     measured = first_index(failed)
     lost_index = first_index(failed | (good & (lost > limit)))  # a failed cell has lost every bit
@@ -190,10 +194,10 @@ def breakdown_row(
 
 def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, predicted) -> str:
     """Why theory cannot be checked for this group; empty where it can."""
-    status = cells["status"]
-    if not (~status.isin(NOT_THE_PATHS_FAILURE)).any():
-        if (status == metrics.UNSUPPORTED).any():
-            message = cells.loc[status == metrics.UNSUPPORTED, "message"].iloc[0] if "message" in cells else ""
+    if status_in(cells, NOT_THE_PATHS_FAILURE).all():
+        unsupported = first_index(status_in(cells, (metrics.UNSUPPORTED,)))
+        if unsupported is not None:
+            message = cells["message"].iat[unsupported] if "message" in cells else ""
             return f"unsupported: {message}" if message else "unsupported"
         return f"inputs overflow {dtype} at every scale"
     if mechanisms is None:
@@ -286,7 +290,7 @@ def breakdown_frame(errors: pd.DataFrame, bits_lost_limit: float | None = None, 
     """
     keys = [column for column in GROUP_COLUMNS + setting_columns() if column in errors]
     bisected = _breaks_by_group(breaks, keys)
-    groups = errors.groupby(keys, sort=False, dropna=False)
+    groups = object_strings(errors).groupby(keys, sort=False, dropna=False)
     rows = [
         breakdown_row(
             cells,

@@ -39,9 +39,9 @@ def with_where(table: pd.DataFrame) -> pd.DataFrame:
     """Add `setting` ('spread', or 'spread, 1000 classes' where the run varies the size or device)
     and `where` ('float16 (spread)')."""
     varying = [c for c in SIZE_WORDS if c in table and table[c].nunique() > 1]
+    sizes = [[f"{value} {SIZE_WORDS[c]}".strip() for value in table[c].tolist()] for c in varying]  # not row by row
     setting = [
-        ", ".join([str(row["family"])] + [f"{row[c]} {SIZE_WORDS[c]}".strip() for c in varying])
-        for _, row in table.iterrows()
+        ", ".join([str(family), *words]) for family, *words in zip(table["family"].tolist(), *sizes, strict=True)
     ]
     return table.assign(setting=setting, where=[f"{d} ({s})" for d, s in zip(table["dtype"], setting, strict=True)])
 
@@ -200,16 +200,22 @@ def input_findings(table: pd.DataFrame) -> list[str]:
     ]
 
 
+def unsupported_messages(errors: pd.DataFrame) -> dict[tuple, str]:
+    """The message of each framework/path/dtype's first unsupported cell, read in one pass."""
+    cells = errors[errors["status"] == metrics.UNSUPPORTED]
+    if "message" not in cells:
+        return {}
+    firsts = cells.drop_duplicates(["framework", "path", "dtype"])
+    keys = zip(firsts["framework"], firsts["path"], firsts["dtype"], strict=True)
+    return dict(zip(keys, firsts["message"], strict=True))
+
+
 def unsupported_findings(table: pd.DataFrame, errors: pd.DataFrame) -> list[str]:
     findings = []
-    for _, row in table[table["n_unsupported"] > 0].iterrows():
-        cells = errors[
-            (errors["framework"] == row["framework"])
-            & (errors["path"] == row["path"])
-            & (errors["dtype"] == row["dtype"])
-            & (errors["status"] == metrics.UNSUPPORTED)
-        ]
-        message = cells["message"].iloc[0] if "message" in cells and len(cells) else ""
+    unsupported = table[table["n_unsupported"] > 0]
+    messages = unsupported_messages(errors) if len(unsupported) else {}
+    for _, row in unsupported.iterrows():
+        message = messages.get((row["framework"], row["path"], row["dtype"]), "")
         findings.append(
             f"{row['framework']}/{row['path']} is unsupported in {row['where']} at {row['n_unsupported']} of "
             f"{row['n_scales']} scales" + (f": {message}" if message else "") + "."

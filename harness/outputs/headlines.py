@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.outputs.theory import object_strings, status_in
 from harness.outputs.verdict import BreakFinder, _and, _num, bits_lost, row_columns, row_label, worst_ulp
 from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
@@ -33,10 +34,10 @@ class PathStats:
                 self.worst = (ulp, f"{row_label(key[:-1])} {dtype}")
             if bits_lost(ulp) - limits[dtype] > self.excess:
                 self.excess, self.lossiest = bits_lost(ulp) - limits[dtype], (bits_lost(ulp), f"{dtype} ({key[0]})")
-        ran = cells[~cells["status"].isin([metrics.INPUT_INF, metrics.UNSUPPORTED])]
-        self.failed = (int(ran["status"].isin(metrics.FAILED).sum()), len(ran))  # failing cells, cells run
-        finite = cells[cells["status"] != metrics.INPUT_INF]["max_logit"]
-        self.reach = float(finite.max()) if finite.notna().any() else float("nan")
+        ran = ~status_in(cells, (metrics.INPUT_INF, metrics.UNSUPPORTED))
+        self.failed = (int((ran & status_in(cells, metrics.FAILED)).sum()), int(ran.sum()))  # failing cells, cells run
+        finite = cells["max_logit"].to_numpy(dtype=np.float64, na_value=np.nan)[~status_in(cells, (metrics.INPUT_INF,))]
+        self.reach = float(np.nanmax(finite)) if (~np.isnan(finite)).any() else float("nan")
         self.peak = float("nan")
         if timings is not None and "peak_bytes" in timings:
             self.peak = float(timings.loc[timings["path"] == path, "peak_bytes"].max())
@@ -64,7 +65,8 @@ class PathStats:
 
 
 def path_stats(errors: pd.DataFrame, finder: BreakFinder, limits: dict, timings=None) -> list[PathStats]:
-    stats = [PathStats(p, c, finder, limits, timings) for p, c in errors.groupby("path", sort=False)]
+    by_path = object_strings(errors).groupby("path", sort=False)
+    stats = [PathStats(p, c, finder, limits, timings) for p, c in by_path]
     return sorted(stats, key=PathStats.rank)
 
 
@@ -144,21 +146,28 @@ def break_sentence(stats: PathStats, dtypes: list[str]) -> str:
     return f"{stats.path} fails: {'; '.join(said)}."
 
 
+def worst_by_row(errors: pd.DataFrame) -> dict[tuple, tuple[float, bool]]:
+    """(worst ulp error while finite, whether it fails) per framework/path row and dtype, in the
+    order the rows come: grouped once, for every sentence that compares them."""
+    found = {}
+    for key, cells in object_strings(errors).groupby(row_columns(errors) + ["dtype"], sort=False):
+        found[key] = (worst_ulp(cells), bool(status_in(cells, metrics.FAILED).any()))
+    return found
+
+
 def silent_sentences(errors: pd.DataFrame, limits: dict, most: int = 2) -> list[str]:
     """The never-failing combinations that lose more bits than the limit, worst first, alike ones merged."""
+    rows = worst_by_row(errors)
     lossy = {}
-    for key, cells in errors.groupby(row_columns(errors) + ["dtype"], sort=False):
-        if cells["status"].isin(metrics.FAILED).any():
-            continue
-        ulp = worst_ulp(cells)
-        if bits_lost(ulp) > limits[key[-1]]:
+    for key, (ulp, fails) in rows.items():
+        if not fails and bits_lost(ulp) > limits[key[-1]]:
             lossy.setdefault((key[-1], float(f"{ulp:.3g}")), []).append(row_label(key[:-1]))
     worst_first = sorted(lossy.items(), key=lambda item: -(bits_lost(item[0][1]) - limits[item[0][0]]))
     sentences = []
     for (dtype, ulp), who in worst_first[:most]:
         named = _and(who) if len(who) <= 3 else f"{len(who)} framework/paths ({_and(who[:2] + ['others'])})"
-        same = errors[(errors["dtype"] == dtype) & ~(row_label_series(errors).isin(who))]
-        best = min((worst_ulp(c) for _, c in same.groupby(row_columns(same), sort=False)), default=np.nan)
+        others = (worst for key, (worst, _) in rows.items() if key[-1] == dtype and row_label(key[:-1]) not in who)
+        best = min(others, default=np.nan)
         reached = np.isfinite(best) and bits_lost(best) <= limits[dtype]
         than = f", where another framework/path keeps within {_num(best, 3)} ulp" if reached else ""
         sentences.append(
@@ -166,10 +175,6 @@ def silent_sentences(errors: pd.DataFrame, limits: dict, most: int = 2) -> list[
             f"(worst error {_num(ulp, 3)} ulp; more than {limits[dtype]:.3g} bits counts as lost){than}."
         )
     return sentences
-
-
-def row_label_series(errors: pd.DataFrame) -> pd.Series:
-    return pd.Series([row_label(k) for k in errors[row_columns(errors)].itertuples(index=False)], index=errors.index)
 
 
 def gradient_sentence(grad_errors: pd.DataFrame, finder: BreakFinder, limits: dict) -> str:

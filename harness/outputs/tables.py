@@ -121,20 +121,22 @@ def _fmt(value: float) -> str:
 def path_outcome(cells: pd.DataFrame, axis: str = "scale", finder=None) -> str:
     """One framework/path/dtype along `axis`: worst ulp error while ok, then the first failure, stated
     as the largest logit and exact loss there (bisected where `finder` has the break) beside the axis."""
+    from harness.outputs.theory import status_in
+    from harness.outputs.verdict import worst_ulp
+
     if cells.empty:
         return ""
     statuses = set(cells["status"])
     if statuses <= {metrics.UNSUPPORTED, metrics.INPUT_INF}:
         return metrics.UNSUPPORTED if metrics.UNSUPPORTED in statuses else "no finite input"
-    ok = cells[cells["status"].isin(metrics.GOOD)]
-    worst = f"{_fmt(ok['max_ulp_err'].max())} ulp" if not ok.empty else "never ok"
-    failed = cells[cells["status"].isin(metrics.FAILED)].sort_values(axis)
-    if failed.empty:
+    worst = f"{_fmt(worst_ulp(cells))} ulp" if status_in(cells, metrics.GOOD).any() else "never ok"
+    failed = status_in(cells, metrics.FAILED)
+    if not failed.any():
         return f"{worst}; never fails"
-    first = failed.iloc[0]
     found = finder.earliest(cells) if finder is not None and axis == "scale" else None
     if found is not None:
         return f"{worst}; {found.status} from {found.words()}"
+    first = cells[failed].sort_values(axis).iloc[0]
     where = f"scale {_fmt(first['scale'])}" if axis == "scale" else f"{_fmt(first[axis])} {axis.removeprefix('n_')}"
     logit, loss = _fmt(first["max_logit"]), _fmt(first["max_exact_loss"])
     return f"{worst}; {first['status']} from largest logit {logit} (loss {loss}), {where}"
@@ -187,7 +189,7 @@ def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = 
     """Per family (and scale, when class counts vary): worst ulp error over ok cells, the first failure
     as the largest logit and loss there (bisected where `breaks` has it), and which path to use."""
     from harness.outputs.headlines import path_stats, recommendation
-    from harness.outputs.theory import bits_lost_limits
+    from harness.outputs.theory import bits_lost_limits, object_strings
     from harness.outputs.verdict import BreakFinder
 
     finder = BreakFinder(errors, breaks, None)
@@ -199,7 +201,7 @@ def summary_markdown(errors: pd.DataFrame, sweep, breaks: pd.DataFrame | None = 
         "error): the largest logit and exact loss there, at the bisected break where located, and its scale (or",
         "class count); or 'never fails'.",
     ]
-    for family, cells in errors.groupby("family", sort=False):
+    for family, cells in object_strings(errors).groupby("family", sort=False):
         if cells["n_classes"].nunique() == 1:
             shape = f"{cells['n_rows'].iloc[0]} x {cells['n_classes'].iloc[0]}"
             lines += ["", f"## family {family} ({shape}), along scale", "", outcome_table(cells, "scale", finder)]

@@ -81,17 +81,34 @@ def group_exp_facts(cells: pd.DataFrame) -> ExpFacts | None:
     table's columns); None in a table from before them, or where the path never ran."""
     if not set(EXP_FACT_COLUMNS) <= set(cells):
         return None
-    measured = cells[list(EXP_FACT_COLUMNS)].dropna()
-    if measured.empty:
+    columns = [cells[c].to_numpy() for c in EXP_FACT_COLUMNS]
+    first = first_index(np.logical_and.reduce([~pd.isna(column) for column in columns]))
+    if first is None:
         return None
-    first = measured.iloc[0]
-    return ExpFacts(float(first["exp_overflow"]), float(first["exp_underflow"]), bool(first["quotient_flushes"]))
+    over, under, flushes = (column[first] for column in columns)
+    return ExpFacts(float(over), float(under), bool(flushes))
 
 
 def group_flushes(cells: pd.DataFrame, framework: str, dtype: str, device: str) -> bool:
     """The errors table's measured `flushes_subnormals` where it has it, else the fallback table."""
-    measured = cells["flushes_subnormals"].dropna() if "flushes_subnormals" in cells else ()
-    return bool(measured.iloc[0]) if len(measured) else flushes_subnormals(framework, dtype, device)
+    measured = cells["flushes_subnormals"].to_numpy() if "flushes_subnormals" in cells else np.array([])
+    first = first_index(~pd.isna(measured))
+    return bool(measured[first]) if first is not None else flushes_subnormals(framework, dtype, device)
+
+
+def object_strings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its string columns as NumPy objects, in consolidated blocks (the same values):
+    the reports select from a table once per group, and each selection over Arrow-backed strings
+    costs a column's worth of slicing and conversion."""
+    strings = {c: object for c, dtype in frame.dtypes.items() if isinstance(dtype, pd.StringDtype)}
+    return frame.astype(strings).copy() if strings else frame
+
+
+def status_in(cells: pd.DataFrame, statuses) -> np.ndarray:
+    """Which cells have one of `statuses`, as a boolean array (set lookups: a pandas mask over
+    Arrow-backed strings costs about a millisecond, and a report asks it of every group)."""
+    statuses = frozenset(statuses)
+    return np.fromiter((s in statuses for s in cells["status"].to_numpy()), dtype=bool, count=len(cells))
 
 
 # --- bits lost ------------------------------------------------------------------------------
@@ -134,7 +151,7 @@ def predict(cells: pd.DataFrame, limit: Limit) -> Prediction | None:
     quantity = next((c for c in limit.quantities if c in cells and cells[c].notna().any()), None)
     if quantity is None:
         return None
-    ran = ~cells["status"].isin(NOT_THE_PATHS_FAILURE).to_numpy()
+    ran = ~status_in(cells, NOT_THE_PATHS_FAILURE)
     values = np.where(ran, cells[quantity].to_numpy(dtype=np.float64), np.nan)
     with np.errstate(invalid="ignore"):
         index = first_index(values > limit.threshold)
