@@ -207,6 +207,25 @@ def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300, path=(
 
 
 @pytest.fixture
+def refused(monkeypatch, capsys):
+    """`harness *argv` from folder `cwd`, in this process, for a command line its checks refuse before any
+    work: (exit status, stdout, stderr) of harness.__main__.run, the command's entry point. No job runs here:
+    a command line that passes its checks fails the test. (A few tests run refusals as real subprocesses.)"""
+    import harness.__main__ as command
+
+    def refuse(*argv: str, cwd: Path) -> tuple[int, str, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["harness", *argv])
+        monkeypatch.setattr(command, "main", lambda: pytest.fail(f"not refused: {' '.join(argv)}"))
+        with pytest.raises(SystemExit) as stopped:
+            command.run()
+        captured = capsys.readouterr()
+        return stopped.value.code, captured.out, captured.err
+
+    return refuse
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(12345)
 

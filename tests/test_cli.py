@@ -14,14 +14,14 @@ SMALL += ["timing.budget_s=0.01", "timing.min_blocks=2"]  # timing on, as in the
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """The same grid twice: into hydra.run.dir, and with none given, from a scratch working folder (its
-    default folder, results/<experiment>/<timestamp>/); (run folder, result, working folder) each. The
-    second is not timed: the errors tables compared do not depend on timing."""
+    """The grid twice: into hydra.run.dir, and with none given, from a scratch working folder (its default
+    folder, results/<experiment>/<timestamp>/); (run folder, result, working folder) each. The second runs
+    NumPy alone, untimed: a framework's rows depend neither on the others run beside it nor on timing."""
     out = tmp_path_factory.mktemp("cli") / "a"
     first = run_cli(*SMALL, f"hydra.run.dir={out}")
     assert first.returncode == 0, first.stderr
     cwd = tmp_path_factory.mktemp("cli_default")
-    second = run_cli(*SMALL, "timing.enabled=false", cwd=cwd)
+    second = run_cli(*SMALL, "frameworks=[numpy]", "timing.enabled=false", cwd=cwd)
     assert second.returncode == 0, second.stderr
     (default,) = (cwd / "results" / "precision_sweep").iterdir()
     return [(out, first, out.parent), (default, second, cwd)]
@@ -43,9 +43,11 @@ def test_a_run_writes_tables_summary_plots_and_config(two_runs):
 
 
 @pytest.mark.slow
-def test_the_same_grid_gives_identical_error_tables(two_runs):
+def test_the_same_cells_give_identical_error_rows(two_runs):
     (a, _, _), (b, _, _) = two_runs
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "errors.parquet"), pd.read_parquet(b / "errors.parquet"))
+    numpy_rows = pd.read_parquet(a / "errors.parquet").query("framework == 'numpy'").reset_index(drop=True)
+    assert len(numpy_rows) == 4 * 4 * 2 * 3
+    pd.testing.assert_frame_equal(numpy_rows, pd.read_parquet(b / "errors.parquet"))
 
 
 @pytest.mark.slow
@@ -56,7 +58,6 @@ def test_default_output_folder_is_results_experiment_timestamp(two_runs):
     assert (run_dir / "errors.parquet").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "words"),
     [
@@ -72,15 +73,25 @@ def test_default_output_folder_is_results_experiment_timestamp(two_runs):
         ("n_rows=0", "n_rows must be an integer >= 1"),
     ],
 )
-def test_bad_input_fails_in_one_line_before_any_work(tmp_path, override, words):
+def test_bad_input_fails_in_one_line_before_any_work(tmp_path, refused, override, words):
     out = tmp_path / "run"
-    result = run_cli(*SMALL, override, f"hydra.run.dir={out}", cwd=tmp_path)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    code, stdout, stderr = refused(*SMALL, override, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr + result.stdout
+    assert "Traceback" not in stderr + stdout
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_command_refuses_bad_input_in_one_line_with_status_2_and_writes_nothing(tmp_path):
+    """As the tests above check in this process, by the command itself: its exit status, one line, no folder."""
+    out = tmp_path / "run"
+    result = run_cli(*SMALL, "scales=[0]", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == "error: bad scale 0 in scales; each scale must be a finite number > 0\n"
+    assert "Traceback" not in result.stdout and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -97,7 +108,6 @@ def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
     assert "<summary>Timing</summary>" in report and "accuracy_vs_time" in report
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "line"),
     [
@@ -116,10 +126,18 @@ def test_the_main_command_times_every_framework_path_and_dtype(two_runs):
         (["-m", "experiment=precision_sweep,vocab_sweep"], "error: experiment cannot be swept in one multirun"),
     ],
 )
-def test_hydra_errors_are_one_line_before_any_work(tmp_path, overrides, line):
+def test_hydra_errors_are_one_line_before_any_work(tmp_path, refused, overrides, line):
     """Hydra's own errors, a key Hydra would add (+key) and a bad value in a later multirun job."""
-    result = run_cli(*overrides, "progress=false", cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line), result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    code, stdout, stderr = refused(*overrides, "progress=false", cwd=tmp_path)
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith(line), stderr
+    assert "Traceback" not in stderr + stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_bad_multirun_job_in_one_line_before_any_job(tmp_path):
+    result = run_cli("-m", "dtypes=[float32],[float99]", "progress=false", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown dtype 'float99' in dtypes;")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stdout
     assert list(tmp_path.iterdir()) == []

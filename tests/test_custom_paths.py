@@ -27,7 +27,6 @@ def test_a_custom_path_is_swept_tabled_plotted_and_summarised(tmp_path):
     assert (tmp_path / "plots" / "error_vs_scale_spread.png").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "words"),
     [
@@ -41,12 +40,23 @@ def test_a_custom_path_is_swept_tabled_plotted_and_summarised(tmp_path):
         (custom("plugin_losses:upcast_cross_entropy", framework="jax"), "which is not in frameworks=[numpy,torch]"),
     ],
 )
-def test_bad_custom_paths_fail_before_any_work(tmp_path, setting, words):
+def test_bad_custom_paths_fail_before_any_work(tmp_path, monkeypatch, refused, setting, words):
+    monkeypatch.syspath_prepend(str(PLUGINS))
     out = tmp_path / "run"
-    result = run_cli(*GRID, setting, f"hydra.run.dir={out}", path=[PLUGINS])
+    code, _, stderr = refused(*GRID, setting, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_path_that_returns_one_loss_per_batch(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli(*GRID, custom("plugin_losses:mean_loss"), f"hydra.run.dir={out}", path=[PLUGINS])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], lines
+    assert len(lines) == 1 and "must return one loss per row" in lines[0], lines
     assert not out.exists()
 
 

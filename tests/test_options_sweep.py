@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli, small_sweep
+from conftest import small_sweep
 
 from harness.pipeline import sweep_errors
 from harness.sweep.journal import OPTION_COLUMNS
@@ -87,7 +87,6 @@ def test_the_wrong_softcap_is_flagged_far_from_the_reference():
         assert cells.loc["wrong_softcap", "max_rel_err"] > 0.5  # measured 17.9 (spread) and 0.60 (offset)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("setting", "words"),
     [
@@ -99,11 +98,11 @@ def test_the_wrong_softcap_is_flagged_far_from_the_reference():
         ("mask_fraction=1", "bad mask_fraction 1; it must be a number in [0, 1)"),
     ],
 )
-def test_bad_option_values_fail_before_any_work_in_one_line(tmp_path, setting, words):
+def test_bad_option_values_fail_before_any_work_in_one_line(tmp_path, refused, setting, words):
     out = tmp_path / "run"
-    result = run_cli(setting, f"hydra.run.dir={out}")
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    code, _, stderr = refused(setting, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 2
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], lines
     assert not out.exists()
 

@@ -1,21 +1,34 @@
 """TensorFlow's paths on the seed article's logits, against the exact loss and gradient; Keras's
 probability route; TF's flush-to-zero."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 from conftest import SEED_LABELS, SEED_LOGITS  # exact losses 19.1, 36.6 and 5.0697e-09
 
-pytest.importorskip("tensorflow", reason="TensorFlow is not installed: pip install tensorflow-cpu==2.21.0")
+from harness.dtypes import DTYPES, round_to
+from harness.exact.gradient import exact_gradient
+from harness.exact.reference import exact_cross_entropy
+from harness.paths import paths_of
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None,
+    reason="TensorFlow is not installed: pip install tensorflow-cpu==2.21.0",
+)
 
-from harness.backends import tensorflow as TB  # noqa: E402
-from harness.dtypes import DTYPES, round_to  # noqa: E402
-from harness.exact.gradient import exact_gradient  # noqa: E402
-from harness.exact.reference import exact_cross_entropy  # noqa: E402
-from harness.paths import paths_of  # noqa: E402
-from harness.paths import tensorflow_paths as T  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def tensorflow_modules():
+    """TensorFlow, Keras and the harness's TensorFlow modules, imported when this file's first test runs:
+    at collection their import (seconds) would be paid by every worker process, which all collect."""
+    global keras, tf, TB, T
+    import keras
+    import tensorflow as tf
+
+    from harness.backends import tensorflow as TB
+    from harness.paths import tensorflow_paths as T
+
 
 ALL_PATHS = paths_of("tensorflow")
 PATH_NAMES = tuple(p for p in ALL_PATHS if p != "keras_probs")  # the paths every framework has
