@@ -30,11 +30,12 @@ def test_seed_article_prints_the_per_label_table(tmp_path):
     assert "| float32 | torch/fused | 19.099998474121094 | 36.599998474121094 | -0 |" in table
 
 
-@pytest.mark.slow
-def test_seed_article_without_row_errors_is_refused_before_any_work(tmp_path):
-    result = run_cli("experiment=seed_article", "row_errors=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+def test_seed_article_without_row_errors_is_refused_before_any_work(tmp_path, refused):
+    code, _, stderr = refused(
+        "experiment=seed_article", "row_errors=false", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert code == 2
+    assert stderr.strip() == (
         "error: experiment seed_article needs row_errors=true (its summary is built from it), got row_errors=false"
     )
     assert list(tmp_path.iterdir()) == []
@@ -85,7 +86,6 @@ def test_file_family_reads_npz_with_settings(tmp_path):
     assert (out / "plots" / "error_vs_scale_file.png").is_file()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "words"),
     [
@@ -93,24 +93,26 @@ def test_file_family_reads_npz_with_settings(tmp_path):
         ([], "family 'file' needs file.path="),
     ],
 )
-def test_file_family_bad_settings_fail_in_one_line(tmp_path, settings, words):
-    result = run_cli("experiment=precision_sweep", "families=[file]", *settings, f"hydra.run.dir={tmp_path / 'r'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
-    assert words in result.stderr and not (tmp_path / "r").exists()
+def test_file_family_bad_settings_fail_in_one_line(tmp_path, refused, settings, words):
+    code, _, stderr = refused(
+        "experiment=precision_sweep", "families=[file]", *settings, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    assert code == 2
+    assert stderr.strip().splitlines() == [f"error: {stderr.strip()[7:]}"]
+    assert words in stderr and not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
-def test_a_pickled_file_is_refused(tmp_path):
+def test_a_pickled_file_is_refused(tmp_path, refused):
     np.save(tmp_path / "evil.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    result = run_cli(
+    code, _, stderr = refused(
         "experiment=precision_sweep",
         "timing.enabled=false",
         "families=[file]",
         f"file.path={tmp_path / 'evil.npy'}",
         f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
     )
-    assert result.returncode == 2 and "needs pickle" in result.stderr
+    assert code == 2 and "needs pickle" in stderr
 
 
 @pytest.mark.slow

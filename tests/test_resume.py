@@ -82,19 +82,27 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert len(journal.read(run_dir / journal.JOURNAL)) >= 10
 
 
+@pytest.fixture(scope="module")
+def one_scale(tmp_path_factory):
+    """A finished run of one scale; tests that change it take a copy."""
+    run_dir = tmp_path_factory.mktemp("one_scale") / "run"
+    assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
+    return run_dir
+
+
 @pytest.mark.slow
-def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path):
+def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, one_scale):
     run_dir = tmp_path / "run"
-    assert run_cli(*GRID, "scales=[1,10]", f"hydra.run.dir={run_dir}").returncode == 0
+    shutil.copytree(one_scale, run_dir)  # as if run with hydra.run.dir=run_dir
     before = (run_dir / "errors.csv").read_text()
-    result = run_cli(*GRID, "scales=[1,10]", "seed=7", "n_rows=64", f"hydra.run.dir={run_dir}", "resume=true")
+    result = run_cli(*GRID, "scales=[1]", "seed=7", "n_rows=64", f"hydra.run.dir={run_dir}", "resume=true")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: resume refused: the config differs from the stored run in n_rows, seed "
         "(n_rows: stored 128, now 64; seed: stored 0, now 7)"
     ]
     assert (run_dir / "errors.csv").read_text() == before  # the stored run is untouched
-    again = run_cli(*GRID, "scales=[1,10]", f"hydra.run.dir={run_dir}")
+    again = run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}")
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
@@ -117,14 +125,6 @@ def test_journal_drops_a_torn_last_line(tmp_path):
     reopened.append({"cell": dict(reopened.records[0]["cell"], scale=2.0)})
     reopened.close()
     assert [r["cell"]["scale"] for r in journal.read(tmp_path / journal.JOURNAL)] == [1.0, 2.0]
-
-
-@pytest.fixture(scope="module")
-def one_scale(tmp_path_factory):
-    """A finished run of one scale; tests that change it take a copy."""
-    run_dir = tmp_path_factory.mktemp("one_scale") / "run"
-    assert run_cli(*GRID, "scales=[1]", f"hydra.run.dir={run_dir}").returncode == 0
-    return run_dir
 
 
 @pytest.mark.slow
