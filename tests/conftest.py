@@ -35,26 +35,12 @@ SESSION = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CA
 
 
 def pytest_configure(config):
-    share_of_the_cores()
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # given by the session that started this one (a worker), or by whoever runs the tests
     folder = tempfile.mkdtemp(prefix="jax_cache_")
     os.environ.update(SESSION, JAX_COMPILATION_CACHE_DIR=folder)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
-
-
-def share_of_the_cores() -> None:
-    """In a worker process, keep to its share of the cores (worker i of n: every n-th core from the i-th),
-    as do the commands it starts: n workers on n cores would otherwise each size their thread pools, second
-    processes and figure drawers for cores the other workers are using (harness.processes.cores)."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not (worker.startswith("gw") and count and hasattr(os, "sched_setaffinity")):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    share = cores[int(worker[2:]) % int(count) :: int(count)]
-    if share:
-        os.sched_setaffinity(0, share)
 
 
 @pytest.hookimpl(tryfirst=True)
