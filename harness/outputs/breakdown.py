@@ -63,7 +63,6 @@ from harness.outputs.theory import (  # noqa: F401 (re-exported for the plots an
     object_strings,
     passed_before,
     predictions,
-    status_in,
     theory_causes,
     theory_dtype,
     unbisected_note,
@@ -159,8 +158,8 @@ def breakdown_row(
     limit = default_bits_lost_limit(dtype) if bits_lost_limit is None else float(bits_lost_limit)
     max_logit = cells["max_logit"].to_numpy(dtype=np.float64)
     status = cells["status"].to_numpy()
-    failed = status_in(cells, metrics.FAILED)
-    good = status_in(cells, metrics.GOOD)
+    failed = metrics.status_in(cells["status"], metrics.FAILED)
+    good = metrics.status_in(cells["status"], metrics.GOOD)
     lost = metrics.bits_lost(cells["max_ulp_err"].to_numpy(dtype=np.float64))
     measured = first_index(failed)
     lost_index = first_index(failed | (good & (lost > limit)))  # a failed cell has lost every bit
@@ -194,8 +193,8 @@ def breakdown_row(
 
 def _unchecked(cells: pd.DataFrame, path: str, mechanisms, dtype: str, causes, predicted) -> str:
     """Why theory cannot be checked for this group; empty where it can."""
-    if status_in(cells, NOT_THE_PATHS_FAILURE).all():
-        unsupported = first_index(status_in(cells, (metrics.UNSUPPORTED,)))
+    if metrics.status_in(cells["status"], NOT_THE_PATHS_FAILURE).all():
+        unsupported = first_index(metrics.status_in(cells["status"], (metrics.UNSUPPORTED,)))
         if unsupported is not None:
             message = cells["message"].iat[unsupported] if "message" in cells else ""
             return f"unsupported: {message}" if message else "unsupported"

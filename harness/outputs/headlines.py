@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.outputs.theory import object_strings, status_in
+from harness.outputs.theory import object_strings
 from harness.outputs.verdict import BreakFinder, _and, _num, bits_lost, row_columns, row_label, worst_ulp
 from harness.sweep import metrics
 from harness.sweep.journal import OPTION_COLUMNS, OPTION_DEFAULTS
@@ -34,9 +34,11 @@ class PathStats:
                 self.worst = (ulp, f"{row_label(key[:-1])} {dtype}")
             if bits_lost(ulp) - limits[dtype] > self.excess:
                 self.excess, self.lossiest = bits_lost(ulp) - limits[dtype], (bits_lost(ulp), f"{dtype} ({key[0]})")
-        ran = ~status_in(cells, (metrics.INPUT_INF, metrics.UNSUPPORTED))
-        self.failed = (int((ran & status_in(cells, metrics.FAILED)).sum()), int(ran.sum()))  # failing cells, cells run
-        finite = cells["max_logit"].to_numpy(dtype=np.float64, na_value=np.nan)[~status_in(cells, (metrics.INPUT_INF,))]
+        status = cells["status"]
+        ran = ~metrics.status_in(status, (metrics.INPUT_INF, metrics.UNSUPPORTED))
+        self.failed = (int((ran & metrics.status_in(status, metrics.FAILED)).sum()), int(ran.sum()))  # failing, run
+        logits = cells["max_logit"].to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = logits[~metrics.status_in(status, (metrics.INPUT_INF,))]
         self.reach = float(np.nanmax(finite)) if (~np.isnan(finite)).any() else float("nan")
         self.peak = float("nan")
         if timings is not None and "peak_bytes" in timings:
@@ -151,7 +153,7 @@ def worst_by_row(errors: pd.DataFrame) -> dict[tuple, tuple[float, bool]]:
     order the rows come: grouped once, for every sentence that compares them."""
     found = {}
     for key, cells in object_strings(errors).groupby(row_columns(errors) + ["dtype"], sort=False):
-        found[key] = (worst_ulp(cells), bool(status_in(cells, metrics.FAILED).any()))
+        found[key] = (worst_ulp(cells), bool(metrics.status_in(cells["status"], metrics.FAILED).any()))
     return found
 
 

@@ -170,7 +170,7 @@ def _panel(
     for (framework, path), line in of_dtype.groupby(["framework", "path"], sort=False):
         style = styles[(framework, path)]
         xs, statuses, errors = _line_arrays(line, axis, measure.column)
-        ok = np.isin(statuses, list(metrics.GOOD))
+        ok = metrics.status_in(statuses, metrics.GOOD)
         y = np.maximum(errors[ok], measure.floor)
         ax.plot(xs[ok], np.minimum(y, ceiling), markersize=3, linewidth=1.2, **style.kwargs())
         above = xs[ok][y > ceiling]

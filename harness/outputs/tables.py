@@ -121,7 +121,6 @@ def _fmt(value: float) -> str:
 def path_outcome(cells: pd.DataFrame, axis: str = "scale", finder=None) -> str:
     """One framework/path/dtype along `axis`: worst ulp error while ok, then the first failure, stated
     as the largest logit and exact loss there (bisected where `finder` has the break) beside the axis."""
-    from harness.outputs.theory import status_in
     from harness.outputs.verdict import worst_ulp
 
     if cells.empty:
@@ -129,8 +128,8 @@ def path_outcome(cells: pd.DataFrame, axis: str = "scale", finder=None) -> str:
     statuses = set(cells["status"])
     if statuses <= {metrics.UNSUPPORTED, metrics.INPUT_INF}:
         return metrics.UNSUPPORTED if metrics.UNSUPPORTED in statuses else "no finite input"
-    worst = f"{_fmt(worst_ulp(cells))} ulp" if status_in(cells, metrics.GOOD).any() else "never ok"
-    failed = status_in(cells, metrics.FAILED)
+    worst = f"{_fmt(worst_ulp(cells))} ulp" if metrics.status_in(cells["status"], metrics.GOOD).any() else "never ok"
+    failed = metrics.status_in(cells["status"], metrics.FAILED)
     if not failed.any():
         return f"{worst}; never fails"
     found = finder.earliest(cells) if finder is not None and axis == "scale" else None

@@ -97,18 +97,11 @@ def group_flushes(cells: pd.DataFrame, framework: str, dtype: str, device: str) 
 
 
 def object_strings(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with its string columns as NumPy objects, in consolidated blocks (the same values):
-    the reports select from a table once per group, and each selection over Arrow-backed strings
-    costs a column's worth of slicing and conversion."""
+    """The frame with its string columns as NumPy objects, in consolidated blocks (the same values): the
+    reports select from a table once per group, and each selection over Arrow-backed strings costs a
+    column's worth of slicing and conversion."""
     strings = {c: object for c, dtype in frame.dtypes.items() if isinstance(dtype, pd.StringDtype)}
     return frame.astype(strings).copy() if strings else frame
-
-
-def status_in(cells: pd.DataFrame, statuses) -> np.ndarray:
-    """Which cells have one of `statuses`, as a boolean array (set lookups: a pandas mask over
-    Arrow-backed strings costs about a millisecond, and a report asks it of every group)."""
-    statuses = frozenset(statuses)
-    return np.fromiter((s in statuses for s in cells["status"].to_numpy()), dtype=bool, count=len(cells))
 
 
 # --- bits lost ------------------------------------------------------------------------------
@@ -151,7 +144,7 @@ def predict(cells: pd.DataFrame, limit: Limit) -> Prediction | None:
     quantity = next((c for c in limit.quantities if c in cells and cells[c].notna().any()), None)
     if quantity is None:
         return None
-    ran = ~status_in(cells, NOT_THE_PATHS_FAILURE)
+    ran = ~metrics.status_in(cells["status"], NOT_THE_PATHS_FAILURE)
     values = np.where(ran, cells[quantity].to_numpy(dtype=np.float64), np.nan)
     with np.errstate(invalid="ignore"):
         index = first_index(values > limit.threshold)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.outputs.theory import GROUP_COLUMNS, object_strings, status_in
+from harness.outputs.theory import GROUP_COLUMNS, object_strings
 from harness.sweep import metrics
 
 OK_CLASS, WARN_CLASS, BAD_CLASS, NA_CLASS = "ok", "warn", "bad", "na"
@@ -99,7 +99,7 @@ class BreakFinder:
         return self._found[asked]
 
     def _earliest(self, cells: pd.DataFrame) -> Break | None:
-        failed = np.flatnonzero(status_in(cells, metrics.FAILED))
+        failed = np.flatnonzero(metrics.status_in(cells["status"], metrics.FAILED))
         if not failed.size:
             return None
         keys = [c for c in self.keys if c in cells]
@@ -147,7 +147,8 @@ class Entry:
 
 def worst_ulp(cells: pd.DataFrame) -> float:
     """The largest max_ulp_err over the cells whose loss was finite (NaN where none has one)."""
-    ulp = cells["max_ulp_err"].to_numpy(dtype=np.float64, na_value=np.nan)[status_in(cells, metrics.GOOD)]
+    ulp = cells["max_ulp_err"].to_numpy(dtype=np.float64, na_value=np.nan)
+    ulp = ulp[metrics.status_in(cells["status"], metrics.GOOD)]
     return float(np.nanmax(ulp)) if (~np.isnan(ulp)).any() else float("nan")
 
 

@@ -302,3 +302,12 @@ def undefined(computed) -> dict:
     """The row of a cell whose exact value is undefined (a mean over no kept rows), with what it returned."""
     shown = np.array2string(np.asarray(computed), precision=6, threshold=4)
     return {"status": UNDEFINED, "message": f"exact value undefined (mean over no kept rows); returned {shown}"}
+
+
+def status_in(statuses, wanted) -> np.ndarray:
+    """Which of `statuses` (a column or array of status names) are among `wanted`, as a boolean array: set
+    lookups, as a pandas mask over Arrow-backed strings costs about a millisecond and the reports ask it of
+    every group."""
+    wanted = frozenset(wanted)
+    values = statuses.to_numpy() if hasattr(statuses, "to_numpy") else statuses
+    return np.fromiter((s in wanted for s in values), dtype=bool, count=len(values))
