@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import commands
 import mpmath
 import numpy as np
 import pytest
@@ -193,17 +194,16 @@ def small_sweep(**changes):
     return SweepConfig(**(settings | changes))
 
 
-def run_cli(*overrides: str, cwd: Path | None = None, timeout: int = 300, path=()) -> subprocess.CompletedProcess:
-    """`python -m harness *overrides` in a subprocess; `path` adds folders to PYTHONPATH."""
+def run_cli(
+    *overrides: str, cwd: Path | None = None, timeout: int = 300, path=(), new_interpreter: bool = False
+) -> subprocess.CompletedProcess:
+    """`python -m harness *overrides` as a process of its own (tests/commands.py), or with new_interpreter
+    in a new Python, as a shell starts it; `path` adds folders to PYTHONPATH."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *map(str, path)]), HYDRA_FULL_ERROR="0")
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *overrides],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    command = [sys.executable, "-m", "harness", *overrides]
+    if new_interpreter:
+        return subprocess.run(command, cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return commands.run(command, cwd or REPO, env, timeout)
 
 
 @pytest.fixture

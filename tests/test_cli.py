@@ -18,7 +18,7 @@ def two_runs(tmp_path_factory):
     folder, results/<experiment>/<timestamp>/); (run folder, result, working folder) each. The second runs
     NumPy alone, untimed: a framework's rows depend neither on the others run beside it nor on timing."""
     out = tmp_path_factory.mktemp("cli") / "a"
-    first = run_cli(*SMALL, f"hydra.run.dir={out}")
+    first = run_cli(*SMALL, f"hydra.run.dir={out}", new_interpreter=True)
     assert first.returncode == 0, first.stderr
     cwd = tmp_path_factory.mktemp("cli_default")
     second = run_cli(*SMALL, "frameworks=[numpy]", "timing.enabled=false", cwd=cwd)
@@ -88,7 +88,7 @@ def test_bad_input_fails_in_one_line_before_any_work(tmp_path, refused, override
 def test_the_command_refuses_bad_input_in_one_line_with_status_2_and_writes_nothing(tmp_path):
     """As the tests above check in this process, by the command itself: its exit status, one line, no folder."""
     out = tmp_path / "run"
-    result = run_cli(*SMALL, "scales=[0]", f"hydra.run.dir={out}", cwd=tmp_path)
+    result = run_cli(*SMALL, "scales=[0]", f"hydra.run.dir={out}", cwd=tmp_path, new_interpreter=True)
     assert result.returncode == 2
     assert result.stderr == "error: bad scale 0 in scales; each scale must be a finite number > 0\n"
     assert "Traceback" not in result.stdout and list(tmp_path.iterdir()) == []
@@ -137,7 +137,7 @@ def test_hydra_errors_are_one_line_before_any_work(tmp_path, refused, overrides,
 
 @pytest.mark.slow
 def test_the_command_refuses_a_bad_multirun_job_in_one_line_before_any_job(tmp_path):
-    result = run_cli("-m", "dtypes=[float32],[float99]", "progress=false", cwd=tmp_path)
+    result = run_cli("-m", "dtypes=[float32],[float99]", "progress=false", cwd=tmp_path, new_interpreter=True)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown dtype 'float99' in dtypes;")
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stdout
     assert list(tmp_path.iterdir()) == []

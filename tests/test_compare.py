@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import commands
 import numpy as np
 import pandas as pd
 import pytest
@@ -185,7 +186,7 @@ def runs(tmp_path_factory) -> Path:
 def compare_cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "harness.tools.compare", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return commands.run(command, REPO, env, timeout=120)
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
 """ignore_fraction in the language-model head: rows labelled -100 give loss 0 and gradient rows 0,
 the sum adds the kept rows and the mean divides by their count; a mean over none is `undefined`."""
 
-import subprocess
+import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import commands
 import mpmath
 import numpy as np
 import pandas as pd
@@ -134,7 +136,8 @@ def test_cli_sweeps_ignore_fraction_as_a_column(tmp_path):
     command = [sys.executable, "-m", "harness", "families=[head]", "frameworks=[torch]", "dtypes=[float32]"]
     command += ["n_rows=8", "n_classes=50", "head.d=16", "reduction=[mean]", "ignore_fraction=[0,0.25]"]
     command += ["grad.enabled=true", "progress=false", "scales=[1]", f"hydra.run.dir={tmp_path}"]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    done = commands.run(command, Path.cwd(), dict(os.environ), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     errors = pd.read_csv(tmp_path / "errors.csv")
     assert sorted(set(errors["ignore_fraction"])) == [0.0, 0.25]
     assert set(errors["status"]) == {"ok"}

@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 
+import commands
 import numpy as np
 import pytest
 import yaml
@@ -110,7 +111,7 @@ def loss_families(words: list[str]) -> list[str]:
 
 def run(words: list[str], cwd) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(cwd)]), HYDRA_FULL_ERROR="0")
-    return subprocess.run([sys.executable, *words[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return commands.run([sys.executable, *words[1:]], cwd, env, timeout=600)
 
 
 def as_run(command: str) -> list[str]:

@@ -2,11 +2,12 @@
 an HTML page that holds its images inline, and a command line that fails in one line."""
 
 import json
+import os
 import re
 import shutil
-import subprocess
 import sys
 
+import commands
 import numpy as np
 import pandas as pd
 import pytest
@@ -203,13 +204,7 @@ def test_markdown_to_html_subset(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "harness.outputs.report", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return commands.run([sys.executable, "-m", "harness.outputs.report", *map(str, args)], REPO, dict(os.environ), 120)
 
 
 @pytest.mark.slow

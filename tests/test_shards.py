@@ -3,9 +3,9 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 
+import commands
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli
@@ -47,7 +47,7 @@ def test_sharded_sweep_merges_to_the_single_job_tables(tmp_path, single_job, lau
 def merge_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     command = [sys.executable, "-m", "harness.tools.merge", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return commands.run(command, REPO, env, timeout=120)
 
 
 @pytest.fixture(scope="module")
