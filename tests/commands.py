@@ -5,9 +5,9 @@ with NumPy's paths) instead of a new interpreter importing it again, about a sec
 The child takes the command's folder, environment, sys.path (its folder, then PYTHONPATH), arguments, stdout
 and stderr, and runs the module as `python -m` does (runpy's `_run_module_as_main`, in a new `__main__`);
 its exit status is the command's. A new interpreter runs it instead (`subprocess.run`) where the server's
-imports could differ from the command's: a module not in SERVED, an environment other than the server's
-(apart from PER_COMMAND, read only when the command runs), a folder on its path that holds another copy of
-a package the server imported, or a platform without fork. No framework other than NumPy is imported
+imports could differ from the command's: a module not in SERVED, a variable read at import (AT_IMPORT)
+set otherwise than in the server, a folder on its path that holds another copy of a package the server
+imported, or a platform without fork. No framework other than NumPy is imported
 before the fork: a run sets threads and flags before it imports one. The tests that need a new interpreter
 (the console commands, the installed wheel, a killed run, the main end-to-end run) start one themselves.
 """
@@ -28,7 +28,12 @@ import types
 from pathlib import Path
 
 SERVED = ("harness", "harness.tools.compare", "harness.tools.merge", "harness.outputs.report")
-PER_COMMAND = ("PYTHONPATH", "HYDRA_FULL_ERROR")
+# Environment variables read while the server imports (by Python, the BLAS under NumPy and SciPy, matplotlib's
+# configuration and caches, Arrow's memory pool, mpmath, the locale). Every other variable is the command's
+# own in the child, read when the command reads it (or imports a framework); PYTHONPATH is checked folder by
+# folder (Server.shadowed_by).
+AT_IMPORT = ("PYTHON", "OPENBLAS", "GOTO", "OMP_", "MKL", "BLIS", "NPY_", "NUMPY", "SCIPY", "MPL", "MATPLOTLIB")
+AT_IMPORT += ("XDG_", "HOME", "ARROW", "JE_", "MPMATH", "LANG", "LC_", "LD_")
 IMPORTED = (
     "hydra",
     "hydra.core.plugins",
@@ -64,25 +69,23 @@ def _server_for(argv: list[str], cwd: Path, env: dict[str, str]) -> Server | Non
     if argv[:2] != [sys.executable, "-m"] or argv[2] not in SERVED:
         return None
     if not _server or not _server[0].alive():
-        if _common(env) != _common(dict(os.environ)):
-            return None  # started with this process's environment, it serves commands that share it
         _server[:] = [Server()]
     server = _server[0]
     path = [cwd, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    if _common(env) != server.environment or any(server.shadowed_by(folder) for folder in path):
+    if read_at_import(env) != server.environment or any(server.shadowed_by(folder) for folder in path):
         return None
     return server
 
 
-def _common(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in PER_COMMAND}
+def read_at_import(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(AT_IMPORT) and k != "PYTHONPATH"}
 
 
 class Server:
     """The forking process: started on first use, stopped when this process exits."""
 
     def __init__(self):
-        self.environment = _common(dict(os.environ))
+        self.environment = read_at_import(dict(os.environ))
         self.process = subprocess.Popen(
             [sys.executable, __file__],
             stdin=subprocess.PIPE,
