@@ -1,6 +1,6 @@
 """Shared inputs and helpers: the seed article's logits, an independent high-precision cross-entropy in
-mpmath, the CLI runner; and when and in which order tests run in worker processes (pytest_cmdline_main and
-the scheduler below)."""
+mpmath, the CLI runner (its commands forked by tests/commands.py); and when and in which order tests run
+in worker processes (pytest_cmdline_main and the scheduler below)."""
 
 from __future__ import annotations
 

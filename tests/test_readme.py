@@ -1,8 +1,10 @@
 """Every command in the README and the documentation runs as written, on small grids, and their Python examples
 run: neither can drift.
 
-All commands run in one scratch folder, in reading order (the README, then the pages in the order of the site's
-navigation: the comparison needs the runs before it).
+Each command is a process of its own (tests/commands.py: forked from a server that has imported the harness,
+or a new interpreter where its imports could differ). All commands run in one scratch folder, in reading
+order (the README, then the pages in the order of the site's navigation: the comparison needs the runs
+before it).
 To each `python -m harness` command the settings of SMALL that it does not set itself are appended;
 nothing else is changed, so default folders (results/<experiment>/<timestamp>/, multirun_<timestamp>/)
 are exercised as written. Not run: `pip install` and `python3 -m venv` (no network in a test) and
