@@ -72,18 +72,23 @@ SPLIT = ("test_readme.py", "test_baseline_tables.py")
 # Seconds per file measured on 2 cores (the order of a first run; later runs order by the seconds they
 # recorded, in .pytest_cache). Files not named here count 0.05 s a test.
 FIRST_ORDER = {
-    "test_readme.py": 110,
-    "test_baseline_tables.py": 85,
-    "test_matrix.py": 80,
-    "test_cli.py": 62,
-    "test_shards.py": 58,
-    "test_gradient_sweep.py": 40,
-    "test_experiments.py": 33,
-    "test_resume.py": 28,
-    "test_install.py": 28,
-    "test_custom_paths.py": 26,
+    "test_readme.py": 80,
+    "test_baseline_tables.py": 74,
+    "test_matrix.py": 58,
+    "test_shards.py": 28,
+    "test_named_losses.py": 26,
+    "test_cli.py": 25,
+    "test_workers.py": 23,
     "test_kl_paths.py": 22,
-    "test_workers.py": 20,
+    "test_gradient_sweep.py": 21,
+    "test_gradients.py": 19,
+    "test_install.py": 19,
+    "test_experiments.py": 16,
+    "test_custom_paths.py": 13,
+    "test_resume.py": 13,
+    "test_head_ignore.py": 11,
+    "test_kl_exact.py": 10,
+    "test_layout.py": 4,  # 461 quick tests
 }
 UNIT_SECONDS = "harness/unit_seconds"  # the cache's key
 
