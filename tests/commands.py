@@ -7,9 +7,9 @@ and stderr, and runs the module as `python -m` does (runpy's `_run_module_as_mai
 its exit status is the command's. A new interpreter runs it instead (`subprocess.run`) where the server's
 imports could differ from the command's: a module not in SERVED, a variable read at import (AT_IMPORT)
 set otherwise than in the server, a folder on its path that holds another copy of a package the server
-imported, or a platform without fork. No framework other than NumPy is imported
-before the fork: a run sets threads and flags before it imports one. The tests that need a new interpreter
-(the console commands, the installed wheel, a killed run, the main end-to-end run) start one themselves.
+imported, or a platform without fork. No framework other than NumPy is imported before the fork: a run sets
+threads and flags before it imports one. The tests that need a new interpreter (the console commands, the
+installed wheel, a killed run, the main end-to-end run, the one-line refusals) start one themselves.
 """
 
 from __future__ import annotations
